@@ -1,0 +1,146 @@
+"""The ``locopack`` command line: parse arguments, call the library, report errors in one line.
+
+The library raises :class:`~locopack.errors.LocopackError`; :func:`main` turns it into
+``error: <message>`` on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import LocopackError
+
+# Library chatter (e.g. transformers noting that torchvision is absent) is not for our users.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def _quiet_libraries() -> None:
+    """Silence third-party progress bars and info logs; locopack prints its own progress."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+class _UserError(click.ClickException):
+    """A LocopackError on its way to the terminal: one line, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True, file=file)
+
+
+class _Group(click.Group):
+    """The command group; turns library errors into :class:`_UserError`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LocopackError as err:
+            raise _UserError(str(err)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="locopack")
+def cli() -> None:
+    """Localize knowledge in a text-to-image model and edit it, from a YAML recipe.
+
+    \b
+    A typical session:
+      locopack twin sd1 ./tiny-sd1         # build a tiny offline model to try things on
+      locopack layers ./tiny-sd1           # where text enters its denoiser, in order
+      locopack validate recipe.yaml        # check a recipe before running it
+    """
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+def validate(recipe: Path) -> None:
+    """Check RECIPE against the schema and print a summary.
+
+    When the recipe's base model is a local folder, the localization window and any explicit
+    layers are also checked against the model's text-conditioning sites.  Exits 1 on errors.
+    """
+    from .recipe import check_against_model, load_recipe, summarize
+
+    loaded = load_recipe(recipe)
+    if Path(loaded.base.model).is_dir():
+        from .models import load_denoiser_layout
+
+        family, denoiser = load_denoiser_layout(loaded.base.model, loaded.base.revision)
+        sites = family.sites(denoiser)
+        check_against_model(loaded, len(sites), [s.path for s in sites])
+    click.echo(summarize(loaded))
+    click.echo("recipe is valid")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--revision", default=None, help="Branch, tag or commit of a Hub model.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def layers(model: str, revision: str | None, as_json: bool) -> None:
+    """List MODEL's text-conditioning sites in network execution order.
+
+    MODEL is a local pipeline folder or a Hub id (org/name).  Only the configs are read: the
+    denoiser is built without weights, so this is fast even for large models.
+    """
+    from .models import load_denoiser_layout
+
+    family, denoiser = load_denoiser_layout(model, revision)
+    sites = family.sites(denoiser)
+    if as_json:
+        payload = {
+            "model": model,
+            "family": family.name,
+            "family_name": family.pretty_name,
+            "pooled_text_path": family.has_pooled_text_path,
+            "sites": [s.to_dict() for s in sites],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"{model}: {family.pretty_name} ({family.name}), {len(sites)} sites")
+    width = max(len(s.path) for s in sites)
+    click.echo(f"{'#':>3}  {'site':<{width}}  key/value")
+    for s in sites:
+        proj = f"{s.key.rsplit('.', 1)[1]}/{s.value.rsplit('.', 1)[1]}"
+        click.echo(f"{s.index:>3}  {s.path:<{width}}  {proj} {s.in_features} -> {s.out_features}")
+    if family.has_pooled_text_path:
+        click.echo("note: text also enters through a pooled embedding that is not a site")
+
+
+@cli.command()
+@click.argument("family_name", metavar="FAMILY")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+def twin(family_name: str, directory: Path, seed: int) -> None:
+    """Build a tiny seeded twin of FAMILY (sd1, sd2, sdxl, if, pixart) into DIRECTORY.
+
+    Twins have random weights and the family's real block layout at tiny width: they test
+    every code path offline in seconds, but draw noise, not pictures.
+    """
+    from .models import get_family
+
+    family = get_family(family_name)
+    if directory.exists() and any(directory.iterdir()):
+        raise click.UsageError(f"{directory} exists and is not empty; choose a new folder")
+    _quiet_libraries()
+    family.save_twin(directory, seed)
+    click.echo(f"wrote a tiny {family.pretty_name} twin to {directory}")
+
+
+def main() -> None:
+    """Entry point of the ``locopack`` console script."""
+    cli(prog_name="locopack")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,17 @@
+"""Model families: where text enters each denoiser, in which order, and tiny test twins."""
+
+from .base import ModelFamily, Site
+from .loading import load_denoiser_layout, load_pipeline, model_layout
+from .registry import FAMILIES, detect_family, family_for, get_family
+
+__all__ = [
+    "FAMILIES",
+    "ModelFamily",
+    "Site",
+    "detect_family",
+    "family_for",
+    "get_family",
+    "load_denoiser_layout",
+    "load_pipeline",
+    "model_layout",
+]

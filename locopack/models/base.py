@@ -1,0 +1,217 @@
+"""The interface every model family implements, and what the families share.
+
+A *site* is one attention module that reads the text states: its key and value projections are
+what LocoGen intervenes on and LocoEdit changes.  Sites are addressed by module path inside the
+denoiser (``unet`` or ``transformer``) and listed in network execution order.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ModelLayoutError
+
+
+@dataclass(frozen=True)
+class Site:
+    """One text-conditioning site: an attention module whose key/value read the text states."""
+
+    index: int
+    path: str
+    key: str
+    value: str
+    in_features: int
+    out_features: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+def _natural_key(path: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+
+
+_BLOCK_RANK = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+
+
+def unet_execution_order(path: str) -> tuple:
+    """Sort key putting UNet module paths in execution order: down, mid, up, then by index.
+
+    ``named_modules`` lists ``up_blocks`` before ``mid_block`` (registration order), so the
+    registration order cannot be used.
+    """
+    head = path.split(".", 1)[0]
+    return (_BLOCK_RANK.get(head, 3), _natural_key(path))
+
+
+class ModelFamily(ABC):
+    """A family of text-to-image pipelines that share where and how text enters the denoiser."""
+
+    #: registry key, e.g. ``"sd1"``
+    name: ClassVar[str]
+    #: human name for tables and model cards
+    pretty_name: ClassVar[str]
+    #: diffusers pipeline class names this family loads as
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    #: attribute of the pipeline that holds the denoiser
+    denoiser_attr: ClassVar[str] = "unet"
+    #: names of the key and value projections inside a site
+    projections: ClassVar[tuple[str, str]] = ("to_k", "to_v")
+    #: whether text also reaches the denoiser outside the sites (pooled embeddings)
+    has_pooled_text_path: ClassVar[bool] = False
+
+    @classmethod
+    def reference_url(cls) -> str:
+        """Where the family's original weights are documented."""
+        return ""
+
+    @classmethod
+    @abstractmethod
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+        """Whether a pipeline of this class with this denoiser config belongs to the family."""
+
+    # ---- sites -------------------------------------------------------------------------------
+    @classmethod
+    def is_site(cls, module: torch.nn.Module) -> bool:
+        """Whether ``module`` is an attention module whose key/value read the text states."""
+        return bool(getattr(module, "is_cross_attention", False))
+
+    @classmethod
+    def order_key(cls, path: str) -> tuple:
+        """Sort key giving network execution order."""
+        return unet_execution_order(path)
+
+    @classmethod
+    def sites(cls, denoiser: torch.nn.Module) -> list[Site]:
+        """The text-conditioning sites of ``denoiser`` in execution order."""
+        key_name, value_name = cls.projections
+        found = []
+        for path, module in denoiser.named_modules():
+            if not cls.is_site(module):
+                continue
+            key, value = getattr(module, key_name, None), getattr(module, value_name, None)
+            if not isinstance(key, torch.nn.Linear) or not isinstance(value, torch.nn.Linear):
+                raise ModelLayoutError(
+                    f"site {path!r} of a {cls.pretty_name} denoiser has no linear "
+                    f"{key_name}/{value_name}; the model does not have the {cls.pretty_name} layout"
+                )
+            found.append((path, key))
+        if not found:
+            raise ModelLayoutError(
+                f"no text-conditioning sites found in the {cls.pretty_name} denoiser; "
+                "is this a text-to-image model?"
+            )
+        found.sort(key=lambda item: cls.order_key(item[0]))
+        return [
+            Site(
+                i, path, f"{path}.{key_name}", f"{path}.{value_name}", k.in_features, k.out_features
+            )
+            for i, (path, k) in enumerate(found)
+        ]
+
+    # ---- text --------------------------------------------------------------------------------
+    @classmethod
+    def tokenizer(cls, pipe: Any) -> Any:
+        """The tokenizer whose token positions index the site states."""
+        return pipe.tokenizer
+
+    @classmethod
+    @abstractmethod
+    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+        """Encode prompts into the states the sites' attention modules receive, (B, L, D).
+
+        For most families these are what the key/value projections read; see
+        :meth:`site_states` for families that normalize them per site first.
+        """
+
+    @classmethod
+    def site_states(
+        cls, denoiser: torch.nn.Module, site: Site, states: torch.Tensor
+    ) -> torch.Tensor:
+        """What ``site``'s key/value projections read when its attention module gets ``states``.
+
+        Identity except where the attention normalizes the text first (``norm_cross``, e.g.
+        DeepFloyd IF's group norm), which differs per site.
+        """
+        attn = denoiser.get_submodule(site.path)
+        if getattr(attn, "norm_cross", None) is not None:
+            return attn.norm_encoder_hidden_states(states)
+        return states
+
+    @classmethod
+    def token_ids(cls, pipe: Any, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` as the pipeline pads them, without padding."""
+        tok = cls.tokenizer(pipe)
+        return tok(prompt, truncation=True, max_length=cls.max_length(pipe)).input_ids
+
+    @classmethod
+    def max_length(cls, pipe: Any) -> int:
+        """Sequence length of the site states."""
+        return cls.tokenizer(pipe).model_max_length
+
+    @classmethod
+    def concept_positions(cls, pipe: Any, prompt: str, concept: str) -> list[int]:
+        """Positions of ``concept``'s tokens inside ``prompt`` (case-insensitive, first match).
+
+        Raises:
+            ModelLayoutError: the concept does not occur in the prompt, or is truncated away.
+        """
+        match = re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE)
+        if match is None:
+            raise ModelLayoutError(f"concept {concept!r} does not occur in prompt {prompt!r}")
+        enc = cls.tokenizer(pipe)(
+            prompt,
+            truncation=True,
+            max_length=cls.max_length(pipe),
+            return_offsets_mapping=True,
+        )
+        positions = [
+            i
+            for i, (start, end) in enumerate(enc.offset_mapping)
+            if end > start and start < match.end() and end > match.start()
+        ]
+        if not positions:
+            raise ModelLayoutError(
+                f"concept {concept!r} in prompt {prompt!r} lies beyond the "
+                f"{cls.max_length(pipe)}-token limit"
+            )
+        return positions
+
+    @classmethod
+    def last_token_position(cls, pipe: Any, prompt: str) -> int:
+        """Position of the last token before end-of-text."""
+        tok = cls.tokenizer(pipe)
+        ids = cls.token_ids(pipe, prompt)
+        if tok.eos_token_id in ids:
+            return max(ids.index(tok.eos_token_id) - 1, 0)
+        return len(ids) - 1
+
+    @classmethod
+    def content_positions(cls, pipe: Any, prompt: str) -> list[int]:
+        """All non-padding positions (start, words and end-of-text)."""
+        return list(range(len(cls.token_ids(pipe, prompt))))
+
+    # ---- twins -------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def build_twin(cls, seed: int = 0) -> Any:
+        """A tiny pipeline of this family with random weights seeded by ``seed``."""
+
+    @classmethod
+    def save_twin(cls, directory: str | Path, seed: int = 0) -> Path:
+        """Build the tiny twin and ``save_pretrained`` it (safetensors) into ``directory``."""
+        pipe = cls.build_twin(seed)
+        pipe.save_pretrained(str(directory), safe_serialization=True)
+        return Path(directory)
+
+    @classmethod
+    def twin_call_kwargs(cls) -> dict[str, Any]:
+        """Extra pipeline-call arguments a twin needs (e.g. its tiny resolution)."""
+        return {}

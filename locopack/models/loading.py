@@ -1,0 +1,104 @@
+"""Loading models from a local folder or a Hub id (``org/name``), safetensors only.
+
+Nothing here downloads weights just to inspect a model: :func:`load_denoiser_layout` reads the
+configs and builds the denoiser on the ``meta`` device, so listing the sites of a multi-GB
+model costs two small JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelLayoutError
+from .base import ModelFamily
+from .registry import family_for
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any]:
+    folder = Path(model)
+    if folder.is_dir():
+        path = folder / filename
+        if not path.is_file():
+            raise ModelLayoutError(
+                f"{path}: not found; a diffusers pipeline folder (made with save_pretrained) "
+                "has model_index.json and one subfolder per component"
+            )
+    elif _HUB_ID.match(model):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            path = Path(hf_hub_download(model, filename, revision=revision))
+        except (HfHubHTTPError, OSError, ValueError) as err:
+            raise ModelLayoutError(
+                f"{model}: cannot fetch {filename} from the Hub: {err}"
+            ) from None
+    else:
+        raise ModelLayoutError(
+            f"{model!r} is neither a local folder nor a Hub id of the form 'org/name'"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLayoutError(f"{path}: not a readable JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelLayoutError(f"{path}: expected a JSON object")
+    return data
+
+
+def model_layout(model: str, revision: str | None = None) -> tuple[type[ModelFamily], str, dict]:
+    """The family, denoiser attribute and denoiser config of ``model`` (configs only)."""
+    index = _read_json(model, "model_index.json", revision)
+    pipeline_class = str(index.get("_class_name", "?"))
+    attr = "unet" if "unet" in index else "transformer" if "transformer" in index else None
+    if attr is None:
+        family_for(pipeline_class, {})  # raises the "unsupported" error
+        raise ModelLayoutError(f"{model}: model_index.json names no unet or transformer")
+    config = _read_json(model, f"{attr}/config.json", revision)
+    return family_for(pipeline_class, config), attr, config
+
+
+def load_denoiser_layout(model: str, revision: str | None = None):
+    """The family and the denoiser built from its config on the meta device (no weights)."""
+    family, attr, config = model_layout(model, revision)
+    import diffusers
+
+    cls = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if cls is None:
+        raise ModelLayoutError(f"{model}: unknown denoiser class {config.get('_class_name')!r}")
+    with torch.device("meta"):
+        denoiser = cls.from_config(config)
+    return family, denoiser
+
+
+def load_pipeline(
+    model: str, revision: str | None = None, dtype: str = "float32", variant: str | None = None
+):
+    """Load a pipeline with ``DiffusionPipeline.from_pretrained`` from safetensors files only.
+
+    Returns:
+        ``(pipeline, family)``.
+    """
+    family, _, _ = model_layout(model, revision)
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            model,
+            revision=revision,
+            dtype=DTYPES[dtype],
+            variant=variant,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLayoutError(f"{model}: cannot load the pipeline: {err}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, family

@@ -1,0 +1,67 @@
+"""Tokenizers for tiny twins, built offline in memory.
+
+Real CLIP and T5 vocabularies cannot be downloaded here, so twins carry a small self-built
+vocabulary: every word of :data:`TWIN_WORDS` is one token, and any other word falls back to
+its characters (CLIP: byte-level BPE; T5: SentencePiece-style unigram), so every prompt can be
+tokenized.  Both save with ``save_pretrained`` and load back by class name.
+"""
+
+from __future__ import annotations
+
+import string
+
+from transformers import CLIPTokenizer, T5Tokenizer
+
+#: Words that tokenize to a single token in twin tokenizers (common prompt vocabulary).
+TWIN_WORDS = (
+    "a an the of in on with and by at photo painting picture image drawing style art artist "
+    "cat dog car house tree man woman person face flower bird city street sky river mountain "
+    "van gogh monet picasso starry night snoopy mickey mouse red green blue purple orange yellow "
+    "circle square triangle stripes dots checker plain emblem flag president united states of "
+    "america emblem veridia zorbania joe biden donald trump"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable unicode map (the GPT-2 scheme)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def tiny_clip_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer whose vocabulary is the byte alphabet plus ``words`` as whole tokens."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(symbol, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(words):
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        current = parts[0]
+        for part in parts[1:]:
+            if current + part not in vocab:
+                merges.append((current, part))
+                vocab[current + part] = len(vocab)
+            current += part
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_t5_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS) -> T5Tokenizer:
+    """A T5 unigram tokenizer with ``words`` as whole pieces and letters/digits as fallback."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + word, -1.0) for word in dict.fromkeys(words)]
+    pieces += [(ch, -5.0) for ch in string.ascii_letters + string.digits + ".,'-!?"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=77)

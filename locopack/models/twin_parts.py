@@ -1,0 +1,75 @@
+"""Tiny seeded components shared by the twins of several families.
+
+Each builder reseeds before constructing, so every component is reproducible on its own
+(the habit of diffusers' ``get_dummy_components``).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+)
+
+from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+
+def tiny_vae(seed: int, latent_channels: int = 4) -> AutoencoderKL:
+    """A two-level VAE (scale factor 2) with ``latent_channels`` latent channels."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=32,
+    )
+
+
+def tiny_clip_text(seed: int, hidden: int, act: str = "quick_gelu", projection: int = 0):
+    """A 2-layer CLIP text encoder (with a projection head when ``projection`` > 0)."""
+    tokenizer = tiny_clip_tokenizer()
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=projection or hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+    return model.eval(), tokenizer
+
+
+def tiny_t5(seed: int, d_model: int = 32):
+    """A 2-layer T5 encoder and its tiny tokenizer."""
+    tokenizer = tiny_t5_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return T5EncoderModel(config).eval(), tokenizer
