@@ -137,6 +137,92 @@ def twin(family_name: str, directory: Path, seed: int) -> None:
     click.echo(f"wrote a tiny {family.pretty_name} twin to {directory}")
 
 
+def _out_dir(out: Path | None, recipe) -> Path:
+    return out if out is not None else Path("out") / recipe.name
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>].",
+)
+@click.option(
+    "--fast/--full",
+    "fast",
+    default=None,
+    help="Screen windows cheaply, then re-score the best few (fast), or score every "
+    "window at full settings (full) [default: the recipe's localize.mode].",
+)
+@click.option("--batch", default=8, show_default=True, help="Candidate windows per denoiser call.")
+def localize(recipe: Path, out: Path | None, fast: bool | None, batch: int) -> None:
+    """LocoGen: find the window of sites that controls the recipe's attribute.
+
+    Writes localization.json (scores of every window, the chosen one, baseline and all-sites
+    references) and localization.png.  Finished windows are cached in OUT/cache, so a killed
+    run resumes where it stopped.
+    """
+    from .recipe import load_recipe
+    from .stages import run_localize
+
+    loaded = load_recipe(recipe)
+    out = _out_dir(out, loaded)
+    _quiet_libraries()
+    mode = None if fast is None else ("fast" if fast else "full")
+    result = run_localize(loaded, out, mode=mode, batch=batch)
+    click.echo(f"chosen window {result.chosen}: {', '.join(result.layers)}")
+    chosen = result.candidates[result.chosen]
+    click.echo(
+        f"score {chosen.mean:.3f} (baseline {result.baseline.mean:.3f}, "
+        f"all sites {result.all_sites.mean:.3f}); wrote {out}/localization.json"
+    )
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--layers",
+    multiple=True,
+    help="Sites to edit (module path or index; repeat or comma-separate). Skips localization.",
+)
+@click.option(
+    "--localization",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A localization.json whose chosen window to edit.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>].",
+)
+def edit(
+    recipe: Path, layers: tuple[str, ...], localization: Path | None, out: Path | None
+) -> None:
+    """LocoEdit: solve the closed-form key/value edit and write delta.safetensors.
+
+    The sites come from --layers, else --localization, else the recipe's localize.layers;
+    with none of them, LocoGen runs first.
+    """
+    from .recipe import load_recipe
+    from .stages import run_edit
+
+    loaded = load_recipe(recipe)
+    out = _out_dir(out, loaded)
+    _quiet_libraries()
+    refs = [part.strip() for item in layers for part in item.split(",") if part.strip()]
+    delta, report = run_edit(loaded, out, layers=refs or None, localization=localization)
+    worst = max(m["edit_error"] for m in report["modules"].values())
+    click.echo(
+        f"edited {len(delta.deltas)} matrices at {len(report['layers'])} site(s); "
+        f"largest relative edit error {worst:.2e}"
+    )
+    click.echo(f"wrote {out}/delta.safetensors ({delta.sha256()[:19]}) and {out}/edit.json")
+
+
 def main() -> None:
     """Entry point of the ``locopack`` console script."""
     cli(prog_name="locopack")

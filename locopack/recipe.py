@@ -273,6 +273,15 @@ class Recipe(_Strict):
     def source(self) -> str:
         return self._source
 
+    def local_path(self, ref: str) -> str:
+        """``ref`` (a model or scorer reference) resolved against the recipe's folder when it
+        names a folder there and not in the working directory; otherwise ``ref`` unchanged."""
+        here = os.path.expanduser(ref)
+        beside = os.path.join(os.path.dirname(os.path.abspath(self._source)), here)
+        if not os.path.exists(here) and os.path.exists(beside):
+            return beside
+        return here if os.path.exists(here) else ref
+
 
 _SECTIONS = {
     name: Recipe.model_fields[name].annotation

@@ -212,6 +212,6 @@ class ModelFamily(ABC):
         return Path(directory)
 
     @classmethod
-    def twin_call_kwargs(cls) -> dict[str, Any]:
-        """Extra pipeline-call arguments a twin needs (e.g. its tiny resolution)."""
+    def call_kwargs(cls) -> dict[str, Any]:
+        """Extra arguments locopack passes to every pipeline call of this family."""
         return {}

@@ -48,7 +48,7 @@ class DeepFloydIF(ModelFamily):
         return pipe.unet.encoder_hid_proj(states.to(pipe.unet.dtype))
 
     @classmethod
-    def twin_call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, Any]:
         return {"clean_caption": False}
 
     @classmethod

@@ -53,7 +53,7 @@ class PixArt(ModelFamily):
         return pipe.transformer.caption_projection(states.to(pipe.transformer.dtype))
 
     @classmethod
-    def twin_call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, Any]:
         return {"use_resolution_binning": False, "clean_caption": False}
 
     @classmethod

@@ -73,3 +73,32 @@ def tiny_t5(seed: int, d_model: int = 32):
     )
     torch.manual_seed(seed)
     return T5EncoderModel(config).eval(), tokenizer
+
+
+def tiny_clip_model(seed: int = 0):
+    """A tiny two-tower ``CLIPModel`` (32x32 images, patch 8) and its tokenizer, for scorers."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tokenizer = tiny_clip_tokenizer()
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    return model.eval(), tokenizer

@@ -1,0 +1,111 @@
+"""WeightDelta: the edit as {module path: ΔW} plus its provenance.
+
+It is the single hand-off from editing to export, model card and history: saved as one
+safetensors file whose header carries the provenance as JSON under the key ``locopack``.
+Module paths are relative to the denoiser (``unet`` or ``transformer``, named in provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import EditError, ExportError
+from .fingerprint import tensors_sha256
+from .io import load_tensors, save_tensors
+
+FORMAT = "locopack.weight_delta/1"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of locopack and the libraries an edit depends on."""
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    return {
+        "locopack": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+@dataclass
+class WeightDelta:
+    """ΔW per edited projection (float32, shape out x in) and where it came from.
+
+    ``provenance`` holds at least: ``recipe_name``, ``recipe_sha256``, ``base_model``,
+    ``base_revision``, ``base_fingerprint``, ``family``, ``denoiser``, ``sites``, ``lambda``,
+    ``matrices``, ``tokens``, ``preserve_weight``, ``versions``.
+    """
+
+    deltas: dict[str, torch.Tensor]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for path, delta in self.deltas.items():
+            if delta.ndim != 2:
+                raise EditError(f"delta of {path} must be a matrix, got shape {tuple(delta.shape)}")
+            if not torch.isfinite(delta).all():
+                raise EditError(
+                    f"delta of {path} contains NaN or Inf; the edit is ill-conditioned "
+                    "(raise edit.lambda or check the prompts)"
+                )
+
+    @property
+    def denoiser(self) -> str:
+        """Attribute of the pipeline the module paths live in (``unet`` or ``transformer``)."""
+        return str(self.provenance.get("denoiser", "unet"))
+
+    def sha256(self) -> str:
+        """Hash of the tensors alone (independent of file metadata)."""
+        return "sha256:" + tensors_sha256(self.deltas)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically as safetensors (float32) with provenance in the header."""
+        metadata = {"format": FORMAT, "locopack": json.dumps(self.provenance, sort_keys=True)}
+        tensors = {k: v.detach().to(torch.float32).cpu() for k, v in self.deltas.items()}
+        return save_tensors(tensors, path, metadata)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> WeightDelta:
+        """Read a delta written by :meth:`save`.
+
+        Raises:
+            ExportError: not a readable safetensors file, or not a locopack delta.
+        """
+        tensors, metadata = load_tensors(path)
+        if metadata.get("format") != FORMAT:
+            raise ExportError(
+                f"{path}: not a locopack weight delta (header format is "
+                f"{metadata.get('format')!r}, expected {FORMAT!r})"
+            )
+        try:
+            provenance = json.loads(metadata.get("locopack", "{}"))
+        except json.JSONDecodeError as err:
+            raise ExportError(f"{path}: provenance header is not JSON ({err})") from None
+        return cls(tensors, provenance)
+
+    def apply(self, denoiser: torch.nn.Module, scale: float = 1.0) -> None:
+        """Add ``scale * ΔW`` to the denoiser's weights in place (in their dtype)."""
+        for path, delta in self.deltas.items():
+            try:
+                module = denoiser.get_submodule(path)
+            except AttributeError:
+                raise EditError(f"the model has no module {path!r} that this delta edits") from None
+            weight = module.weight
+            if tuple(weight.shape) != tuple(delta.shape):
+                raise EditError(
+                    f"{path}: delta shape {tuple(delta.shape)} does not match the weight "
+                    f"{tuple(weight.shape)}"
+                )
+            with torch.no_grad():
+                merged = weight.to(torch.float32) + scale * delta.to(weight.device, torch.float32)
+                weight.copy_(merged.to(weight.dtype))

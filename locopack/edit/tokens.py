@@ -1,0 +1,66 @@
+"""Which token states form the edit's columns X (originals) and Y (targets).
+
+Three rules (recipe ``edit.tokens``):
+
+- ``last``: the last token before end-of-text of the original and of the target prompt (what
+  the reference implementation of LocoEdit does).
+- ``concept``: the concept's tokens in the original prompt, each paired with its aligned
+  token in the target prompt.
+- ``all``: every non-padding token of the original, each paired with its aligned token.
+
+Alignment is a diff of the two token sequences (:func:`align`): tokens in common keep their
+partner; a replaced span maps proportionally onto its replacement (``van gogh`` -> ``a
+painter``); a deleted span maps to the target token just before the deletion.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+TokenRule = Literal["concept", "last", "all"]
+
+
+def align(original: list[int], target: list[int]) -> list[int]:
+    """For each position of ``original``, a position in ``target``.
+
+    Args:
+        original: token ids of the original prompt (no padding).
+        target: token ids of the target prompt (no padding).
+
+    Returns:
+        A list as long as ``original`` of indices into ``target``.
+    """
+    mapping = [0] * len(original)
+    matcher = difflib.SequenceMatcher(a=original, b=target, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        for i in range(i1, i2):
+            if tag == "equal":
+                mapping[i] = j1 + (i - i1)
+            elif j2 > j1:  # replace (or an insert-adjacent span): spread proportionally
+                mapping[i] = j1 + (i - i1) * (j2 - j1) // (i2 - i1)
+            else:  # delete: the target token just before the deleted span
+                mapping[i] = max(j1 - 1, 0)
+    return mapping
+
+
+def edit_pairs(
+    family: Any, pipe: Any, original: str, target: str, rule: TokenRule, concept: str
+) -> list[tuple[int, int]]:
+    """Position pairs (in original, in target) whose states form the edit's columns."""
+    if rule == "last":
+        return [
+            (family.last_token_position(pipe, original), family.last_token_position(pipe, target))
+        ]
+    mapping = align(family.token_ids(pipe, original), family.token_ids(pipe, target))
+    if rule == "all":
+        return list(enumerate(mapping))
+    return [(i, mapping[i]) for i in family.concept_positions(pipe, original, concept)]
+
+
+def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> list[int]:
+    """Positions of a preserve prompt whose states the edit keeps: its last token under the
+    ``last`` rule, otherwise every non-padding token."""
+    if rule == "last":
+        return [family.last_token_position(pipe, prompt)]
+    return family.content_positions(pipe, prompt)

@@ -1,0 +1,115 @@
+"""Feed chosen text-conditioning sites a different encoder state, reversibly.
+
+:func:`swap_text_states` is a context manager keyed by site module path (the idiom of
+TransformerLens' ``hooks()`` and baukit's ``TraceDict``): for the duration of the block, each
+listed site's attention module receives the given states instead of the pipeline's, **per
+sample** of the conditional batch; every other site sees the original.  Under classifier-free
+guidance the denoiser's batch is ``[unconditional; conditional]`` (the order diffusers uses in
+every supported pipeline) and only the conditional half is replaced.  Hooks are removed in
+``finally``, also after an exception.
+
+The replacement happens at the attention module's ``encoder_hidden_states`` argument, i.e.
+after any projection the family applies first (IF's ``encoder_hid_proj``, PixArt's
+``caption_projection``), which is the space :meth:`ModelFamily.encode` returns.
+
+SD-XL and IF also feed a *pooled* text embedding into the time embedding; that path is not a
+site and keeps the pipeline's (original) prompt.  Intervening on every site of those families
+therefore does not reproduce the other prompt's image exactly (SD-XL differs by ~1e-2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from .errors import ModelLayoutError
+
+
+def _replace(original: torch.Tensor, replacement: torch.Tensor, path: str) -> torch.Tensor:
+    n = replacement.shape[0]
+    batch = original.shape[0]
+    if replacement.shape[1:] != original.shape[1:]:
+        raise ModelLayoutError(
+            f"site {path}: replacement states have shape {tuple(replacement.shape[1:])} per "
+            f"sample but the site receives {tuple(original.shape[1:])}; encode them with the "
+            "model family's encode()"
+        )
+    replacement = replacement.to(original.device, original.dtype)
+    if batch == n:
+        return replacement
+    if batch == 2 * n:  # classifier-free guidance: [uncond; cond], alter only the cond half
+        return torch.cat([original[:n], replacement], dim=0)
+    raise ModelLayoutError(
+        f"site {path}: the denoiser batch has {batch} samples, but replacements were given for "
+        f"{n}; give one per conditional sample"
+    )
+
+
+@contextlib.contextmanager
+def swap_text_states(
+    denoiser: torch.nn.Module, replacements: Mapping[str, torch.Tensor]
+) -> Iterator[None]:
+    """Within the block, site ``path`` reads ``replacements[path]`` (B, L, D) as its text.
+
+    Args:
+        denoiser: the pipeline's ``unet`` or ``transformer``.
+        replacements: {site module path: states for each conditional sample}.  Row ``b`` is
+            what sample ``b`` sees at that site; give the original states in rows that should
+            not change.
+
+    Raises:
+        ModelLayoutError: a path is not a module of the denoiser, or shapes do not fit.
+    """
+    handles = []
+    try:
+        for path, states in replacements.items():
+            try:
+                module = denoiser.get_submodule(path)
+            except AttributeError:
+                raise ModelLayoutError(f"the denoiser has no module {path!r}") from None
+
+            def hook(_module, args, kwargs, path=path, states=states):
+                if kwargs.get("encoder_hidden_states") is not None:
+                    kwargs = dict(kwargs)
+                    kwargs["encoder_hidden_states"] = _replace(
+                        kwargs["encoder_hidden_states"], states, path
+                    )
+                elif len(args) > 1 and args[1] is not None:
+                    args = (args[0], _replace(args[1], states, path), *args[2:])
+                else:
+                    raise ModelLayoutError(f"site {path} was called without text states")
+                return args, kwargs
+
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def window_replacements(
+    site_paths: list[str],
+    windows: list[list[str]],
+    original: torch.Tensor,
+    altered: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Replacements that give sample ``b`` the ``altered`` states at the sites of
+    ``windows[b]`` and the ``original`` states everywhere else.
+
+    Args:
+        site_paths: every site of the model.
+        windows: one list of site paths per sample.
+        original: (L, D) or (B, L, D) states of the original prompt.
+        altered: (L, D) or (B, L, D) states of the altered prompt.
+    """
+    batch = len(windows)
+    original = original.expand(batch, *original.shape[-2:])
+    altered = altered.expand(batch, *altered.shape[-2:])
+    out = {}
+    for path in site_paths:
+        chosen = torch.tensor([path in window for window in windows])
+        if chosen.any():
+            out[path] = torch.where(chosen[:, None, None], altered, original)
+    return out

@@ -1,0 +1,42 @@
+"""On-disk cache of finished sweep candidates, so a killed sweep resumes where it stopped.
+
+One JSON file per candidate, named by the SHA-256 of everything its scores depend on (model
+fingerprint, recipe hash, probes, generation settings, the window), written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
+
+
+class CandidateCache:
+    """A folder of ``<key>.json`` entries; ``None`` folder disables caching."""
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder is not None else None
+
+    @staticmethod
+    def key(**parts: Any) -> str:
+        """A stable key for the given JSON-serializable parts."""
+        blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        """The cached entry, or None (also for an unreadable entry, which is then redone)."""
+        if self.folder is None:
+            return None
+        path = self.folder / f"{key}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, entry: dict) -> None:
+        """Store an entry atomically."""
+        if self.folder is not None:
+            atomic_write_text(self.folder / f"{key}.json", json.dumps(entry, sort_keys=True))

@@ -1,0 +1,141 @@
+"""The outcome of a LocoGen sweep: ``localization.json`` and ``localization.png``."""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from ..errors import RecipeError
+from ..io import atomic_write_bytes, atomic_write_text
+
+FORMAT = "locopack.localization/1"
+
+
+@dataclass
+class Candidate:
+    """Scores of one window: raw scores per probe and seed, their mean/std, the objective."""
+
+    window: list[str]
+    scores: list[float]
+    mean: float
+    std: float
+    objective: float
+    seconds: float = 0.0
+    cached: bool = False
+
+    @classmethod
+    def from_scores(cls, window, scores, signs, seconds=0.0, cached=False) -> Candidate:
+        """Summarize raw scores; ``objective`` is the mean of ``sign * score``."""
+        return cls(
+            window=list(window),
+            scores=list(scores),
+            mean=statistics.fmean(scores),
+            std=statistics.pstdev(scores) if len(scores) > 1 else 0.0,
+            objective=statistics.fmean(s * g for s, g in zip(scores, signs, strict=True)),
+            seconds=seconds,
+            cached=cached,
+        )
+
+
+@dataclass
+class LocalizationResult:
+    """Every window's scores, the chosen window, and the baseline/all-sites references."""
+
+    candidates: list[Candidate]
+    chosen: int
+    baseline: Candidate
+    all_sites: Candidate
+    finalists: list[int]
+    rung: dict
+    mode: str
+    window: int
+    site_paths: list[str]
+    pairs: list[dict]
+    screening_rung: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[str]:
+        """Module paths of the chosen window's sites."""
+        return self.candidates[self.chosen].window
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (the content of ``localization.json``)."""
+        data = asdict(self)
+        data["format"] = FORMAT
+        data["chosen_layers"] = self.layers
+        return data
+
+    def save(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write ``localization.json`` and ``localization.png`` atomically into ``folder``."""
+        folder = Path(folder)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return (
+            atomic_write_text(folder / "localization.json", text + "\n"),
+            atomic_write_bytes(folder / "localization.png", self.plot()),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> LocalizationResult:
+        """Read a ``localization.json``.
+
+        Raises:
+            RecipeError: the file is missing, not JSON, or not a localization result.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.pop("format", None) != FORMAT:
+                raise ValueError(f"expected format {FORMAT!r}")
+            data.pop("chosen_layers", None)
+            for key in ("baseline", "all_sites"):
+                data[key] = Candidate(**data[key])
+            data["candidates"] = [Candidate(**c) for c in data["candidates"]]
+            return cls(**data)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise RecipeError(f"{path}: not a readable localization result ({err})") from None
+
+    def plot(self, width: int = 640, height: int = 320) -> bytes:
+        """PNG bytes: mean score per window (chosen in red), baseline and all-sites lines."""
+        values = [c.mean for c in self.candidates] + [self.baseline.mean, self.all_sites.mean]
+        lo, hi = min(values), max(values)
+        span = (hi - lo) or 1.0
+        left, right, top, bottom = 48, 16, 24, 40
+        image = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(image)
+
+        def y(value: float) -> float:
+            return top + (hi - value) / span * (height - top - bottom)
+
+        n = len(self.candidates)
+        step = (width - left - right) / max(n, 1)
+        for i, cand in enumerate(self.candidates):
+            colour = (
+                (200, 30, 30)
+                if i == self.chosen
+                else ((70, 110, 180) if i in self.finalists else (170, 170, 170))
+            )
+            x0 = left + i * step + step * 0.15
+            draw.rectangle([x0, y(cand.mean), x0 + step * 0.7, height - bottom], fill=colour)
+            draw.text((x0, height - bottom + 4), str(i), fill="black")
+        for cand, colour, name in (
+            (self.baseline, (0, 140, 0), "baseline"),
+            (self.all_sites, (160, 0, 160), "all sites"),
+        ):
+            draw.line([left, y(cand.mean), width - right, y(cand.mean)], fill=colour, width=2)
+            draw.text((width - right - 70, y(cand.mean) - 12), name, fill=colour)
+        draw.text(
+            (4, 4), f"mean score per window of {self.window} (chosen: {self.chosen})", fill="black"
+        )
+        draw.text((4, top), f"{hi:.2f}", fill="black")
+        draw.text((4, height - bottom - 10), f"{lo:.2f}", fill="black")
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()

@@ -1,0 +1,76 @@
+"""Scorers: how well generated images match a text.  LocoGen ranks windows by them.
+
+A scorer is any callable ``scorer(images, texts) -> list[float]`` (one PIL image and one text
+per item; higher means a better match).  The default is the CLIP score ``100 * cos(image,
+text)`` with any ``CLIPModel`` id or folder.  Unlike CLIPScore (Hessel et al., 2021) it is not
+clipped at 0: clipping ties every negative score and would blind the ranking of windows.
+
+Images are preprocessed here (bicubic resize of the short side, center crop, CLIP
+normalization: what ``CLIPImageProcessor`` does) so the scorer needs neither torchvision nor
+a preprocessor config.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ModelLayoutError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Scorer(Protocol):
+    """Scores how well each image matches its text (higher is better)."""
+
+    def __call__(self, images: list[Image.Image], texts: list[str]) -> list[float]: ...
+
+
+class ClipScorer:
+    """CLIP score with a ``CLIPModel`` from a Hub id or a local folder (safetensors only)."""
+
+    def __init__(self, model: str, device: str | torch.device = "cpu"):
+        from transformers import CLIPModel, CLIPTokenizer
+
+        try:
+            self.model = CLIPModel.from_pretrained(model, use_safetensors=True).to(device).eval()
+            self.tokenizer = CLIPTokenizer.from_pretrained(model)
+        except (OSError, ValueError) as err:
+            raise ModelLayoutError(
+                f"cannot load the CLIP scorer {model!r}: {err}; set localize.scorer to a "
+                "CLIPModel id or a local folder holding one"
+            ) from None
+        self.name = model
+        self.device = torch.device(device)
+        self.size = int(self.model.config.vision_config.image_size)
+
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = []
+        for image in images:
+            image = image.convert("RGB")
+            scale = self.size / min(image.size)
+            w, h = (
+                max(self.size, round(image.width * scale)),
+                max(self.size, round(image.height * scale)),
+            )
+            image = image.resize((w, h), Image.BICUBIC)
+            left, top = (w - self.size) // 2, (h - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+            batch.append(np.asarray(image, dtype=np.float32) / 255.0)
+        pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+        mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+        return ((pixels - mean) / std).to(self.device, self.model.dtype)
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image], texts: list[str]) -> list[float]:
+        tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        text = self.model.get_text_features(**tokens.to(self.device))
+        image = self.model.get_image_features(pixel_values=self._pixels(images))
+        text = getattr(text, "pooler_output", text)
+        image = getattr(image, "pooler_output", image)
+        cos = torch.nn.functional.cosine_similarity(image.float(), text.float(), dim=-1)
+        return (100 * cos).tolist()

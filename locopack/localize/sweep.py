@@ -1,0 +1,183 @@
+"""The LocoGen sweep: score every window of m consecutive sites, pick the one that controls
+the attribute (Basu et al., 2024, Sec. 4).
+
+For a window, every probe's original prompt is generated with the altered prompt's states at
+the window's sites (:mod:`locopack.intervene`) and the image is scored against the reference
+prompt.  Erase probes want the lowest score to the original prompt; update probes the highest
+score to the target, so the objective is the mean of ``sign * score`` and the chosen window
+minimizes it (one window for the whole recipe).
+
+Cost control: seeds and initial noise are shared by all candidates; the text is encoded once
+per probe; several candidates go through the denoiser in one batched call (``batch``); and
+``fast`` mode scores every window at a fraction of the steps with one seed, then re-scores
+the best few at full settings (successive halving with two rungs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..intervene import swap_text_states, window_replacements
+from .cache import CandidateCache
+from .result import Candidate, LocalizationResult
+from .scorers import Scorer
+from .windows import PromptPair, candidate_windows
+
+#: fast mode: first rung at this fraction of the steps, one seed; keep this many windows
+FAST_STEP_FRACTION = 0.2
+FAST_KEEP = 3
+
+
+@dataclass(frozen=True)
+class Rung:
+    """Generation settings of one scoring pass."""
+
+    steps: int
+    guidance: float
+    seeds: tuple[int, ...]
+    resolution: int | None
+
+
+class Sweep:
+    """Scores windows of a loaded pipeline for a list of probes."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        family: Any,
+        pairs: list[PromptPair],
+        scorer: Scorer,
+        *,
+        cache: CandidateCache | None = None,
+        cache_key: dict | None = None,
+        batch: int = 8,
+        progress: bool = True,
+    ):
+        self.pipe, self.family, self.pairs, self.scorer = pipe, family, pairs, scorer
+        self.denoiser = getattr(pipe, family.denoiser_attr)
+        self.site_paths = [s.path for s in family.sites(self.denoiser)]
+        self.cache = cache or CandidateCache(None)
+        self.cache_key = cache_key or {}
+        self.batch = max(1, batch)
+        self.progress = progress
+        with torch.no_grad():
+            self.original = family.encode(pipe, [p.original for p in pairs])
+            self.altered = family.encode(pipe, [p.altered for p in pairs])
+
+    @torch.no_grad()
+    def _images(self, k: int, windows: list[list[str]], seed: int, rung: Rung) -> list:
+        n = len(windows)
+        replacements = window_replacements(
+            self.site_paths, windows, self.original[k], self.altered[k]
+        )
+        size = {"height": rung.resolution, "width": rung.resolution} if rung.resolution else {}
+        generators = [torch.Generator(self.pipe.device).manual_seed(seed) for _ in range(n)]
+        with swap_text_states(self.denoiser, replacements):
+            return self.pipe(
+                prompt=self.pairs[k].original,
+                num_images_per_prompt=n,
+                num_inference_steps=rung.steps,
+                guidance_scale=rung.guidance,
+                generator=generators,
+                output_type="pil",
+                **size,
+                **self.family.call_kwargs(),
+            ).images
+
+    def score(self, windows: list[list[str]], rung: Rung, label: str = "") -> list[Candidate]:
+        """Score each window (a list of site paths; ``[]`` is the unaltered baseline)."""
+        keys = [
+            CandidateCache.key(
+                **self.cache_key, rung=asdict(rung), window=w, pairs=[asdict(p) for p in self.pairs]
+            )
+            for w in windows
+        ]
+        done = {i: self.cache.get(key) for i, key in enumerate(keys)}
+        todo = [i for i, entry in done.items() if entry is None]
+        units = len(todo) * len(self.pairs) * len(rung.seeds)
+        bar = tqdm(
+            total=units,
+            desc=label or "localize",
+            unit="img",
+            disable=not self.progress,
+            leave=False,
+        )
+        for start in range(0, len(todo), self.batch):
+            chunk = todo[start : start + self.batch]
+            t0 = time.perf_counter()
+            scores = {i: [] for i in chunk}
+            for k, pair in enumerate(self.pairs):
+                for seed in rung.seeds:
+                    images = self._images(k, [windows[i] for i in chunk], seed, rung)
+                    values = self.scorer(images, [pair.reference] * len(images))
+                    for i, value in zip(chunk, values, strict=True):
+                        scores[i].append(float(value))
+                    bar.update(len(chunk))
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for i in chunk:
+                done[i] = {"scores": scores[i], "seconds": seconds}
+                self.cache.put(keys[i], done[i])
+        bar.close()
+        signs = [p.sign for p in self.pairs for _ in rung.seeds]
+        return [
+            Candidate.from_scores(
+                windows[i], done[i]["scores"], signs, done[i]["seconds"], cached=i not in todo
+            )
+            for i in range(len(windows))
+        ]
+
+
+def run_sweep(sweep: Sweep, window: int, rung: Rung, mode: str = "fast") -> LocalizationResult:
+    """Score all windows of ``window`` sites and choose the one with the lowest objective.
+
+    In ``fast`` mode the windows are first ranked at ``FAST_STEP_FRACTION`` of the steps with
+    the first seed, and only the best ``FAST_KEEP`` are scored at full settings.
+    """
+    started = time.perf_counter()
+    windows = candidate_windows(sweep.site_paths, window)
+    timings: dict[str, float] = {}
+    screening = None
+    finalists = list(range(len(windows)))
+    if mode == "fast" and len(windows) > FAST_KEEP:
+        cheap = Rung(
+            max(1, math.ceil(rung.steps * FAST_STEP_FRACTION)),
+            rung.guidance,
+            rung.seeds[:1],
+            rung.resolution,
+        )
+        t0 = time.perf_counter()
+        screening = sweep.score(windows, cheap, "screen windows")
+        timings["screen"] = time.perf_counter() - t0
+        order = np.argsort([c.objective for c in screening], kind="stable")
+        finalists = sorted(int(i) for i in order[:FAST_KEEP])
+    t0 = time.perf_counter()
+    scored = sweep.score([windows[i] for i in finalists], rung, "score windows")
+    timings["candidates"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    baseline, everything = sweep.score([[], list(sweep.site_paths)], rung, "reference lines")
+    timings["references"] = time.perf_counter() - t0
+    full = dict(zip(finalists, scored, strict=True))
+    candidates = [full.get(i) or screening[i] for i in range(len(windows))]
+    best = min(finalists, key=lambda i: (full[i].objective, i))
+    timings["total"] = time.perf_counter() - started
+    return LocalizationResult(
+        candidates=candidates,
+        chosen=best,
+        baseline=baseline,
+        all_sites=everything,
+        finalists=finalists,
+        screening_rung=None if screening is None else asdict(cheap),
+        rung=asdict(rung),
+        mode=mode,
+        window=window,
+        site_paths=list(sweep.site_paths),
+        pairs=[asdict(p) for p in sweep.pairs],
+        timings=timings,
+    )

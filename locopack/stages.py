@@ -1,0 +1,113 @@
+"""The stages of a release, run from a recipe: load the base, localize, edit.
+
+Each stage reads the recipe and what earlier stages wrote into the output folder, and writes
+its own files there atomically (``localization.json``/``.png``, ``delta.safetensors``,
+``edit.json``), next to the recipe's source text.  The CLI calls these and only these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import RecipeError
+from .io import atomic_write_text
+
+
+def load_base(recipe: Any):
+    """Load the recipe's base pipeline (resolving a local path against the recipe's folder).
+
+    Returns:
+        ``(pipe, family)``.
+    """
+    from .models import load_pipeline
+
+    base = recipe.base
+    return load_pipeline(recipe.local_path(base.model), base.revision, base.dtype, base.variant)
+
+
+def write_recipe_copy(recipe: Any, out: Path) -> None:
+    """Keep the recipe's exact source text beside the outputs."""
+    atomic_write_text(out / "recipe.yaml", recipe.source_text)
+
+
+def run_localize(
+    recipe: Any,
+    out: Path,
+    *,
+    pipe=None,
+    family=None,
+    mode=None,
+    batch=8,
+    scorer=None,
+    progress=True,
+):
+    """LocoGen for ``recipe``; writes ``localization.json``/``.png`` (and ``cache/``) to ``out``."""
+    from .localize import ClipScorer, localize
+
+    if pipe is None:
+        pipe, family = load_base(recipe)
+    scorer = scorer or ClipScorer(recipe.local_path(recipe.localize.scorer), device=pipe.device)
+    write_recipe_copy(recipe, out)
+    return localize(
+        pipe, family, recipe, out, scorer=scorer, mode=mode, batch=batch, progress=progress
+    )
+
+
+def choose_layers(
+    recipe: Any, site_paths: list[str], layers: list[str] | None, localization: Path | None
+) -> list[str] | None:
+    """The sites to edit: ``--layers``, else a localization file, else the recipe's
+    ``localize.layers``; None when localization must run first."""
+    from .localize import LocalizationResult
+    from .recipe import resolve_layers
+
+    if layers:
+        chosen = []
+        for ref in layers:
+            if ref.isdigit() and int(ref) < len(site_paths):
+                chosen.append(site_paths[int(ref)])
+            elif ref in site_paths:
+                chosen.append(ref)
+            else:
+                raise RecipeError(
+                    f"--layers: {ref!r} is neither a site path nor an index below "
+                    f"{len(site_paths)}; run `locopack layers MODEL` to list the sites"
+                )
+        return list(dict.fromkeys(chosen))
+    if localization is not None:
+        result = LocalizationResult.load(localization)
+        unknown = [p for p in result.layers if p not in site_paths]
+        if unknown:
+            raise RecipeError(f"{localization}: layer {unknown[0]!r} is not a site of this model")
+        return result.layers
+    return resolve_layers(recipe, site_paths)
+
+
+def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=None, progress=True):
+    """LocoEdit for ``recipe``; writes ``delta.safetensors`` and ``edit.json`` to ``out``.
+
+    Without explicit layers or a localization result, LocoGen runs first (into ``out``).
+    """
+    from .edit import compute_delta, edit_errors
+    from .fingerprint import model_fingerprint
+
+    pipe, family = load_base(recipe)
+    site_paths = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
+    fingerprint = model_fingerprint(pipe, family)
+    chosen = choose_layers(recipe, site_paths, layers, localization)
+    if chosen is None:
+        chosen = run_localize(
+            recipe, out, pipe=pipe, family=family, mode=mode, progress=progress
+        ).layers
+    delta = compute_delta(pipe, family, recipe, chosen, fingerprint=fingerprint)
+    write_recipe_copy(recipe, out)
+    delta.save(out / "delta.safetensors")
+    report = {
+        "layers": chosen,
+        "delta_sha256": delta.sha256(),
+        "modules": edit_errors(pipe, family, recipe, delta),
+    }
+    atomic_write_text(out / "edit.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return delta, report
