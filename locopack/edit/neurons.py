@@ -41,8 +41,10 @@ _FORMAT_KEY, _FORMAT = "locopack_format", "neuron_edit/1"
 def welch_t(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     """Welch's t statistic per column: ``(mean_a - mean_b) / sqrt(var_a/n_a + var_b/n_b)``.
 
-    Variances are unbiased (divide by n - 1); the standard error is clamped below at ``eps`` so
-    constant columns give a large finite t (or 0 if the means agree).  Rank neurons by ``|t|``.
+    Variances are unbiased (divide by n - 1); the standard error is clamped below at ``eps``
+    (default 1e-12) so constant columns give a large finite t, or 0 if the means agree.  Neurons
+    are ranked by ``|t|``: a large shift in either direction marks a neuron that carries the
+    attribute.
 
     Args:
         a: (n_a, d) activations on attribute prompts, n_a >= 2.
@@ -87,6 +89,8 @@ class NeuronEdit:
                 )
             if idx.numel() and int(idx.min()) < 0:
                 raise EditError(f"override of {path!r} has a negative neuron index")
+            if not val.is_floating_point() or not bool(torch.isfinite(val).all()):
+                raise EditError(f"override of {path!r} needs finite floating-point values")
 
     def total(self) -> int:
         """Number of overridden neurons over all modules."""
@@ -151,7 +155,12 @@ def select_neurons(
         diff = sorted(set(attribute) ^ set(neutral))
         raise EditError(f"attribute and neutral activations cover different modules: {diff}")
     paths = sorted(attribute)
-    stats = [welch_t(attribute[p], neutral[p]).abs() for p in paths]
+    stats = []
+    for path in paths:
+        try:
+            stats.append(welch_t(attribute[path], neutral[path]).abs())
+        except EditError as err:
+            raise EditError(f"{path}: {err}") from err
     total = sum(s.numel() for s in stats)
     if not 0 <= top_k <= total:
         raise EditError(f"top_k must be between 0 and {total} (all neurons), got {top_k}")
@@ -184,10 +193,12 @@ class NeuronHooks:
 
 
 def _make_hook(path: str, idx: Tensor, val: Tensor, scale: float):
+    top = int(idx.max())
+
     def hook(module: torch.nn.Module, args: tuple, output: Tensor) -> Tensor:
-        if output.shape[-1] <= int(idx.max()):
+        if output.shape[-1] <= top:
             raise EditError(
-                f"{path} outputs {output.shape[-1]} features; the edit sets neuron {int(idx.max())}"
+                f"{path} outputs {output.shape[-1]} features; the edit sets neuron {top}"
             )
         i, v = idx.to(output.device), val.to(device=output.device, dtype=output.dtype)
         out = output.clone()
