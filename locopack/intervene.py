@@ -47,9 +47,17 @@ def _replace(original: torch.Tensor, replacement: torch.Tensor, path: str) -> to
     )
 
 
+def _mask_bias(original: torch.Tensor, mask: torch.Tensor, path: str) -> torch.Tensor:
+    """A (B, L) keep-mask as the (B, 1, L) additive bias PixArt passes its attention."""
+    bias = (1 - mask.to(original.dtype)) * -10000.0
+    return _replace(original, bias.unsqueeze(1), path)
+
+
 @contextlib.contextmanager
 def swap_text_states(
-    denoiser: torch.nn.Module, replacements: Mapping[str, torch.Tensor]
+    denoiser: torch.nn.Module,
+    replacements: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[None]:
     """Within the block, site ``path`` reads ``replacements[path]`` (B, L, D) as its text.
 
@@ -58,6 +66,9 @@ def swap_text_states(
         replacements: {site module path: states for each conditional sample}.  Row ``b`` is
             what sample ``b`` sees at that site; give the original states in rows that should
             not change.
+        masks: for families whose cross-attention masks padding (PixArt), {site path: (B, L)
+            token keep-mask of the replacement prompts}; without it the original prompt's mask
+            would hide the replacement's extra tokens.
 
     Raises:
         ModelLayoutError: a path is not a module of the denoiser, or shapes do not fit.
@@ -80,6 +91,9 @@ def swap_text_states(
                     args = (args[0], _replace(args[1], states, path), *args[2:])
                 else:
                     raise ModelLayoutError(f"site {path} was called without text states")
+                mask = (masks or {}).get(path)
+                if mask is not None and kwargs.get("attention_mask") is not None:
+                    kwargs["attention_mask"] = _mask_bias(kwargs["attention_mask"], mask, path)
                 return args, kwargs
 
             handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
@@ -95,21 +109,21 @@ def window_replacements(
     original: torch.Tensor,
     altered: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """Replacements that give sample ``b`` the ``altered`` states at the sites of
-    ``windows[b]`` and the ``original`` states everywhere else.
+    """Replacements that give sample ``b`` the ``altered`` value at the sites of
+    ``windows[b]`` and the ``original`` value everywhere else.
 
     Args:
         site_paths: every site of the model.
         windows: one list of site paths per sample.
-        original: (L, D) or (B, L, D) states of the original prompt.
-        altered: (L, D) or (B, L, D) states of the altered prompt.
+        original: one sample's value for the original prompt: states (L, D) or a mask (L,).
+        altered: the same for the altered prompt.
     """
     batch = len(windows)
-    original = original.expand(batch, *original.shape[-2:])
-    altered = altered.expand(batch, *altered.shape[-2:])
+    original = original.unsqueeze(0).expand(batch, *original.shape)
+    altered = altered.unsqueeze(0).expand(batch, *altered.shape)
     out = {}
     for path in site_paths:
         chosen = torch.tensor([path in window for window in windows])
         if chosen.any():
-            out[path] = torch.where(chosen[:, None, None], altered, original)
+            out[path] = torch.where(chosen.view(-1, *[1] * (original.dim() - 1)), altered, original)
     return out

@@ -27,7 +27,7 @@ def _generate(pipe, family, prompt, seed, guidance=2.0, steps=2):
         guidance_scale=guidance,
         generator=generator,
         output_type="np",
-        **family.twin_call_kwargs(),
+        **family.call_kwargs(),
     ).images
 
 
@@ -162,3 +162,19 @@ def test_layers_cli_bad_model_is_one_clear_line(argument, expected, tmp_path, mo
 def test_sd2_is_told_apart_from_sd1_by_its_config(twin_dirs):
     assert model_layout(str(twin_dirs["sd1"]))[0].name == "sd1"
     assert model_layout(str(twin_dirs["sd2"]))[0].name == "sd2"
+
+
+@pytest.mark.parametrize("build", ["clip", "t5"])
+def test_twin_tokenizers_keep_every_twin_word_whole_and_spell_the_rest(build, tmp_path):
+    from transformers import AutoTokenizer
+
+    from locopack.models.tokenizers import TWIN_WORDS, tiny_clip_tokenizer, tiny_t5_tokenizer
+
+    tokenizer = tiny_clip_tokenizer() if build == "clip" else tiny_t5_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    for word in TWIN_WORDS:
+        assert len(reloaded(word, add_special_tokens=False).input_ids) == 1, word
+    spelled = reloaded("zebra", add_special_tokens=False).input_ids
+    assert len(spelled) > 1 and reloaded.unk_token_id not in spelled
+    assert reloaded.decode(spelled).replace(" ", "") == "zebra"

@@ -144,9 +144,11 @@ def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, 
     }
 
 
+@torch.no_grad()
 def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict[str, dict]:
-    """Per edited matrix: relative error of ``W'x`` vs ``W y`` on the edit's columns and the
-    relative drift of ``W'p`` on the preserve columns (both Frobenius, float64)."""
+    """Per edited matrix: the relative error of ``W'x`` vs ``W y`` on the edit's columns
+    (``edit_error``; ``error_before`` is the same for the unedited ``W``) and the relative drift
+    of ``W'p`` on the preserve columns (all Frobenius norms, float64)."""
     denoiser = getattr(pipe, family.denoiser_attr)
     states = collect_states(pipe, family, recipe)
     by_path = {site.key: site for site in family.sites(denoiser)}
@@ -157,7 +159,11 @@ def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict
         x, y, p = states.columns(lambda s, site=site: family.site_states(denoiser, site, s))
         w = denoiser.get_submodule(module).weight.detach().to(torch.float64)
         edited = w + d.to(torch.float64)
-        entry = {"edit_error": float((edited @ x - w @ y).norm() / (w @ y).norm().clamp_min(1e-30))}
+        scale = (w @ y).norm().clamp_min(1e-30)
+        entry = {
+            "edit_error": float((edited @ x - w @ y).norm() / scale),
+            "error_before": float((w @ x - w @ y).norm() / scale),
+        }
         if p is not None:
             entry["preserve_drift"] = float((d.to(torch.float64) @ p).norm() / (w @ p).norm())
         report[module] = entry

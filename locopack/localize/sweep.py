@@ -70,6 +70,8 @@ class Sweep:
         with torch.no_grad():
             self.original = family.encode(pipe, [p.original for p in pairs])
             self.altered = family.encode(pipe, [p.altered for p in pairs])
+        self.original_mask = family.attention_mask(pipe, [p.original for p in pairs])
+        self.altered_mask = family.attention_mask(pipe, [p.altered for p in pairs])
 
     @torch.no_grad()
     def _images(self, k: int, windows: list[list[str]], seed: int, rung: Rung) -> list:
@@ -77,9 +79,14 @@ class Sweep:
         replacements = window_replacements(
             self.site_paths, windows, self.original[k], self.altered[k]
         )
+        masks = None
+        if self.altered_mask is not None:
+            masks = window_replacements(
+                self.site_paths, windows, self.original_mask[k], self.altered_mask[k]
+            )
         size = {"height": rung.resolution, "width": rung.resolution} if rung.resolution else {}
         generators = [torch.Generator(self.pipe.device).manual_seed(seed) for _ in range(n)]
-        with swap_text_states(self.denoiser, replacements):
+        with swap_text_states(self.denoiser, replacements, masks):
             return self.pipe(
                 prompt=self.pairs[k].original,
                 num_images_per_prompt=n,

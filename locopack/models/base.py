@@ -146,10 +146,23 @@ class ModelFamily(ABC):
         return states
 
     @classmethod
+    def preprocess(cls, prompt: str) -> str:
+        """The text the pipeline actually tokenizes for ``prompt``."""
+        return prompt
+
+    @classmethod
+    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor | None:
+        """(B, L) keep-mask of the text tokens, for families whose cross-attention masks
+        padding; None where the sites attend to every position."""
+        return None
+
+    @classmethod
     def token_ids(cls, pipe: Any, prompt: str) -> list[int]:
-        """Token ids of ``prompt`` as the pipeline pads them, without padding."""
+        """Token ids of ``prompt`` as the pipeline tokenizes it, without padding."""
         tok = cls.tokenizer(pipe)
-        return tok(prompt, truncation=True, max_length=cls.max_length(pipe)).input_ids
+        return tok(
+            cls.preprocess(prompt), truncation=True, max_length=cls.max_length(pipe)
+        ).input_ids
 
     @classmethod
     def max_length(cls, pipe: Any) -> int:
@@ -163,11 +176,12 @@ class ModelFamily(ABC):
         Raises:
             ModelLayoutError: the concept does not occur in the prompt, or is truncated away.
         """
-        match = re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE)
+        text = cls.preprocess(prompt)
+        match = re.search(re.escape(concept.strip()), text, flags=re.IGNORECASE)
         if match is None:
             raise ModelLayoutError(f"concept {concept!r} does not occur in prompt {prompt!r}")
         enc = cls.tokenizer(pipe)(
-            prompt,
+            text,
             truncation=True,
             max_length=cls.max_length(pipe),
             return_offsets_mapping=True,

@@ -41,6 +41,11 @@ class DeepFloydIF(ModelFamily):
         return isinstance(getattr(module, "add_k_proj", None), torch.nn.Linear)
 
     @classmethod
+    def preprocess(cls, prompt: str) -> str:
+        """The pipeline lower-cases and strips prompts (``clean_caption=False``)."""
+        return prompt.lower().strip()
+
+    @classmethod
     def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
         states, _ = pipe.encode_prompt(
             prompts, do_classifier_free_guidance=False, device=pipe.device, clean_caption=False

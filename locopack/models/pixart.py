@@ -42,6 +42,24 @@ class PixArt(ModelFamily):
         return _MAX_SEQUENCE.get(type(pipe).__name__, 120)
 
     @classmethod
+    def preprocess(cls, prompt: str) -> str:
+        """The pipeline lower-cases and strips prompts (``clean_caption=False``)."""
+        return prompt.lower().strip()
+
+    @classmethod
+    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+        """PixArt masks padded T5 positions in its cross-attention."""
+        tokens = pipe.tokenizer(
+            [cls.preprocess(p) for p in prompts],
+            padding="max_length",
+            max_length=cls.max_length(pipe),
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        return tokens.attention_mask
+
+    @classmethod
     def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
         states, _, _, _ = pipe.encode_prompt(
             prompts,

@@ -39,21 +39,41 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges learned on ``words`` until each word is one symbol.
+
+    Learning them (most frequent pair first, ties broken by the pair itself) rather than
+    writing each word's chain by hand keeps the merges consistent: applying them in rank order,
+    as a BPE tokenizer does, rebuilds every word.
+    """
+    pieces = [list(word[:-1]) + [word[-1] + "</w>"] for word in words]
+    merges = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in pieces:
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for symbols in pieces:
+            i = 0
+            while i < len(symbols) - 1:
+                if (symbols[i], symbols[i + 1]) == best:
+                    symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+                i += 1
+
+
 def tiny_clip_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS) -> CLIPTokenizer:
     """A CLIP BPE tokenizer whose vocabulary is the byte alphabet plus ``words`` as whole tokens."""
     symbols = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for symbol in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(symbol, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(words):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        current = parts[0]
-        for part in parts[1:]:
-            if current + part not in vocab:
-                merges.append((current, part))
-                vocab[current + part] = len(vocab)
-            current += part
+    merges = _learn_merges(list(dict.fromkeys(w.lower() for w in words)))
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)

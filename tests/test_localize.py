@@ -1,0 +1,208 @@
+"""LocoGen: planted windows are found exactly; results are saved; a killed sweep resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from locopack.localize import CandidateCache, ClipScorer, Rung, Sweep, localize, prompt_pairs, run_sweep
+from locopack.localize.result import LocalizationResult
+from locopack.models import load_pipeline
+from locopack.recipe import load_recipe, parse_recipe
+
+RECIPE = """
+version: 1
+name: planted
+base: {{model: {model}}}
+edits:
+  - kind: {kind}
+    {what}
+    prompts: ["a painting of a cat in the style of {{concept}}", "{{concept}} starry night"]
+    {target}
+localize: {{window: {window}, steps: 2, guidance: 3.0, seeds: [0], prompts_per_edit: 2,
+           scorer: ./unused, mode: {mode}}}
+"""
+
+
+def _recipe(model, window=1, mode="full", kind="erase"):
+    if kind == "erase":
+        what, target = "attribute: style\n    concept: van gogh", 'target: "a photo of a red car"'
+    else:
+        what, target = "fact: van gogh", 'targets: ["a photo of a red car"]'
+    text = RECIPE.format(model=model, window=window, mode=mode, kind=kind, what=what,
+                         target=target)
+    return parse_recipe(text, "planted.yaml")
+
+
+class ReferenceScorer:
+    """Similarity (negative mean pixel distance) to the reference images of a text: what the
+    unedited pipeline draws for that prompt with the sweep's seed, at each step count the
+    sweep may use (the closest one counts)."""
+
+    name = "reference-images"
+
+    def __init__(self, pipe, family, texts, steps=(1, 2), guidance=3.0, seed=0):
+        self.references = {text: [] for text in texts}
+        for text in texts:
+            for count in steps:
+                generator = torch.Generator().manual_seed(seed)
+                image = pipe(text, num_inference_steps=count, guidance_scale=guidance,
+                             generator=generator, output_type="pil",
+                             **family.call_kwargs()).images[0]
+                self.references[text].append(np.asarray(image, dtype=np.float32))
+
+    def __call__(self, images, texts):
+        return [
+            -min(float(np.abs(np.asarray(im, dtype=np.float32) - ref).mean())
+                 for ref in self.references[t])
+            for im, t in zip(images, texts, strict=True)
+        ]
+
+
+def _planted_pipe(twin_dir, start, size):
+    """The twin with key/value zeroed at every site outside ``start .. start+size-1``."""
+    pipe, family = load_pipeline(str(twin_dir))
+    denoiser = getattr(pipe, family.denoiser_attr)
+    sites = family.sites(denoiser)
+    with torch.no_grad():
+        for site in sites[:start] + sites[start + size:]:
+            denoiser.get_submodule(site.key).weight.zero_()
+            denoiser.get_submodule(site.value).weight.zero_()
+    return pipe, family, [s.path for s in sites]
+
+
+@pytest.mark.parametrize(
+    "name, start, size, mode",
+    [("sd1", 3, 1, "full"), ("sd1", 12, 1, "fast"), ("sd1", 6, 2, "full"),
+     ("sdxl", 0, 1, "fast"), ("sdxl", 9, 2, "full"), ("sdxl", 15, 1, "full")],
+)
+def test_planted_window_is_found(name, start, size, mode, twin_dirs):
+    pipe, family, paths = _planted_pipe(twin_dirs[name], start, size)
+    recipe = _recipe(twin_dirs[name], window=size, mode=mode)
+    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
+    result = localize(pipe, family, recipe, scorer=scorer, progress=False, batch=8)
+    assert result.chosen == start
+    assert result.layers == paths[start:start + size]
+    # the baseline is the reference itself; the chosen window carries the whole effect
+    assert result.baseline.mean == pytest.approx(0.0, abs=0.02)
+    chosen = result.candidates[result.chosen]
+    assert chosen.mean == pytest.approx(result.all_sites.mean, abs=1e-3)
+
+
+def test_update_edits_choose_the_highest_score_to_the_target(twin_dirs):
+    pipe, family, paths = _planted_pipe(twin_dirs["sd1"], 5, 1)
+    recipe = _recipe(twin_dirs["sd1"], kind="update")
+    pairs = prompt_pairs(recipe)
+    assert all(p.sign == -1 and p.reference == p.altered for p in pairs)
+    scorer = ReferenceScorer(pipe, family, [p.reference for p in pairs])
+    result = localize(pipe, family, recipe, scorer=scorer, progress=False)
+    assert result.layers == [paths[5]]
+    assert result.candidates[5].mean > max(c.mean for i, c in enumerate(result.candidates)
+                                           if i != 5)
+
+
+def test_fast_mode_screens_then_rescores_finalists(twin_dirs):
+    pipe, family, _ = _planted_pipe(twin_dirs["sd1"], 8, 1)
+    recipe = _recipe(twin_dirs["sd1"], mode="fast")
+    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
+    fast = localize(pipe, family, recipe, scorer=scorer, progress=False)
+    full = localize(pipe, family, recipe, scorer=scorer, progress=False, mode="full")
+    assert fast.chosen == full.chosen == 8
+    assert fast.screening_rung["steps"] < fast.rung["steps"] or fast.rung["steps"] == 1
+    assert len(fast.finalists) == 3 and 8 in fast.finalists
+    for i in fast.finalists:  # finalists are scored at full settings, like the full sweep
+        assert fast.candidates[i].scores == pytest.approx(full.candidates[i].scores, abs=1e-3)
+
+
+def test_result_files_and_cache(tmp_path, twin_dirs):
+    pipe, family, paths = _planted_pipe(twin_dirs["sd1"], 2, 1)
+    recipe = _recipe(twin_dirs["sd1"])
+    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
+    result = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    data = json.loads((tmp_path / "localization.json").read_text())
+    assert data["chosen_layers"] == [paths[2]]
+    assert data["meta"]["recipe_sha256"] == recipe.sha256
+    assert data["meta"]["base_fingerprint"].startswith("sha256:")
+    assert len(data["candidates"]) == len(paths)
+    first = data["candidates"][0]
+    assert {"mean", "std", "scores", "window"} <= set(first) and len(first["scores"]) == 2
+    assert data["timings"]["total"] > 0
+    assert (tmp_path / "localization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert LocalizationResult.load(tmp_path / "localization.json").layers == result.layers
+    cached = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    assert all(c.cached for c in cached.candidates)
+    assert [c.scores for c in cached.candidates] == [c.scores for c in result.candidates]
+
+
+def test_batched_candidates_match_one_at_a_time(twin_dirs):
+    pipe, family = load_pipeline(str(twin_dirs["pixart"]))
+    recipe = _recipe(twin_dirs["pixart"])
+    pairs = prompt_pairs(recipe)
+    scorer = ReferenceScorer(pipe, family, [p.original for p in pairs])
+    rung = Rung(2, 3.0, (0,), None)
+    results = []
+    for batch in (1, 16):
+        sweep = Sweep(pipe, family, pairs, scorer, cache=CandidateCache(None), batch=batch,
+                      progress=False)
+        results.append(run_sweep(sweep, 1, rung, "full"))
+    one, many = results
+    assert one.chosen == many.chosen
+    for a, b in zip(one.candidates, many.candidates, strict=True):
+        assert a.scores == pytest.approx(b.scores, abs=0.05)
+
+
+def _localize_cmd(recipe, out):
+    code = ("import torch; torch.set_num_threads(1); from locopack.cli import main; main()")
+    return [sys.executable, "-c", code, "localize", str(recipe), "--out", str(out),
+            "--full", "--batch", "1"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
+    from locopack.models.twin_parts import tiny_clip_model
+
+    model, tokenizer = tiny_clip_model(0)
+    model.save_pretrained(tmp_path / "clip")
+    tokenizer.save_pretrained(tmp_path / "clip")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        _recipe(twin_dirs["sd1"]).source_text.replace("./unused", str(tmp_path / "clip"))
+        .replace("steps: 2", "steps: 4")
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_localize_cmd(recipe, killed), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if len(list((killed / "cache").glob("*.json"))) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len(list((killed / "cache").glob("*.json")))
+    assert 3 <= finished_before < 16, "the kill must land mid-sweep"
+    assert not (killed / "localization.json").exists()
+
+    subprocess.run(_localize_cmd(recipe, killed), env=env, check=True, capture_output=True)
+    resumed = json.loads((killed / "localization.json").read_text())
+    loaded = load_recipe(recipe)
+    pipe, family = load_pipeline(str(twin_dirs["sd1"]))
+    clean = localize(pipe, family, loaded, tmp_path / "clean", progress=False, batch=1,
+                     mode="full", scorer=ClipScorer(str(tmp_path / "clip"))).to_dict()
+    clean = json.loads(json.dumps(clean))
+    assert sum(c["cached"] for c in resumed["candidates"]) >= finished_before
+    for data in (resumed, clean):
+        data.pop("timings")
+        for cand in data["candidates"] + [data["baseline"], data["all_sites"]]:
+            cand.pop("seconds")
+            cand.pop("cached")
+    assert resumed == clean
