@@ -223,6 +223,50 @@ def edit(
     click.echo(f"wrote {out}/delta.safetensors ({delta.sha256()[:19]}) and {out}/edit.json")
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--top-k",
+    default=50,
+    show_default=True,
+    help="Neurons to override, ranked together over all localized projections.",
+)
+@click.option("--layers", multiple=True, help="Sites to use (path or index); skips localization.")
+@click.option(
+    "--localization",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A localization.json whose chosen window to use.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>].",
+)
+def neurons(
+    recipe: Path, top_k: int, layers: tuple[str, ...], localization: Path | None, out: Path | None
+) -> None:
+    """Neuron-level editing: pick the key/value neurons that carry the attribute.
+
+    Neurons of the localized projections are ranked by Welch's t between the recipe's
+    prompts (with the attribute) and its targets and preserve prompts (without); the top-k are
+    overridden at inference with their mean on the neutral prompts.  Writes neurons.safetensors.
+    """
+    from .recipe import load_recipe
+    from .stages import run_neurons
+
+    loaded = load_recipe(recipe)
+    out = _out_dir(out, loaded)
+    _quiet_libraries()
+    refs = [part.strip() for item in layers for part in item.split(",") if part.strip()]
+    edit = run_neurons(loaded, out, top_k=top_k, layers=refs or None, localization=localization)
+    click.echo(
+        f"{edit.total()} neurons in {len(edit.overrides)} projection(s); "
+        f"wrote {out}/neurons.safetensors"
+    )
+
+
 def main() -> None:
     """Entry point of the ``locopack`` console script."""
     cli(prog_name="locopack")

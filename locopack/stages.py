@@ -85,6 +85,37 @@ def choose_layers(
     return resolve_layers(recipe, site_paths)
 
 
+def _layers_or_localize(recipe, pipe, family, out, layers, localization, mode, progress):
+    site_paths = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
+    chosen = choose_layers(recipe, site_paths, layers, localization)
+    if chosen is None:
+        chosen = run_localize(
+            recipe, out, pipe=pipe, family=family, mode=mode, progress=progress
+        ).layers
+    return chosen
+
+
+def run_neurons(
+    recipe: Any,
+    out: Path,
+    *,
+    top_k: int,
+    layers=None,
+    localization=None,
+    mode=None,
+    progress=True,
+):
+    """Neuron-level edit for ``recipe``; writes ``neurons.safetensors`` to ``out``."""
+    from .edit.activations import neuron_edit_for
+
+    pipe, family = load_base(recipe)
+    chosen = _layers_or_localize(recipe, pipe, family, out, layers, localization, mode, progress)
+    edit = neuron_edit_for(pipe, family, recipe, chosen, top_k)
+    write_recipe_copy(recipe, out)
+    edit.save(out / "neurons.safetensors")
+    return edit
+
+
 def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=None, progress=True):
     """LocoEdit for ``recipe``; writes ``delta.safetensors`` and ``edit.json`` to ``out``.
 
@@ -94,13 +125,8 @@ def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=Non
     from .fingerprint import model_fingerprint
 
     pipe, family = load_base(recipe)
-    site_paths = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
     fingerprint = model_fingerprint(pipe, family)
-    chosen = choose_layers(recipe, site_paths, layers, localization)
-    if chosen is None:
-        chosen = run_localize(
-            recipe, out, pipe=pipe, family=family, mode=mode, progress=progress
-        ).layers
+    chosen = _layers_or_localize(recipe, pipe, family, out, layers, localization, mode, progress)
     delta = compute_delta(pipe, family, recipe, chosen, fingerprint=fingerprint)
     write_recipe_copy(recipe, out)
     delta.save(out / "delta.safetensors")

@@ -97,14 +97,14 @@ class NeuronEdit:
         return sum(idx.numel() for idx, _ in self.overrides.values())
 
     def save(self, path: str | Path) -> None:
-        """Write ``<module>.indices`` / ``<module>.values`` tensors and the metadata."""
-        from safetensors.torch import save_file
+        """Write ``<module>.indices`` / ``<module>.values`` tensors and the metadata, atomically."""
+        from ..io import save_tensors
 
         tensors = {}
         for mod, (idx, val) in self.overrides.items():
-            tensors[f"{mod}.indices"] = idx.detach().cpu().contiguous()
-            tensors[f"{mod}.values"] = val.detach().cpu().contiguous()
-        save_file(tensors, str(path), metadata={**self.metadata, _FORMAT_KEY: _FORMAT})
+            tensors[f"{mod}.indices"] = idx.detach().cpu()
+            tensors[f"{mod}.values"] = val.detach().cpu()
+        save_tensors(tensors, path, {**self.metadata, _FORMAT_KEY: _FORMAT})
 
     @classmethod
     def load(cls, path: str | Path) -> NeuronEdit:
