@@ -127,8 +127,10 @@ def test_edited_model_moves_originals_toward_targets_and_spares_others():
     recipe = _recipe("./x", tokens="concept", lam=0.1)
     originals, targets = recipe.edits[0].originals(), recipe.edits[0].targets_expanded()
     unrelated = ["a photo of a red car", "a bird in the sky", "a mountain river"]
-    enc = {k: family.encode(pipe, v) for k, v in
-           (("orig", originals), ("target", targets), ("other", unrelated))}
+    enc = {
+        k: family.encode(pipe, v)
+        for k, v in (("orig", originals), ("target", targets), ("other", unrelated))
+    }
     before = {k: _denoise(pipe, family, v) for k, v in enc.items()}
     delta = compute_delta(pipe, family, recipe, _sites(pipe, family))
     delta.apply(pipe.unet)
@@ -169,8 +171,9 @@ def test_edit_cli_with_layers_and_with_a_localization_file(tmp_path, twin_dirs):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(_recipe(str(twin_dirs["sd1"])).source_text)
     runner = CliRunner()
-    result = runner.invoke(cli, ["edit", str(recipe), "--layers", "6,7", "--out",
-                                 str(tmp_path / "a")])
+    result = runner.invoke(
+        cli, ["edit", str(recipe), "--layers", "6,7", "--out", str(tmp_path / "a")]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "a" / "edit.json").read_text())
     assert report["layers"] == [
@@ -183,11 +186,21 @@ def test_edit_cli_with_layers_and_with_a_localization_file(tmp_path, twin_dirs):
 
     localization = {"format": "locopack.localization/1"}
     (tmp_path / "loc.json").write_text(json.dumps(localization))
-    result = runner.invoke(cli, ["edit", str(recipe), "--localization",
-                                 str(tmp_path / "loc.json"), "--out", str(tmp_path / "b")])
+    result = runner.invoke(
+        cli,
+        [
+            "edit",
+            str(recipe),
+            "--localization",
+            str(tmp_path / "loc.json"),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert result.exit_code == 1 and "not a readable localization result" in result.output
     assert not (tmp_path / "b" / "delta.safetensors").exists()
 
-    result = runner.invoke(cli, ["edit", str(recipe), "--layers", "nope", "--out",
-                                 str(tmp_path / "c")])
+    result = runner.invoke(
+        cli, ["edit", str(recipe), "--layers", "nope", "--out", str(tmp_path / "c")]
+    )
     assert result.exit_code == 1 and "--layers: 'nope'" in result.output

@@ -16,8 +16,14 @@ ORIGINAL, ALTERED = "a painting of a cat in the style of van gogh", "a photo of 
 
 def _images(pipe, family, prompt, seed=0, guidance=3.0):
     generator = torch.Generator().manual_seed(seed)
-    return pipe(prompt, num_inference_steps=2, guidance_scale=guidance, generator=generator,
-                output_type="np", **family.call_kwargs()).images
+    return pipe(
+        prompt,
+        num_inference_steps=2,
+        guidance_scale=guidance,
+        generator=generator,
+        output_type="np",
+        **family.call_kwargs(),
+    ).images
 
 
 def _all_sites(pipe, family):
@@ -58,8 +64,9 @@ def test_pooled_text_path_keeps_the_original_prompt(name, twin_pipes):
     assert family.has_pooled_text_path
     with torch.no_grad():
         altered = family.encode(pipe, [ALTERED])
-    with swap_text_states(getattr(pipe, family.denoiser_attr),
-                          {p: altered for p in _all_sites(pipe, family)}):
+    with swap_text_states(
+        getattr(pipe, family.denoiser_attr), {p: altered for p in _all_sites(pipe, family)}
+    ):
         swapped = _images(pipe, family, ORIGINAL)
     original, target = _images(pipe, family, ORIGINAL), _images(pipe, family, ALTERED)
     assert np.abs(swapped - target).max() > 0

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from locopack.localize import CandidateCache, ClipScorer, Rung, Sweep, localize, prompt_pairs, run_sweep
+from locopack.localize import (
+    CandidateCache,
+    ClipScorer,
+    Rung,
+    Sweep,
+    localize,
+    prompt_pairs,
+    run_sweep,
+)
 from locopack.localize.result import LocalizationResult
 from locopack.models import load_pipeline
 from locopack.recipe import load_recipe, parse_recipe
@@ -37,8 +45,7 @@ def _recipe(model, window=1, mode="full", kind="erase"):
         what, target = "attribute: style\n    concept: van gogh", 'target: "a photo of a red car"'
     else:
         what, target = "fact: van gogh", 'targets: ["a photo of a red car"]'
-    text = RECIPE.format(model=model, window=window, mode=mode, kind=kind, what=what,
-                         target=target)
+    text = RECIPE.format(model=model, window=window, mode=mode, kind=kind, what=what, target=target)
     return parse_recipe(text, "planted.yaml")
 
 
@@ -54,15 +61,22 @@ class ReferenceScorer:
         for text in texts:
             for count in steps:
                 generator = torch.Generator().manual_seed(seed)
-                image = pipe(text, num_inference_steps=count, guidance_scale=guidance,
-                             generator=generator, output_type="pil",
-                             **family.call_kwargs()).images[0]
+                image = pipe(
+                    text,
+                    num_inference_steps=count,
+                    guidance_scale=guidance,
+                    generator=generator,
+                    output_type="pil",
+                    **family.call_kwargs(),
+                ).images[0]
                 self.references[text].append(np.asarray(image, dtype=np.float32))
 
     def __call__(self, images, texts):
         return [
-            -min(float(np.abs(np.asarray(im, dtype=np.float32) - ref).mean())
-                 for ref in self.references[t])
+            -min(
+                float(np.abs(np.asarray(im, dtype=np.float32) - ref).mean())
+                for ref in self.references[t]
+            )
             for im, t in zip(images, texts, strict=True)
         ]
 
@@ -73,7 +87,7 @@ def _planted_pipe(twin_dir, start, size):
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = family.sites(denoiser)
     with torch.no_grad():
-        for site in sites[:start] + sites[start + size:]:
+        for site in sites[:start] + sites[start + size :]:
             denoiser.get_submodule(site.key).weight.zero_()
             denoiser.get_submodule(site.value).weight.zero_()
     return pipe, family, [s.path for s in sites]
@@ -81,8 +95,14 @@ def _planted_pipe(twin_dir, start, size):
 
 @pytest.mark.parametrize(
     "name, start, size, mode",
-    [("sd1", 3, 1, "full"), ("sd1", 12, 1, "fast"), ("sd1", 6, 2, "full"),
-     ("sdxl", 0, 1, "fast"), ("sdxl", 9, 2, "full"), ("sdxl", 15, 1, "full")],
+    [
+        ("sd1", 3, 1, "full"),
+        ("sd1", 12, 1, "fast"),
+        ("sd1", 6, 2, "full"),
+        ("sdxl", 0, 1, "fast"),
+        ("sdxl", 9, 2, "full"),
+        ("sdxl", 15, 1, "full"),
+    ],
 )
 def test_planted_window_is_found(name, start, size, mode, twin_dirs):
     pipe, family, paths = _planted_pipe(twin_dirs[name], start, size)
@@ -90,7 +110,7 @@ def test_planted_window_is_found(name, start, size, mode, twin_dirs):
     scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
     result = localize(pipe, family, recipe, scorer=scorer, progress=False, batch=8)
     assert result.chosen == start
-    assert result.layers == paths[start:start + size]
+    assert result.layers == paths[start : start + size]
     # the baseline is the reference itself; the chosen window carries the whole effect
     assert result.baseline.mean == pytest.approx(0.0, abs=0.02)
     chosen = result.candidates[result.chosen]
@@ -105,8 +125,9 @@ def test_update_edits_choose_the_highest_score_to_the_target(twin_dirs):
     scorer = ReferenceScorer(pipe, family, [p.reference for p in pairs])
     result = localize(pipe, family, recipe, scorer=scorer, progress=False)
     assert result.layers == [paths[5]]
-    assert result.candidates[5].mean > max(c.mean for i, c in enumerate(result.candidates)
-                                           if i != 5)
+    assert result.candidates[5].mean > max(
+        c.mean for i, c in enumerate(result.candidates) if i != 5
+    )
 
 
 def test_fast_mode_screens_then_rescores_finalists(twin_dirs):
@@ -150,8 +171,9 @@ def test_batched_candidates_match_one_at_a_time(twin_dirs):
     rung = Rung(2, 3.0, (0,), None)
     results = []
     for batch in (1, 16):
-        sweep = Sweep(pipe, family, pairs, scorer, cache=CandidateCache(None), batch=batch,
-                      progress=False)
+        sweep = Sweep(
+            pipe, family, pairs, scorer, cache=CandidateCache(None), batch=batch, progress=False
+        )
         results.append(run_sweep(sweep, 1, rung, "full"))
     one, many = results
     assert one.chosen == many.chosen
@@ -160,9 +182,19 @@ def test_batched_candidates_match_one_at_a_time(twin_dirs):
 
 
 def _localize_cmd(recipe, out):
-    code = ("import torch; torch.set_num_threads(1); from locopack.cli import main; main()")
-    return [sys.executable, "-c", code, "localize", str(recipe), "--out", str(out),
-            "--full", "--batch", "1"]
+    code = "import torch; torch.set_num_threads(1); from locopack.cli import main; main()"
+    return [
+        sys.executable,
+        "-c",
+        code,
+        "localize",
+        str(recipe),
+        "--out",
+        str(out),
+        "--full",
+        "--batch",
+        "1",
+    ]
 
 
 @pytest.mark.slow
@@ -174,13 +206,15 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
     tokenizer.save_pretrained(tmp_path / "clip")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        _recipe(twin_dirs["sd1"]).source_text.replace("./unused", str(tmp_path / "clip"))
+        _recipe(twin_dirs["sd1"])
+        .source_text.replace("./unused", str(tmp_path / "clip"))
         .replace("steps: 2", "steps: 4")
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_localize_cmd(recipe, killed), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _localize_cmd(recipe, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if len(list((killed / "cache").glob("*.json"))) >= 3:
@@ -196,8 +230,16 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
     resumed = json.loads((killed / "localization.json").read_text())
     loaded = load_recipe(recipe)
     pipe, family = load_pipeline(str(twin_dirs["sd1"]))
-    clean = localize(pipe, family, loaded, tmp_path / "clean", progress=False, batch=1,
-                     mode="full", scorer=ClipScorer(str(tmp_path / "clip"))).to_dict()
+    clean = localize(
+        pipe,
+        family,
+        loaded,
+        tmp_path / "clean",
+        progress=False,
+        batch=1,
+        mode="full",
+        scorer=ClipScorer(str(tmp_path / "clip")),
+    ).to_dict()
     clean = json.loads(json.dumps(clean))
     assert sum(c["cached"] for c in resumed["candidates"]) >= finished_before
     for data in (resumed, clean):

@@ -26,15 +26,27 @@ edits:
 
 def _image(pipe, prompt="a painting in the style of van gogh"):
     generator = torch.Generator().manual_seed(0)
-    return pipe(prompt, num_inference_steps=2, guidance_scale=3.0, generator=generator,
-                output_type="np").images
+    return pipe(
+        prompt, num_inference_steps=2, guidance_scale=3.0, generator=generator, output_type="np"
+    ).images
 
 
 def test_neurons_cli_then_override_sets_exactly_the_chosen_outputs(tmp_path, twin_dirs):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE.format(model=twin_dirs["sd1"]))
-    result = CliRunner().invoke(cli, ["neurons", str(recipe), "--layers", "6,7", "--top-k", "12",
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "neurons",
+            str(recipe),
+            "--layers",
+            "6,7",
+            "--top-k",
+            "12",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     edit = NeuronEdit.load(tmp_path / "out" / "neurons.safetensors")
     assert edit.total() == 12

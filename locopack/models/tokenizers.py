@@ -51,7 +51,7 @@ def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
     while True:
         counts: dict[tuple[str, str], int] = {}
         for symbols in pieces:
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 counts[pair] = counts.get(pair, 0) + 1
         if not counts:
             return merges
