@@ -51,15 +51,30 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="locopack")
-def cli() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar="LOCOPACK_THREADS",
+    default=None,
+    help="CPU threads for torch [env LOCOPACK_THREADS; default: torch's choice]. "
+    "1 is fastest for tiny models on small machines.",
+)
+def cli(threads: int | None) -> None:
     """Localize knowledge in a text-to-image model and edit it, from a YAML recipe.
 
     \b
     A typical session:
-      locopack twin sd1 ./tiny-sd1         # build a tiny offline model to try things on
-      locopack layers ./tiny-sd1           # where text enters its denoiser, in order
+      locopack twin sd1 out/tiny-sd1       # build a tiny offline model to try things on
+      locopack layers out/tiny-sd1         # where text enters its denoiser, in order
       locopack validate recipe.yaml        # check a recipe before running it
+      locopack localize recipe.yaml        # LocoGen: which window of sites holds the concept
+      locopack edit recipe.yaml            # LocoEdit: closed-form edit -> delta.safetensors
+      locopack neurons recipe.yaml         # neuron-level alternative -> neurons.safetensors
     """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @cli.command()
@@ -121,20 +136,32 @@ def layers(model: str, revision: str | None, as_json: bool) -> None:
 @click.argument("family_name", metavar="FAMILY")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
-def twin(family_name: str, directory: Path, seed: int) -> None:
+@click.option("--force", is_flag=True, help="Replace DIRECTORY if it exists.")
+def twin(family_name: str, directory: Path, seed: int, force: bool) -> None:
     """Build a tiny seeded twin of FAMILY (sd1, sd2, sdxl, if, pixart) into DIRECTORY.
 
     Twins have random weights and the family's real block layout at tiny width: they test
-    every code path offline in seconds, but draw noise, not pictures.
+    every code path offline in seconds, but draw noise, not pictures.  A tiny random CLIP
+    scorer is written beside the pipeline, in DIRECTORY/scorer, for localization runs.
     """
+    from .io import atomic_dir
     from .models import get_family
+    from .models.twin_parts import tiny_clip_model
 
     family = get_family(family_name)
-    if directory.exists() and any(directory.iterdir()):
-        raise click.UsageError(f"{directory} exists and is not empty; choose a new folder")
+    if directory.exists() and any(directory.iterdir()) and not force:
+        raise click.UsageError(
+            f"{directory} exists and is not empty; choose a new folder or pass --force"
+        )
     _quiet_libraries()
-    family.save_twin(directory, seed)
-    click.echo(f"wrote a tiny {family.pretty_name} twin to {directory}")
+    with atomic_dir(directory) as tmp:
+        family.save_twin(tmp, seed)
+        clip, tokenizer = tiny_clip_model(seed)
+        clip.save_pretrained(tmp / "scorer")
+        tokenizer.save_pretrained(tmp / "scorer")
+    click.echo(
+        f"wrote a tiny {family.pretty_name} twin to {directory} (scorer: {directory}/scorer)"
+    )
 
 
 def _out_dir(out: Path | None, recipe) -> Path:

@@ -45,7 +45,12 @@ class Candidate:
 
 @dataclass
 class LocalizationResult:
-    """Every window's scores, the chosen window, and the baseline/all-sites references."""
+    """Every window's scores, the chosen window, and the baseline/all-sites references.
+
+    ``candidates[i]`` holds window ``i``'s scores at full settings when it was a finalist
+    (every window in full mode), else its screening scores; ``screening`` keeps the screening
+    pass of every window (fast mode).
+    """
 
     candidates: list[Candidate]
     chosen: int
@@ -58,6 +63,7 @@ class LocalizationResult:
     site_paths: list[str]
     pairs: list[dict]
     screening_rung: dict | None = None
+    screening: list[Candidate] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +104,8 @@ class LocalizationResult:
             for key in ("baseline", "all_sites"):
                 data[key] = Candidate(**data[key])
             data["candidates"] = [Candidate(**c) for c in data["candidates"]]
+            if data.get("screening") is not None:
+                data["screening"] = [Candidate(**c) for c in data["screening"]]
             return cls(**data)
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise RecipeError(f"{path}: not a readable localization result ({err})") from None
