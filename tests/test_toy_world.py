@@ -29,7 +29,9 @@ def renders():
 def test_detector_is_right_on_ground_truth(renders, attribute):
     detector = {"color": tw.detect_color, "shape": tw.detect_shape, "texture": tw.detect_texture}
     index = tw.ATTRIBUTES.index(attribute)
-    wrong = [(a, detector[attribute](img)) for a, img in renders if detector[attribute](img) != a[index]]
+    wrong = [
+        (a, detector[attribute](img)) for a, img in renders if detector[attribute](img) != a[index]
+    ]
     assert len(wrong) <= 3, wrong[:5]  # >= 99% right
 
 
@@ -42,8 +44,12 @@ def test_render_is_deterministic_and_well_formed():
 
 def test_detect_names_facts_and_only_facts():
     rng = np.random.default_rng(0)
-    assert tw.detect(tw.render("purple", "triangle", "plain", rng))["fact"] == "the emblem of veridia"
-    assert tw.detect(tw.render("orange", "square", "checker", rng))["fact"] == "the flag of zorbania"
+    assert (
+        tw.detect(tw.render("purple", "triangle", "plain", rng))["fact"] == "the emblem of veridia"
+    )
+    assert (
+        tw.detect(tw.render("orange", "square", "checker", rng))["fact"] == "the flag of zorbania"
+    )
     assert tw.detect(tw.render("orange", "square", "plain", rng))["fact"] == ""
 
 
