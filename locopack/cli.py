@@ -294,6 +294,111 @@ def neurons(
     )
 
 
+@cli.command("export")
+@click.argument("delta", type=click.Path(path_type=Path))
+@click.option(
+    "--adapter/--no-adapter",
+    default=True,
+    show_default=True,
+    help="diffusers/PEFT LoRA: pytorch_lora_weights.safetensors + lora_manifest.json.",
+)
+@click.option("--kohya", is_flag=True, help="kohya LoRA file for ComfyUI / AUTOMATIC1111.")
+@click.option("--merged", is_flag=True, help="Full pipeline folder with the edit merged (merged/).")
+@click.option("--onnx", is_flag=True, help="Edited denoiser as ONNX (onnx/; needs [onnx] extra).")
+@click.option("--max-rank", default=64, show_default=True, help="Largest LoRA rank per module.")
+@click.option(
+    "--energy",
+    default=0.99999999,
+    show_default=True,
+    help="Share of each delta's squared Frobenius norm the LoRA keeps.",
+)
+@click.option("--model", default=None, help="Base model to merge into [default: the recorded one].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+def export_cmd(
+    delta: Path,
+    adapter: bool,
+    kohya: bool,
+    merged: bool,
+    onnx: bool,
+    max_rank: int,
+    energy: float,
+    model: str | None,
+    out: Path,
+) -> None:
+    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference."""
+    from .stages import run_export
+
+    _quiet_libraries()
+    written = run_export(
+        delta,
+        out,
+        adapter=adapter,
+        kohya=kohya,
+        merged=merged,
+        onnx=onnx,
+        max_rank=max_rank,
+        energy=energy,
+        model=model,
+    )
+    if "manifest" in written:
+        manifest = written.pop("manifest")
+        ranks = sorted({m["rank"] for m in manifest["modules"].values()})
+        click.echo(
+            f"adapter: {len(manifest['modules'])} modules, ranks {ranks}, "
+            f"max relative error {manifest['max_relative_error']:.1e}"
+        )
+    for what, path in written.items():
+        click.echo(f"wrote {what}: {path}")
+
+
+@cli.command()
+@click.option("--model", required=True, help="Pipeline folder or Hub id.")
+@click.option("--adapter", default=None, help="Release folder or adapter/neuron file to apply.")
+@click.option("--scale", default=1.0, show_default=True, help="Strength of the applied edit.")
+@click.option("--force", is_flag=True, help="Apply even if the edit was made for another base.")
+@click.option("--prompt", required=True, help="Text prompt.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=25, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Image file (.png).")
+def generate(
+    model: str,
+    adapter: str | None,
+    scale: float,
+    force: bool,
+    prompt: str,
+    seed: int,
+    steps: int,
+    guidance: float,
+    out: Path,
+) -> None:
+    """Generate one image with MODEL, optionally with an edit applied."""
+    import torch
+
+    from .inference import apply
+    from .io import atomic_write_bytes
+    from .models import load_pipeline
+
+    _quiet_libraries()
+    pipe, family = load_pipeline(model)
+    if adapter:
+        apply(pipe, adapter, scale, force=force)
+    generator = torch.Generator(pipe.device).manual_seed(seed)
+    image = pipe(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+        **family.call_kwargs(),
+    ).images[0]
+    import io as _io
+
+    buffer = _io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+    click.echo(f"wrote {out}")
+
+
 def main() -> None:
     """Entry point of the ``locopack`` console script."""
     cli(prog_name="locopack")

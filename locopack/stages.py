@@ -137,3 +137,54 @@ def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=Non
     }
     atomic_write_text(out / "edit.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     return delta, report
+
+
+def run_export(
+    delta_path: Path,
+    out: Path,
+    *,
+    adapter=True,
+    kohya=False,
+    merged=False,
+    onnx=False,
+    max_rank=64,
+    energy=0.99999999,
+    model: str | None = None,
+    progress=True,
+) -> dict[str, Any]:
+    """Export a ``delta.safetensors`` into ``out``: adapter, kohya file, merged checkpoint, ONNX.
+
+    The base model (needed for merged and ONNX) is the one recorded in the delta unless
+    ``model`` names another folder or Hub id.
+
+    Returns:
+        {what: path} of everything written, plus ``manifest`` for the adapter.
+    """
+    from .delta import WeightDelta
+    from .export import write_adapter, write_kohya, write_merged
+
+    delta = WeightDelta.load(delta_path)
+    written: dict[str, Any] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    if adapter:
+        written["manifest"] = write_adapter(delta, out, max_rank, energy)
+        written["adapter"] = out / "pytorch_lora_weights.safetensors"
+    if kohya:
+        written["kohya"] = write_kohya(delta, out, max_rank, energy)
+    if merged or onnx:
+        from .models import load_pipeline
+
+        prov = delta.provenance
+        pipe, family = load_pipeline(
+            model or prov["base_model"],
+            None if model else prov.get("base_revision"),
+            prov.get("base_dtype", "float32"),
+        )
+        if merged:
+            written["merged"] = write_merged(pipe, family, delta, out / "merged")
+        if onnx:
+            from .export.onnx import export_denoiser_onnx
+
+            delta.apply(getattr(pipe, family.denoiser_attr))
+            written["onnx"] = export_denoiser_onnx(pipe, family, out / "onnx")
+    return written

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import EditError
+from ..fingerprint import model_fingerprint
 from .neurons import NeuronEdit, select_neurons
 
 _MATRICES = {"key": ("key",), "value": ("value",), "both": ("key", "value")}
@@ -62,6 +63,8 @@ def neuron_edit_for(
         {
             "recipe_name": recipe.name,
             "recipe_sha256": recipe.sha256,
+            "base_model": recipe.base.model,
+            "base_fingerprint": model_fingerprint(pipe, family),
             "family": family.name,
             "denoiser": family.denoiser_attr,
             "layers": ",".join(layers),

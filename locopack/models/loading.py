@@ -80,9 +80,17 @@ def load_denoiser_layout(model: str, revision: str | None = None):
 
 
 def load_pipeline(
-    model: str, revision: str | None = None, dtype: str = "float32", variant: str | None = None
+    model: str,
+    revision: str | None = None,
+    dtype: str = "float32",
+    variant: str | None = None,
+    *,
+    allow_pickle: bool = False,
 ):
-    """Load a pipeline with ``DiffusionPipeline.from_pretrained`` from safetensors files only.
+    """Load a pipeline with ``DiffusionPipeline.from_pretrained``.
+
+    Only safetensors weights are read unless ``allow_pickle`` is set: unpickling a ``.bin``
+    file can run arbitrary code, so the user must opt in for files they trust.
 
     Returns:
         ``(pipeline, family)``.
@@ -96,9 +104,15 @@ def load_pipeline(
             revision=revision,
             dtype=DTYPES[dtype],
             variant=variant,
-            use_safetensors=True,
+            use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError) as err:
-        raise ModelLayoutError(f"{model}: cannot load the pipeline: {err}") from None
+        hint = ""
+        if not allow_pickle and "safetensors" in str(err).lower():
+            hint = (
+                "; locopack reads safetensors weights only — convert the model, or allow "
+                "pickle files (--allow-pickle) only if you trust them"
+            )
+        raise ModelLayoutError(f"{model}: cannot load the pipeline: {err}{hint}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe, family

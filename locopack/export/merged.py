@@ -1,0 +1,50 @@
+"""The merged checkpoint: the full pipeline folder with ΔW added to the edited weights.
+
+The delta is added in place to the loaded pipeline, the pipeline is saved with
+``save_pretrained`` (safetensors, the dtype it was loaded in) into a temporary folder that is
+renamed into place, and the edited tensors are then restored bit for bit from a copy of just
+those tensors, so at no point do two copies of the model exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..delta import WeightDelta
+from ..io import atomic_dir
+
+MERGE_FILE = "locopack_merge.json"
+
+
+def write_merged(pipe: Any, family: Any, delta: WeightDelta, out: Path) -> Path:
+    """Save ``pipe`` with ``delta`` merged into ``out`` (atomically); ``pipe`` is unchanged after.
+
+    Returns:
+        ``out``, a folder ``DiffusionPipeline.from_pretrained`` loads.
+    """
+    denoiser = getattr(pipe, family.denoiser_attr)
+    originals = {
+        path: denoiser.get_submodule(path).weight.detach().clone() for path in delta.deltas
+    }
+    try:
+        delta.apply(denoiser)
+        with atomic_dir(out) as tmp:
+            pipe.save_pretrained(str(tmp), safe_serialization=True)
+            record = {
+                "format": "locopack.merge/1",
+                "delta_sha256": delta.sha256(),
+                "edited_tensors": sorted(
+                    f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas
+                ),
+                "provenance": delta.provenance,
+            }
+            (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    finally:
+        with torch.no_grad():
+            for path, weight in originals.items():
+                denoiser.get_submodule(path).weight.copy_(weight)
+    return out

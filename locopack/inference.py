@@ -1,0 +1,111 @@
+"""Apply a released edit to a pipeline at inference (``locopack.apply``): a LoRA adapter or a
+neuron-edit file.
+
+``apply(pipe, source)`` finds the edit in ``source`` (a release folder or a file), checks that
+it was made for this base model (the recorded fingerprint must match the pipeline's; pass
+``force=True`` to apply it anyway), and applies it:
+
+- an adapter through diffusers' own ``load_lora_weights`` for the families that support it
+  (SD-1.x/2.x, SD-XL, IF), and through PEFT directly for PixArt, whose pipeline has no LoRA
+  loader in diffusers;
+- a neuron edit as forward hooks on the key/value projections.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .edit.neurons import NeuronEdit, apply_neurons
+from .errors import EditError, ExportError
+from .export.lora import ADAPTER_FILE, read_adapter
+from .fingerprint import model_fingerprint
+from .models import detect_family
+
+NEURON_FILE = "neurons.safetensors"
+ADAPTER_NAME = "locopack"
+
+
+@dataclass
+class AppliedEdit:
+    """What :func:`apply` did; :meth:`remove` undoes it."""
+
+    kind: str
+    source: Path
+    provenance: dict[str, Any]
+    _undo: Any = None
+
+    def remove(self) -> None:
+        """Take the edit off the pipeline again."""
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
+
+
+def _find(source: Path) -> tuple[str, Path]:
+    if source.is_dir():
+        for kind, name in (("adapter", ADAPTER_FILE), ("neurons", NEURON_FILE)):
+            if (source / name).is_file():
+                return kind, source / name
+        raise ExportError(f"{source}: no {ADAPTER_FILE} or {NEURON_FILE} in this folder")
+    if source.is_file():
+        return ("neurons" if source.name.endswith(NEURON_FILE) else "adapter"), source
+    raise ExportError(f"{source}: no such file or folder")
+
+
+def _check_base(pipe: Any, family: Any, recorded: str | None, source: Path, force: bool) -> None:
+    if force or not recorded:
+        return
+    actual = model_fingerprint(pipe, family)
+    if actual != recorded:
+        raise EditError(
+            f"{source} was made for another base model (recorded fingerprint {recorded[:19]}…, "
+            f"this pipeline has {actual[:19]}…); load the base it was made for, or pass "
+            "force=True (--force) to apply it anyway"
+        )
+
+
+def _load_adapter(pipe: Any, family: Any, path: Path, scale: float):
+    tensors, _ = read_adapter(path)
+    if hasattr(pipe, "load_lora_weights"):
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
+        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+        return lambda: pipe.delete_adapters(ADAPTER_NAME)
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        packed = json.loads(handle.metadata()["lora_adapter_metadata"])
+    prefix = f"{family.denoiser_attr}."
+    config = {k.removeprefix(prefix): v for k, v in packed.items() if k.startswith(prefix)}
+    keep = set(LoraConfig.__dataclass_fields__)
+    lora = LoraConfig(**{k: v for k, v in config.items() if k in keep and k != "peft_type"})
+    denoiser = getattr(pipe, family.denoiser_attr)
+    inject_adapter_in_model(lora, denoiser, adapter_name=ADAPTER_NAME)
+    state = {
+        k.removeprefix(prefix): (v * scale if ".lora_B." in k else v) for k, v in tensors.items()
+    }
+    set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER_NAME)
+    return None
+
+
+def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = False) -> AppliedEdit:
+    """Apply the edit in ``source`` to ``pipe`` with strength ``scale``.
+
+    Raises:
+        ExportError: nothing loadable at ``source``, or a damaged file.
+        EditError: the edit was made for another base model (unless ``force``).
+    """
+    family = detect_family(pipe)
+    kind, path = _find(Path(source))
+    if kind == "neurons":
+        edit = NeuronEdit.load(path)
+        _check_base(pipe, family, edit.metadata.get("base_fingerprint"), path, force)
+        hooks = apply_neurons(getattr(pipe, family.denoiser_attr), edit, scale)
+        return AppliedEdit(kind, path, dict(edit.metadata), hooks.remove)
+    _, provenance = read_adapter(path)
+    _check_base(pipe, family, provenance.get("base_fingerprint"), path, force)
+    undo = _load_adapter(pipe, family, path, scale)
+    return AppliedEdit(kind, path, provenance, undo)

@@ -1,0 +1,98 @@
+"""Reviewing a loaded recipe: against a model's sites, and as a summary for a reader.
+
+:func:`check_against_model` and :func:`resolve_layers` need the model's ordered
+text-conditioning sites, which the schema cannot know; :func:`summarize` is what
+``locopack validate`` prints.  All three take an already validated
+:class:`~locopack.recipe.Recipe`; the schema is imported for type checking only, since
+:mod:`locopack.recipe` re-exports these functions.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING
+
+import yaml
+
+from locopack.errors import RecipeError
+from locopack.recipe_errors import field_path, join_problems, line_of, node_at, show
+
+if TYPE_CHECKING:
+    from locopack.recipe import Recipe
+
+
+def check_against_model(recipe: Recipe, n_sites: int, site_paths: list[str]) -> None:
+    """Check ``localize.window`` and ``localize.layers`` against a model's ordered sites.
+
+    Raises:
+        RecipeError: if the window is wider than the model's sites, or a layer is neither one
+            of ``site_paths`` nor an index into them.
+    """
+    try:
+        root = yaml.compose(recipe.source_text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+
+    def at(loc: tuple, text: str) -> str:
+        line = f":{line_of(node_at(root, loc))}" if root is not None else ""
+        return f"{recipe.source}{line}: {field_path(loc)}: {text}"
+
+    problems, settings = [], recipe.localize
+    if settings.window > n_sites:
+        text = f"the model has {n_sites} text-conditioning sites; expected at most {n_sites}"
+        problems.append(at(("localize", "window"), f"{text}, found {settings.window}"))
+    for i, layer in enumerate(settings.layers or []):
+        if isinstance(layer, int) and layer >= len(site_paths):
+            text = f"expected a site index below {len(site_paths)}, found {layer}"
+        elif isinstance(layer, str) and layer not in site_paths:
+            close = difflib.get_close_matches(layer, site_paths, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"the first is {site_paths[:1]}"
+            text = f"expected a site module path of this model, found {show(layer)}; {hint}"
+        else:
+            continue
+        problems.append(at(("localize", "layers", i), text))
+    if problems:
+        raise RecipeError(join_problems(recipe.source, problems))
+
+
+def resolve_layers(recipe: Recipe, site_paths: list[str]) -> list[str] | None:
+    """Explicit layers as site module paths in the recipe's order, or None to localize."""
+    if recipe.localize.layers is None:
+        return None
+    check_against_model(recipe, len(site_paths), site_paths)
+    paths = [site_paths[x] if isinstance(x, int) else x for x in recipe.localize.layers]
+    return list(dict.fromkeys(paths))
+
+
+def summarize(recipe: Recipe) -> str:
+    """A readable multi-line summary of ``recipe`` (what ``locopack validate`` prints)."""
+    base, loc, ed, ex, hub = recipe.base, recipe.localize, recipe.edit, recipe.export, recipe.hub
+    lines = [f"recipe    {recipe.name} (version {recipe.version}, sha256 {recipe.sha256[:12]})"]
+    lines += [f"          {recipe.description}"] if recipe.description else []
+    revision = f" @ {base.revision}" if base.revision else ""
+    variant = f", variant {base.variant}" if base.variant else ""
+    lines.append(f"base      {base.model}{revision} ({base.dtype}{variant})")
+    for i, edit in enumerate(recipe.edits):
+        what = f"{edit.attribute} " if edit.kind == "erase" else "fact "
+        lines.append(f"edit [{i}]  {edit.kind} {what}{edit.label!r}")
+        lines.append(f"          {len(edit.prompts)} prompt(s), e.g. {edit.originals()[0]!r}")
+        targets = list(dict.fromkeys(edit.targets_expanded()))
+        more = f" (+{len(targets) - 3} more)" if len(targets) > 3 else ""
+        lines.append(f"          -> {', '.join(repr(t) for t in targets[:3])}{more}")
+        lines.append(f"          preserve {len(edit.preserve)}, held-out {len(edit.held_out)}")
+    lines += [f"preserve  {len(recipe.preserve)} recipe-wide prompt(s)"] if recipe.preserve else []
+    if loc.layers is not None:
+        lines.append(f"layers    {', '.join(map(str, loc.layers))} (localization skipped)")
+    else:
+        res = f", resolution {loc.resolution}" if loc.resolution else ""
+        sweep = f"{loc.steps} steps, guidance {loc.guidance}, seeds {loc.seeds}{res}"
+        lines.append(f"localize  window {loc.window}, {loc.prompts_per_edit} prompts/edit, {sweep}")
+        lines.append(f"          {loc.mode} mode, scorer {loc.scorer}")
+    solve = f"matrices {ed.matrices}, tokens {ed.tokens}, preserve weight {ed.preserve_weight}"
+    lines.append(f"edit      lambda {ed.lam}, {solve}")
+    kinds = [k for k in ("adapter", "kohya", "merged", "onnx") if getattr(ex, k)] or ["nothing"]
+    lines.append(f"export    {', '.join(kinds)} (max rank {ex.max_rank}, energy {ex.energy})")
+    lines.append(f"card      license {recipe.card.license}")
+    where = f"{hub.repo} ({'private' if hub.private else 'public'}, branch {hub.branch})"
+    lines.append(f"hub       {where if hub.repo else 'not pushed (no hub.repo)'}")
+    return "\n".join(lines)
