@@ -143,7 +143,7 @@ def test_defaults():
     assert (ex.adapter, ex.max_rank, ex.energy, ex.kohya, ex.merged, ex.onnx) == (
         True,
         64,
-        0.9999,
+        0.99999999,
         True,
         False,
         False,
