@@ -1,0 +1,239 @@
+"""Exports: the adapter as diffusers loads it equals the merged checkpoint; kohya; refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+
+import locopack
+from locopack.edit import compute_delta
+from locopack.errors import EditError, ExportError, ModelLayoutError
+from locopack.export import write_adapter, write_kohya, write_merged
+from locopack.models import get_family, load_pipeline
+from locopack.recipe import parse_recipe
+
+from .conftest import FAMILY_NAMES
+
+RECIPE = """
+version: 1
+name: export-test
+base: {model: ./x}
+edits:
+  - kind: erase
+    attribute: object
+    concept: cat
+    prompts: ["a photo of a cat", "a cat on a street", "a painting of a cat"]
+    target: "a photo of a dog"
+edit: {lambda: 0.05, tokens: concept}
+"""
+
+
+def _delta(pipe, family, n_sites=3):
+    sites = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
+    return compute_delta(pipe, family, parse_recipe(RECIPE, "r.yaml"), sites[1 : 1 + n_sites])
+
+
+def _denoise(pipe, family, seed=0):
+    denoiser = getattr(pipe, family.denoiser_attr)
+    torch.manual_seed(seed)
+    config = denoiser.config
+    width = (
+        config.get("caption_channels")
+        or config.get("encoder_hid_dim")
+        or config.cross_attention_dim
+    )
+    states = torch.randn(2, 77, width)  # raw text states, as the pipeline passes them
+    channels = denoiser.config.in_channels
+    size = denoiser.config.sample_size
+    sample = torch.randn(2, channels, size, size)
+    extra = {}
+    if family.name == "sdxl":
+        extra["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(2, 32),
+            "time_ids": torch.randn(2, 6),
+        }
+    if family.name == "pixart":
+        extra["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
+    with torch.no_grad():
+        return denoiser(
+            sample, timestep=torch.tensor([500, 500]), encoder_hidden_states=states, **extra
+        ).sample
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory, twin_dirs):
+    """{family: (release folder, delta)} with adapter, kohya (where possible) and merged."""
+    out = {}
+    for name in FAMILY_NAMES:
+        pipe, family = load_pipeline(str(twin_dirs[name]))
+        delta = _delta(pipe, family)
+        folder = tmp_path_factory.mktemp(f"release-{name}")
+        write_adapter(delta, folder, max_rank=64, energy=0.99999999)
+        write_merged(pipe, family, delta, folder / "merged")
+        out[name] = (folder, delta)
+    return out
+
+
+@pytest.mark.parametrize("name", ["sd1", "sd2", "sdxl", "if"])
+def test_adapter_loaded_by_diffusers_equals_the_merged_checkpoint(name, releases, twin_dirs):
+    folder, _ = releases[name]
+    family = get_family(name)
+    with_adapter = DiffusionPipeline.from_pretrained(str(twin_dirs[name]))
+    with_adapter.load_lora_weights(str(folder))  # plain diffusers, as a user would
+    merged = DiffusionPipeline.from_pretrained(str(folder / "merged"))
+    base = DiffusionPipeline.from_pretrained(str(twin_dirs[name]))
+    a, m, b = (_denoise(p, family) for p in (with_adapter, merged, base))
+    assert (a - m).abs().max() <= 1e-5
+    assert (m - b).abs().max() > 1e-4  # the edit does change the outputs
+
+
+def test_pixart_adapter_through_peft_equals_the_merged_checkpoint(releases, twin_dirs):
+    folder, _ = releases["pixart"]
+    family = get_family("pixart")
+    pipe, _ = load_pipeline(str(twin_dirs["pixart"]))
+    assert not hasattr(pipe, "load_lora_weights")  # diffusers has no PixArt LoRA loader
+    applied = locopack.apply(pipe, folder)
+    merged = DiffusionPipeline.from_pretrained(str(folder / "merged"))
+    assert applied.kind == "adapter"
+    assert (_denoise(pipe, family) - _denoise(merged, family)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_manifest_records_exact_low_rank_factors(name, releases):
+    folder, delta = releases[name]
+    manifest = json.loads((folder / "lora_manifest.json").read_text())
+    columns = delta.provenance["columns"]
+    tensors = load_file(folder / "pytorch_lora_weights.safetensors")
+    for path, entry in manifest["modules"].items():
+        assert entry["relative_error"] <= 1e-4
+        assert entry["rank"] <= columns
+        up = tensors[f"{delta.denoiser}.{path}.lora_B.weight"].double()
+        down = tensors[f"{delta.denoiser}.{path}.lora_A.weight"].double()
+        d = delta.deltas[path].double()
+        assert (up @ down - d).norm() / d.norm() == pytest.approx(entry["relative_error"], abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sd1", "sdxl"])
+def test_kohya_file_read_by_diffusers_gives_the_same_weights(name, releases, tmp_path):
+    folder, delta = releases[name]
+    kohya = write_kohya(delta, tmp_path, max_rank=64, energy=0.99999999)
+    pipeline_class = type(DiffusionPipeline.from_pretrained(str(folder / "merged")))
+    converted, alphas = pipeline_class.lora_state_dict(str(kohya))
+    for path in delta.deltas:
+        stem = path.rsplit(".", 1)
+        key = f"unet.{stem[0]}.processor.{stem[1]}_lora"
+        down = converted[f"{key}.down.weight"].double()
+        up = converted[f"{key}.up.weight"].double()
+        scale = alphas[f"{key}.down.weight.alpha"] / down.shape[0] if alphas else 1.0
+        adapter = load_file(folder / "pytorch_lora_weights.safetensors")
+        ours = (
+            adapter[f"unet.{path}.lora_B.weight"].double()
+            @ adapter[f"unet.{path}.lora_A.weight"].double()
+        )
+        assert (scale * up @ down - ours).abs().max() <= 1e-6
+
+
+def test_kohya_is_refused_for_transformer_families(releases, tmp_path):
+    _, delta = releases["pixart"]
+    with pytest.raises(ExportError, match="Stable Diffusion UNets only"):
+        write_kohya(delta, tmp_path, 64, 0.99999999)
+    assert not list(tmp_path.iterdir())
+
+
+def test_merged_checkpoint_changes_only_the_edited_tensors(releases, twin_dirs):
+    folder, delta = releases["sd1"]
+    base = load_file(next((twin_dirs["sd1"] / "unet").glob("*.safetensors")))
+    merged = load_file(next((folder / "merged" / "unet").glob("*.safetensors")))
+    edited = {f"{p}.weight" for p in delta.deltas}
+    assert base.keys() == merged.keys()
+    for key in base:
+        same = torch.equal(base[key], merged[key])
+        assert same != (key in edited), key
+        assert merged[key].dtype == base[key].dtype
+    for part in ("text_encoder", "vae"):
+        (a,) = (twin_dirs["sd1"] / part).glob("*.safetensors")
+        (b,) = (folder / "merged" / part).glob("*.safetensors")
+        assert a.read_bytes() == b.read_bytes() or all(
+            torch.equal(x, y)
+            for x, y in zip(load_file(a).values(), load_file(b).values(), strict=True)
+        )
+
+
+def test_merged_keeps_the_base_dtype_and_leaves_the_pipeline_unchanged(tmp_path, twin_dirs):
+    pipe, family = load_pipeline(str(twin_dirs["sd1"]), dtype="float16")
+    delta = _delta(pipe, family, n_sites=1)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    write_merged(pipe, family, delta, tmp_path / "merged")
+    assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
+    (weights,) = (tmp_path / "merged" / "unet").glob("*.safetensors")
+    assert {t.dtype for t in load_file(weights).values()} == {torch.float16}
+
+
+def test_a_crash_while_merging_leaves_no_folder(tmp_path, twin_dirs, monkeypatch):
+    pipe, family = load_pipeline(str(twin_dirs["sd1"]))
+    delta = _delta(pipe, family, n_sites=1)
+    weight = pipe.unet.get_submodule(next(iter(delta.deltas))).weight.clone()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipe, "save_pretrained", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_merged(pipe, family, delta, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    assert not [p for p in tmp_path.iterdir()]  # no temporary leftovers either
+    assert torch.equal(pipe.unet.get_submodule(next(iter(delta.deltas))).weight, weight)
+
+
+def test_apply_refuses_another_base_unless_forced(releases, tmp_path):
+    folder, _ = releases["sd1"]
+    other_dir = get_family("sd1").save_twin(tmp_path / "other", seed=1)
+    other, _ = load_pipeline(str(other_dir))
+    with pytest.raises(EditError, match="made for another base model"):
+        locopack.apply(other, folder)
+    assert locopack.apply(other, folder, force=True).kind == "adapter"
+
+
+def test_damaged_adapter_and_pickle_weights_give_clear_errors(releases, tmp_path, twin_dirs):
+    folder, _ = releases["sd1"]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data = (folder / "pytorch_lora_weights.safetensors").read_bytes()
+    (damaged / "pytorch_lora_weights.safetensors").write_bytes(data[: len(data) // 2])
+    pipe, _ = load_pipeline(str(twin_dirs["sd1"]))
+    with pytest.raises(ExportError, match="truncated or corrupted"):
+        locopack.apply(pipe, damaged)
+    with pytest.raises(ExportError, match="no pytorch_lora_weights"):
+        locopack.apply(pipe, tmp_path)
+
+    pickled = tmp_path / "pickled"
+    get_family("sd1").build_twin(0).save_pretrained(str(pickled), safe_serialization=False)
+    with pytest.raises(ModelLayoutError, match="safetensors"):
+        load_pipeline(str(pickled))
+    assert load_pipeline(str(pickled), allow_pickle=True)[1].name == "sd1"
+
+
+def test_neuron_file_applies_through_locopack_apply(tmp_path, twin_dirs):
+    from locopack.edit.activations import neuron_edit_for
+
+    pipe, family = load_pipeline(str(twin_dirs["sd1"]))
+    recipe = parse_recipe(
+        RECIPE.replace(
+            'target: "a photo of a dog"', 'target: "a photo of a dog"\n    preserve: ["a house"]'
+        ),
+        "r.yaml",
+    )
+    site = family.sites(pipe.unet)[6].path
+    edit = neuron_edit_for(pipe, family, recipe, [site], top_k=4)
+    edit.save(tmp_path / "neurons.safetensors")
+    before = _denoise(pipe, family)
+    applied = locopack.apply(pipe, tmp_path)
+    assert applied.kind == "neurons"
+    after = _denoise(pipe, family)
+    applied.remove()
+    assert (after - before).abs().max() > 0
+    assert torch.equal(_denoise(pipe, family), before)
