@@ -399,6 +399,86 @@ def generate(
     click.echo(f"wrote {out}")
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>].",
+)
+@click.option(
+    "--fast/--full",
+    "fast",
+    default=None,
+    help="Localization mode [default: the recipe's localize.mode].",
+)
+def build(recipe: Path, out: Path | None, fast: bool | None) -> None:
+    """Recipe in, release out: localize, edit, export, evidence, card, history.
+
+    Rerun after a crash to continue: finished stages and localization windows are reused.
+    """
+    from .build import run_build
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    out = _out_dir(out, loaded)
+    _quiet_libraries()
+    mode = None if fast is None else ("fast" if fast else "full")
+    summary = run_build(loaded, out, mode=mode)
+    click.echo(f"\nlayers: {', '.join(summary.layers)}")
+    for edit in summary.evidence.get("edits", []):
+        for name, item in edit["sets"].items():
+            before, after = item["summary"]["before"], item["summary"]["after"]
+            click.echo(
+                f"  {edit['label']} / {name}: CLIP to original "
+                f"{before['original']['mean']:.2f} -> {after['original']['mean']:.2f}, "
+                f"to target {before['target']['mean']:.2f} -> {after['target']['mean']:.2f}"
+            )
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
+    click.echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
+    click.echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
+
+
+@cli.command()
+@click.argument("outdir", type=click.Path(path_type=Path))
+def card(outdir: Path) -> None:
+    """Rebuild OUTDIR/README.md (the model card) from an output folder, computing nothing."""
+    from .card import write_card
+
+    path = write_card(outdir)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("release")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--reproduce",
+    is_flag=True,
+    help="Also re-run the recorded recipe on the recorded base and compare the delta.",
+)
+def audit(release: str, as_json: bool, reproduce: bool) -> None:
+    """Verify a release folder: file hashes, history chain, adapter vs delta, merged = base + delta.
+
+    Exits 1 when any check fails, naming the file or history entry.
+    """
+    from .audit import audit_folder, timeline
+
+    if reproduce:
+        _quiet_libraries()
+    report = audit_folder(Path(release), reproduce=reproduce)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(timeline(report))
+        for check in report.checks:
+            click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        raise _UserError(f"audit failed: {failed.name}: {failed.detail}")
+
+
 def main() -> None:
     """Entry point of the ``locopack`` console script."""
     cli(prog_name="locopack")

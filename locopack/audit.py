@@ -1,0 +1,253 @@
+"""Audit a release: do its files, history, adapter and merged checkpoint match the record?
+
+Checks, each reported by name with the file or history entry it concerns:
+
+1. ``history.jsonl`` parses; each entry's hash matches its content and links to the previous
+   entry (editing, reordering or dropping a line breaks this);
+2. every file recorded by the last entry exists with the recorded sha256, and no unrecorded
+   file sits beside them;
+3. ``delta.safetensors`` holds the tensors whose hash the entry recorded, and the adapter
+   reproduces that delta within the recorded tolerance;
+4. a merged checkpoint equals base + delta for every edited tensor and the base elsewhere,
+   where the base model can be reached;
+5. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
+   same delta: bit-exact on CPU with the recorded library versions, within 1e-5 otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import LocopackError
+from .history import HISTORY_FILE, entry_hash, hashed_files, read_history
+
+
+@dataclass
+class Check:
+    """One verified property: its name, whether it held, and what was found."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class AuditReport:
+    """Every check and the timeline of what was applied to the model."""
+
+    folder: str
+    checks: list[Check] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check held."""
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {
+            "folder": self.folder,
+            "ok": self.ok,
+            "checks": [c.__dict__ for c in self.checks],
+            "timeline": [
+                {
+                    k: e.get(k)
+                    for k in (
+                        "index",
+                        "time",
+                        "recipe_name",
+                        "recipe_sha256",
+                        "base_model",
+                        "edits",
+                        "hash",
+                    )
+                }
+                for e in self.entries
+            ],
+        }
+
+
+def _check_chain(report: AuditReport, folder: Path) -> bool:
+    try:
+        entries = read_history(folder / HISTORY_FILE)
+    except LocopackError as err:
+        return report.add("history", False, str(err))
+    if not entries:
+        return report.add("history", False, f"{folder / HISTORY_FILE}: missing or empty")
+    report.entries = entries
+    previous = None
+    for number, entry in enumerate(entries, 1):
+        where = f"{HISTORY_FILE} line {number} ({entry.get('recipe_name', '?')})"
+        if entry.get("hash") != entry_hash(entry):
+            return report.add("history chain", False, f"{where}: content does not match its hash")
+        if entry.get("prev") != previous or entry.get("index") != number - 1:
+            return report.add(
+                "history chain",
+                False,
+                f"{where}: does not follow the previous entry (reordered, "
+                "inserted or dropped line)",
+            )
+        previous = entry["hash"]
+    return report.add("history chain", True, f"{len(entries)} entries")
+
+
+def _check_files(report: AuditReport, folder: Path, entry: dict[str, Any]) -> bool:
+    recorded = entry.get("files", {})
+    actual = hashed_files(folder)
+    for name, digest in sorted(recorded.items()):
+        if name not in actual:
+            return report.add("files", False, f"{name}: recorded but missing")
+        if actual[name] != digest:
+            return report.add("files", False, f"{name}: sha256 differs from the record")
+    extra = sorted(set(actual) - set(recorded))
+    if extra:
+        return report.add("files", False, f"{extra[0]}: not recorded in the history")
+    return report.add("files", True, f"{len(recorded)} files match")
+
+
+def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str, Any]):
+    from .delta import WeightDelta
+    from .export.lora import ADAPTER_FILE, read_adapter
+
+    try:
+        delta = WeightDelta.load(folder / "delta.safetensors")
+    except LocopackError as err:
+        report.add("delta", False, str(err))
+        return None
+    if not report.add(
+        "delta",
+        delta.sha256() == entry.get("delta_sha256"),
+        "delta.safetensors: tensors match the recorded hash"
+        if delta.sha256() == entry.get("delta_sha256")
+        else "delta.safetensors: tensors differ from the recorded hash",
+    ):
+        return None
+    if (folder / ADAPTER_FILE).is_file():
+        tensors, _ = read_adapter(folder / ADAPTER_FILE)
+        tolerance = (entry.get("adapter_tolerance") or 0.0) + 1e-6
+        worst = 0.0
+        for path, d in delta.deltas.items():
+            key = f"{delta.denoiser}.{path}"
+            up, down = tensors.get(f"{key}.lora_B.weight"), tensors.get(f"{key}.lora_A.weight")
+            if up is None or down is None:
+                report.add("adapter", False, f"{ADAPTER_FILE}: no factors for {path}")
+                return delta
+            d = d.double()
+            worst = max(worst, float((up.double() @ down.double() - d).norm() / d.norm()))
+        report.add(
+            "adapter",
+            worst <= tolerance,
+            f"{ADAPTER_FILE}: reproduces the delta within {worst:.1e} "
+            f"(recorded tolerance {tolerance:.1e})",
+        )
+    return delta
+
+
+def _denoiser_tensors(folder: Path, attr: str, names: set[str] | None = None):
+    from safetensors import safe_open
+
+    tensors = {}
+    for path in sorted((folder / attr).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                if names is None or key in names:
+                    tensors[key] = handle.get_tensor(key)
+    return tensors
+
+
+def _check_merged(report: AuditReport, folder: Path, entry: dict[str, Any], delta) -> None:
+    merged = folder / "merged"
+    if delta is None or not (merged / "model_index.json").is_file():
+        return
+    base = Path(entry.get("base_path") or entry.get("base_model", ""))
+    if not base.is_dir():
+        report.add("merged", True, f"base {entry.get('base_model')} not reachable here; skipped")
+        return
+    attr = delta.denoiser
+    merged_t, base_t = _denoiser_tensors(merged, attr), _denoiser_tensors(base, attr)
+    edited = {f"{p}.weight": d for p, d in delta.deltas.items()}
+    if merged_t.keys() != base_t.keys():
+        report.add("merged", False, f"merged/{attr}: tensor names differ from the base")
+        return
+    for key, value in merged_t.items():
+        expected = base_t[key]
+        if key in edited:
+            expected = (expected.float() + edited[key]).to(expected.dtype)
+            close = torch.allclose(value.float(), expected.float(), rtol=1e-3, atol=1e-6)
+        else:
+            close = torch.equal(value, expected)
+        if not close:
+            report.add("merged", False, f"merged/{attr}: {key} is not base + delta")
+            return
+    report.add("merged", True, f"merged/{attr} equals base + delta ({len(edited)} edited)")
+
+
+def _check_reproduce(report: AuditReport, entry: dict[str, Any], delta) -> None:
+    from .delta import library_versions
+    from .edit import compute_delta
+    from .models import load_pipeline
+    from .recipe import parse_recipe
+
+    recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
+    pipe, family = load_pipeline(
+        entry.get("base_path") or entry["base_model"], entry.get("base_revision"), recipe.base.dtype
+    )
+    again = compute_delta(pipe, family, recipe, delta.provenance["sites"])
+    exact = library_versions() == entry.get("versions") and pipe.device.type == "cpu"
+    if exact:
+        same = again.sha256() == delta.sha256()
+        how = "bit-exact (same versions, CPU)"
+    else:
+        same = (
+            all(
+                float((again.deltas[p] - d).norm() / d.norm().clamp_min(1e-30)) <= 1e-5
+                for p, d in delta.deltas.items()
+            )
+            and again.deltas.keys() == delta.deltas.keys()
+        )
+        how = "within 1e-5 (other versions or device)"
+    report.add(
+        "reproduce",
+        same,
+        f"re-running the recipe gives {'the same' if same else 'a different'} delta, checked {how}",
+    )
+
+
+def audit_folder(folder: str | Path, *, reproduce: bool = False) -> AuditReport:
+    """Audit the release in ``folder``; see the module docstring."""
+    folder = Path(folder)
+    report = AuditReport(str(folder))
+    if not _check_chain(report, folder):
+        return report
+    last = report.entries[-1]
+    _check_files(report, folder, last)
+    delta = _check_delta_and_adapter(report, folder, last)
+    _check_merged(report, folder, last, delta)
+    if reproduce and delta is not None:
+        _check_reproduce(report, last, delta)
+    return report
+
+
+def timeline(report: AuditReport) -> str:
+    """A readable account of what was applied to the model, oldest first."""
+    lines = []
+    for entry in report.entries:
+        edits = "; ".join(
+            f"{e['kind']} {e['label']!r} -> {', '.join(repr(t) for t in e['targets'])}"
+            for e in entry.get("edits", [])
+        )
+        lines.append(
+            f"{entry.get('time')}  #{entry.get('index')}  {entry.get('recipe_name')} "
+            f"(recipe {str(entry.get('recipe_sha256'))[:12]}) on {entry.get('base_model')}"
+        )
+        lines.append(f"    {edits}")
+    return "\n".join(lines)

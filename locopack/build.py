@@ -1,0 +1,130 @@
+"""``locopack build``: recipe in, release out.
+
+localize → edit → export → evidence → card → history, into one output folder.  Each stage
+writes its files atomically and a rerun skips every stage whose output is already there for
+the same recipe and base model (the localization sweep also resumes inside its cache), so a
+crashed build continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .delta import WeightDelta
+from .errors import ExportError
+
+
+@dataclass
+class BuildSummary:
+    """What a build did: chosen layers, seconds per stage, evidence headline, files."""
+
+    out: Path
+    layers: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _reusable_delta(path: Path, recipe: Any, fingerprint: str) -> WeightDelta | None:
+    if not path.is_file():
+        return None
+    try:
+        delta = WeightDelta.load(path)
+    except ExportError:
+        return None
+    prov = delta.provenance
+    same = (
+        prov.get("recipe_sha256") == recipe.sha256 and prov.get("base_fingerprint") == fingerprint
+    )
+    return delta if same else None
+
+
+def run_build(recipe: Any, out: Path, *, mode: str | None = None, echo=click.echo) -> BuildSummary:
+    """Build the release of ``recipe`` into ``out``; see the module docstring."""
+    import json
+
+    from .card import write_card
+    from .edit import compute_delta, edit_errors
+    from .evidence import collect_evidence
+    from .export import write_adapter, write_kohya, write_merged
+    from .fingerprint import model_fingerprint
+    from .history import new_entry, prior_history, write_history
+    from .io import atomic_write_text
+    from .localize import ClipScorer
+    from .stages import _layers_or_localize, load_base, write_recipe_copy
+
+    summary = BuildSummary(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        summary.seconds[name] = now - clock
+        clock = now
+        echo(f"[{len(summary.seconds)}/6] {name} done in {summary.seconds[name]:.1f} s")
+
+    pipe, family = load_base(recipe)
+    fingerprint = model_fingerprint(pipe, family)
+    write_recipe_copy(recipe, out)
+    delta = _reusable_delta(out / "delta.safetensors", recipe, fingerprint)
+    if delta is None:
+        summary.layers = _layers_or_localize(recipe, pipe, family, out, None, None, mode, True)
+    else:
+        summary.layers, summary.skipped = delta.provenance["sites"], ["localize", "edit"]
+    stage("localize")
+    if delta is None:
+        delta = compute_delta(pipe, family, recipe, summary.layers, fingerprint=fingerprint)
+        report = {
+            "layers": summary.layers,
+            "delta_sha256": delta.sha256(),
+            "modules": edit_errors(pipe, family, recipe, delta),
+        }
+        atomic_write_text(out / "edit.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+        delta.save(out / "delta.safetensors")
+    stage("edit")
+    settings = recipe.export
+    manifest = write_adapter(delta, out, settings.max_rank, settings.energy)
+    if settings.kohya and delta.denoiser == "unet" and family.name != "if":
+        write_kohya(delta, out, settings.max_rank, settings.energy)
+    if settings.merged:
+        write_merged(pipe, family, delta, out / "merged")
+    if settings.onnx:
+        from .export.onnx import export_denoiser_onnx
+
+        originals = {
+            p: getattr(pipe, family.denoiser_attr).get_submodule(p).weight.clone()
+            for p in delta.deltas
+        }
+        delta.apply(getattr(pipe, family.denoiser_attr))
+        try:
+            export_denoiser_onnx(pipe, family, out / "onnx")
+        finally:
+            for path, weight in originals.items():
+                getattr(pipe, family.denoiser_attr).get_submodule(path).weight.data.copy_(weight)
+    stage("export")
+    scorer = ClipScorer(recipe.local_path(recipe.localize.scorer), device=pipe.device)
+    summary.evidence = collect_evidence(pipe, family, recipe, out, scorer, out)
+    stage("evidence")
+    write_card(out)
+    stage("card")
+    base_path = recipe.local_path(recipe.base.model)
+    previous = prior_history(base_path, recipe.base.revision)
+    entry = new_entry(
+        recipe,
+        delta,
+        out,
+        previous,
+        base_path=str(Path(base_path).resolve()) if Path(base_path).exists() else base_path,
+        adapter_tolerance=manifest["max_relative_error"],
+    )
+    write_history(out, [*previous, entry])
+    stage("history")
+    summary.files = sorted(entry["files"]) + ["history.jsonl"]
+    return summary

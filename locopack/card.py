@@ -1,0 +1,318 @@
+"""The model card: README.md of a release, built from what the earlier stages wrote.
+
+Metadata through huggingface_hub's ``ModelCardData``: ``base_model`` and its relation
+(``adapter`` for a LoRA release, ``finetune`` when a merged checkpoint is released),
+``library_name: diffusers``, tags, the license inherited from the base where it is known, and a
+widget gallery of after images.  The body says what was edited and why, where (the localized
+layers and the localization plot), how well (the evidence table and grids), at what cost to
+other prompts, how to use it, its limitations, the full recipe and the hash of every file.
+
+:func:`build_card` reads only files in the release folder and names any that is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ExportError
+from .io import atomic_write_text
+
+CARD_FILE = "README.md"
+TAGS = {"erase": "concept-erasure", "update": "knowledge-editing"}
+SET_NAMES = {
+    "edited": "edited prompts",
+    "held_out": "held-out paraphrases",
+    "preserve": "preserve prompts",
+    "unrelated": "unrelated prompts",
+}
+#: files never listed in the card's hash table (the card itself, the history written after it)
+UNHASHED = {CARD_FILE, "history.jsonl"}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def release_files(folder: Path) -> list[Path]:
+    """Every file of a release (relative paths, sorted), without the cache and the card."""
+    return sorted(
+        p.relative_to(folder)
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.relative_to(folder).parts[0] != "cache"
+        and not p.name.startswith(".")
+        and str(p.relative_to(folder)) not in UNHASHED
+    )
+
+
+def _read_json(folder: Path, name: str, needed_for: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise ExportError(
+            f"{folder}: {name} is missing ({needed_for}); re-run the stage "
+            "that writes it before building the card"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ExportError(f"{path}: not valid JSON ({err})") from None
+
+
+def _license(recipe: Any, folder: Path) -> str | None:
+    chosen = recipe.card.license
+    if chosen != "inherit":
+        return chosen
+    base = Path(recipe.local_path(recipe.base.model)) / CARD_FILE
+    if base.is_file():
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(base).data.to_dict().get("license")
+    return None
+
+
+def _evidence_table(evidence: dict) -> list[str]:
+    lines = [
+        "| edit | prompt set | n | CLIP to original: before → after | "
+        "CLIP to target: before → after |",
+        "|---|---|---|---|---|",
+    ]
+    for edit in evidence["edits"]:
+        for name, item in edit["sets"].items():
+            s = item["summary"]
+            cells = [
+                f"{s['before'][k]['mean']:.2f} ± {s['before'][k]['std']:.2f} → "
+                f"{s['after'][k]['mean']:.2f} ± {s['after'][k]['std']:.2f}"
+                for k in ("original", "target")
+            ]
+            lines.append(
+                f"| {edit['label']} | {SET_NAMES.get(name, name)} | "
+                f"{len(item['prompts'])} | {cells[0]} | {cells[1]} |"
+            )
+    return lines
+
+
+def _limitations(evidence: dict) -> list[str]:
+    """Held-out prompts whose score moved less than half as much as the edited prompts'."""
+    notes = []
+    for edit in evidence["edits"]:
+        sets = edit["sets"]
+        if "edited" not in sets or "held_out" not in sets:
+            continue
+        key = "original" if edit["kind"] == "erase" else "target"
+        sign = -1 if edit["kind"] == "erase" else 1
+
+        def moves(item, key=key, sign=sign):
+            before, after = item["scores"]["before"][key], item["scores"]["after"][key]
+            return [sign * (a - b) for a, b in zip(after, before, strict=True)]
+
+        edited = moves(sets["edited"])
+        typical = sum(edited) / len(edited)
+        held = sets["held_out"]
+        for prompt, move in zip(held["prompts"], moves(held), strict=True):
+            if move < 0.5 * typical:
+                notes.append(
+                    f"- *{prompt}* ({edit['label']}): moved {move:+.2f} "
+                    f"vs {typical:+.2f} on the edited prompts"
+                )
+    return notes
+
+
+def build_card(folder: Path) -> tuple[str, dict]:
+    """The card's text and metadata for the release in ``folder``.
+
+    Raises:
+        ExportError: a file the card describes is missing; the message names it.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .recipe import load_recipe
+
+    if not (folder / "recipe.yaml").is_file():
+        raise ExportError(f"{folder}: recipe.yaml is missing; is this a locopack output folder?")
+    recipe = load_recipe(folder / "recipe.yaml")
+    edit = _read_json(folder, "edit.json", "the edited layers and edit quality")
+    evidence = _read_json(folder, "evidence.json", "the before/after evidence")
+    manifest = _read_json(folder, "lora_manifest.json", "the adapter's ranks")
+    localization = None
+    if (folder / "localization.json").is_file():
+        localization = json.loads((folder / "localization.json").read_text(encoding="utf-8"))
+    referenced = [item["grid"] for e in evidence["edits"] for item in e["sets"].values()]
+    referenced += [g["image"] for g in evidence.get("gallery", [])]
+    referenced += ["delta.safetensors", "pytorch_lora_weights.safetensors"]
+    referenced += ["localization.png"] if localization else []
+    for name in referenced:
+        if not (folder / name).is_file():
+            raise ExportError(f"{folder}: {name} is missing but the card refers to it")
+
+    provenance = manifest["provenance"]
+    merged = (folder / "merged" / "model_index.json").is_file()
+    kinds = sorted({TAGS[e.kind] for e in recipe.edits})
+    data = ModelCardData(
+        base_model=recipe.base.model,
+        base_model_relation="finetune" if merged else "adapter",
+        library_name="diffusers",
+        license=_license(recipe, folder),
+        tags=[
+            "locopack",
+            "text-to-image",
+            *(["lora"] if not merged else ["lora", "merged"]),
+            *kinds,
+            provenance.get("family", ""),
+        ],
+        widget=[
+            {"text": g["prompt"], "output": {"url": g["image"]}}
+            for g in evidence.get("gallery", [])
+        ],
+    )
+    body = _body(recipe, folder, edit, evidence, manifest, localization, merged)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    return str(card), data.to_dict()
+
+
+def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str:
+    prov = manifest["provenance"]
+    what = "\n".join(
+        f"- **{e.kind}** {'the ' + e.attribute if e.kind == 'erase' else 'the fact'} "
+        f"*{e.label}* → {', '.join(repr(t) for t in dict.fromkeys(e.targets_expanded()))} "
+        f"({len(e.prompts)} prompts)"
+        for e in recipe.edits
+    )
+    description = recipe.card.description or recipe.description or ""
+    layers = "\n".join(f"- `{prov['denoiser']}.{path}`" for path in edit["layers"])
+    where = ""
+    if localization:
+        chosen = localization["candidates"][localization["chosen"]]
+        baseline, everything = localization["baseline"], localization["all_sites"]
+        where = (
+            f"\nLocoGen scored {len(localization['candidates'])} windows of "
+            f"{localization['window']} consecutive sites ({localization['mode']} mode); the "
+            f"chosen window scored {chosen['mean']:.2f} (baseline {baseline['mean']:.2f}, "
+            f"all sites altered {everything['mean']:.2f}).\n\n"
+            "![localization](localization.png)\n"
+        )
+    grids = "\n".join(
+        f"**{e['label']}: {SET_NAMES.get(n, n)}**\n\n![{n}]({item['grid']})\n"
+        for e in evidence["edits"]
+        for n, item in e["sets"].items()
+    )
+    errors = edit["modules"].values()
+    limitations = _limitations(evidence) or [
+        "- none of the held-out prompts lagged (see the rule below)"
+    ]
+    ranks = sorted({m["rank"] for m in manifest["modules"].values()})
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("versions", {}).items()))
+    hashes = "\n".join(f"| `{p}` | `{sha256_file(folder / p)}` |" for p in release_files(folder))
+    usage_base = recipe.base.model
+    hub_like = "/" in usage_base and not usage_base.startswith((".", "/", "~"))
+    base_link = (
+        f"[`{usage_base}`](https://huggingface.co/{usage_base})"
+        if hub_like
+        else (f"`{usage_base}`")
+    )
+    settings = (
+        f"λ = {prov['lambda']}, matrices: {prov['matrices']}, tokens: {prov['tokens']}, "
+        f"preserve weight {prov['preserve_weight']}"
+    )
+    merged_note = (
+        "The merged checkpoint in `merged/` loads with `DiffusionPipeline.from_pretrained`."
+        if merged
+        else ""
+    )
+    return f"""
+# {recipe.name}
+
+{description}
+
+An edit of {base_link} made with locopack from a declarative recipe: LocoGen localized the
+attribute to a few cross-attention layers and LocoEdit changed only their key/value matrices in
+closed form (Basu et al., *On Mechanistic Knowledge Localization in Text-to-Image Generative
+Models*, ICML 2024).
+
+## What was edited
+
+{what}
+
+## Where: the localized layers
+
+{layers}
+{where}
+## How well: before / after evidence
+
+Same seed ({evidence["seed"]}), {evidence["steps"]} steps, guidance {evidence["guidance"]};
+CLIP score (100·cos) with `{evidence["scorer"]}`; the edit was applied as a user loads it
+({evidence["applied"]}).
+
+{chr(10).join(_evidence_table(evidence))}
+
+{grids}
+## Edit settings
+
+- {settings}
+- {prov["columns"]} edit columns, {prov["preserve_columns"]} preserve columns
+- largest relative edit error ‖W′x − Wy‖/‖Wy‖: {max(m["edit_error"] for m in errors):.2e}
+- LoRA ranks {ranks}, largest relative reconstruction error {manifest["max_relative_error"]:.1e}
+- base fingerprint `{prov["base_fingerprint"]}`; recipe sha256 `{prov["recipe_sha256"]}`
+- versions: {versions}
+
+## How to use
+
+```python
+import torch
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{usage_base}")
+pipe.load_lora_weights("<this repo or folder>")  # pytorch_lora_weights.safetensors
+image = pipe("{recipe.edits[0].originals()[0]}").images[0]
+```
+
+Or `locopack.apply(pipe, "<repo or folder>")`, which also checks the base model's fingerprint.
+{merged_note}
+`lora_kohya.safetensors` (when present) is the same adapter in the kohya format that ComfyUI and
+AUTOMATIC1111 load.
+
+## Limitations
+
+Held-out paraphrases whose score moved less than half as much as the edited prompts' did
+(CLIP to the original prompt for erasures, to the target for updates):
+
+{chr(10).join(limitations)}
+
+CLIP scores measure text-image agreement, not the absence of a concept; check the grids.
+
+## Recipe
+
+```yaml
+{recipe.source_text.rstrip()}
+```
+
+## Files
+
+| file | sha256 |
+|---|---|
+{hashes}
+"""
+
+
+def write_card(folder: Path) -> Path:
+    """Build the card and write ``README.md`` atomically."""
+    text, _ = build_card(Path(folder))
+    return atomic_write_text(Path(folder) / CARD_FILE, text)
+
+
+def card_metadata_is_valid(path: Path) -> dict:
+    """Parse a written card with ``ModelCard.load`` and return its metadata as a dict."""
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(path).data.to_dict()
+    yaml.safe_dump(data)
+    return data

@@ -1,0 +1,343 @@
+"""ONNX export of an (already edited) denoiser, in the ONNX Stable Diffusion folder layout.
+
+The edit lives entirely in the denoiser's weights, so exporting the denoiser is enough to ship
+it to ONNX runtimes: the text encoders, VAE and scheduler of the base model are unchanged and can
+be exported by any tool (e.g. optimum) or reused from an existing ONNX conversion of the base.
+
+Layout, as diffusers' ``OnnxStableDiffusionPipeline`` and optimum read it::
+
+    <out_dir>/unet/model.onnx            UNet families (sd1, sd2, sdxl, if)
+    <out_dir>/transformer/model.onnx     PixArt (the folder is named after the pipeline attribute)
+    <out_dir>/<same>/model.onnx.data     only when the weights pass ~1.8 GB (protobuf's 2 GB cap)
+    <out_dir>/<same>/onnx_export.json    opset, exporter, inputs/outputs, measured ORT-vs-torch diff
+
+Inputs, all with a dynamic leading ``batch`` axis (height, width and text length are fixed at
+export time: the config's ``sample_size`` and the family's prompt length):
+
+* ``sample`` (B, C, H, W) float, ``timestep`` (B,) float32, ``encoder_hidden_states`` (B, L, D);
+* SD-XL adds ``text_embeds`` (B, P) and ``time_ids`` (B, 6) -- the UNet's ``added_cond_kwargs``;
+* PixArt adds ``encoder_attention_mask`` (B, L) int64 (1 keeps a token; the pipeline always
+  passes the T5 padding mask, so it is a required input -- feed ones to attend everywhere), and
+  ``resolution`` (B, 2) / ``aspect_ratio`` (B, 1) only for transformers that use them
+  (``sample_size == 128``, the 1024-px models); otherwise both are ``None`` as in the pipeline.
+
+The output is ``out_sample``.  The dynamo exporter (``torch.onnx.export(dynamo=True)``) is used;
+the TorchScript exporter is tried only when it raises, and which one ran is recorded.  Families
+whose UNet needs inputs beyond these (class labels, image embeddings) raise :class:`ExportError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ExportError
+from ..io import atomic_dir, atomic_write_text
+
+FORMAT = "locopack.onnx_export/1"
+EXTERNAL_DATA_BYTES = 1_800_000_000
+OUTPUT_NAME = "out_sample"
+_INSTALL_HINT = "pip install 'locopack[onnx]'"
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(f"ONNX export needs the '{module}' package: {_INSTALL_HINT}") from None
+
+
+# ---- what the ONNX graph takes ------------------------------------------------------------------
+@dataclass
+class _Spec:
+    """The adapter module and its inputs: name -> (shape without batch, dtype)."""
+
+    adapter: torch.nn.Module
+    inputs: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)
+
+
+class _UNetAdapter(torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, text_time: bool) -> None:
+        super().__init__()
+        self.unet, self.text_time = unet, text_time
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids} if self.text_time else None
+        return self.unet(
+            sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False
+        )[0]
+
+
+class _PixArtAdapter(torch.nn.Module):
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(
+        self,
+        sample,
+        timestep,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        resolution=None,
+        aspect_ratio=None,
+    ):
+        return self.transformer(
+            hidden_states=sample,
+            encoder_hidden_states=encoder_hidden_states,
+            timestep=timestep,
+            added_cond_kwargs={"resolution": resolution, "aspect_ratio": aspect_ratio},
+            encoder_attention_mask=encoder_attention_mask,
+            return_dict=False,
+        )[0]
+
+
+def _unsupported(family: Any, why: str) -> ExportError:
+    return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
+
+
+def _spec(pipe: Any, family: Any) -> _Spec:
+    denoiser = getattr(pipe, family.denoiser_attr)
+    cfg, dtype = denoiser.config, denoiser.dtype
+    size, length = cfg.sample_size, family.max_length(pipe)
+    if isinstance(size, (list, tuple)):
+        height, width = size
+    else:
+        height = width = size
+    if family.denoiser_attr == "transformer":
+        if type(denoiser).__name__ != "PixArtTransformer2DModel":
+            raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
+        spec = _Spec(_PixArtAdapter(denoiser))
+        spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
+        spec.inputs["timestep"] = ((), torch.float32)
+        spec.inputs["encoder_hidden_states"] = ((length, cfg.caption_channels), dtype)
+        spec.inputs["encoder_attention_mask"] = ((length,), torch.int64)
+        if denoiser.use_additional_conditions:
+            spec.inputs["resolution"] = ((2,), dtype)
+            spec.inputs["aspect_ratio"] = ((1,), dtype)
+        return spec
+    if cfg.class_embed_type is not None or cfg.num_class_embeds is not None:
+        raise _unsupported(family, "the UNet needs class labels, which the ONNX inputs lack")
+    extra = cfg.addition_embed_type
+    if extra not in (None, "text", "text_time"):
+        raise _unsupported(family, f"the UNet's addition_embed_type {extra!r} needs image inputs")
+    if cfg.encoder_hid_dim_type not in (None, "text_proj"):
+        raise _unsupported(family, f"encoder_hid_dim_type {cfg.encoder_hid_dim_type!r}")
+    spec = _Spec(_UNetAdapter(denoiser, text_time=extra == "text_time"))
+    spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
+    spec.inputs["timestep"] = ((), torch.float32)
+    text_dim = cfg.encoder_hid_dim or cfg.cross_attention_dim
+    spec.inputs["encoder_hidden_states"] = ((length, text_dim), dtype)
+    if extra == "text_time":
+        encoder_2 = getattr(pipe, "text_encoder_2", None)
+        pooled = encoder_2.config.projection_dim if encoder_2 is not None else None
+        total, step = cfg.projection_class_embeddings_input_dim, cfg.addition_time_embed_dim
+        pooled = pooled if pooled is not None else total - 6 * step
+        spec.inputs["text_embeds"] = ((pooled,), dtype)
+        spec.inputs["time_ids"] = (((total - pooled) // step,), dtype)
+    return spec
+
+
+def _dummy_inputs(spec: _Spec, batch: int, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded inputs of the right shapes and plausible values for each input name."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, (shape, dtype) in spec.inputs.items():
+        if name == "timestep":
+            value = torch.randint(0, 1000, (batch,), generator=gen).to(dtype)
+        elif name == "encoder_attention_mask":
+            keep = torch.randint(1, shape[0] + 1, (batch, 1), generator=gen)
+            value = (torch.arange(shape[0]).expand(batch, -1) < keep).to(dtype)
+        elif name in ("time_ids", "resolution"):
+            value = torch.randint(1, 128, (batch, *shape), generator=gen).to(dtype) * 8
+        elif name == "aspect_ratio":
+            value = torch.rand((batch, *shape), generator=gen).to(dtype) + 0.5
+        else:
+            value = torch.randn((batch, *shape), generator=gen).to(dtype)
+        out[name] = value
+    return out
+
+
+# ---- export ----------------------------------------------------------------------------------
+def _run_exporter(spec: _Spec, path: Path, opset: int, optimize: bool) -> dict[str, Any]:
+    """Export with dynamo; fall back to TorchScript only if dynamo raises."""
+    args = tuple(_dummy_inputs(spec, 2, seed=0).values())
+    names = list(spec.inputs)
+    n_bytes = sum(t.numel() * t.element_size() for t in spec.adapter.state_dict().values())
+    external = n_bytes > EXTERNAL_DATA_BYTES
+    record: dict[str, Any] = {"external_data": external, "parameter_bytes": n_bytes}
+    started = time.perf_counter()
+    try:
+        torch.onnx.export(
+            spec.adapter,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            external_data=external,
+            dynamic_shapes={name: {0: "batch"} for name in names},
+            optimize=optimize,
+            verbose=False,
+        )
+        record["exporter"] = "dynamo"
+    except Exception as err:  # noqa: BLE001 - any dynamo failure means: try TorchScript
+        dynamo_error = f"{type(err).__name__}: {err}".strip()[:2000]
+        for leftover in path.parent.iterdir():
+            leftover.unlink()
+        try:
+            torch.onnx.export(
+                spec.adapter,
+                args,
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT_NAME]},
+            )
+        except Exception as err2:
+            raise ExportError(
+                f"ONNX export failed with both exporters; dynamo: {dynamo_error}; "
+                f"torchscript: {type(err2).__name__}: {err2}"
+            ) from err2
+        record.update(exporter="torchscript", dynamo_error=dynamo_error)
+    record["export_seconds"] = round(time.perf_counter() - started, 2)
+    return record
+
+
+def _io_description(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Names, shapes (symbolic axes as strings) and element types read back from the file."""
+    onnx = _require("onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values) -> list[dict[str, Any]]:
+        rows = []
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            rows.append({"name": value.name, "shape": dims, "dtype": dtype})
+        return rows
+
+    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
+
+
+def export_denoiser_onnx(
+    pipe: Any,
+    family: Any,
+    out_dir: str | Path,
+    *,
+    opset: int = 18,
+    check: bool = True,
+    optimize: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``pipe``'s denoiser, as it is now (edits included), to ONNX.
+
+    Args:
+        pipe: a loaded pipeline of ``family`` whose denoiser carries the edit.
+        family: its :class:`~locopack.models.ModelFamily`.
+        out_dir: the ONNX model folder; ``<denoiser>/`` inside it is replaced atomically.
+        opset: ONNX opset version.
+        check: compare onnxruntime with torch at batch 1 and 2 (see :func:`check_onnx`) before
+            the folder is put in place.
+        optimize: run the onnxscript graph optimizer after the dynamo export (slower export,
+            smaller graph).
+        metadata: JSON-ready provenance (e.g. the delta's hash) stored in ``onnx_export.json``.
+
+    Returns:
+        The path of ``model.onnx``.
+
+    Raises:
+        ExportError: the ONNX packages are missing, the family's denoiser has inputs this
+            exporter does not handle, both exporters failed, or the check failed.  Nothing is
+            left at ``<out_dir>/<denoiser>`` then.
+    """
+    _require("onnx")
+    _require("onnxscript")
+    spec = _spec(pipe, family)
+    spec.adapter.eval()
+    target = Path(out_dir) / family.denoiser_attr
+    with atomic_dir(target) as tmp:
+        record = _run_exporter(spec, tmp / "model.onnx", opset, optimize)
+        record = {
+            "format": FORMAT,
+            "family": family.name,
+            "denoiser": family.denoiser_attr,
+            "opset": opset,
+            **record,
+            **_io_description(tmp / "model.onnx"),
+        }
+        if check:
+            record["check"] = {
+                "batch_sizes": [1, 2],
+                "provider": "CPUExecutionProvider",
+                "max_abs_diff": check_onnx(pipe, family, tmp / "model.onnx"),
+            }
+        record["versions"] = _versions()
+        record["locopack"] = metadata or {}
+        atomic_write_text(tmp / "onnx_export.json", json.dumps(record, indent=2) + "\n")
+    return target / "model.onnx"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__}
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        versions[name] = getattr(_require(name), "__version__", "?")
+    return versions
+
+
+# ---- check ------------------------------------------------------------------------------------
+def check_onnx(
+    pipe: Any,
+    family: Any,
+    onnx_path: str | Path,
+    batch_sizes: tuple[int, ...] = (1, 2),
+    seed: int = 0,
+    *,
+    atol: float = 1e-4,
+) -> float:
+    """Max abs difference between onnxruntime (CPU) and the torch denoiser on seeded inputs.
+
+    Raises:
+        ExportError: onnxruntime is missing, cannot run the model, or the difference is above
+            ``atol`` (or not finite).
+    """
+    ort = _require("onnxruntime")
+    spec = _spec(pipe, family)
+    spec.adapter.eval()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ExportError(f"{onnx_path}: onnxruntime cannot load the model: {err}") from None
+    worst = 0.0
+    for i, batch in enumerate(batch_sizes):
+        inputs = _dummy_inputs(spec, batch, seed + i)
+        with torch.no_grad():
+            expected = spec.adapter(*inputs.values()).float().cpu()
+        feed = {name: t.cpu().numpy() for name, t in inputs.items()}
+        got = torch.from_numpy(session.run([OUTPUT_NAME], feed)[0]).float()
+        if got.shape != expected.shape:
+            raise ExportError(
+                f"{onnx_path}: output shape {tuple(got.shape)} at batch {batch}, "
+                f"torch gives {tuple(expected.shape)}"
+            )
+        diff = (got - expected).abs().max().item()
+        worst = max(worst, diff) if math.isfinite(diff) else math.inf
+    if worst > atol:
+        raise ExportError(
+            f"{onnx_path}: onnxruntime and torch differ by {worst:.3g} (> {atol:g}) at batch "
+            f"sizes {list(batch_sizes)}; the export is not faithful, do not ship it"
+        )
+    return worst

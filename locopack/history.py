@@ -1,0 +1,122 @@
+"""The history of a model: an append-only, hash-chained record of every recipe applied.
+
+``history.jsonl`` holds one JSON object per applied recipe: the recipe text and hash, the base
+model and its fingerprint, library versions, the hashes of the localization result and of the
+delta's tensors, the sha256 of every output file, the time, and the previous entry's hash.
+Each entry's ``hash`` is the SHA-256 of its canonical JSON without that field, so editing,
+reordering or dropping a line breaks the chain.  A recipe whose base is an already edited
+merged checkpoint (which carries its own ``history.jsonl``) continues that chain.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .card import sha256_file
+from .errors import ExportError
+from .io import atomic_write_text
+
+HISTORY_FILE = "history.jsonl"
+FORMAT = "locopack.history/1"
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    """SHA-256 of an entry's canonical JSON, without its own ``hash`` field."""
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def hashed_files(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file of a release, except history files and caches."""
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and p.name != HISTORY_FILE
+        and not p.name.startswith(".")
+        and p.relative_to(folder).parts[0] != "cache"
+    }
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Entries of a ``history.jsonl`` (an empty list when the file does not exist).
+
+    Raises:
+        ExportError: a line is not a JSON object; the message names the line.
+    """
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            entry = json.loads(line)
+        except ValueError as err:
+            raise ExportError(f"{path}:{number}: not a JSON object ({err})") from None
+        if not isinstance(entry, dict):
+            raise ExportError(f"{path}:{number}: not a JSON object")
+        entries.append(entry)
+    return entries
+
+
+def prior_history(model: str, revision: str | None = None) -> list[dict[str, Any]]:
+    """The chain a base model already carries: its ``history.jsonl`` if it has one."""
+    local = Path(model)
+    if local.is_dir():
+        return read_history(local / HISTORY_FILE)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return read_history(Path(hf_hub_download(model, HISTORY_FILE, revision=revision)))
+    except Exception:  # no history on the Hub (or offline): the chain starts here
+        return []
+
+
+def new_entry(
+    recipe: Any,
+    delta: Any,
+    folder: Path,
+    previous: list[dict[str, Any]],
+    *,
+    base_path: str,
+    adapter_tolerance: float | None,
+) -> dict[str, Any]:
+    """The entry recording ``recipe`` applied to its base, for the files now in ``folder``."""
+    localization = folder / "localization.json"
+    entry = {
+        "format": FORMAT,
+        "index": len(previous),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "recipe_name": recipe.name,
+        "recipe_sha256": recipe.sha256,
+        "recipe_text": recipe.source_text,
+        "edits": [
+            {"kind": e.kind, "label": e.label, "targets": list(dict.fromkeys(e.targets_expanded()))}
+            for e in recipe.edits
+        ],
+        "base_model": recipe.base.model,
+        "base_revision": recipe.base.revision,
+        "base_path": base_path,
+        "base_fingerprint": delta.provenance["base_fingerprint"],
+        "family": delta.provenance["family"],
+        "versions": delta.provenance["versions"],
+        "localization_sha256": sha256_file(localization) if localization.is_file() else None,
+        "delta_sha256": delta.sha256(),
+        "adapter_tolerance": adapter_tolerance,
+        "files": hashed_files(folder),
+        "prev": previous[-1]["hash"] if previous else None,
+    }
+    entry["hash"] = entry_hash(entry)
+    return entry
+
+
+def write_history(folder: Path, entries: list[dict[str, Any]]) -> Path:
+    """Write the chain to ``folder/history.jsonl`` (and into ``merged/`` when present)."""
+    text = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in entries)
+    if (folder / "merged").is_dir():
+        atomic_write_text(folder / "merged" / HISTORY_FILE, text)
+    return atomic_write_text(folder / HISTORY_FILE, text)
