@@ -30,8 +30,8 @@ SET_NAMES = {
     "preserve": "preserve prompts",
     "unrelated": "unrelated prompts",
 }
-#: files never listed in the card's hash table (the card itself, the history written after it)
-UNHASHED = {CARD_FILE, "history.jsonl"}
+#: history files are written after the card, so the card cannot list them
+HISTORY_NAME = "history.jsonl"
 
 
 def sha256_file(path: Path) -> str:
@@ -44,14 +44,16 @@ def sha256_file(path: Path) -> str:
 
 
 def release_files(folder: Path) -> list[Path]:
-    """Every file of a release (relative paths, sorted), without the cache and the card."""
+    """Every file of a release (relative paths, sorted), without the cache, the card itself
+    and history files."""
     return sorted(
         p.relative_to(folder)
         for p in folder.rglob("*")
         if p.is_file()
         and p.relative_to(folder).parts[0] != "cache"
         and not p.name.startswith(".")
-        and str(p.relative_to(folder)) not in UNHASHED
+        and p.name != HISTORY_NAME
+        and str(p.relative_to(folder)) != CARD_FILE
     )
 
 

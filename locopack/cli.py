@@ -380,7 +380,12 @@ def generate(
     from .models import load_pipeline
 
     _quiet_libraries()
-    pipe, family = load_pipeline(model)
+    revision = None
+    if "@" in model and not Path(model).exists():
+        from .hub import parse_ref
+
+        model, revision = parse_ref(model)
+    pipe, family = load_pipeline(model, revision)
     if adapter:
         apply(pipe, adapter, scale, force=force)
     generator = torch.Generator(pipe.device).manual_seed(seed)
@@ -477,6 +482,46 @@ def audit(release: str, as_json: bool, reproduce: bool) -> None:
     if not report.ok:
         failed = next(c for c in report.checks if not c.ok)
         raise _UserError(f"audit failed: {failed.name}: {failed.detail}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--repo", default=None, help="ORG/NAME on the Hub [default: the recipe's hub.repo].")
+@click.option(
+    "--private/--public",
+    default=None,
+    help="Visibility of a repo created by this push [default: the recipe's hub.private].",
+)
+@click.option("--branch", default=None, help="Branch to commit to [default: recipe's hub.branch].")
+@click.option("--tag", default=None, help="Tag of the commit [default: <recipe name>-<hash[:12]>].")
+@click.option("--message", default=None, help="Extra text for the commit title.")
+def push(
+    folder: Path,
+    repo: str | None,
+    private: bool | None,
+    branch: str | None,
+    tag: str | None,
+    message: str | None,
+) -> None:
+    """Upload the release FOLDER to the Hugging Face Hub as one tagged commit.
+
+    The token comes from HF_TOKEN or `hf auth login`.  Files on the branch that FOLDER no
+    longer has are removed in the same commit, so the tag names exactly this release.
+    """
+    from .hub import push as push_release
+    from .recipe import load_recipe
+
+    if (folder / "recipe.yaml").is_file():  # else push_release says what is missing
+        settings = load_recipe(folder / "recipe.yaml").hub
+        repo, branch = repo or settings.repo, branch or settings.branch
+        private = settings.private if private is None else private
+        if not repo:
+            raise click.UsageError("no repo: pass --repo ORG/NAME or set hub.repo in the recipe")
+    result = push_release(
+        folder, repo or "", private=private is not False, branch=branch, tag=tag, message=message
+    )
+    state = "pushed" if result.created else "already on the Hub:"
+    click.echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")
 
 
 def main() -> None:

@@ -1,0 +1,234 @@
+"""A whole release on the twin: build, card, history, audit, tampering, stacking, resuming."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+from locopack.audit import audit_folder
+from locopack.card import build_card, write_card
+from locopack.cli import cli
+from locopack.delta import WeightDelta
+from locopack.errors import ExportError
+from locopack.history import read_history
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden" / "card_twin_sd1.md"
+RECIPE = (ROOT / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
+
+
+def _write_recipe(folder: Path, base: str, name: str, extra: str = "") -> Path:
+    text = RECIPE.replace("./out/tiny-sd1/scorer", str(folder / "scorer"))
+    text = text.replace("./out/tiny-sd1", base).replace("twin-sd1-erase-van-gogh", name)
+    path = folder / f"{name}.yaml"
+    path.write_text(text + extra)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A twin with its scorer, and a first release built with a merged checkpoint."""
+    root = tmp_path_factory.mktemp("release")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--threads", "1", "twin", "sd1", str(root / "twin")])
+    assert result.exit_code == 0, result.output
+    shutil.copytree(root / "twin" / "scorer", root / "scorer")
+    recipe = _write_recipe(
+        root, str(root / "twin"), "first", "export:\n  merged: true\n  kohya: true\n"
+    )
+    result = runner.invoke(cli, ["build", str(recipe), "--out", str(root / "first")])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def _copy(workspace: Path, tmp_path: Path, name: str = "first") -> Path:
+    target = tmp_path / name
+    shutil.copytree(workspace / name, target)
+    return target
+
+
+def test_build_writes_a_complete_release(workspace):
+    out = workspace / "first"
+    for name in (
+        "recipe.yaml",
+        "localization.json",
+        "localization.png",
+        "delta.safetensors",
+        "edit.json",
+        "pytorch_lora_weights.safetensors",
+        "lora_manifest.json",
+        "lora_kohya.safetensors",
+        "evidence.json",
+        "README.md",
+        "history.jsonl",
+        "merged/model_index.json",
+        "merged/history.jsonl",
+    ):
+        assert (out / name).is_file(), name
+    evidence = json.loads((out / "evidence.json").read_text())
+    assert evidence["applied"] == "adapter"
+    sets = evidence["edits"][0]["sets"]
+    assert {"edited", "held_out", "preserve", "unrelated"} <= set(sets)
+    for item in sets.values():
+        assert (out / item["grid"]).read_bytes()[:4] == b"\x89PNG"
+        assert len(item["scores"]["before"]["original"]) == len(item["prompts"])
+    assert audit_folder(out).ok
+
+
+def test_card_parses_and_carries_the_metadata(workspace):
+    card = ModelCard.load(workspace / "first" / "README.md")
+    data = card.data.to_dict()
+    assert data["base_model"] == str(workspace / "twin")
+    assert data["base_model_relation"] == "finetune"  # a merged checkpoint is released
+    assert data["library_name"] == "diffusers"
+    assert {"locopack", "lora", "text-to-image", "concept-erasure", "sd1"} <= set(data["tags"])
+    assert [w["text"] for w in data["widget"]] == sorted(
+        ["a painting in the style of van gogh", "van gogh starry night", "a house by van gogh"]
+    )
+    text = card.text
+    assert "## Limitations" in text and "```yaml" in text
+    assert "name: first" in text and "prompts_per_edit: 3" in text  # the full recipe
+    assert "pytorch_lora_weights.safetensors` | `" in text  # the hash table
+
+
+def _normalized(text: str, workspace: Path) -> str:
+    text = text.replace(str(workspace), "<workspace>")
+    text = re.sub(r"[0-9a-f]{64}", "<sha256>", text)
+    text = re.sub(r"versions: .*", "versions: <versions>", text)
+    text = re.sub(r"-?\d+\.\d+(e[-+]\d+)?", "<num>", text)
+    return text
+
+
+def test_card_text_matches_the_golden_file(workspace):
+    text, _ = build_card(workspace / "first")
+    normalized = _normalized(text, workspace)
+    if not GOLDEN.exists():  # first run writes it; review the diff like any other change
+        GOLDEN.write_text(normalized)
+    assert normalized == GOLDEN.read_text()
+
+
+def test_card_command_rebuilds_and_names_a_missing_file(workspace, tmp_path):
+    out = _copy(workspace, tmp_path)
+    before = (out / "README.md").read_text()
+    (out / "README.md").unlink()
+    result = CliRunner().invoke(cli, ["card", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "README.md").read_text() == before
+    (out / "README.md").unlink()
+    (out / "evidence" / "edit0_held_out.png").unlink()
+    result = CliRunner().invoke(cli, ["card", str(out)])
+    assert result.exit_code == 1
+    assert "evidence/edit0_held_out.png is missing" in result.output
+    assert not (out / "README.md").exists()
+    (out / "evidence.json").unlink()
+    with pytest.raises(ExportError, match="evidence.json is missing"):
+        write_card(out)
+
+
+def _tamper(out: Path, rng: random.Random) -> str:
+    lines = (out / "history.jsonl").read_text().splitlines()
+    kind = rng.choice(["flip", "flip", "flip", "edit-line", "reorder", "drop", "swap-adapter"])
+    if kind == "flip":
+        files = sorted(
+            p
+            for p in out.rglob("*")
+            if p.is_file() and p.name != "history.jsonl" and "cache" not in p.parts
+        )
+        target = rng.choice(files)
+        data = bytearray(target.read_bytes())
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+        target.write_bytes(bytes(data))
+        return f"flip {target.relative_to(out)}"
+    if kind == "edit-line":
+        i = rng.randrange(len(lines))
+        entry = json.loads(lines[i])
+        entry["recipe_name"] = entry["recipe_name"] + "x"
+        lines[i] = json.dumps(entry, sort_keys=True)
+    elif kind == "reorder" and len(lines) > 1:
+        lines[0], lines[1] = lines[1], lines[0]
+    elif kind == "drop" or kind == "reorder":
+        del lines[rng.randrange(len(lines))]
+    else:  # another recipe's adapter in place of this one's
+        name = "pytorch_lora_weights.safetensors"
+        ours = (out / name).read_bytes()
+        other = next(p for p in out.parent.glob("adapter-*.safetensors") if p.read_bytes() != ours)
+        shutil.copy(other, out / name)
+        return "swap adapter"
+    (out / "history.jsonl").write_text("".join(line + "\n" for line in lines))
+    return kind
+
+
+def test_audit_detects_every_tampering(workspace, tmp_path):
+    pristine = workspace / "stacked"
+    if not pristine.exists():
+        test_two_stacked_recipes_audit_as_one_chain(workspace)
+    for release in ("first", "stacked"):
+        shutil.copy(
+            workspace / release / "pytorch_lora_weights.safetensors",
+            tmp_path / f"adapter-{release}.safetensors",
+        )
+    rng = random.Random(0)
+    for trial in range(50):
+        out = tmp_path / f"trial{trial}"
+        shutil.copytree(workspace / "first" if trial % 2 else pristine, out)
+        assert audit_folder(out).ok
+        what = _tamper(out, rng)
+        report = audit_folder(out)
+        failed = [c for c in report.checks if not c.ok]
+        assert failed, f"trial {trial}: {what} went unnoticed"
+        assert failed[0].detail, what
+        shutil.rmtree(out)
+
+
+def test_two_stacked_recipes_audit_as_one_chain(workspace):
+    out = workspace / "stacked"
+    if out.exists():
+        return
+    recipe = _write_recipe(workspace, str(workspace / "first" / "merged"), "second")
+    recipe.write_text(
+        recipe.read_text()
+        .replace("van gogh", "monet")
+        .replace("a painting by monet", "a painting by van gogh")
+    )
+    result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    entries = read_history(out / "history.jsonl")
+    assert [e["recipe_name"] for e in entries] == ["first", "second"]
+    assert entries[1]["prev"] == entries[0]["hash"]
+    result = CliRunner().invoke(cli, ["audit", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "#0  first" in result.output and "#1  second" in result.output
+
+
+def test_reproduce_passes_untouched_and_fails_on_a_replaced_delta(workspace, tmp_path):
+    out = _copy(workspace, tmp_path)
+    report = audit_folder(out, reproduce=True)
+    assert report.ok and "bit-exact" in report.checks[-1].detail
+    delta = WeightDelta.load(out / "delta.safetensors")
+    scaled = WeightDelta({k: v * 1.5 for k, v in delta.deltas.items()}, delta.provenance)
+    scaled.save(out / "delta.safetensors")
+    result = CliRunner().invoke(cli, ["audit", str(out), "--reproduce", "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert not report["ok"]
+    assert any(c["name"] == "delta" and not c["ok"] for c in report["checks"])
+
+
+def test_rebuild_resumes_from_the_finished_stages(workspace, tmp_path):
+    out = _copy(workspace, tmp_path)
+    delta_hash = WeightDelta.load(out / "delta.safetensors").sha256()
+    for name in ("README.md", "history.jsonl", "evidence.json"):
+        (out / name).unlink()
+    recipe = out / "recipe.yaml"
+    result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert WeightDelta.load(out / "delta.safetensors").sha256() == delta_hash
+    assert (out / "README.md").is_file() and audit_folder(out).ok
