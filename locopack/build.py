@@ -45,8 +45,18 @@ def _reusable_delta(path: Path, recipe: Any, fingerprint: str) -> WeightDelta | 
     return delta if same else None
 
 
-def run_build(recipe: Any, out: Path, *, mode: str | None = None, echo=click.echo) -> BuildSummary:
-    """Build the release of ``recipe`` into ``out``; see the module docstring."""
+def run_build(
+    recipe: Any, out: Path, *, mode: str | None = None, echo=click.echo, group=None
+) -> BuildSummary | None:
+    """Build the release of ``recipe`` into ``out``; see the module docstring.
+
+    ``group``: the processes that share the localization sweep (default: all that
+    ``accelerate launch`` started); only the main one goes on to the later stages and returns
+    a summary, the others return None.
+    """
+    from .distributed import process_group
+
+    group = group or process_group()
     import json
 
     from .card import write_card
@@ -75,9 +85,13 @@ def run_build(recipe: Any, out: Path, *, mode: str | None = None, echo=click.ech
     write_recipe_copy(recipe, out)
     delta = _reusable_delta(out / "delta.safetensors", recipe, fingerprint)
     if delta is None:
-        summary.layers = _layers_or_localize(recipe, pipe, family, out, None, None, mode, True)
+        summary.layers = _layers_or_localize(
+            recipe, pipe, family, out, None, None, mode, group.is_main, group
+        )
     else:
         summary.layers, summary.skipped = delta.provenance["sites"], ["localize", "edit"]
+    if not group.is_main:
+        return None
     stage("localize")
     if delta is None:
         delta = compute_delta(pipe, family, recipe, summary.layers, fingerprint=fingerprint)

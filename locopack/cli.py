@@ -198,7 +198,11 @@ def localize(recipe: Path, out: Path | None, fast: bool | None, batch: int) -> N
     out = _out_dir(out, loaded)
     _quiet_libraries()
     mode = None if fast is None else ("fast" if fast else "full")
+    from .distributed import process_group
+
     result = run_localize(loaded, out, mode=mode, batch=batch)
+    if not process_group().is_main:
+        return
     click.echo(f"chosen window {result.chosen}: {', '.join(result.layers)}")
     chosen = result.candidates[result.chosen]
     click.echo(
@@ -404,33 +408,20 @@ def generate(
     click.echo(f"wrote {out}")
 
 
-@cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Output folder [default: out/<recipe name>].",
-)
-@click.option(
-    "--fast/--full",
-    "fast",
-    default=None,
-    help="Localization mode [default: the recipe's localize.mode].",
-)
-def build(recipe: Path, out: Path | None, fast: bool | None) -> None:
-    """Recipe in, release out: localize, edit, export, evidence, card, history.
+def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+            if not found:
+                raise click.UsageError(f"{path}: a folder without any .yaml recipe")
+            files += found
+        else:
+            files.append(path)
+    return files
 
-    Rerun after a crash to continue: finished stages and localization windows are reused.
-    """
-    from .build import run_build
-    from .recipe import load_recipe
 
-    loaded = load_recipe(recipe)
-    out = _out_dir(out, loaded)
-    _quiet_libraries()
-    mode = None if fast is None else ("fast" if fast else "full")
-    summary = run_build(loaded, out, mode=mode)
+def _echo_summary(summary, out: Path) -> None:
     click.echo(f"\nlayers: {', '.join(summary.layers)}")
     for edit in summary.evidence.get("edits", []):
         for name, item in edit["sets"].items():
@@ -443,6 +434,57 @@ def build(recipe: Path, out: Path | None, fast: bool | None) -> None:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
     click.echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
     click.echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>]; with several recipes, the parent of "
+    "one folder per recipe [default: out/].",
+)
+@click.option(
+    "--fast/--full",
+    "fast",
+    default=None,
+    help="Localization mode [default: the recipe's localize.mode].",
+)
+def build(recipes: tuple[Path, ...], out: Path | None, fast: bool | None) -> None:
+    """Recipe in, release out: localize, edit, export, evidence, card, history.
+
+    RECIPES: one recipe, several, or folders of recipes.  Rerun after a crash to continue:
+    finished stages and localization windows are reused.  Under `accelerate launch`, one
+    recipe's localization sweep is shared by all processes; several recipes are spread over
+    the processes, each built exactly as when built alone.
+    """
+    from .build import run_build
+    from .distributed import ProcessGroup, process_group
+    from .recipe import load_recipe
+
+    files = _recipe_files(recipes)
+    loaded = [load_recipe(path) for path in files]  # every recipe is checked before any work
+    _quiet_libraries()
+    mode = None if fast is None else ("fast" if fast else "full")
+    group = process_group()
+    if len(loaded) == 1:
+        target = _out_dir(out, loaded[0])
+        summary = run_build(loaded[0], target, mode=mode, group=group)
+        if summary is not None:
+            _echo_summary(summary, target)
+        return
+    failures = []
+    for recipe in group.share(loaded):
+        target = (out or Path("out")) / recipe.name
+        try:
+            summary = run_build(recipe, target, mode=mode, group=ProcessGroup())
+        except LocopackError as err:
+            failures.append(f"{recipe.source}: {err}")
+            continue
+        _echo_summary(summary, target)
+    if failures:
+        raise _UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures))
 
 
 @cli.command()

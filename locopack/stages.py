@@ -42,8 +42,12 @@ def run_localize(
     batch=8,
     scorer=None,
     progress=True,
+    group=None,
 ):
-    """LocoGen for ``recipe``; writes ``localization.json``/``.png`` (and ``cache/``) to ``out``."""
+    """LocoGen for ``recipe``; writes ``localization.json``/``.png`` (and ``cache/``) to ``out``.
+
+    ``group``: processes that share the sweep (default: all that ``accelerate launch`` started).
+    """
     from .localize import ClipScorer, localize
 
     if pipe is None:
@@ -51,7 +55,15 @@ def run_localize(
     scorer = scorer or ClipScorer(recipe.local_path(recipe.localize.scorer), device=pipe.device)
     write_recipe_copy(recipe, out)
     return localize(
-        pipe, family, recipe, out, scorer=scorer, mode=mode, batch=batch, progress=progress
+        pipe,
+        family,
+        recipe,
+        out,
+        scorer=scorer,
+        mode=mode,
+        batch=batch,
+        progress=progress,
+        group=group,
     )
 
 
@@ -85,12 +97,14 @@ def choose_layers(
     return resolve_layers(recipe, site_paths)
 
 
-def _layers_or_localize(recipe, pipe, family, out, layers, localization, mode, progress):
+def _layers_or_localize(
+    recipe, pipe, family, out, layers, localization, mode, progress, group=None
+):
     site_paths = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
     chosen = choose_layers(recipe, site_paths, layers, localization)
     if chosen is None:
         chosen = run_localize(
-            recipe, out, pipe=pipe, family=family, mode=mode, progress=progress
+            recipe, out, pipe=pipe, family=family, mode=mode, progress=progress, group=group
         ).layers
     return chosen
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..distributed import ProcessGroup, barrier, process_group
 from ..fingerprint import model_fingerprint
 from .cache import CandidateCache
 from .result import Candidate, LocalizationResult
@@ -39,6 +40,7 @@ def localize(
     batch: int = 8,
     progress: bool = True,
     fingerprint: str | None = None,
+    group: ProcessGroup | None = None,
 ) -> LocalizationResult:
     """Run LocoGen for ``recipe`` on a loaded pipeline.
 
@@ -50,8 +52,13 @@ def localize(
         scorer: overrides the recipe's CLIP scorer (any :class:`Scorer`).
         mode: ``fast`` or ``full``; defaults to the recipe's ``localize.mode``.
         batch: candidate windows per denoiser call.
+        group: the processes to share the sweep with (default: those ``accelerate launch``
+            started, or this one alone); every process returns the same result and the main
+            one writes the files.
     """
     settings = recipe.localize
+    group = group or process_group()
+    progress = progress and group.is_main
     fingerprint = fingerprint or model_fingerprint(pipe, family)
     scorer = scorer or ClipScorer(settings.scorer, device=pipe.device)
     cache = CandidateCache(Path(out) / "cache" if out is not None else None)
@@ -63,6 +70,7 @@ def localize(
         cache=cache,
         batch=batch,
         progress=progress,
+        group=group,
         cache_key={
             "model": fingerprint,
             "recipe": recipe.sha256,
@@ -81,5 +89,7 @@ def localize(
         "scorer": getattr(scorer, "name", type(scorer).__name__),
     }
     if out is not None:
-        result.save(out)
+        if group.is_main:
+            result.save(out)
+        barrier(group)
     return result

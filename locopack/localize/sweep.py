@@ -11,6 +11,11 @@ Cost control: seeds and initial noise are shared by all candidates; the text is 
 per probe; several candidates go through the denoiser in one batched call (``batch``); and
 ``fast`` mode scores every window at a fraction of the steps with one seed, then re-scores
 the best few at full settings (successive halving with two rungs).
+
+Under ``accelerate launch`` the windows still to score are split round robin over the
+processes; each caches what it scored and the scores are gathered onto every process, so
+every process ends with the single-process result, and a rerun with any number of processes
+reuses every finished window.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..distributed import ProcessGroup, gather
 from ..intervene import swap_text_states, window_replacements
 from .cache import CandidateCache
 from .result import Candidate, LocalizationResult
@@ -59,6 +65,7 @@ class Sweep:
         cache_key: dict | None = None,
         batch: int = 8,
         progress: bool = True,
+        group: ProcessGroup | None = None,
     ):
         self.pipe, self.family, self.pairs, self.scorer = pipe, family, pairs, scorer
         self.denoiser = getattr(pipe, family.denoiser_attr)
@@ -67,6 +74,7 @@ class Sweep:
         self.cache_key = cache_key or {}
         self.batch = max(1, batch)
         self.progress = progress
+        self.group = group or ProcessGroup()
         with torch.no_grad():
             self.original = family.encode(pipe, [p.original for p in pairs])
             self.altered = family.encode(pipe, [p.altered for p in pairs])
@@ -107,7 +115,8 @@ class Sweep:
             for w in windows
         ]
         done = {i: self.cache.get(key) for i, key in enumerate(keys)}
-        todo = [i for i, entry in done.items() if entry is None]
+        missing = [i for i, entry in done.items() if entry is None]
+        todo = self.group.share(missing)
         units = len(todo) * len(self.pairs) * len(rung.seeds)
         bar = tqdm(
             total=units,
@@ -132,10 +141,12 @@ class Sweep:
                 done[i] = {"scores": scores[i], "seconds": seconds}
                 self.cache.put(keys[i], done[i])
         bar.close()
+        for share in gather(self.group, {i: done[i] for i in todo}):
+            done.update({int(i): entry for i, entry in share.items()})
         signs = [p.sign for p in self.pairs for _ in rung.seeds]
         return [
             Candidate.from_scores(
-                windows[i], done[i]["scores"], signs, done[i]["seconds"], cached=i not in todo
+                windows[i], done[i]["scores"], signs, done[i]["seconds"], cached=i not in missing
             )
             for i in range(len(windows))
         ]

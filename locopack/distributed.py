@@ -1,0 +1,65 @@
+"""Spreading independent work over the processes ``accelerate launch`` starts.
+
+Outside a multi-process launch (no ``WORLD_SIZE`` > 1 in the environment) everything runs in
+one process and ``accelerate`` is not imported.  Inside one, :func:`process_group` returns this
+process's rank and the world size from ``accelerate.PartialState`` (gloo on CPUs, NCCL on
+GPUs, across nodes as ``accelerate launch`` configured them), and :func:`gather` collects
+Python objects from every process onto every process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LocopackError
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among the launched processes."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes shared outputs."""
+        return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This process's share of ``items`` (round robin, so shares differ by at most one)."""
+        return items[self.rank :: self.size]
+
+
+def process_group() -> ProcessGroup:
+    """The current process group (a group of one unless launched with several processes)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ProcessGroup()
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        raise LocopackError(
+            "this process was launched as one of several (WORLD_SIZE > 1) but accelerate is "
+            "not installed: pip install 'locopack[dist]'"
+        ) from None
+    state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"))
+    return ProcessGroup(state.process_index, state.num_processes)
+
+
+def gather(group: ProcessGroup, value: Any) -> list[Any]:
+    """``[value of rank 0, value of rank 1, ...]`` on every process."""
+    if group.size == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def barrier(group: ProcessGroup) -> None:
+    """Wait until every process of the group gets here."""
+    if group.size > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
