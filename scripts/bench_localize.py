@@ -11,11 +11,16 @@ the chosen windows agree and the Spearman correlation of the two rankings.  With
 runs on a tiny SD-1.x twin with a tiny CLIP scorer (seconds; mechanics only: random weights).
 
     python scripts/bench_localize.py [--model DIR --scorer DIR] [--steps 8] [--mode fast]
+    python scripts/bench_localize.py --procs 2     # 1 vs N processes under accelerate launch
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +35,12 @@ from locopack.models import get_family, load_pipeline
 from locopack.models.twin_parts import tiny_clip_model
 
 PAIRS = [
-    PromptPair("a painting of a cat in the style of van gogh", "a painting of a cat",
-               "a painting of a cat in the style of van gogh", +1),
+    PromptPair(
+        "a painting of a cat in the style of van gogh",
+        "a painting of a cat",
+        "a painting of a cat in the style of van gogh",
+        +1,
+    ),
     PromptPair("van gogh starry night", "a starry night", "van gogh starry night", +1),
 ]
 
@@ -66,9 +75,14 @@ def paper_loop(pipe, family, pairs, scorer, windows, rung):
                 replacements = window_replacements(sites, [window], original, altered)
                 generator = torch.Generator().manual_seed(seed)
                 with swap_text_states(denoiser, replacements):
-                    image = pipe(pair.original, num_inference_steps=rung.steps,
-                                 guidance_scale=rung.guidance, generator=generator,
-                                 output_type="pil", **family.call_kwargs()).images[0]
+                    image = pipe(
+                        pair.original,
+                        num_inference_steps=rung.steps,
+                        guidance_scale=rung.guidance,
+                        generator=generator,
+                        output_type="pil",
+                        **family.call_kwargs(),
+                    ).images[0]
                 values.append(pair.sign * scorer([image], [pair.reference])[0])
         objectives.append(float(np.mean(values)))
     return objectives
@@ -78,6 +92,86 @@ def spearman(a, b) -> float:
     """Spearman rank correlation (no ties expected)."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+RECIPE = """
+version: 1
+name: bench-procs
+base: {{model: {model}}}
+edits:
+  - kind: erase
+    attribute: style
+    concept: van gogh
+    prompts: ["a painting of a cat in the style of {{concept}}", "{{concept}} starry night"]
+    target: "a painting of a cat"
+localize: {{window: {window}, steps: {steps}, guidance: {guidance}, seeds: {seeds},
+           prompts_per_edit: 2, scorer: {scorer}, mode: full}}
+"""
+
+
+def processes(args, model: str, scorer: str, tmp: Path) -> None:
+    """Time the full sweep with 1 and with ``args.procs`` processes (accelerate, CPU)."""
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(
+        RECIPE.format(
+            model=model,
+            scorer=scorer,
+            window=args.window,
+            steps=args.steps,
+            guidance=args.guidance,
+            seeds=list(args.seeds),
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    rows = []
+    for procs in (1, args.procs):
+        out = tmp / f"procs{procs}"
+        launch = (
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--cpu",
+                "--num_processes",
+                str(procs),
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+            ]
+            if procs > 1
+            else [sys.executable]
+        )
+        command = [
+            *launch,
+            "-m",
+            "locopack.cli",
+            "--threads",
+            str(args.threads),
+            "localize",
+            str(recipe),
+            "--out",
+            str(out),
+            "--batch",
+            str(args.batch),
+        ]
+        t0 = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        data = json.loads((out / "localization.json").read_text())
+        rows.append((procs, wall, data["timings"]["total"], data))
+    (p1, wall1, sweep1, d1), (pn, walln, sweepn, dn) = rows
+    same = [c["scores"] for c in d1["candidates"]] == [c["scores"] for c in dn["candidates"]]
+    print(f"{'processes':>10}{'wall s':>9}{'sweep s':>9}")
+    for procs, wall, sweep, _ in rows:
+        print(f"{procs:>10}{wall:9.1f}{sweep:9.1f}")
+    print(
+        f"speed-up 1 -> {pn}: {wall1 / walln:.2f}x wall (incl. start-up), "
+        f"{sweep1 / sweepn:.2f}x sweep; identical scores and choice: "
+        f"{same and d1['chosen'] == dn['chosen']}"
+    )
 
 
 def main() -> None:
@@ -91,6 +185,12 @@ def main() -> None:
     parser.add_argument("--mode", choices=["fast", "full"], default="fast")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--procs",
+        type=int,
+        default=0,
+        help="instead: time the full sweep with 1 and N accelerate processes",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -103,6 +203,9 @@ def main() -> None:
             scorer_dir = str(Path(tmp) / "clip")
             clip.save_pretrained(scorer_dir)
             tokenizer.save_pretrained(scorer_dir)
+        if args.procs:
+            processes(args, model, scorer_dir, Path(tmp))
+            return
         pipe, family = load_pipeline(model)
         scorer = ClipScorer(scorer_dir)
     clock = DenoiserClock(getattr(pipe, family.denoiser_attr))
@@ -114,8 +217,9 @@ def main() -> None:
     paper = paper_loop(pipe, family, PAIRS, scorer, windows, rung)
     paper_s, paper_denoiser = time.perf_counter() - t0, clock.seconds
 
-    sweep = Sweep(pipe, family, PAIRS, scorer, cache=CandidateCache(None), batch=args.batch,
-                  progress=False)
+    sweep = Sweep(
+        pipe, family, PAIRS, scorer, cache=CandidateCache(None), batch=args.batch, progress=False
+    )
     clock.seconds, t0 = 0.0, time.perf_counter()
     ours = run_sweep(sweep, args.window, rung, args.mode)
     ours_s, ours_denoiser = time.perf_counter() - t0, clock.seconds
@@ -123,21 +227,29 @@ def main() -> None:
 
     # fast mode: the screening pass ranks every window at one setting; full: the full pass
     ranking = [c.objective for c in (ours.screening or ours.candidates)]
-    print(f"model {model} ({family.pretty_name}), {len(windows)} windows of {args.window}, "
-          f"{len(PAIRS)} probes x {len(args.seeds)} seeds, {args.steps} steps, "
-          f"CFG {args.guidance}, {args.threads} thread(s)")
+    print(
+        f"model {model} ({family.pretty_name}), {len(windows)} windows of {args.window}, "
+        f"{len(PAIRS)} probes x {len(args.seeds)} seeds, {args.steps} steps, "
+        f"CFG {args.guidance}, {args.threads} thread(s)"
+    )
     print(f"{'':28}{'wall s':>9}{'in denoiser':>13}")
     print(f"{'(a) paper-style loop':28}{paper_s:9.2f}{paper_denoiser / paper_s:12.0%}")
     print(f"{'(b) locopack ' + args.mode:28}{ours_s:9.2f}{ours_denoiser / ours_s:12.0%}")
     print(f"{'    of which references':28}{refs:9.2f}   (baseline + all-sites lines, not in (a))")
-    print(f"speed-up (a)/(b): {paper_s / ours_s:.2f}x; without the reference lines "
-          f"{paper_s / max(ours_s - refs, 1e-9):.2f}x")
+    print(
+        f"speed-up (a)/(b): {paper_s / ours_s:.2f}x; without the reference lines "
+        f"{paper_s / max(ours_s - refs, 1e-9):.2f}x"
+    )
     chosen_paper = int(np.argmin(paper))
-    print(f"chosen window: paper {chosen_paper}, locopack {ours.chosen} -> "
-          f"{'agree' if chosen_paper == ours.chosen else 'DIFFER'}")
+    print(
+        f"chosen window: paper {chosen_paper}, locopack {ours.chosen} -> "
+        f"{'agree' if chosen_paper == ours.chosen else 'DIFFER'}"
+    )
     which = "screening" if ours.screening else "full"
-    print(f"Spearman correlation of the rankings (paper vs locopack {which}): "
-          f"{spearman(paper, ranking):.3f}")
+    print(
+        f"Spearman correlation of the rankings (paper vs locopack {which}): "
+        f"{spearman(paper, ranking):.3f}"
+    )
 
 
 if __name__ == "__main__":
