@@ -229,3 +229,16 @@ class ModelFamily(ABC):
     def call_kwargs(cls) -> dict[str, Any]:
         """Extra arguments locopack passes to every pipeline call of this family."""
         return {}
+
+
+class LowercasedPrompts:
+    """Mixin for T5 pipelines (IF, PixArt) that lower-case and strip every prompt before
+    tokenizing it (their ``_text_preprocessing`` with ``clean_caption=False``)."""
+
+    @classmethod
+    def preprocess(cls, prompt: str) -> str:
+        return prompt.lower().strip()
+
+    @classmethod
+    def call_kwargs(cls) -> dict[str, Any]:
+        return {"clean_caption": False}

@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
 
-from .base import ModelFamily
+from .base import LowercasedPrompts, ModelFamily
 from .twin_parts import tiny_t5
 
 
-class DeepFloydIF(ModelFamily):
+class DeepFloydIF(LowercasedPrompts, ModelFamily):
     """DeepFloyd IF stage I: T5 states at ``add_k_proj``/``add_v_proj`` sites."""
 
     name: ClassVar[str] = "if"
@@ -41,20 +41,11 @@ class DeepFloydIF(ModelFamily):
         return isinstance(getattr(module, "add_k_proj", None), torch.nn.Linear)
 
     @classmethod
-    def preprocess(cls, prompt: str) -> str:
-        """The pipeline lower-cases and strips prompts (``clean_caption=False``)."""
-        return prompt.lower().strip()
-
-    @classmethod
     def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
         states, _ = pipe.encode_prompt(
             prompts, do_classifier_free_guidance=False, device=pipe.device, clean_caption=False
         )
         return pipe.unet.encoder_hid_proj(states.to(pipe.unet.dtype))
-
-    @classmethod
-    def call_kwargs(cls) -> dict[str, Any]:
-        return {"clean_caption": False}
 
     @classmethod
     def build_twin(cls, seed: int = 0) -> IFPipeline:

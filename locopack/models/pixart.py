@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
-from .base import ModelFamily, _natural_key
+from .base import LowercasedPrompts, ModelFamily, _natural_key
 from .twin_parts import tiny_t5, tiny_vae
 
 _MAX_SEQUENCE = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 
 
-class PixArt(ModelFamily):
+class PixArt(LowercasedPrompts, ModelFamily):
     """PixArt-alpha/sigma: projected T5 states at ``attn2.to_k``/``to_v`` sites."""
 
     name: ClassVar[str] = "pixart"
@@ -40,11 +40,6 @@ class PixArt(ModelFamily):
     @classmethod
     def max_length(cls, pipe: Any) -> int:
         return _MAX_SEQUENCE.get(type(pipe).__name__, 120)
-
-    @classmethod
-    def preprocess(cls, prompt: str) -> str:
-        """The pipeline lower-cases and strips prompts (``clean_caption=False``)."""
-        return prompt.lower().strip()
 
     @classmethod
     def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
@@ -72,7 +67,7 @@ class PixArt(ModelFamily):
 
     @classmethod
     def call_kwargs(cls) -> dict[str, Any]:
-        return {"use_resolution_binning": False, "clean_caption": False}
+        return {**super().call_kwargs(), "use_resolution_binning": False}
 
     @classmethod
     def build_twin(cls, seed: int = 0) -> PixArtAlphaPipeline:
