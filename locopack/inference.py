@@ -72,7 +72,7 @@ def _load_adapter(pipe: Any, family: Any, path: Path, scale: float):
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
-        return lambda: pipe.delete_adapters(ADAPTER_NAME)
+        return pipe.unload_lora_weights  # removes the LoRA layers, not just the adapter
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors import safe_open
 
@@ -94,11 +94,21 @@ def _load_adapter(pipe: Any, family: Any, path: Path, scale: float):
 def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = False) -> AppliedEdit:
     """Apply the edit in ``source`` to ``pipe`` with strength ``scale``.
 
+    ``source`` is a local release folder or file, or a Hub release ``ORG/NAME[@REVISION]``
+    (used when no local path of that name exists; only the edit files are downloaded).
+
     Raises:
         ExportError: nothing loadable at ``source``, or a damaged file.
         EditError: the edit was made for another base model (unless ``force``).
+        HubError: a Hub release that cannot be found or downloaded.
     """
     family = detect_family(pipe)
+    if not Path(source).exists():
+        from .hub import is_hub_ref, resolve_release
+
+        if is_hub_ref(source):
+            wanted = [ADAPTER_FILE, NEURON_FILE, "lora_manifest.json", "recipe.yaml", "README.md"]
+            source = resolve_release(str(source), allow_patterns=wanted)
     kind, path = _find(Path(source))
     if kind == "neurons":
         edit = NeuronEdit.load(path)

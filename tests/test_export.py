@@ -237,3 +237,16 @@ def test_neuron_file_applies_through_locopack_apply(tmp_path, twin_dirs):
     applied.remove()
     assert (after - before).abs().max() > 0
     assert torch.equal(_denoise(pipe, family), before)
+
+
+def test_an_adapter_can_be_removed_and_applied_again(releases, twin_dirs):
+    folder, _ = releases["sd1"]
+    family = get_family("sd1")
+    pipe, _ = load_pipeline(str(twin_dirs["sd1"]))
+    base = _denoise(pipe, family)
+    applied = locopack.apply(pipe, folder)
+    edited = _denoise(pipe, family)
+    applied.remove()
+    assert (_denoise(pipe, family) - base).abs().max() <= 1e-6
+    locopack.apply(pipe, folder)
+    assert (_denoise(pipe, family) - edited).abs().max() <= 1e-6

@@ -97,6 +97,8 @@ class ModelFamily(ABC):
             if not cls.is_site(module):
                 continue
             key, value = getattr(module, key_name, None), getattr(module, value_name, None)
+            # a projection wrapped by PEFT (a loaded LoRA) keeps the original as base_layer
+            key, value = getattr(key, "base_layer", key), getattr(value, "base_layer", value)
             if not isinstance(key, torch.nn.Linear) or not isinstance(value, torch.nn.Linear):
                 raise ModelLayoutError(
                     f"site {path!r} of a {cls.pretty_name} denoiser has no linear "

@@ -1,0 +1,399 @@
+"""Push release folders to the Hugging Face Hub and pull them back (``locopack push``,
+``locopack.apply(pipe, "org/name@tag")``).
+
+A push is one commit: the whole release folder goes up through ``HfApi.create_commit`` with every
+file as one operation.  ``HfApi.upload_folder`` is not used on purpose: with ``hf_xet``
+installed it streams large folders in several commits, and a half-pushed release must never be
+visible.  The Hub applies a commit atomically, so a failed push leaves no partial commit.
+
+The branch mirrors the folder: files on the branch that the folder no longer has are deleted in
+the same commit (``.gitattributes`` is kept), so the tag names exactly the release and nothing
+left over from an earlier version.  Hidden files and the localization ``cache/`` stay local.
+
+Each commit is tagged ``<recipe name>-<recipe sha256[:12]>``.  Pushing the same release again is
+a no-op that returns the existing tag; a tag that already names *other* files is an error, never
+moved.
+
+The token comes from huggingface_hub's usual places (``HF_TOKEN``, ``hf auth login``).  locopack
+never writes or prints it, and scrubs it from any error text it passes on.  Transient failures
+(HTTP 5xx/408/429, resets, timeouts) are retried with a short exponential back-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import HubError, LocopackError
+
+T = TypeVar("T")
+
+KEEP_REMOTE = frozenset({".gitattributes"})
+LOCAL_ONLY_DIRS = frozenset({"cache"})
+BACKOFF_START = 0.5
+BACKOFF_MAX = 8.0
+_NAME = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
+_REF = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[^\s@]+))?")
+_AUTH_HINT = "check HF_TOKEN or `hf auth login`"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Where a push went: the repo URL, the commit and the tag that name the release."""
+
+    url: str
+    commit: str
+    tag: str
+    created: bool = True  # False: the same release was already on the Hub under this tag
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """Split ``ORG/NAME[@REVISION]`` into ``(repo id, revision or None)``.
+
+    Raises:
+        HubError: ``ref`` is not of that form.
+    """
+    match = _REF.fullmatch(ref.strip()) if isinstance(ref, str) else None
+    if match is None or ".." in match["repo"] or "--" in match["repo"]:
+        raise HubError(
+            f"{ref!r} is not a Hub reference: expected ORG/NAME or ORG/NAME@REVISION "
+            "(a branch, tag or commit)"
+        )
+    return match["repo"], match["rev"]
+
+
+def is_hub_ref(ref: Any) -> bool:
+    """True when ``ref`` reads as ``ORG/NAME[@REVISION]`` (it may still not exist)."""
+    try:
+        parse_ref(ref)
+    except HubError:
+        return False
+    return True
+
+
+def release_files(folder: Path) -> list[str]:
+    """Paths (posix, relative to ``folder``) that a push uploads, sorted."""
+    files = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts
+        if any(p.startswith(".") for p in parts) or parts[0] in LOCAL_ONLY_DIRS:
+            continue
+        if path.is_file():
+            files.append("/".join(parts))
+    return sorted(files)
+
+
+def push(
+    folder: str | Path,
+    repo: str,
+    *,
+    private: bool = True,
+    branch: str | None = None,
+    tag: str | None = None,
+    message: str | None = None,
+    token: str | None = None,
+    retries: int = 3,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PushResult:
+    """Upload the release in ``folder`` to the model repo ``repo`` as one tagged commit.
+
+    Args:
+        folder: a release folder; its ``recipe.yaml`` names the commit and the default tag.
+        repo: ``ORG/NAME``; created (private unless ``private=False``) if missing.
+        branch: branch to commit to (created from ``main`` if missing) [default: main].
+        tag: tag for the commit [default: ``<recipe name>-<recipe sha256[:12]>``].
+        message: extra text for the commit title, after ``locopack <name> <hash>``.
+        token: Hub token [default: ``HF_TOKEN`` or the stored login].
+        retries: retries of each Hub call on transient failures; ``sleep`` waits between them.
+
+    Returns:
+        :class:`PushResult` with the repo URL, the commit id and the tag.
+
+    Raises:
+        HubError: no recipe.yaml, authentication failure, a tag that names other files, or any
+            other Hub failure (one line; the token never appears in it).
+        RecipeError: the folder's recipe.yaml is invalid.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import get_token
+
+    folder = Path(folder)
+    default_tag, title, body = _describe_release(folder, message)
+    parse_ref(repo)
+    files = release_files(folder)
+    tag = _check_tag(tag or default_tag)
+    token = token or get_token()
+    api = HfApi(token=token)
+
+    def call(step: str, fn: Callable[[], T]) -> T:
+        return _with_retries(fn, step, repo, retries=retries, sleep=sleep, token=token)
+
+    url = str(
+        call("create the repo", lambda: api.create_repo(repo, private=private, exist_ok=True))
+    )
+    if branch and branch != "main":
+        call("create the branch", lambda: api.create_branch(repo, branch=branch, exist_ok=True))
+    tags = {
+        t.name: t.target_commit for t in call("read refs", lambda: api.list_repo_refs(repo).tags)
+    }
+    if tag in tags:
+        if call("compare the tag", lambda: _same_files(api, repo, tags[tag], folder, files)):
+            return PushResult(url, tags[tag], tag, created=False)
+        raise HubError(
+            f"tag {tag!r} already names commit {tags[tag][:12]} of {repo}, with other files; "
+            "pass --tag to name this release differently (tags are never moved)"
+        )
+    revision = branch or "main"
+    commit = call("commit", lambda: _commit(api, repo, folder, files, revision, title, body))
+    call("tag", lambda: _tag(api, repo, tag, commit.oid, title))
+    return PushResult(url, commit.oid, tag)
+
+
+def _check_tag(tag: str) -> str:
+    """``tag`` if git accepts it as a tag name (checked before anything is uploaded)."""
+    bad = re.search(r"[\s~^:?*\[\\]|\.\.|@\{|//", tag) or tag.startswith(("-", "/", "."))
+    if bad or not tag or tag.endswith(("/", ".", ".lock")):
+        raise HubError(f"{tag!r} is not a valid tag name (no spaces, '..', ':', '~', '^' ...)")
+    return tag
+
+
+def _describe_release(folder: Path, message: str | None) -> tuple[str, str, str]:
+    """(default tag, commit title, commit description) from the folder's recipe.yaml."""
+    from . import __version__
+    from .recipe import load_recipe
+
+    if not folder.is_dir():
+        raise HubError(f"{folder}: no such folder")
+    if not (folder / "recipe.yaml").is_file():
+        raise HubError(
+            f"{folder}: no recipe.yaml; a release folder carries the recipe it was made from "
+            "(written by `locopack edit`)"
+        )
+    recipe = load_recipe(folder / "recipe.yaml")
+    short = recipe.sha256[:12]
+    title = f"locopack {recipe.name} {short}" + (f": {message}" if message else "")
+    body = f"recipe: {recipe.name}\nrecipe sha256: {recipe.sha256}\nlocopack {__version__}\n"
+    return f"{recipe.name}-{short}", title, body
+
+
+def _commit(api: Any, repo: str, folder: Path, files: list[str], revision: str, title, body):
+    """One commit that makes ``revision`` hold exactly ``files`` (plus ``.gitattributes``)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    info = api.model_info(repo, revision=revision)
+    keep = set(files) | KEEP_REMOTE
+    ops: list[Any] = [CommitOperationAdd(f, str(folder / f)) for f in files]
+    ops += [
+        CommitOperationDelete(s.rfilename) for s in info.siblings or [] if s.rfilename not in keep
+    ]
+    parent = info.sha if info.sha and re.fullmatch(r"[0-9a-f]{40}", info.sha) else None
+    return api.create_commit(
+        repo,
+        ops,
+        commit_message=title,
+        commit_description=body,
+        revision=revision,
+        parent_commit=parent,
+    )
+
+
+def _tag(api: Any, repo: str, tag: str, commit: str, message: str) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        api.create_tag(repo, tag=tag, revision=commit, tag_message=message)
+    except HfHubHTTPError as err:
+        if err.response is None or err.response.status_code != 409:
+            raise
+        # made by a retried request whose answer was lost, or by someone else meanwhile
+        target = {t.name: t.target_commit for t in api.list_repo_refs(repo).tags}.get(tag)
+        if target != commit:
+            raise HubError(
+                f"tag {tag!r} was created for another commit of {repo} meanwhile"
+            ) from None
+
+
+def _same_files(api: Any, repo: str, commit: str, folder: Path, files: list[str]) -> bool:
+    """Whether ``commit`` holds exactly ``files`` with the local contents."""
+    from huggingface_hub.hf_api import RepoFile
+
+    tree = api.list_repo_tree(repo, revision=commit, recursive=True)
+    remote = {f.path: f for f in tree if isinstance(f, RepoFile) and f.path not in KEEP_REMOTE}
+    if set(remote) != set(files):
+        return False
+    for name in files:
+        data = (folder / name).read_bytes()
+        entry = remote[name]
+        if entry.lfs is not None:
+            same = hashlib.sha256(data).hexdigest() == entry.lfs.sha256
+        else:
+            same = _git_oid(data) == entry.blob_id
+        if not same:
+            return False
+    return True
+
+
+def _git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def resolve_release(
+    ref: str,
+    allow_patterns: list[str] | None = None,
+    *,
+    token: str | None = None,
+    retries: int = 3,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Download (or find in the local Hub cache) the release ``ORG/NAME[@REVISION]``.
+
+    Args:
+        ref: the release; the revision is a branch, tag or commit [default: main].
+        allow_patterns: only files matching these glob patterns [default: all].
+
+    Returns:
+        The local snapshot folder.
+
+    Raises:
+        HubError: ``ref`` is malformed, names no repo or revision (or one the token cannot
+            read), or the Hub cannot be reached and no cached copy exists.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import get_token
+
+    repo, revision = parse_ref(ref)
+    secret = token or get_token()  # only to scrub it from error text
+    path = _with_retries(
+        lambda: snapshot_download(
+            repo, revision=revision, allow_patterns=allow_patterns, token=token or None
+        ),
+        "download",
+        ref,
+        retries=retries,
+        sleep=sleep,
+        token=secret,
+    )
+    return Path(path)
+
+
+def _with_retries(
+    fn: Callable[[], T],
+    step: str,
+    what: str,
+    *,
+    retries: int,
+    sleep: Callable[[float], None],
+    token: str | None,
+) -> T:
+    """``fn()``, retried on transient failures; any failure becomes a one-line HubError."""
+    delay = BACKOFF_START
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except LocopackError:
+            raise
+        except Exception as err:  # the client raises HTTP, OS, value and runtime errors
+            kind = _classify(err)
+            if kind == "transient" and attempt < retries:
+                sleep(delay)
+                delay = min(2 * delay, BACKOFF_MAX)
+                continue
+            raise _hub_error(step, what, err, kind, attempt + 1, token) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _chain(err: BaseException):
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__]
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for name in ("httpx2", "httpx"):
+        try:
+            lib = __import__(name)
+        except ImportError:
+            continue
+        kinds += [lib.NetworkError, lib.TimeoutException, lib.RemoteProtocolError]
+    return tuple(kinds)
+
+
+def _classify(err: BaseException) -> str:
+    """'auth', 'missing', 'transient' or 'other'."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    transport = _transport_errors()
+    for e in _chain(err):
+        if isinstance(e, HfHubHTTPError) and e.response is not None:
+            status = e.response.status_code
+            if isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError)):
+                return "missing"
+            if status in (401, 403):
+                return "auth"
+            if isinstance(e, RemoteEntryNotFoundError) or status == 404:
+                return "missing"
+            if status >= 500 or status in (408, 429):
+                return "transient"
+            return "other"
+        if isinstance(e, transport):
+            return "transient"
+    return "other"
+
+
+def _hub_error(
+    step: str, what: str, err: BaseException, kind: str, attempts: int, token: str | None
+) -> HubError:
+    if step == "download":
+        if kind in ("missing", "auth"):
+            return HubError(
+                f"{what}: no such repo or revision on the Hub (if it is private, {_AUTH_HINT})"
+            )
+        detail = _one_line(err, token)
+        if kind == "transient":
+            return HubError(f"{what}: cannot reach the Hub after {attempts} attempts: {detail}")
+        return HubError(f"{what}: download failed: {detail}")
+    if kind == "auth":
+        return HubError(f"authentication failed for {what}: {_AUTH_HINT}")
+    detail = _one_line(err, token)
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    nothing = (
+        "; the Hub made no commit and the local folder is unchanged" if step == "commit" else ""
+    )
+    return HubError(f"push to {what}: {step} failed{tries}: {detail}{nothing}")
+
+
+def _one_line(err: BaseException, token: str | None) -> str:
+    """The error's text on one line, at most 300 characters, with the token scrubbed."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    http = next((e for e in _chain(err) if isinstance(e, HfHubHTTPError)), None)
+    if http is not None and http.response is not None:
+        server = " ".join((http.server_message or "").split())
+        text = f"HTTP {http.response.status_code}" + (f": {server}" if server else "")
+    else:
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = _scrub(text or type(err).__name__, token)
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _scrub(text: str, token: str | None) -> str:
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text))

@@ -1,0 +1,366 @@
+"""Hub push and pull against a Hub stand-in on loopback, driven by the real huggingface_hub client.
+
+``HF_ENDPOINT`` is frozen when huggingface_hub is imported, so every client runs in a subprocess
+with the stand-in's URL, ``HF_HUB_DISABLE_XET=1`` (the stand-in has no Xet storage), a test token
+and its own ``HF_HOME``.  Every subprocess's output is checked for the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from locopack.errors import HubError
+from locopack.hub import is_hub_ref, parse_ref, release_files
+
+from .hub_standin import HubStandin
+
+TOKEN = "hf_LocopackStandinToken0123456789"
+WRONG = "hf_SomebodyElsesToken9876543210ab"
+EXAMPLE = Path(__file__).parents[1] / "recipes" / "examples" / "sd15-remove-van-gogh.yaml"
+RECIPE_V1 = EXAMPLE.read_text()
+RECIPE_V2 = RECIPE_V1.replace("lambda: 0.1 ", "lambda: 0.2 ")
+assert RECIPE_V2 != RECIPE_V1
+WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    with HubStandin(tmp_path_factory.mktemp("standin"), {TOKEN: "tester"}) as hub:
+        yield hub
+    assert not hub.problems, hub.problems
+
+
+@pytest.fixture
+def env(standin, tmp_path):
+    standin.clear_faults()
+    hf_home = tmp_path / "hf-home"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    environ.update(
+        HF_ENDPOINT=standin.url,
+        HF_HUB_DISABLE_XET="1",
+        HF_TOKEN=TOKEN,
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+    return environ
+
+
+def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert TOKEN not in done.stdout + done.stderr  # no log line ever carries the token
+    return done
+
+
+def cli(env, *args: str) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-c", "from locopack.cli import main; main()", *args], env)
+
+
+def python(env, code: str):
+    """Run ``code`` in a fresh interpreter; it prints one JSON value, which is returned."""
+    done = _run([sys.executable, "-c", code], env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+INSPECT = """
+import hashlib, json, pathlib
+from huggingface_hub import HfApi, snapshot_download
+api, repo, rev = HfApi(), {repo!r}, {rev!r}
+refs = api.list_repo_refs(repo)
+snap = pathlib.Path(snapshot_download(repo, revision=rev))
+print(json.dumps({{
+    "files": sorted(api.list_repo_files(repo, revision=rev)),
+    "tags": {{t.name: t.target_commit for t in refs.tags}},
+    "branches": {{b.name: b.target_commit for b in refs.branches}},
+    "commits": [[c.commit_id, c.title] for c in api.list_repo_commits(repo, revision=rev)],
+    "sha256": {{str(p.relative_to(snap)): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in snap.rglob("*") if p.is_file()}},
+}}))
+"""
+
+
+def inspect(env, repo: str, rev: str = "main") -> dict:
+    """What the official client sees at ``rev``: files, refs, history and downloaded hashes."""
+    return python(env, INSPECT.format(repo=repo, rev=rev))
+
+
+def make_release(folder: Path, recipe: str = RECIPE_V1, seed: int = 0, merged: bool = True):
+    folder.mkdir(parents=True)
+    rng = __import__("random").Random(seed)
+    (folder / "recipe.yaml").write_text(recipe)
+    (folder / "README.md").write_text("---\nlicense: mit\ntags: [locopack]\n---\n# a release\n")
+    (folder / WEIGHTS).write_bytes(rng.randbytes(2 * 1024 * 1024))  # goes through LFS
+    (folder / "lora_manifest.json").write_text(json.dumps({"seed": seed}))
+    (folder / "history.jsonl").write_text('{"step": "edit"}\n')
+    if merged:
+        (folder / "merged" / "unet").mkdir(parents=True)
+        (folder / "merged" / "model_index.json").write_text("{}")
+        (folder / "merged" / "unet" / "config.json").write_text('{"sample_size": 8}')
+    (folder / "cache").mkdir()
+    (folder / "cache" / "window.json").write_text("{}")  # stays local
+    return folder
+
+
+def hashes(folder: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p.relative_to(folder)): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def tag_of(recipe: str) -> tuple[str, str]:
+    short = hashlib.sha256(recipe.encode()).hexdigest()[:12]
+    return f"sd15-remove-van-gogh-{short}", short
+
+
+def test_push_uploads_one_tagged_commit_that_downloads_byte_identical(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    before = len(standin.requests)
+    done = cli(env, "push", str(folder), "--repo", "org/one")
+    assert done.returncode == 0, done.stderr
+    tag, short = tag_of(RECIPE_V1)
+    assert f"{standin.url}/org/one" in done.stdout and tag in done.stdout
+
+    seen = inspect(env, "org/one", tag)
+    local = release_files(folder)
+    assert "cache/window.json" not in local and "merged/unet/config.json" in local
+    assert seen["files"] == sorted([*local, ".gitattributes"])
+    assert {k: v for k, v in seen["sha256"].items() if k != ".gitattributes"} == {
+        name: digest for name, (digest, _) in hashes(folder).items() if name in local
+    }
+    (head, title), (_, first) = seen["commits"]
+    assert title == f"locopack sd15-remove-van-gogh {short}" and first == "initial commit"
+    assert seen["tags"] == {tag: head} and seen["branches"] == {"main": head}
+
+    pushed = standin.requests[before:]
+    assert [r["status"] for r in pushed if r["path"] == "/api/models/org/one/commit/main"] == [200]
+    (upload,) = [r for r in pushed if r["method"] == "PUT"]
+    assert upload["path"].startswith("/lfs-upload/") and not upload["auth"]
+    assert standin.commit("org/one", head)["files"][WEIGHTS]["lfs"]
+
+
+def test_a_second_version_adds_a_commit_and_a_tag_and_drops_stale_files(standin, env, tmp_path):
+    v1 = make_release(tmp_path / "v1")
+    v2 = make_release(tmp_path / "v2", RECIPE_V2, seed=1, merged=False)
+    assert cli(env, "push", str(v1), "--repo", "org/two").returncode == 0
+    assert cli(env, "push", str(v2), "--repo", "org/two").returncode == 0
+    tag1, _ = tag_of(RECIPE_V1)
+    tag2, short2 = tag_of(RECIPE_V2)
+    seen = inspect(env, "org/two", tag2)
+    assert len(seen["commits"]) == 3 and seen["commits"][0][1].endswith(short2)
+    assert seen["tags"][tag2] == seen["commits"][0][0]
+    assert seen["tags"][tag1] == seen["commits"][1][0]
+    assert not [f for f in seen["files"] if f.startswith("merged/")]  # mirrors the folder
+    assert "merged/model_index.json" in inspect(env, "org/two", tag1)["files"]
+
+    again = cli(env, "push", str(v2), "--repo", "org/two")  # the same release: a no-op
+    assert again.returncode == 0 and "already on the Hub" in again.stdout
+
+    (v2 / WEIGHTS).write_bytes(b"other weights, same recipe")
+    clash = cli(env, "push", str(v2), "--repo", "org/two")
+    assert clash.returncode == 1 and f"tag '{tag2}' already names commit" in clash.stderr
+    assert "--tag" in clash.stderr
+    assert len(inspect(env, "org/two")["commits"]) == 3
+
+
+def test_a_branch_gets_the_commit_and_a_bad_tag_is_refused_before_upload(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    bad = cli(env, "push", str(folder), "--repo", "org/branchy", "--tag", "no good")
+    assert bad.returncode == 1 and "not a valid tag name" in bad.stderr
+    assert not (standin.root / "repos" / "org" / "branchy").exists()  # nothing was sent
+    done = cli(
+        env, "push", str(folder), "--repo", "org/branchy", "--branch", "dev/x", "--tag", "v1"
+    )
+    assert done.returncode == 0, done.stderr
+    seen = inspect(env, "org/branchy", "dev/x")
+    assert seen["tags"] == {"v1": seen["branches"]["dev/x"]}
+    assert seen["commits"][0][0] == seen["branches"]["dev/x"] != seen["branches"]["main"]
+    assert len(seen["commits"]) == 2 and WEIGHTS in seen["files"]
+
+
+def test_a_wrong_token_is_one_line_and_exit_1(env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    done = cli({**env, "HF_TOKEN": WRONG}, "push", str(folder), "--repo", "org/wrong")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: authentication failed for org/wrong: check HF_TOKEN or `hf auth login`"
+    ]
+    assert WRONG not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+PUSH = """
+import json
+from locopack.errors import HubError
+from locopack.hub import push
+sleeps = []
+try:
+    result = push({folder!r}, {repo!r}, sleep=sleeps.append)
+    print(json.dumps({{"commit": result.commit, "tag": result.tag, "sleeps": sleeps}}))
+except HubError as err:
+    print(json.dumps({{"error": str(err), "sleeps": sleeps}}))
+"""
+
+
+def test_commit_500s_are_retried_with_backoff(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    standin.fail("commit", "500", times=2)
+    out = python(env, PUSH.format(folder=str(folder), repo="org/flaky"))
+    assert out["sleeps"] == [0.5, 1.0] and "commit" in out
+    seen = inspect(env, "org/flaky")
+    assert seen["tags"] == {out["tag"]: out["commit"]} == {tag_of(RECIPE_V1)[0]: out["commit"]}
+    assert len(seen["commits"]) == 2
+
+
+def test_a_connection_reset_is_retried(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    standin.fail("lfs_upload", "reset")
+    standin.fail("commit", "reset")
+    out = python(env, PUSH.format(folder=str(folder), repo="org/reset"))
+    assert "commit" in out, out
+    assert out["sleeps"] == [0.5]  # the commit reset; the LFS reset the client retries itself
+    puts = [r["status"] for r in standin.requests if r["method"] == "PUT"]
+    assert puts[-2:] == ["reset", 200]
+    seen = inspect(env, "org/reset")
+    assert seen["sha256"][WEIGHTS] == hashes(folder)[WEIGHTS][0]
+
+
+def test_too_many_failures_leave_folder_and_remote_as_they_were(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    before = hashes(folder)
+    standin.fail("commit", "500", times=4)  # retries=3: four attempts
+    out = python(env, PUSH.format(folder=str(folder), repo="org/down"))
+    assert out["sleeps"] == [0.5, 1.0, 2.0]
+    message = out["error"]
+    assert "\n" not in message and "commit failed after 4 attempts" in message
+    assert "500" in message and "no commit" in message
+    assert hashes(folder) == before
+    seen = inspect(env, "org/down")
+    assert [title for _, title in seen["commits"]] == ["initial commit"] and not seen["tags"]
+
+
+def test_the_token_is_never_written_or_printed(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    assert cli(env, "push", str(folder), "--repo", "org/secret").returncode == 0
+    inspect(env, "org/secret")
+    standin.fail("commit", "500", times=4)
+    python(env, PUSH.format(folder=str(folder), repo="org/secret2"))
+    places = [Path(env["HF_HOME"]), folder, standin.root, tmp_path]
+    files = {p for place in places for p in place.rglob("*") if p.is_file()}
+    assert len(files) > 10
+    assert not [p for p in files if TOKEN.encode() in p.read_bytes()]
+
+
+def test_missing_repos_revisions_and_recipes_are_clear_errors(standin, env, tmp_path):
+    code = """
+import json
+from locopack.errors import HubError
+from locopack.hub import resolve_release
+out = []
+for ref in ("org/none@v1", "org/one@no-such-tag"):
+    try:
+        resolve_release(ref, sleep=lambda s: None)
+    except HubError as err:
+        out.append(str(err))
+print(json.dumps(out))
+"""
+    assert cli(env, "push", str(make_release(tmp_path / "r")), "--repo", "org/one").returncode == 0
+    for ref, message in zip(("org/none@v1", "org/one@no-such-tag"), python(env, code), strict=True):
+        assert message.startswith(f"{ref}: no such repo or revision on the Hub")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    done = cli(env, "push", str(bare), "--repo", "org/bare")
+    assert done.returncode == 1 and "no recipe.yaml" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "ref, repo, revision",
+    [
+        ("org/name", "org/name", None),
+        ("org/name@v1", "org/name", "v1"),
+        ("Org-1/my.model_v2@sd15-x-0123456789ab", "Org-1/my.model_v2", "sd15-x-0123456789ab"),
+        ("org/name@refs/pr/1", "org/name", "refs/pr/1"),
+        (" org/name@0123abc ", "org/name", "0123abc"),
+    ],
+)
+def test_parse_ref_accepts(ref, repo, revision):
+    assert parse_ref(ref) == (repo, revision)
+    assert is_hub_ref(ref)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["name", "org/name/extra", "org/name@", "@v1", "org//name", "./org/name", "/abs/path",
+     "org/na me", "org/name@a@b", "org--x/name", "org/name..x", "org/name.", "", "~/x/y"],
+)  # fmt: skip
+def test_parse_ref_refuses(ref):
+    with pytest.raises(HubError, match="not a Hub reference"):
+        parse_ref(ref)
+    assert not is_hub_ref(ref)
+    assert not is_hub_ref(Path("org/name"))  # a Path is always local
+
+
+APPLY_RECIPE = """
+version: 1
+name: hub-apply-test
+base: {model: ./x}
+edits:
+  - kind: erase
+    attribute: object
+    concept: cat
+    prompts: ["a photo of a cat", "a cat on a street", "a painting of a cat"]
+    target: "a photo of a dog"
+edit: {lambda: 0.05, tokens: concept}
+"""
+
+APPLY = """
+import json, torch, locopack
+from locopack.models import load_pipeline
+def run(pipe):
+    g = torch.Generator().manual_seed(0)
+    unet = pipe.unet
+    states = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+    size = unet.config.sample_size
+    sample = torch.randn(2, unet.config.in_channels, size, size, generator=g)
+    with torch.no_grad():
+        return unet(sample, timestep=torch.tensor([500, 500]), encoder_hidden_states=states).sample
+pipes = [load_pipeline({twin!r})[0] for _ in range(3)]
+base = run(pipes[0])
+hub = locopack.apply(pipes[1], {ref!r})
+locopack.apply(pipes[2], {folder!r})
+a, b = run(pipes[1]), run(pipes[2])
+print(json.dumps({{"diff": (a - b).abs().max().item(), "edit": (b - base).abs().max().item(),
+                   "kind": hub.kind, "source": str(hub.source)}}))
+"""
+
+
+@pytest.mark.slow  # ~20 s: a fresh interpreter imports torch and diffusers
+def test_apply_from_the_hub_reproduces_the_local_adapter(standin, env, tmp_path):
+    from locopack.edit import compute_delta
+    from locopack.export import write_adapter
+    from locopack.models import get_family, load_pipeline
+    from locopack.recipe import parse_recipe
+
+    twin = get_family("sd1").save_twin(tmp_path / "twin", seed=0)
+    pipe, family = load_pipeline(str(twin))
+    sites = [s.path for s in family.sites(pipe.unet)]
+    delta = compute_delta(pipe, family, parse_recipe(APPLY_RECIPE, "r.yaml"), sites[1:3])
+    folder = tmp_path / "release"
+    write_adapter(delta, folder, max_rank=64, energy=0.99999999)
+    (folder / "recipe.yaml").write_text(APPLY_RECIPE)
+    done = cli(env, "push", str(folder), "--repo", "org/applied", "--tag", "v1")
+    assert done.returncode == 0, done.stderr
+    out = python(env, APPLY.format(twin=str(twin), ref="org/applied@v1", folder=str(folder)))
+    assert out["kind"] == "adapter" and env["HF_HOME"] in out["source"]
+    assert out["diff"] <= 1e-6 and out["edit"] > 1e-4  # same outputs, and the edit is real
