@@ -506,7 +506,8 @@ def card(outdir: Path) -> None:
     help="Also re-run the recorded recipe on the recorded base and compare the delta.",
 )
 def audit(release: str, as_json: bool, reproduce: bool) -> None:
-    """Verify a release folder: file hashes, history chain, adapter vs delta, merged = base + delta.
+    """Verify RELEASE (a folder or ORG/NAME[@REV] on the Hub): file hashes, history chain,
+    adapter vs delta, merged = base + delta.
 
     Exits 1 when any check fails, naming the file or history entry.
     """
@@ -514,7 +515,14 @@ def audit(release: str, as_json: bool, reproduce: bool) -> None:
 
     if reproduce:
         _quiet_libraries()
-    report = audit_folder(Path(release), reproduce=reproduce)
+    folder = Path(release)
+    if not folder.exists():
+        from .hub import is_hub_ref, resolve_release
+
+        if not is_hub_ref(release):
+            raise click.UsageError(f"{release}: neither a folder nor a Hub ref ORG/NAME[@REV]")
+        folder = resolve_release(release)
+    report = audit_folder(folder, reproduce=reproduce)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

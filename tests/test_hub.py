@@ -364,3 +364,39 @@ def test_apply_from_the_hub_reproduces_the_local_adapter(standin, env, tmp_path)
     out = python(env, APPLY.format(twin=str(twin), ref="org/applied@v1", folder=str(folder)))
     assert out["kind"] == "adapter" and env["HF_HOME"] in out["source"]
     assert out["diff"] <= 1e-6 and out["edit"] > 1e-4  # same outputs, and the edit is real
+
+
+@pytest.mark.slow
+def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, tmp_path):
+    from click.testing import CliRunner
+
+    from locopack.cli import cli as locopack_cli
+
+    root = Path(__file__).resolve().parents[1]
+    runner = CliRunner()
+    assert runner.invoke(locopack_cli, ["twin", "sd1", str(tmp_path / "twin")]).exit_code == 0
+    text = (root / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
+    text = text.replace("./out/tiny-sd1/scorer", str(tmp_path / "twin" / "scorer"))
+    first = (
+        text.replace("./out/tiny-sd1", str(tmp_path / "twin")).replace(
+            "twin-sd1-erase-van-gogh", "first"
+        )
+        + "export:\n  merged: true\n"
+    )
+    second = (
+        text.replace("./out/tiny-sd1", str(tmp_path / "first" / "merged"))
+        .replace("twin-sd1-erase-van-gogh", "second")
+        .replace("van gogh", "monet")
+    )
+    for name, recipe in (("first", first), ("second", second)):
+        (tmp_path / f"{name}.yaml").write_text(recipe)
+        result = runner.invoke(
+            locopack_cli, ["build", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name)]
+        )
+        assert result.exit_code == 0, result.output
+    pushed = cli(env, "push", str(tmp_path / "second"), "--repo", "org/stacked", "--tag", "v1")
+    assert pushed.returncode == 0, pushed.stderr
+    audited = cli(env, "audit", "org/stacked@v1")
+    assert audited.returncode == 0, audited.stderr + audited.stdout
+    assert "#0  first" in audited.stdout and "#1  second" in audited.stdout
+    assert "ok    history chain: 2 entries" in audited.stdout
