@@ -6,11 +6,11 @@
 # build 2.13.0 (set TORCH_SPEC to choose another, e.g. a CUDA build on a GPU machine).  A torch
 # that is already installed is kept: locopack's own requirement is a range it satisfies.
 #
-# Usage: bash scripts/setup.sh [EXTRAS]     (EXTRAS defaults to "dev"; e.g. "dev,onnx,dist")
+# Usage: bash scripts/setup.sh [EXTRAS]     (EXTRAS defaults to "dev,onnx,dist")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${1:-dev}"
+EXTRAS="${1:-dev,onnx,dist}"
 
 if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
   echo "keeping the installed torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"

@@ -21,24 +21,47 @@ export time: the config's ``sample_size`` and the family's prompt length):
   ``resolution`` (B, 2) / ``aspect_ratio`` (B, 1) only for transformers that use them
   (``sample_size == 128``, the 1024-px models); otherwise both are ``None`` as in the pipeline.
 
-The output is ``out_sample``.  The dynamo exporter (``torch.onnx.export(dynamo=True)``) is used;
-the TorchScript exporter is tried only when it raises, and which one ran is recorded.  Families
-whose UNet needs inputs beyond these (class labels, image embeddings) raise :class:`ExportError`.
+The output is ``out_sample``.  ``timestep`` may also be fed with shape (1,) for any batch, as
+``OnnxStableDiffusionPipeline`` does.  DeepFloyd IF stage I exports like the SD UNets (its
+``encoder_hidden_states`` are the raw T5 states; the UNet's ``encoder_hid_proj`` is inside the
+graph; 6 output channels).  UNets that need other inputs (class labels, image embeddings) and
+transformers other than PixArt raise :class:`ExportError`.
+
+Choices worth knowing:
+
+* The dynamo exporter (``torch.onnx.export(dynamo=True)``) is used; the TorchScript exporter is
+  tried only when it raises, and which one ran is recorded (with dynamo's error).  The check is
+  the only guard against a bad fallback graph (the TorchScript export of PixArt loads in no
+  runtime), so ``check=False`` is for when onnxruntime is not at hand.
+* The batch axis is given to torch.onnx by name, which it turns into ``torch.export.Dim.DYNAMIC``
+  and names ``batch`` in the graph.  A strict ``Dim("batch")`` fails on the SD UNets: diffusers'
+  ``Upsample2D`` branches on ``batch >= 64`` (a ``.contiguous()`` that changes nothing), which
+  torch.export reports as a constraint violation; the exported graph runs any batch size.
+* Two tracing fixes, both scoped to the export: PixArt's cross-attention mask is pre-expanded
+  per head (:class:`_ExpandedMask`), and ``squeeze`` of a non-1 axis becomes Identity
+  (:func:`_translations`).  Each export is checked against the untouched torch model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ExportError
 from ..io import atomic_dir, atomic_write_text
+
+if TYPE_CHECKING:
+    from ..models.base import ModelFamily
 
 FORMAT = "locopack.onnx_export/1"
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -56,10 +79,56 @@ def _require(module: str) -> Any:
 # ---- what the ONNX graph takes ------------------------------------------------------------------
 @dataclass
 class _Spec:
-    """The adapter module and its inputs: name -> (shape without batch, dtype)."""
+    """The adapter module, its inputs (name -> shape without batch, dtype) and whether its
+    cross-attention masks must be pre-expanded for tracing (see :func:`_traceable_masks`)."""
 
     adapter: torch.nn.Module
     inputs: dict[str, tuple[tuple[int, ...], torch.dtype]] = field(default_factory=dict)
+    masked: bool = False
+    device: torch.device = torch.device("cpu")
+
+
+class _ExpandedMask:
+    """Wraps an attention processor: expands a (B, 1, L) mask to (B * heads, 1, L) itself.
+
+    diffusers' ``Attention.prepare_attention_mask`` does this with ``repeat_interleave``, whose
+    traced output size torch.export cannot relate to the batch symbol (the export then fails
+    with "size of tensor a (64) must match ... (s78//s53)").  ``expand`` + ``reshape`` give the
+    same rows (row ``b * heads + h`` is ``mask[b]``) in a form it can, and the processor then
+    finds the mask already at full size and skips its own repeat.  The reshape to the hidden
+    states' batch tells the tracer that the mask and the sample share one batch axis.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        if attention_mask is not None and attention_mask.ndim == 3:
+            _, rows, length = attention_mask.shape
+            batch = hidden_states.shape[0]  # ties the mask's batch axis to the sample's
+            attention_mask = (
+                attention_mask.reshape(batch, rows, length)
+                .unsqueeze(1)
+                .expand(batch, attn.heads, rows, length)
+                .reshape(batch * attn.heads, rows, length)
+            )
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kw)
+
+
+@contextlib.contextmanager
+def _traceable_masks(denoiser: torch.nn.Module, active: bool) -> Iterator[None]:
+    """Scoped swap of every attention processor for :class:`_ExpandedMask`; restored after."""
+    saved = {}
+    try:
+        if active:
+            for module in denoiser.modules():
+                if hasattr(module, "processor") and hasattr(module, "prepare_attention_mask"):
+                    saved[module] = module.processor
+                    module.processor = _ExpandedMask(module.processor)
+        yield
+    finally:
+        for module, processor in saved.items():
+            module.processor = processor
 
 
 class _UNetAdapter(torch.nn.Module):
@@ -98,11 +167,23 @@ class _PixArtAdapter(torch.nn.Module):
         )[0]
 
 
-def _unsupported(family: Any, why: str) -> ExportError:
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the block; every submodule's own training flag is restored after."""
+    flags = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
     return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
 
 
-def _spec(pipe: Any, family: Any) -> _Spec:
+def _spec(pipe: Any, family: type[ModelFamily]) -> _Spec:
     denoiser = getattr(pipe, family.denoiser_attr)
     cfg, dtype = denoiser.config, denoiser.dtype
     size, length = cfg.sample_size, family.max_length(pipe)
@@ -113,7 +194,7 @@ def _spec(pipe: Any, family: Any) -> _Spec:
     if family.denoiser_attr == "transformer":
         if type(denoiser).__name__ != "PixArtTransformer2DModel":
             raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
-        spec = _Spec(_PixArtAdapter(denoiser))
+        spec = _Spec(_PixArtAdapter(denoiser), masked=True, device=denoiser.device)
         spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
         spec.inputs["timestep"] = ((), torch.float32)
         spec.inputs["encoder_hidden_states"] = ((length, cfg.caption_channels), dtype)
@@ -129,7 +210,7 @@ def _spec(pipe: Any, family: Any) -> _Spec:
         raise _unsupported(family, f"the UNet's addition_embed_type {extra!r} needs image inputs")
     if cfg.encoder_hid_dim_type not in (None, "text_proj"):
         raise _unsupported(family, f"encoder_hid_dim_type {cfg.encoder_hid_dim_type!r}")
-    spec = _Spec(_UNetAdapter(denoiser, text_time=extra == "text_time"))
+    spec = _Spec(_UNetAdapter(denoiser, text_time=extra == "text_time"), device=denoiser.device)
     spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
     spec.inputs["timestep"] = ((), torch.float32)
     text_dim = cfg.encoder_hid_dim or cfg.cross_attention_dim
@@ -160,55 +241,85 @@ def _dummy_inputs(spec: _Spec, batch: int, seed: int) -> dict[str, torch.Tensor]
             value = torch.rand((batch, *shape), generator=gen).to(dtype) + 0.5
         else:
             value = torch.randn((batch, *shape), generator=gen).to(dtype)
-        out[name] = value
+        out[name] = value.to(spec.device)
     return out
 
 
 # ---- export ----------------------------------------------------------------------------------
+def _error_summary(err: BaseException) -> str:
+    """One short line for the record: torch.onnx errors carry pages of advice and colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if "## Exception summary" in text:
+        text = text.split("## Exception summary", 1)[1]
+        text = text.split("(Refer to the full stack trace", 1)[0]
+    return f"{type(err).__name__}: {' '.join(text.split())}"[:1000]
+
+
+def _translations() -> dict[Any, Any]:
+    """Fixes to the dynamo exporter's aten-to-ONNX table (onnxscript 0.7).
+
+    ``aten.squeeze.dim`` becomes ONNX ``Squeeze`` even where the axis is statically not 1; torch
+    treats that as a no-op, ONNX rejects the model at load ("Dimension of input 1 must be 1").
+    PixArt's final ``hidden_states.squeeze(1)`` on (B, tokens, C) hits it.
+    """
+    from onnxscript import opset18 as op
+    from onnxscript.function_libs.torch_lib.tensor_typing import TTensor
+
+    def squeeze_dim(self: TTensor, dim: int) -> TTensor:
+        shape = self.shape
+        static = shape is not None and (len(shape) == 0 or isinstance(shape[dim], int))
+        if static and (len(shape) == 0 or shape[dim] != 1):
+            return op.Identity(self)
+        return op.Squeeze(self, [dim])
+
+    return {torch.ops.aten.squeeze.dim: squeeze_dim}
+
+
 def _run_exporter(spec: _Spec, path: Path, opset: int, optimize: bool) -> dict[str, Any]:
     """Export with dynamo; fall back to TorchScript only if dynamo raises."""
     args = tuple(_dummy_inputs(spec, 2, seed=0).values())
     names = list(spec.inputs)
     n_bytes = sum(t.numel() * t.element_size() for t in spec.adapter.state_dict().values())
     external = n_bytes > EXTERNAL_DATA_BYTES
+    common = {"input_names": names, "output_names": [OUTPUT_NAME], "opset_version": opset}
     record: dict[str, Any] = {"external_data": external, "parameter_bytes": n_bytes}
     started = time.perf_counter()
-    try:
-        torch.onnx.export(
-            spec.adapter,
-            args,
-            str(path),
-            dynamo=True,
-            opset_version=opset,
-            input_names=names,
-            output_names=[OUTPUT_NAME],
-            external_data=external,
-            dynamic_shapes={name: {0: "batch"} for name in names},
-            optimize=optimize,
-            verbose=False,
-        )
-        record["exporter"] = "dynamo"
-    except Exception as err:  # noqa: BLE001 - any dynamo failure means: try TorchScript
-        dynamo_error = f"{type(err).__name__}: {err}".strip()[:2000]
-        for leftover in path.parent.iterdir():
-            leftover.unlink()
+    with _traceable_masks(spec.adapter, spec.masked), warnings.catch_warnings():
+        # every input shares the batch axis; torch.onnx warns once per extra input about that
+        warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
         try:
             torch.onnx.export(
                 spec.adapter,
                 args,
                 str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=names,
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT_NAME]},
+                dynamo=True,
+                external_data=external,
+                dynamic_shapes={name: {0: "batch"} for name in names},
+                optimize=optimize,
+                custom_translation_table=_translations(),
+                verbose=False,
+                **common,
             )
-        except Exception as err2:
-            raise ExportError(
-                f"ONNX export failed with both exporters; dynamo: {dynamo_error}; "
-                f"torchscript: {type(err2).__name__}: {err2}"
-            ) from err2
-        record.update(exporter="torchscript", dynamo_error=dynamo_error)
+            record["exporter"] = "dynamo"
+        except Exception as err:  # any dynamo failure means: try TorchScript
+            record["dynamo_error"] = _error_summary(err)
+            for leftover in path.parent.iterdir():
+                leftover.unlink()
+            try:
+                torch.onnx.export(
+                    spec.adapter,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    dynamic_axes={name: {0: "batch"} for name in [*names, OUTPUT_NAME]},
+                    **common,
+                )
+            except Exception as err2:
+                raise ExportError(
+                    f"ONNX export failed with both exporters; dynamo: {record['dynamo_error']}; "
+                    f"torchscript: {_error_summary(err2)}"
+                ) from err2
+            record["exporter"] = "torchscript"
     record["export_seconds"] = round(time.perf_counter() - started, 2)
     return record
 
@@ -232,7 +343,7 @@ def _io_description(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 def export_denoiser_onnx(
     pipe: Any,
-    family: Any,
+    family: type[ModelFamily],
     out_dir: str | Path,
     *,
     opset: int = 18,
@@ -264,9 +375,8 @@ def export_denoiser_onnx(
     _require("onnx")
     _require("onnxscript")
     spec = _spec(pipe, family)
-    spec.adapter.eval()
     target = Path(out_dir) / family.denoiser_attr
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target) as tmp, _eval_mode(spec.adapter):
         record = _run_exporter(spec, tmp / "model.onnx", opset, optimize)
         record = {
             "format": FORMAT,
@@ -277,10 +387,18 @@ def export_denoiser_onnx(
             **_io_description(tmp / "model.onnx"),
         }
         if check:
+            try:
+                diff = check_onnx(pipe, family, tmp / "model.onnx")
+            except ExportError as err:
+                if "dynamo_error" not in record:
+                    raise
+                raise ExportError(
+                    f"{err}; (TorchScript fallback, dynamo had failed: {record['dynamo_error']})"
+                ) from None
             record["check"] = {
                 "batch_sizes": [1, 2],
                 "provider": "CPUExecutionProvider",
-                "max_abs_diff": check_onnx(pipe, family, tmp / "model.onnx"),
+                "max_abs_diff": diff,
             }
         record["versions"] = _versions()
         record["locopack"] = metadata or {}
@@ -298,7 +416,7 @@ def _versions() -> dict[str, str]:
 # ---- check ------------------------------------------------------------------------------------
 def check_onnx(
     pipe: Any,
-    family: Any,
+    family: type[ModelFamily],
     onnx_path: str | Path,
     batch_sizes: tuple[int, ...] = (1, 2),
     seed: int = 0,
@@ -313,7 +431,6 @@ def check_onnx(
     """
     ort = _require("onnxruntime")
     spec = _spec(pipe, family)
-    spec.adapter.eval()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -324,7 +441,7 @@ def check_onnx(
     worst = 0.0
     for i, batch in enumerate(batch_sizes):
         inputs = _dummy_inputs(spec, batch, seed + i)
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(spec.adapter):
             expected = spec.adapter(*inputs.values()).float().cpu()
         feed = {name: t.cpu().numpy() for name, t in inputs.items()}
         got = torch.from_numpy(session.run([OUTPUT_NAME], feed)[0]).float()
