@@ -26,13 +26,13 @@ pytestmark = pytest.mark.slow
 def _launch(*args, procs=2, **kwargs):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
                str(procs), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
-               "no", "-m", "locopack.cli", "--threads", "1", *args]
+               "no", "-m", "locopack", "--threads", "1", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
 
 
 def _single(*args):
-    command = [sys.executable, "-m", "locopack.cli", "--threads", "1", *args]
+    command = [sys.executable, "-m", "locopack", "--threads", "1", *args]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

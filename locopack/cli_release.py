@@ -1,0 +1,291 @@
+"""The release commands of the ``locopack`` CLI: export, generate, build, card, audit, push.
+
+Registered on the group of :mod:`locopack.cli`; like every command, they only parse arguments,
+call the library and report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .cli import _out_dir, _quiet_libraries, _UserError, cli
+from .errors import LocopackError
+
+
+@cli.command("export")
+@click.argument("delta", type=click.Path(path_type=Path))
+@click.option(
+    "--adapter/--no-adapter",
+    default=True,
+    show_default=True,
+    help="diffusers/PEFT LoRA: pytorch_lora_weights.safetensors + lora_manifest.json.",
+)
+@click.option("--kohya", is_flag=True, help="kohya LoRA file for ComfyUI / AUTOMATIC1111.")
+@click.option("--merged", is_flag=True, help="Full pipeline folder with the edit merged (merged/).")
+@click.option("--onnx", is_flag=True, help="Edited denoiser as ONNX (onnx/; needs [onnx] extra).")
+@click.option("--max-rank", default=64, show_default=True, help="Largest LoRA rank per module.")
+@click.option(
+    "--energy",
+    default=0.99999999,
+    show_default=True,
+    help="Share of each delta's squared Frobenius norm the LoRA keeps.",
+)
+@click.option("--model", default=None, help="Base model to merge into [default: the recorded one].")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+def export_cmd(
+    delta: Path,
+    adapter: bool,
+    kohya: bool,
+    merged: bool,
+    onnx: bool,
+    max_rank: int,
+    energy: float,
+    model: str | None,
+    out: Path,
+) -> None:
+    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference."""
+    from .stages import run_export
+
+    _quiet_libraries()
+    written = run_export(
+        delta,
+        out,
+        adapter=adapter,
+        kohya=kohya,
+        merged=merged,
+        onnx=onnx,
+        max_rank=max_rank,
+        energy=energy,
+        model=model,
+    )
+    if "manifest" in written:
+        manifest = written.pop("manifest")
+        ranks = sorted({m["rank"] for m in manifest["modules"].values()})
+        click.echo(
+            f"adapter: {len(manifest['modules'])} modules, ranks {ranks}, "
+            f"max relative error {manifest['max_relative_error']:.1e}"
+        )
+    for what, path in written.items():
+        click.echo(f"wrote {what}: {path}")
+
+
+@cli.command()
+@click.option("--model", required=True, help="Pipeline folder or Hub id.")
+@click.option("--adapter", default=None, help="Release folder or adapter/neuron file to apply.")
+@click.option("--scale", default=1.0, show_default=True, help="Strength of the applied edit.")
+@click.option("--force", is_flag=True, help="Apply even if the edit was made for another base.")
+@click.option("--prompt", required=True, help="Text prompt.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=25, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Image file (.png).")
+def generate(
+    model: str,
+    adapter: str | None,
+    scale: float,
+    force: bool,
+    prompt: str,
+    seed: int,
+    steps: int,
+    guidance: float,
+    out: Path,
+) -> None:
+    """Generate one image with MODEL, optionally with an edit applied."""
+    import torch
+
+    from .inference import apply
+    from .io import atomic_write_bytes
+    from .models import load_pipeline
+
+    _quiet_libraries()
+    revision = None
+    if "@" in model and not Path(model).exists():
+        from .hub import parse_ref
+
+        model, revision = parse_ref(model)
+    pipe, family = load_pipeline(model, revision)
+    if adapter:
+        apply(pipe, adapter, scale, force=force)
+    generator = torch.Generator(pipe.device).manual_seed(seed)
+    image = pipe(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=generator,
+        **family.call_kwargs(),
+    ).images[0]
+    import io as _io
+
+    buffer = _io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(out, buffer.getvalue())
+    click.echo(f"wrote {out}")
+
+
+def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+            if not found:
+                raise click.UsageError(f"{path}: a folder without any .yaml recipe")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def _echo_summary(summary, out: Path) -> None:
+    click.echo(f"\nlayers: {', '.join(summary.layers)}")
+    for edit in summary.evidence.get("edits", []):
+        for name, item in edit["sets"].items():
+            before, after = item["summary"]["before"], item["summary"]["after"]
+            click.echo(
+                f"  {edit['label']} / {name}: CLIP to original "
+                f"{before['original']['mean']:.2f} -> {after['original']['mean']:.2f}, "
+                f"to target {before['target']['mean']:.2f} -> {after['target']['mean']:.2f}"
+            )
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
+    click.echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
+    click.echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
+
+
+@cli.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>]; with several recipes, the parent of "
+    "one folder per recipe [default: out/].",
+)
+@click.option(
+    "--fast/--full",
+    "fast",
+    default=None,
+    help="Localization mode [default: the recipe's localize.mode].",
+)
+def build(recipes: tuple[Path, ...], out: Path | None, fast: bool | None) -> None:
+    """Recipe in, release out: localize, edit, export, evidence, card, history.
+
+    RECIPES: one recipe, several, or folders of recipes.  Rerun after a crash to continue:
+    finished stages and localization windows are reused.  Under `accelerate launch`, one
+    recipe's localization sweep is shared by all processes; several recipes are spread over
+    the processes, each built exactly as when built alone.
+    """
+    from .build import run_build
+    from .distributed import ProcessGroup, process_group
+    from .recipe import load_recipe
+
+    files = _recipe_files(recipes)
+    loaded = [load_recipe(path) for path in files]  # every recipe is checked before any work
+    _quiet_libraries()
+    mode = None if fast is None else ("fast" if fast else "full")
+    group = process_group()
+    if len(loaded) == 1:
+        target = _out_dir(out, loaded[0])
+        summary = run_build(loaded[0], target, mode=mode, group=group)
+        if summary is not None:
+            _echo_summary(summary, target)
+        return
+    failures = []
+    for recipe in group.share(loaded):
+        target = (out or Path("out")) / recipe.name
+        try:
+            summary = run_build(recipe, target, mode=mode, group=ProcessGroup())
+        except LocopackError as err:
+            failures.append(f"{recipe.source}: {err}")
+            continue
+        _echo_summary(summary, target)
+    if failures:
+        raise _UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures))
+
+
+@cli.command()
+@click.argument("outdir", type=click.Path(path_type=Path))
+def card(outdir: Path) -> None:
+    """Rebuild OUTDIR/README.md (the model card) from an output folder, computing nothing."""
+    from .card import write_card
+
+    path = write_card(outdir)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("release")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--reproduce",
+    is_flag=True,
+    help="Also re-run the recorded recipe on the recorded base and compare the delta.",
+)
+def audit(release: str, as_json: bool, reproduce: bool) -> None:
+    """Verify RELEASE (a folder or ORG/NAME[@REV] on the Hub): file hashes, history chain,
+    adapter vs delta, merged = base + delta.
+
+    Exits 1 when any check fails, naming the file or history entry.
+    """
+    from .audit import audit_folder, timeline
+
+    if reproduce:
+        _quiet_libraries()
+    folder = Path(release)
+    if not folder.exists():
+        from .hub import is_hub_ref, resolve_release
+
+        if not is_hub_ref(release):
+            raise click.UsageError(f"{release}: neither a folder nor a Hub ref ORG/NAME[@REV]")
+        folder = resolve_release(release)
+    report = audit_folder(folder, reproduce=reproduce)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(timeline(report))
+        for check in report.checks:
+            click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        raise _UserError(f"audit failed: {failed.name}: {failed.detail}")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--repo", default=None, help="ORG/NAME on the Hub [default: the recipe's hub.repo].")
+@click.option(
+    "--private/--public",
+    default=None,
+    help="Visibility of a repo created by this push [default: the recipe's hub.private].",
+)
+@click.option("--branch", default=None, help="Branch to commit to [default: recipe's hub.branch].")
+@click.option("--tag", default=None, help="Tag of the commit [default: <recipe name>-<hash[:12]>].")
+@click.option("--message", default=None, help="Extra text for the commit title.")
+def push(
+    folder: Path,
+    repo: str | None,
+    private: bool | None,
+    branch: str | None,
+    tag: str | None,
+    message: str | None,
+) -> None:
+    """Upload the release FOLDER to the Hugging Face Hub as one tagged commit.
+
+    The token comes from HF_TOKEN or `hf auth login`.  Files on the branch that FOLDER no
+    longer has are removed in the same commit, so the tag names exactly this release.
+    """
+    from .hub import push as push_release
+    from .recipe import load_recipe
+
+    if (folder / "recipe.yaml").is_file():  # else push_release says what is missing
+        settings = load_recipe(folder / "recipe.yaml").hub
+        repo, branch = repo or settings.repo, branch or settings.branch
+        private = settings.private if private is None else private
+        if not repo:
+            raise click.UsageError("no repo: pass --repo ORG/NAME or set hub.repo in the recipe")
+    result = push_release(
+        folder, repo or "", private=private is not False, branch=branch, tag=tag, message=message
+    )
+    state = "pushed" if result.created else "already on the Hub:"
+    click.echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")
