@@ -190,7 +190,7 @@ def run_export(
 
         prov = delta.provenance
         pipe, family = load_pipeline(
-            model or prov["base_model"],
+            model or prov.get("base_path") or prov["base_model"],
             None if model else prov.get("base_revision"),
             prov.get("base_dtype", "float32"),
         )

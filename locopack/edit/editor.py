@@ -10,6 +10,7 @@ recipe-wide) the columns of P.  Sites that read the same states share one factor
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,12 +122,18 @@ def compute_delta(
     return WeightDelta(deltas, _provenance(pipe, family, recipe, layers, states, fingerprint))
 
 
+def _resolved(ref: str) -> str:
+    """An existing local path made absolute (so the record outlives the working directory)."""
+    return str(Path(ref).resolve()) if Path(ref).exists() else ref
+
+
 def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, Any]:
     base = recipe.base
     return {
         "recipe_name": recipe.name,
         "recipe_sha256": recipe.sha256,
         "base_model": base.model,
+        "base_path": _resolved(recipe.local_path(base.model)),
         "base_revision": base.revision,
         "base_dtype": base.dtype,
         "base_fingerprint": fingerprint or model_fingerprint(pipe, family),
