@@ -10,8 +10,8 @@ recipe-wide) the columns of P.  Sites that read the same states share one factor
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
