@@ -132,7 +132,11 @@ def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str,
     ):
         return None
     if (folder / ADAPTER_FILE).is_file():
-        tensors, _ = read_adapter(folder / ADAPTER_FILE)
+        try:
+            tensors, _ = read_adapter(folder / ADAPTER_FILE)
+        except LocopackError as err:
+            report.add("adapter", False, str(err))
+            return delta
         tolerance = (entry.get("adapter_tolerance") or 0.0) + 1e-6
         worst = 0.0
         for path, d in delta.deltas.items():
@@ -231,7 +235,10 @@ def audit_folder(folder: str | Path, *, reproduce: bool = False) -> AuditReport:
     last = report.entries[-1]
     _check_files(report, folder, last)
     delta = _check_delta_and_adapter(report, folder, last)
-    _check_merged(report, folder, last, delta)
+    try:
+        _check_merged(report, folder, last, delta)
+    except (LocopackError, OSError, ValueError) as err:  # a damaged merged checkpoint
+        report.add("merged", False, f"merged/: cannot be read ({err})")
     if reproduce and delta is not None:
         _check_reproduce(report, last, delta)
     return report

@@ -57,6 +57,10 @@ def release_files(folder: Path) -> list[Path]:
     )
 
 
+def _is_hub_id(ref: str) -> bool:
+    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
+
+
 def _read_json(folder: Path, name: str, needed_for: str) -> dict:
     path = folder / name
     if not path.is_file():
@@ -160,8 +164,11 @@ def build_card(folder: Path) -> tuple[str, dict]:
     merged = (folder / "merged" / "model_index.json").is_file()
     kinds = sorted({TAGS[e.kind] for e in recipe.edits})
     data = ModelCardData(
-        base_model=recipe.base.model,
-        base_model_relation="finetune" if merged else "adapter",
+        # the Hub's base_model must name a Hub repo; a local base is named in the body only
+        base_model=recipe.base.model if _is_hub_id(recipe.base.model) else None,
+        base_model_relation=("finetune" if merged else "adapter")
+        if _is_hub_id(recipe.base.model)
+        else None,
         library_name="diffusers",
         license=_license(recipe, folder),
         tags=[
@@ -215,7 +222,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
     versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("versions", {}).items()))
     hashes = "\n".join(f"| `{p}` | `{sha256_file(folder / p)}` |" for p in release_files(folder))
     usage_base = recipe.base.model
-    hub_like = "/" in usage_base and not usage_base.startswith((".", "/", "~"))
+    hub_like = _is_hub_id(usage_base)
     base_link = (
         f"[`{usage_base}`](https://huggingface.co/{usage_base})"
         if hub_like

@@ -85,8 +85,8 @@ def test_build_writes_a_complete_release(workspace):
 def test_card_parses_and_carries_the_metadata(workspace):
     card = ModelCard.load(workspace / "first" / "README.md")
     data = card.data.to_dict()
-    assert data["base_model"] == str(workspace / "twin")
-    assert data["base_model_relation"] == "finetune"  # a merged checkpoint is released
+    assert "base_model" not in data  # a local base is no Hub repo; the body names it
+    assert str(workspace / "twin") in card.text
     assert data["library_name"] == "diffusers"
     assert {"locopack", "lora", "text-to-image", "concept-erasure", "sd1"} <= set(data["tags"])
     assert [w["text"] for w in data["widget"]] == sorted(
@@ -232,3 +232,14 @@ def test_rebuild_resumes_from_the_finished_stages(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     assert WeightDelta.load(out / "delta.safetensors").sha256() == delta_hash
     assert (out / "README.md").is_file() and audit_folder(out).ok
+
+
+def test_a_hub_base_is_named_in_the_metadata(workspace, tmp_path, monkeypatch):
+    out = _copy(workspace, tmp_path)
+    recipe = (out / "recipe.yaml").read_text()
+    (out / "recipe.yaml").write_text(
+        recipe.replace(f"model: {workspace / 'twin'}", "model: runwayml/stable-diffusion-v1-5")
+    )
+    _, data = build_card(out)
+    assert data["base_model"] == "runwayml/stable-diffusion-v1-5"
+    assert data["base_model_relation"] == "finetune"  # a merged checkpoint is released
