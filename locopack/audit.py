@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import LocopackError
 from .history import HISTORY_FILE, entry_hash, hashed_files, read_history
@@ -97,6 +98,13 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
                 "inserted or dropped line)",
             )
         previous = entry["hash"]
+    copy = folder / "merged" / HISTORY_FILE
+    if copy.exists() and copy.read_bytes() != (folder / HISTORY_FILE).read_bytes():
+        return report.add(
+            "history chain",
+            False,
+            f"merged/{HISTORY_FILE}: differs from the release's {HISTORY_FILE}",
+        )
     return report.add("history chain", True, f"{len(entries)} entries")
 
 
@@ -237,7 +245,7 @@ def audit_folder(folder: str | Path, *, reproduce: bool = False) -> AuditReport:
     delta = _check_delta_and_adapter(report, folder, last)
     try:
         _check_merged(report, folder, last, delta)
-    except (LocopackError, OSError, ValueError) as err:  # a damaged merged checkpoint
+    except (LocopackError, OSError, ValueError, SafetensorError) as err:  # damaged checkpoint
         report.add("merged", False, f"merged/: cannot be read ({err})")
     if reproduce and delta is not None:
         _check_reproduce(report, last, delta)
