@@ -243,3 +243,20 @@ def test_a_hub_base_is_named_in_the_metadata(workspace, tmp_path, monkeypatch):
     _, data = build_card(out)
     assert data["base_model"] == "runwayml/stable-diffusion-v1-5"
     assert data["base_model_relation"] == "finetune"  # a merged checkpoint is released
+
+
+def test_a_flipped_bit_in_any_file_is_detected(workspace, tmp_path):
+    source = workspace / "first"
+    files = sorted(
+        p.relative_to(source) for p in source.rglob("*") if p.is_file() and "cache" not in p.parts
+    )
+    assert len(files) > 20
+    for i, name in enumerate(files):
+        out = tmp_path / f"flip{i}"
+        shutil.copytree(source, out)
+        data = bytearray((out / name).read_bytes())
+        data[(7 * i) % len(data)] ^= 1
+        (out / name).write_bytes(bytes(data))
+        report = audit_folder(out)
+        assert not report.ok, f"a flipped bit in {name} went unnoticed"
+        shutil.rmtree(out)
