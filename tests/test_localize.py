@@ -139,6 +139,7 @@ def test_fast_mode_screens_then_rescores_finalists(twin_dirs):
     assert fast.chosen == full.chosen == 8
     assert fast.screening_rung["steps"] < fast.rung["steps"] or fast.rung["steps"] == 1
     assert len(fast.finalists) == 3 and 8 in fast.finalists
+    assert len(fast.screening) == 16 and full.screening is None
     for i in fast.finalists:  # finalists are scored at full settings, like the full sweep
         assert fast.candidates[i].scores == pytest.approx(full.candidates[i].scores, abs=1e-3)
 

@@ -192,6 +192,7 @@ def run_sweep(sweep: Sweep, window: int, rung: Rung, mode: str = "fast") -> Loca
         all_sites=everything,
         finalists=finalists,
         screening_rung=None if screening is None else asdict(cheap),
+        screening=screening,
         rung=asdict(rung),
         mode=mode,
         window=window,
