@@ -5,9 +5,10 @@ per item; higher means a better match).  The default is the CLIP score ``100 * c
 text)`` with any ``CLIPModel`` id or folder.  Unlike CLIPScore (Hessel et al., 2021) it is not
 clipped at 0: clipping ties every negative score and would blind the ranking of windows.
 
-Images are preprocessed here (bicubic resize of the short side, center crop, CLIP
-normalization: what ``CLIPImageProcessor`` does) so the scorer needs neither torchvision nor
-a preprocessor config.
+Images are preprocessed here (bicubic resize of the short side, center crop, normalization:
+what ``CLIPImageProcessor`` does) so the scorer needs no torchvision; the mean and std come from
+the model's ``preprocessor_config.json`` (or ``processor_config.json``) when it has one, and are
+CLIP's otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +23,31 @@ from ..errors import ModelLayoutError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _normalization(model: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image mean and std the scorer was trained with."""
+    import json
+    from pathlib import Path
+
+    for name, key in (
+        ("preprocessor_config.json", None),
+        ("processor_config.json", "image_processor"),
+    ):
+        path = Path(model) / name
+        if not path.is_file() and not Path(model).exists():
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(model, name))
+            except Exception:  # no such file on the Hub, or offline: try the next one
+                continue
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            config = config.get(key, {}) if key else config
+            if "image_mean" in config and "image_std" in config:
+                return tuple(config["image_mean"]), tuple(config["image_std"])
+    return CLIP_MEAN, CLIP_STD
 
 
 class Scorer(Protocol):
@@ -47,6 +73,7 @@ class ClipScorer:
         self.name = model
         self.device = torch.device(device)
         self.size = int(self.model.config.vision_config.image_size)
+        self.mean, self.std = _normalization(model)
 
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         batch = []
@@ -62,7 +89,8 @@ class ClipScorer:
             image = image.crop((left, top, left + self.size, top + self.size))
             batch.append(np.asarray(image, dtype=np.float32) / 255.0)
         pixels = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
-        mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+        mean = torch.tensor(self.mean)[:, None, None]
+        std = torch.tensor(self.std)[:, None, None]
         return ((pixels - mean) / std).to(self.device, self.model.dtype)
 
     @torch.no_grad()
