@@ -214,7 +214,7 @@ class EditSettings(_Strict):
 
     lam: float = Field(0.1, alias="lambda", gt=0)
     matrices: Literal["key", "value", "both"] = "both"
-    tokens: Literal["concept", "last", "all"] = "last"
+    tokens: Literal["concept", "last", "all", "sequence"] = "last"
     preserve_weight: float = Field(1.0, ge=0)
 
 

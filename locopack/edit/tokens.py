@@ -7,6 +7,10 @@ Three rules (recipe ``edit.tokens``):
 - ``concept``: the concept's tokens in the original prompt, each paired with its aligned
   token in the target prompt.
 - ``all``: every non-padding token of the original, each paired with its aligned token.
+- ``sequence``: every position the denoiser attends to, padding included: the non-padding
+  tokens as under ``all``, then padding position ``n_o + k`` paired with ``n_t + k``.  With
+  CLIP's causal text encoder the padding states carry the whole prompt, so an edit that must
+  also change them (a fact update, whose prompt has no single concept token) needs this rule.
 
 Alignment is a diff of the two token sequences (:func:`align`): tokens in common keep their
 partner; a replaced span maps proportionally onto its replacement (``van gogh`` -> ``a
@@ -18,7 +22,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-TokenRule = Literal["concept", "last", "all"]
+TokenRule = Literal["concept", "last", "all", "sequence"]
 
 
 def align(original: list[int], target: list[int]) -> list[int]:
@@ -52,15 +56,24 @@ def edit_pairs(
         return [
             (family.last_token_position(pipe, original), family.last_token_position(pipe, target))
         ]
-    mapping = align(family.token_ids(pipe, original), family.token_ids(pipe, target))
+    ids_o, ids_t = family.token_ids(pipe, original), family.token_ids(pipe, target)
+    mapping = align(ids_o, ids_t)
     if rule == "all":
         return list(enumerate(mapping))
+    if rule == "sequence":
+        length = family.max_length(pipe)
+        padding = [
+            (i, min(length - 1, i - len(ids_o) + len(ids_t))) for i in range(len(ids_o), length)
+        ]
+        return list(enumerate(mapping)) + padding
     return [(i, mapping[i]) for i in family.concept_positions(pipe, original, concept)]
 
 
 def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> list[int]:
     """Positions of a preserve prompt whose states the edit keeps: its last token under the
-    ``last`` rule, otherwise every non-padding token."""
+    ``last`` rule, every position under ``sequence``, otherwise every non-padding token."""
     if rule == "last":
         return [family.last_token_position(pipe, prompt)]
+    if rule == "sequence":
+        return list(range(family.max_length(pipe)))
     return family.content_positions(pipe, prompt)
