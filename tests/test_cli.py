@@ -22,7 +22,7 @@ def test_help_lists_every_command_and_teaches_a_session():
     assert "A typical session" in result.output
 
 
-def test_readme_main_job_on_the_twin_recipe(tmp_path, monkeypatch):
+def test_readme_twin_example(tmp_path, monkeypatch):
     """`locopack twin sd1 out/tiny-sd1` then `locopack edit recipes/twin/...` (README)."""
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "recipes" / "twin" / "sd1-erase-van-gogh.yaml"
