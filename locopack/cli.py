@@ -200,9 +200,12 @@ def localize(recipe: Path, out: Path | None, fast: bool | None, batch: int) -> N
     mode = None if fast is None else ("fast" if fast else "full")
     from .distributed import process_group
 
-    result = run_localize(loaded, out, mode=mode, batch=batch)
-    if not process_group().is_main:
+    group = process_group()
+    result = run_localize(loaded, out, mode=mode, batch=batch, group=group)
+    if not group.is_main:
         return
+    if group.size > 1:
+        click.echo(f"windows shared by {group.size} processes")
     click.echo(f"chosen window {result.chosen}: {', '.join(result.layers)}")
     chosen = result.candidates[result.chosen]
     click.echo(

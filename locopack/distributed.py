@@ -1,10 +1,15 @@
 """Spreading independent work over the processes ``accelerate launch`` starts.
 
 Outside a multi-process launch (no ``WORLD_SIZE`` > 1 in the environment) everything runs in
-one process and ``accelerate`` is not imported.  Inside one, :func:`process_group` returns this
-process's rank and the world size from ``accelerate.PartialState`` (gloo on CPUs, NCCL on
-GPUs, across nodes as ``accelerate launch`` configured them), and :func:`gather` collects
-Python objects from every process onto every process.
+one process and ``accelerate`` is not imported.  Note that ``accelerate launch --cpu
+--num_processes N`` starts ONE process unless MPI is installed; on CPUs launch with
+``accelerate launch --multi_gpu --num_processes N`` (which uses torchrun; without GPUs the
+processes use gloo on the CPU) or ``torchrun --nproc_per_node N``.
+
+Inside a launch, :func:`process_group` returns this process's rank and the world size from
+``accelerate.PartialState`` (gloo on CPUs, NCCL on GPUs, across nodes as ``accelerate launch``
+configured them), and :func:`gather` collects Python objects from every process onto every
+process.
 """
 
 from __future__ import annotations
@@ -44,7 +49,16 @@ def process_group() -> ProcessGroup:
             "this process was launched as one of several (WORLD_SIZE > 1) but accelerate is "
             "not installed: pip install 'locopack[dist]'"
         ) from None
-    state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"))
+    import torch
+
+    # CPU processes (gloo) when asked for, or when there is no GPU to give each process
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    state = PartialState(cpu=cpu or not torch.cuda.is_available())
+    if state.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise LocopackError(
+            f"launched as {os.environ['WORLD_SIZE']} processes but accelerate set up "
+            f"{state.num_processes}; launch with `accelerate launch --multi_gpu` or `torchrun`"
+        )
     return ProcessGroup(state.process_index, state.num_processes)
 
 

@@ -131,7 +131,7 @@ def processes(args, model: str, scorer: str, tmp: Path) -> None:
                 sys.executable,
                 "-m",
                 "accelerate.commands.launch",
-                "--cpu",
+                "--multi_gpu",
                 "--num_processes",
                 str(procs),
                 "--num_machines",

@@ -24,9 +24,25 @@ pytestmark = pytest.mark.slow
 
 
 def _launch(*args, procs=2, **kwargs):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
-               str(procs), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
-               "no", "-m", "locopack", "--threads", "1", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(procs),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "locopack",
+        "--threads",
+        "1",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, env=env, capture_output=True, text=True, **kwargs)
 
@@ -42,8 +58,11 @@ def world(tmp_path_factory):
     result = CliRunner().invoke(cli, ["--threads", "1", "twin", "sd1", str(root / "twin")])
     assert result.exit_code == 0, result.output
     for name, concept in (("alpha", "van gogh"), ("beta", "monet")):
-        text = RECIPE.replace("./out/tiny-sd1", str(root / "twin")).replace(
-            "twin-sd1-erase-van-gogh", name).replace("van gogh", concept)
+        text = (
+            RECIPE.replace("./out/tiny-sd1", str(root / "twin"))
+            .replace("twin-sd1-erase-van-gogh", name)
+            .replace("van gogh", concept)
+        )
         (root / "recipes").mkdir(exist_ok=True)
         (root / "recipes" / f"{name}.yaml").write_text(text)
     return root
@@ -61,8 +80,9 @@ def _scores(path: Path) -> dict:
 def test_two_process_sweep_equals_one_process_and_resumes_across_counts(world):
     recipe = world / "recipes" / "alpha.yaml"
     single = world / "single"
-    result = CliRunner().invoke(cli, ["localize", str(recipe), "--out", str(single), "--full",
-                                      "--batch", "1"])
+    result = CliRunner().invoke(
+        cli, ["localize", str(recipe), "--out", str(single), "--full", "--batch", "1"]
+    )
     assert result.exit_code == 0, result.output
 
     crashed = world / "crashed"
@@ -75,9 +95,11 @@ def test_two_process_sweep_equals_one_process_and_resumes_across_counts(world):
     finished = len(list((crashed / "cache").glob("*.json")))
     assert 3 <= finished < 15
 
-    run = _launch("localize", str(recipe), "--out", str(crashed), "--full", "--batch", "1",
-                  timeout=300)
+    run = _launch(
+        "localize", str(recipe), "--out", str(crashed), "--full", "--batch", "1", timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "windows shared by 2 processes" in run.stdout
     assert _scores(crashed / "localization.json") == _scores(single / "localization.json")
     data = json.loads((crashed / "localization.json").read_text())
     assert sum(c["cached"] for c in data["candidates"]) >= finished
@@ -90,12 +112,14 @@ def test_batch_build_with_two_processes_equals_building_alone(world):
     alone = world / "alone"
     shutil.rmtree(alone, ignore_errors=True)
     for name in ("alpha", "beta"):
-        result = CliRunner().invoke(cli, ["build", str(world / "recipes" / f"{name}.yaml"),
-                                          "--out", str(alone / name)])
+        result = CliRunner().invoke(
+            cli, ["build", str(world / "recipes" / f"{name}.yaml"), "--out", str(alone / name)]
+        )
         assert result.exit_code == 0, result.output
         a = WeightDelta.load(batch / name / "delta.safetensors")
         b = WeightDelta.load(alone / name / "delta.safetensors")
         assert a.sha256() == b.sha256()
         assert _scores(batch / name / "localization.json") == _scores(
-            alone / name / "localization.json")
+            alone / name / "localization.json"
+        )
         assert (batch / name / "README.md").is_file()
