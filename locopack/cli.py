@@ -88,10 +88,11 @@ def validate(recipe: Path) -> None:
     from .recipe import check_against_model, load_recipe, summarize
 
     loaded = load_recipe(recipe)
-    if Path(loaded.base.model).is_dir():
+    base = loaded.local_path(loaded.base.model)
+    if Path(base).is_dir():
         from .models import load_denoiser_layout
 
-        family, denoiser = load_denoiser_layout(loaded.base.model, loaded.base.revision)
+        family, denoiser = load_denoiser_layout(base, loaded.base.revision)
         sites = family.sites(denoiser)
         check_against_model(loaded, len(sites), [s.path for s in sites])
     click.echo(summarize(loaded))

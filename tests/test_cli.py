@@ -44,3 +44,15 @@ def test_readme_twin_example(tmp_path, monkeypatch):
     assert set(delta.provenance["sites"]) == set(report["layers"])
     assert (out / "recipe.yaml").read_text() == recipe.read_text()
     assert "largest relative edit error" in result.output
+
+
+def test_validate_checks_the_window_against_a_local_model(tmp_path, twin_dirs):
+    text = (ROOT / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        text.replace("./out/tiny-sd1", str(twin_dirs["sd1"])).replace("window: 2", "window: 99")
+    )
+    result = CliRunner().invoke(cli, ["validate", str(recipe)])
+    assert result.exit_code == 1
+    assert "localize.window: the model has 16 text-conditioning sites" in result.output
+    assert "Traceback" not in result.output
