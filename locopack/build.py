@@ -112,30 +112,22 @@ def run_build(
     if settings.onnx:
         from .export.onnx import export_denoiser_onnx
 
-        originals = {
-            p: getattr(pipe, family.denoiser_attr).get_submodule(p).weight.clone()
-            for p in delta.deltas
-        }
-        delta.apply(getattr(pipe, family.denoiser_attr))
-        try:
+        with delta.applied(getattr(pipe, family.denoiser_attr)):
             export_denoiser_onnx(pipe, family, out / "onnx")
-        finally:
-            for path, weight in originals.items():
-                getattr(pipe, family.denoiser_attr).get_submodule(path).weight.data.copy_(weight)
     stage("export")
     scorer = ClipScorer(recipe.local_path(recipe.localize.scorer), device=pipe.device)
     summary.evidence = collect_evidence(pipe, family, recipe, out, scorer, out)
     stage("evidence")
     write_card(out)
     stage("card")
-    base_path = recipe.local_path(recipe.base.model)
+    base_path = delta.provenance.get("base_path") or recipe.base.model
     previous = prior_history(base_path, recipe.base.revision)
     entry = new_entry(
         recipe,
         delta,
         out,
         previous,
-        base_path=str(Path(base_path).resolve()) if Path(base_path).exists() else base_path,
+        base_path=base_path,
         adapter_tolerance=manifest["max_relative_error"],
     )
     write_history(out, [*previous, entry])

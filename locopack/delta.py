@@ -7,8 +7,10 @@ Module paths are relative to the denoiser (``unet`` or ``transformer``, named in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,19 @@ class WeightDelta:
         except json.JSONDecodeError as err:
             raise ExportError(f"{path}: provenance header is not JSON ({err})") from None
         return cls(tensors, provenance)
+
+    @contextlib.contextmanager
+    def applied(self, denoiser: torch.nn.Module, scale: float = 1.0) -> Iterator[None]:
+        """Within the block ``denoiser`` carries the edit; afterwards the edited weights are
+        restored bit for bit from a copy of just those tensors (not the whole model)."""
+        saved = {p: denoiser.get_submodule(p).weight.detach().clone() for p in self.deltas}
+        try:
+            self.apply(denoiser, scale)
+            yield
+        finally:
+            with torch.no_grad():
+                for path, weight in saved.items():
+                    denoiser.get_submodule(path).weight.copy_(weight)
 
     def apply(self, denoiser: torch.nn.Module, scale: float = 1.0) -> None:
         """Add ``scale * ΔW`` to the denoiser's weights in place (in their dtype)."""

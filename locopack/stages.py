@@ -199,6 +199,6 @@ def run_export(
         if onnx:
             from .export.onnx import export_denoiser_onnx
 
-            delta.apply(getattr(pipe, family.denoiser_attr))
-            written["onnx"] = export_denoiser_onnx(pipe, family, out / "onnx")
+            with delta.applied(getattr(pipe, family.denoiser_attr)):
+                written["onnx"] = export_denoiser_onnx(pipe, family, out / "onnx")
     return written

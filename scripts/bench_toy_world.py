@@ -14,6 +14,7 @@ fact update reaches >= 70% of images showing the new fact.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import time
@@ -82,25 +83,6 @@ def specificity(images, prompts, n_seeds) -> float:
     )
 
 
-class Edited:
-    """Within the block, the pipeline's denoiser carries ``delta``; restored exactly after."""
-
-    def __init__(self, pipe, family, delta):
-        self.denoiser = getattr(pipe, family.denoiser_attr)
-        self.delta = delta
-
-    def __enter__(self):
-        self.saved = {
-            p: self.denoiser.get_submodule(p).weight.detach().clone() for p in self.delta.deltas
-        }
-        self.delta.apply(self.denoiser)
-
-    def __exit__(self, *exc):
-        with torch.no_grad():
-            for path, weight in self.saved.items():
-                self.denoiser.get_submodule(path).weight.copy_(weight)
-
-
 def bench(path: Path, args) -> None:
     recipe = load_recipe(path)
     pipe, family = load_base(recipe)
@@ -134,12 +116,12 @@ def bench(path: Path, args) -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name, layers in conditions.items():
-        context = (
-            Edited(pipe, family, compute_delta(pipe, family, recipe, layers)) if layers else None
+        edited = (
+            compute_delta(pipe, family, recipe, layers).applied(pipe.unet)
+            if layers
+            else contextlib.nullcontext()
         )
-        if context:
-            context.__enter__()
-        try:
+        with edited:
             kept = (
                 specificity(generate(pipe, keep, seeds, steps, guidance), keep, len(seeds))
                 if keep
@@ -155,9 +137,6 @@ def bench(path: Path, args) -> None:
                     else ", ".join(f"{k} {v:.0%}" for k, v in found.items() if k != "edited")
                 )
                 print(f"| {name} | {set_name} | {found['edited']:.0%} | {extra} | {kept:.0%} |")
-        finally:
-            if context:
-                context.__exit__(None, None, None)
 
 
 def main() -> None:

@@ -26,15 +26,29 @@ pytestmark = pytest.mark.slow
 def release(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "erase-stripes"
     result = CliRunner().invoke(
-        cli, ["--threads", "1", "build", str(ROOT / "recipes" / "toy" / "erase-stripes.yaml"),
-              "--out", str(out)])
+        cli,
+        [
+            "--threads",
+            "1",
+            "build",
+            str(ROOT / "recipes" / "toy" / "erase-stripes.yaml"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
 
 def test_toy_release_has_card_adapter_history_and_evidence(release):
-    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "history.jsonl",
-                 "evidence.json", "localization.png", "README.md"):
+    for name in (
+        "pytorch_lora_weights.safetensors",
+        "lora_kohya.safetensors",
+        "history.jsonl",
+        "evidence.json",
+        "localization.png",
+        "README.md",
+    ):
         assert (release / name).is_file(), name
     data = ModelCard.load(release / "README.md").data.to_dict()
     assert data["license"] == "apache-2.0" and "concept-erasure" in data["tags"]

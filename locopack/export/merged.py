@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..delta import WeightDelta
 from ..io import atomic_dir
 
@@ -27,24 +25,13 @@ def write_merged(pipe: Any, family: Any, delta: WeightDelta, out: Path) -> Path:
         ``out``, a folder ``DiffusionPipeline.from_pretrained`` loads.
     """
     denoiser = getattr(pipe, family.denoiser_attr)
-    originals = {
-        path: denoiser.get_submodule(path).weight.detach().clone() for path in delta.deltas
-    }
-    try:
-        delta.apply(denoiser)
-        with atomic_dir(out) as tmp:
-            pipe.save_pretrained(str(tmp), safe_serialization=True)
-            record = {
-                "format": "locopack.merge/1",
-                "delta_sha256": delta.sha256(),
-                "edited_tensors": sorted(
-                    f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas
-                ),
-                "provenance": delta.provenance,
-            }
-            (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    finally:
-        with torch.no_grad():
-            for path, weight in originals.items():
-                denoiser.get_submodule(path).weight.copy_(weight)
+    with delta.applied(denoiser), atomic_dir(out) as tmp:
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        record = {
+            "format": "locopack.merge/1",
+            "delta_sha256": delta.sha256(),
+            "edited_tensors": sorted(f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas),
+            "provenance": delta.provenance,
+        }
+        (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out
