@@ -57,17 +57,15 @@ def run_build(
     from .distributed import process_group
 
     group = group or process_group()
-    import json
 
     from .card import write_card
-    from .edit import compute_delta, edit_errors
+    from .edit import compute_delta
     from .evidence import collect_evidence
     from .export import write_adapter, write_kohya, write_merged
     from .fingerprint import model_fingerprint
     from .history import new_entry, prior_history, write_history
-    from .io import atomic_write_text
     from .localize import ClipScorer
-    from .stages import _layers_or_localize, load_base, write_recipe_copy
+    from .stages import _layers_or_localize, load_base, save_edit, write_recipe_copy
 
     summary = BuildSummary(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,13 +93,7 @@ def run_build(
     stage("localize")
     if delta is None:
         delta = compute_delta(pipe, family, recipe, summary.layers, fingerprint=fingerprint)
-        report = {
-            "layers": summary.layers,
-            "delta_sha256": delta.sha256(),
-            "modules": edit_errors(pipe, family, recipe, delta),
-        }
-        atomic_write_text(out / "edit.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
-        delta.save(out / "delta.safetensors")
+        save_edit(pipe, family, recipe, delta, out)
     stage("edit")
     settings = recipe.export
     manifest = write_adapter(delta, out, settings.max_rank, settings.energy)

@@ -135,7 +135,7 @@ def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=Non
 
     Without explicit layers or a localization result, LocoGen runs first (into ``out``).
     """
-    from .edit import compute_delta, edit_errors
+    from .edit import compute_delta
     from .fingerprint import model_fingerprint
 
     pipe, family = load_base(recipe)
@@ -143,14 +143,22 @@ def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=Non
     chosen = _layers_or_localize(recipe, pipe, family, out, layers, localization, mode, progress)
     delta = compute_delta(pipe, family, recipe, chosen, fingerprint=fingerprint)
     write_recipe_copy(recipe, out)
-    delta.save(out / "delta.safetensors")
+    return delta, save_edit(pipe, family, recipe, delta, out)
+
+
+def save_edit(pipe: Any, family: Any, recipe: Any, delta: Any, out: Path) -> dict[str, Any]:
+    """Write ``edit.json`` (layers, delta hash, per-matrix edit errors) and
+    ``delta.safetensors``; returns the report."""
+    from .edit import edit_errors
+
     report = {
-        "layers": chosen,
+        "layers": delta.provenance["sites"],
         "delta_sha256": delta.sha256(),
         "modules": edit_errors(pipe, family, recipe, delta),
     }
     atomic_write_text(out / "edit.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return delta, report
+    delta.save(out / "delta.safetensors")
+    return report
 
 
 def run_export(

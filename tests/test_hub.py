@@ -21,8 +21,8 @@ from locopack.hub import is_hub_ref, parse_ref, release_files
 
 from .hub_standin import HubStandin
 
-TOKEN = "hf_LocopackStandinToken0123456789"
-WRONG = "hf_SomebodyElsesToken9876543210ab"
+TOKEN = "standin-LocopackToken0123456789"
+WRONG = "standin-SomebodyElsesToken98765"
 EXAMPLE = Path(__file__).parents[1] / "recipes" / "examples" / "sd15-remove-van-gogh.yaml"
 RECIPE_V1 = EXAMPLE.read_text()
 RECIPE_V2 = RECIPE_V1.replace("lambda: 0.1 ", "lambda: 0.2 ")
