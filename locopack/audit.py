@@ -141,7 +141,7 @@ def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str,
         return None
     if (folder / ADAPTER_FILE).is_file():
         try:
-            tensors, _ = read_adapter(folder / ADAPTER_FILE)
+            tensors, _, _ = read_adapter(folder / ADAPTER_FILE)
         except LocopackError as err:
             report.add("adapter", False, str(err))
             return delta

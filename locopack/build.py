@@ -84,7 +84,7 @@ def run_build(
     delta = _reusable_delta(out / "delta.safetensors", recipe, fingerprint)
     if delta is None:
         summary.layers = _layers_or_localize(
-            recipe, pipe, family, out, None, None, mode, group.is_main, group
+            recipe, pipe, family, out, None, None, mode, group.is_main, group, fingerprint
         )
     else:
         summary.layers, summary.skipped = delta.provenance["sites"], ["localize", "edit"]

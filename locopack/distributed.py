@@ -15,6 +15,7 @@ process.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,25 @@ def process_group() -> ProcessGroup:
             f"{state.num_processes}; launch with `accelerate launch --multi_gpu` or `torchrun`"
         )
     return ProcessGroup(state.process_index, state.num_processes)
+
+
+def launch_command(processes: int) -> list[str]:
+    """The argv prefix that starts ``processes`` copies of a ``-m`` module on this machine
+    through ``accelerate launch`` (torchrun underneath; gloo on the CPU without GPUs)."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def gather(group: ProcessGroup, value: Any) -> list[Any]:

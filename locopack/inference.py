@@ -13,7 +13,6 @@ it was made for this base model (the recorded fingerprint must match the pipelin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,17 +66,13 @@ def _check_base(pipe: Any, family: Any, recorded: str | None, source: Path, forc
         )
 
 
-def _load_adapter(pipe: Any, family: Any, path: Path, scale: float):
-    tensors, _ = read_adapter(path)
+def _load_adapter(pipe: Any, family: Any, path: Path, tensors: dict, packed: dict, scale: float):
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
         return pipe.unload_lora_weights  # removes the LoRA layers, not just the adapter
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-    from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        packed = json.loads(handle.metadata()["lora_adapter_metadata"])
     prefix = f"{family.denoiser_attr}."
     config = {k.removeprefix(prefix): v for k, v in packed.items() if k.startswith(prefix)}
     keep = set(LoraConfig.__dataclass_fields__)
@@ -115,7 +110,7 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
         _check_base(pipe, family, edit.metadata.get("base_fingerprint"), path, force)
         hooks = apply_neurons(getattr(pipe, family.denoiser_attr), edit, scale)
         return AppliedEdit(kind, path, dict(edit.metadata), hooks.remove)
-    _, provenance = read_adapter(path)
+    tensors, provenance, packed = read_adapter(path)
     _check_base(pipe, family, provenance.get("base_fingerprint"), path, force)
-    undo = _load_adapter(pipe, family, path, scale)
+    undo = _load_adapter(pipe, family, path, tensors, packed, scale)
     return AppliedEdit(kind, path, provenance, undo)

@@ -43,10 +43,12 @@ def run_localize(
     scorer=None,
     progress=True,
     group=None,
+    fingerprint=None,
 ):
     """LocoGen for ``recipe``; writes ``localization.json``/``.png`` (and ``cache/``) to ``out``.
 
     ``group``: processes that share the sweep (default: all that ``accelerate launch`` started).
+    ``fingerprint``: the base model's, when the caller has already computed it.
     """
     from .localize import ClipScorer, localize
 
@@ -64,6 +66,7 @@ def run_localize(
         batch=batch,
         progress=progress,
         group=group,
+        fingerprint=fingerprint,
     )
 
 
@@ -98,13 +101,20 @@ def choose_layers(
 
 
 def _layers_or_localize(
-    recipe, pipe, family, out, layers, localization, mode, progress, group=None
+    recipe, pipe, family, out, layers, localization, mode, progress, group=None, fingerprint=None
 ):
     site_paths = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
     chosen = choose_layers(recipe, site_paths, layers, localization)
     if chosen is None:
         chosen = run_localize(
-            recipe, out, pipe=pipe, family=family, mode=mode, progress=progress, group=group
+            recipe,
+            out,
+            pipe=pipe,
+            family=family,
+            mode=mode,
+            progress=progress,
+            group=group,
+            fingerprint=fingerprint,
         ).layers
     return chosen
 
@@ -140,7 +150,9 @@ def run_edit(recipe: Any, out: Path, *, layers=None, localization=None, mode=Non
 
     pipe, family = load_base(recipe)
     fingerprint = model_fingerprint(pipe, family)
-    chosen = _layers_or_localize(recipe, pipe, family, out, layers, localization, mode, progress)
+    chosen = _layers_or_localize(
+        recipe, pipe, family, out, layers, localization, mode, progress, fingerprint=fingerprint
+    )
     delta = compute_delta(pipe, family, recipe, chosen, fingerprint=fingerprint)
     write_recipe_copy(recipe, out)
     return delta, save_edit(pipe, family, recipe, delta, out)

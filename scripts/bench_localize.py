@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from locopack.distributed import launch_command
 from locopack.intervene import swap_text_states, window_replacements
 from locopack.localize import CandidateCache, ClipScorer, PromptPair, Rung, Sweep, run_sweep
 from locopack.localize.windows import candidate_windows
@@ -126,24 +127,7 @@ def processes(args, model: str, scorer: str, tmp: Path) -> None:
     rows = []
     for procs in (1, args.procs):
         out = tmp / f"procs{procs}"
-        launch = (
-            [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--multi_gpu",
-                "--num_processes",
-                str(procs),
-                "--num_machines",
-                "1",
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-            ]
-            if procs > 1
-            else [sys.executable]
-        )
+        launch = launch_command(procs) if procs > 1 else [sys.executable]
         command = [
             *launch,
             "-m",

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from locopack.cli import cli
 from locopack.delta import WeightDelta
+from locopack.distributed import launch_command
 
 pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,18 +26,7 @@ pytestmark = pytest.mark.slow
 
 def _launch(*args, procs=2, **kwargs):
     command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(procs),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
+        *launch_command(procs),
         "-m",
         "locopack",
         "--threads",

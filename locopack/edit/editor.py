@@ -158,8 +158,8 @@ def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict
     of ``W'p`` on the preserve columns (all Frobenius norms, float64)."""
     denoiser = getattr(pipe, family.denoiser_attr)
     states = collect_states(pipe, family, recipe)
-    by_path = {site.key: site for site in family.sites(denoiser)}
-    by_path.update({site.value: site for site in family.sites(denoiser)})
+    sites = family.sites(denoiser)
+    by_path = {site.key: site for site in sites} | {site.value: site for site in sites}
     report = {}
     for module, d in delta.deltas.items():
         site = by_path[module]

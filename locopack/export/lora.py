@@ -151,8 +151,8 @@ def write_kohya(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> 
     return save_tensors(tensors, out / KOHYA_FILE, metadata)
 
 
-def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The adapter's tensors and its locopack provenance.
+def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """The adapter's tensors, its locopack provenance and its packed PEFT config.
 
     Raises:
         ExportError: unreadable file, or not a locopack adapter.
@@ -160,4 +160,5 @@ def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, metadata = load_tensors(path)
     if "locopack" not in metadata:
         raise ExportError(f"{path}: a safetensors file without locopack provenance")
-    return tensors, json.loads(metadata["locopack"])
+    packed = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    return tensors, json.loads(metadata["locopack"]), packed
