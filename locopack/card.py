@@ -151,7 +151,7 @@ def build_card(folder: Path) -> tuple[str, dict]:
     manifest = _read_json(folder, "lora_manifest.json", "the adapter's ranks")
     localization = None
     if (folder / "localization.json").is_file():
-        localization = json.loads((folder / "localization.json").read_text(encoding="utf-8"))
+        localization = _read_json(folder, "localization.json", "the localization scores")
     referenced = [item["grid"] for e in evidence["edits"] for item in e["sets"].values()]
     referenced += [g["image"] for g in evidence.get("gallery", [])]
     referenced += ["delta.safetensors", "pytorch_lora_weights.safetensors"]

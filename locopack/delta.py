@@ -19,7 +19,7 @@ import torch
 
 from .errors import EditError, ExportError
 from .fingerprint import tensors_sha256
-from .io import load_tensors, save_tensors
+from .io import header_json, load_tensors, save_tensors
 
 FORMAT = "locopack.weight_delta/1"
 
@@ -89,11 +89,7 @@ class WeightDelta:
                 f"{path}: not a locopack weight delta (header format is "
                 f"{metadata.get('format')!r}, expected {FORMAT!r})"
             )
-        try:
-            provenance = json.loads(metadata.get("locopack", "{}"))
-        except json.JSONDecodeError as err:
-            raise ExportError(f"{path}: provenance header is not JSON ({err})") from None
-        return cls(tensors, provenance)
+        return cls(tensors, header_json(path, metadata, "locopack"))
 
     @contextlib.contextmanager
     def applied(self, denoiser: torch.nn.Module, scale: float = 1.0) -> Iterator[None]:

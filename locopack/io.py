@@ -8,11 +8,13 @@ corrupted file becomes an :class:`~locopack.errors.ExportError` naming it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -100,3 +102,21 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             "re-create or re-download it"
         ) from None
     return tensors, metadata
+
+
+def header_json(path: str | os.PathLike, metadata: dict[str, str], key: str) -> dict[str, Any]:
+    """The JSON object stored under ``key`` in a safetensors header (``{}`` when absent).
+
+    Raises:
+        ExportError: the entry is not a JSON object, e.g. the header was damaged.
+    """
+    try:
+        value = json.loads(metadata.get(key, "{}"))
+    except json.JSONDecodeError as err:
+        value = err
+    if not isinstance(value, dict):
+        raise ExportError(
+            f"{path}: the header entry {key!r} is not a JSON object ({value}); the file is "
+            "damaged, re-create or re-download it"
+        )
+    return value

@@ -13,6 +13,7 @@ import locopack
 from locopack.edit import compute_delta
 from locopack.errors import EditError, ExportError, ModelLayoutError
 from locopack.export import write_adapter, write_kohya, write_merged
+from locopack.io import load_tensors, save_tensors
 from locopack.models import get_family, load_pipeline
 from locopack.recipe import parse_recipe
 
@@ -209,6 +210,13 @@ def test_damaged_adapter_and_pickle_weights_give_clear_errors(releases, tmp_path
         locopack.apply(pipe, damaged)
     with pytest.raises(ExportError, match="no pytorch_lora_weights"):
         locopack.apply(pipe, tmp_path)
+    tensors, metadata = load_tensors(folder / "pytorch_lora_weights.safetensors")
+    for key in ("locopack", "lora_adapter_metadata"):
+        save_tensors(
+            tensors, damaged / "pytorch_lora_weights.safetensors", {**metadata, key: '{"a" 1}'}
+        )
+        with pytest.raises(ExportError, match=f"header entry '{key}' is not a JSON object"):
+            locopack.apply(pipe, damaged)
 
     pickled = tmp_path / "pickled"
     get_family("sd1").build_twin(0).save_pretrained(str(pickled), safe_serialization=False)

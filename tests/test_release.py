@@ -127,6 +127,9 @@ def test_card_command_rebuilds_and_names_a_missing_file(workspace, tmp_path):
     assert result.exit_code == 1
     assert "evidence/edit0_held_out.png is missing" in result.output
     assert not (out / "README.md").exists()
+    (out / "localization.json").write_text('{"format": ')
+    result = CliRunner().invoke(cli, ["card", str(out)])
+    assert result.exit_code == 1 and "localization.json: not valid JSON" in result.output
     (out / "evidence.json").unlink()
     with pytest.raises(ExportError, match="evidence.json is missing"):
         write_card(out)
@@ -252,11 +255,14 @@ def test_a_flipped_bit_in_any_file_is_detected(workspace, tmp_path):
     )
     assert len(files) > 20
     for i, name in enumerate(files):
-        out = tmp_path / f"flip{i}"
-        shutil.copytree(source, out)
-        data = bytearray((out / name).read_bytes())
-        data[(7 * i) % len(data)] ^= 1
-        (out / name).write_bytes(bytes(data))
-        report = audit_folder(out)
-        assert not report.ok, f"a flipped bit in {name} went unnoticed"
-        shutil.rmtree(out)
+        size = (source / name).stat().st_size
+        # one flip anywhere, one within the first bytes (a safetensors or JSON header)
+        for where in sorted({(7 * i) % size, 8 + (13 * i) % max(1, min(size - 8, 400))}):
+            out = tmp_path / f"flip{i}-{where}"
+            shutil.copytree(source, out)
+            data = bytearray((out / name).read_bytes())
+            data[min(where, size - 1)] ^= 1
+            (out / name).write_bytes(bytes(data))
+            report = audit_folder(out)
+            assert not report.ok, f"a flipped bit at byte {where} of {name} went unnoticed"
+            shutil.rmtree(out)

@@ -21,7 +21,7 @@ import torch
 
 from ..delta import WeightDelta
 from ..errors import ExportError
-from ..io import atomic_write_text, load_tensors, save_tensors
+from ..io import atomic_write_text, header_json, load_tensors, save_tensors
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "lora_kohya.safetensors"
@@ -160,5 +160,5 @@ def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], d
     tensors, metadata = load_tensors(path)
     if "locopack" not in metadata:
         raise ExportError(f"{path}: a safetensors file without locopack provenance")
-    packed = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-    return tensors, json.loads(metadata["locopack"]), packed
+    packed = header_json(path, metadata, "lora_adapter_metadata")
+    return tensors, header_json(path, metadata, "locopack"), packed
