@@ -7,9 +7,12 @@
     best few re-scored at full settings.
 
 Prints both wall times and their ratio, the share of time spent inside the denoiser, whether
-the chosen windows agree and the Spearman correlation of the two rankings.  Without --model it
-runs on a tiny SD-1.x twin with a tiny CLIP scorer (seconds; mechanics only: random weights).
+the chosen windows agree and the Spearman correlation of the two rankings.  Without --recipe
+or --model it runs on a tiny SD-1.x twin with a tiny CLIP scorer (seconds; mechanics only:
+random weights rank windows almost at random).  With --recipe it uses the recipe's model,
+scorer, probes and localization settings (flags override them), e.g. the trained toy world:
 
+    python scripts/bench_localize.py --recipe recipes/toy/erase-triangle.yaml --window 1
     python scripts/bench_localize.py [--model DIR --scorer DIR] [--steps 8] [--mode fast]
     python scripts/bench_localize.py --procs 2     # 1 vs N processes under accelerate launch
 """
@@ -31,7 +34,7 @@ import torch
 from locopack.distributed import launch_command
 from locopack.intervene import swap_text_states, window_replacements
 from locopack.localize import CandidateCache, ClipScorer, PromptPair, Rung, Sweep, run_sweep
-from locopack.localize.windows import candidate_windows
+from locopack.localize.windows import candidate_windows, prompt_pairs
 from locopack.models import get_family, load_pipeline
 from locopack.models.twin_parts import tiny_clip_model
 
@@ -87,6 +90,20 @@ def paper_loop(pipe, family, pairs, scorer, windows, rung):
                 values.append(pair.sign * scorer([image], [pair.reference])[0])
         objectives.append(float(np.mean(values)))
     return objectives
+
+
+def from_recipe(args) -> list[PromptPair]:
+    """Fill the unset flags from ``args.recipe``; returns its probes."""
+    from locopack.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    settings = recipe.localize
+    args.model = args.model or recipe.local_path(recipe.base.model)
+    args.scorer = args.scorer or recipe.local_path(settings.scorer)
+    for name in ("steps", "guidance", "seeds", "window"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(settings, name))
+    return prompt_pairs(recipe)
 
 
 def spearman(a, b) -> float:
@@ -160,12 +177,13 @@ def processes(args, model: str, scorer: str, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", help="take model, scorer, probes and settings from it")
     parser.add_argument("--model", help="pipeline folder (default: a tiny SD-1.x twin)")
     parser.add_argument("--scorer", help="CLIPModel folder (default: a tiny random CLIP)")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--guidance", type=float, default=4.0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--window", type=int, default=1)
+    parser.add_argument("--steps", type=int, help="default 8, or the recipe's")
+    parser.add_argument("--guidance", type=float, help="default 4.0, or the recipe's")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1, or the recipe's")
+    parser.add_argument("--window", type=int, help="default 1, or the recipe's")
     parser.add_argument("--mode", choices=["fast", "full"], default="fast")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
@@ -177,6 +195,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    pairs = from_recipe(args) if args.recipe else PAIRS
+    defaults = {"steps": 8, "guidance": 4.0, "seeds": [0, 1], "window": 1}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     with tempfile.TemporaryDirectory() as tmp:
         model, scorer_dir = args.model, args.scorer
@@ -198,11 +221,11 @@ def main() -> None:
     windows = candidate_windows(sites, args.window)
 
     clock.seconds, t0 = 0.0, time.perf_counter()
-    paper = paper_loop(pipe, family, PAIRS, scorer, windows, rung)
+    paper = paper_loop(pipe, family, pairs, scorer, windows, rung)
     paper_s, paper_denoiser = time.perf_counter() - t0, clock.seconds
 
     sweep = Sweep(
-        pipe, family, PAIRS, scorer, cache=CandidateCache(None), batch=args.batch, progress=False
+        pipe, family, pairs, scorer, cache=CandidateCache(None), batch=args.batch, progress=False
     )
     clock.seconds, t0 = 0.0, time.perf_counter()
     ours = run_sweep(sweep, args.window, rung, args.mode)
@@ -213,7 +236,7 @@ def main() -> None:
     ranking = [c.objective for c in (ours.screening or ours.candidates)]
     print(
         f"model {model} ({family.pretty_name}), {len(windows)} windows of {args.window}, "
-        f"{len(PAIRS)} probes x {len(args.seeds)} seeds, {args.steps} steps, "
+        f"{len(pairs)} probes x {len(args.seeds)} seeds, {args.steps} steps, "
         f"CFG {args.guidance}, {args.threads} thread(s)"
     )
     print(f"{'':28}{'wall s':>9}{'in denoiser':>13}")
