@@ -73,7 +73,12 @@ def export_cmd(
 
 
 @cli.command()
-@click.option("--model", required=True, help="Pipeline folder or Hub id.")
+@click.option(
+    "--model",
+    required=True,
+    help="Pipeline folder or Hub id[@REVISION], or a release (folder or ORG/NAME[@REVISION]) "
+    "with a merged checkpoint.",
+)
 @click.option("--adapter", default=None, help="Release folder or adapter/neuron file to apply.")
 @click.option("--scale", default=1.0, show_default=True, help="Strength of the applied edit.")
 @click.option("--force", is_flag=True, help="Apply even if the edit was made for another base.")
@@ -96,17 +101,11 @@ def generate(
     """Generate one image with MODEL, optionally with an edit applied."""
     import torch
 
-    from .inference import apply
+    from .inference import apply, load_for_inference
     from .io import atomic_write_bytes
-    from .models import load_pipeline
 
     _quiet_libraries()
-    revision = None
-    if "@" in model and not Path(model).exists():
-        from .hub import parse_ref
-
-        model, revision = parse_ref(model)
-    pipe, family = load_pipeline(model, revision)
+    pipe, family = load_for_inference(model)
     if adapter:
         apply(pipe, adapter, scale, force=force)
     generator = torch.Generator(pipe.device).manual_seed(seed)

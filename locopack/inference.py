@@ -9,6 +9,8 @@ it was made for this base model (the recorded fingerprint must match the pipelin
   (SD-1.x/2.x, SD-XL, IF), and through PEFT directly for PixArt, whose pipeline has no LoRA
   loader in diffusers;
 - a neuron edit as forward hooks on the key/value projections.
+
+:func:`load_for_inference` loads a pipeline, or a release's merged checkpoint, by one name.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .edit.neurons import NeuronEdit, apply_neurons
-from .errors import EditError, ExportError
+from .errors import EditError, ExportError, ModelLayoutError
 from .export.lora import ADAPTER_FILE, read_adapter
 from .fingerprint import model_fingerprint
 from .models import detect_family
@@ -114,3 +116,41 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
     _check_base(pipe, family, provenance.get("base_fingerprint"), path, force)
     undo = _load_adapter(pipe, family, path, tensors, packed, scale)
     return AppliedEdit(kind, path, provenance, undo)
+
+
+def load_for_inference(model: str) -> tuple[Any, Any]:
+    """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
+    on the Hub) whose ``merged/`` checkpoint is then loaded.
+
+    Returns:
+        ``(pipeline, family)``.
+
+    Raises:
+        ModelLayoutError: neither a pipeline nor a release with a merged checkpoint.
+        HubError: a Hub reference that cannot be found or downloaded.
+    """
+    from .hub import is_hub_ref, parse_ref, resolve_release
+    from .models import load_pipeline
+    from .models.loading import model_layout
+
+    adapter_only = (
+        "a locopack release without a merged checkpoint; pass its base model as the model and "
+        "the release as the adapter to apply"
+    )
+    path = Path(model)
+    if not path.exists() and is_hub_ref(model):
+        repo, revision = parse_ref(model)
+        try:
+            model_layout(repo, revision)
+        except ModelLayoutError as err:  # not a pipeline: a release with merged/?
+            folder = resolve_release(model, allow_patterns=["merged/*"])
+            if not (folder / "merged" / "model_index.json").is_file():
+                raise ModelLayoutError(f"{err}; if it is {adapter_only}") from None
+            return load_pipeline(str(folder / "merged"))
+        return load_pipeline(repo, revision)
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        if (path / "merged" / "model_index.json").is_file():
+            return load_pipeline(str(path / "merged"))
+        if (path / ADAPTER_FILE).is_file() or (path / NEURON_FILE).is_file():
+            raise ModelLayoutError(f"{model}: {adapter_only}")
+    return load_pipeline(model)

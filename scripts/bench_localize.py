@@ -253,6 +253,12 @@ def main() -> None:
         f"{'agree' if chosen_paper == ours.chosen else 'DIFFER'}"
     )
     which = "screening" if ours.screening else "full"
+    if ours.screening:
+        cheapest = int(np.argmin(ranking))
+        print(
+            f"the screening pass alone would choose {cheapest} -> "
+            f"{'agree' if cheapest == chosen_paper else 'DIFFER'}; finalists {ours.finalists}"
+        )
     print(
         f"Spearman correlation of the rankings (paper vs locopack {which}): "
         f"{spearman(paper, ranking):.3f}"

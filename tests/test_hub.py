@@ -398,5 +398,20 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
     assert pushed.returncode == 0, pushed.stderr
     audited = cli(env, "audit", "org/stacked@v1")
     assert audited.returncode == 0, audited.stderr + audited.stdout
+
+    # generate loads a release's merged checkpoint; an adapter-only release is a clear error
+    pushed = cli(env, "push", str(tmp_path / "first"), "--repo", "org/first", "--tag", "v1")
+    assert pushed.returncode == 0, pushed.stderr
+    ask = ["generate", "--prompt", "a cat", "--steps", "2", "--out"]
+    local = runner.invoke(
+        locopack_cli, [*ask, str(tmp_path / "local.png"), "--model", str(tmp_path / "first")]
+    )
+    assert local.exit_code == 0, local.output
+    hub = cli(env, *ask, str(tmp_path / "hub.png"), "--model", "org/first@v1")
+    assert hub.returncode == 0, hub.stderr
+    assert (tmp_path / "hub.png").read_bytes() == (tmp_path / "local.png").read_bytes()
+    refused = cli(env, *ask, str(tmp_path / "no.png"), "--model", "org/stacked@v1")
+    assert refused.returncode == 1 and "without a merged checkpoint" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "no.png").exists()
     assert "#0  first" in audited.stdout and "#1  second" in audited.stdout
     assert "ok    history chain: 2 entries" in audited.stdout

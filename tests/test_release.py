@@ -266,3 +266,41 @@ def test_a_flipped_bit_in_any_file_is_detected(workspace, tmp_path):
             report = audit_folder(out)
             assert not report.ok, f"a flipped bit at byte {where} of {name} went unnoticed"
             shutil.rmtree(out)
+
+
+def _generate(model: str, out: Path, *extra: str) -> tuple[int, str]:
+    prompt = "a painting of a cat in the style of van gogh"
+    result = CliRunner().invoke(
+        cli,
+        ["generate", "--model", model, "--prompt", prompt, "--steps", "3", "--out", str(out)]
+        + list(extra),
+    )
+    return result.exit_code, result.output
+
+
+def test_generate_takes_a_pipeline_a_release_or_a_base_with_the_adapter(workspace, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    release = workspace / "first"
+    runs = {
+        "base": [str(workspace / "twin")],
+        "merged": [str(release / "merged")],
+        "release": [str(release)],
+        "adapter": [str(workspace / "twin"), "--adapter", str(release)],
+    }
+    images = {}
+    for name, (model, *extra) in runs.items():
+        code, output = _generate(model, tmp_path / f"{name}.png", *extra)
+        assert code == 0, output
+        images[name] = np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.int16)
+    assert (tmp_path / "release.png").read_bytes() == (tmp_path / "merged.png").read_bytes()
+    # the random twin's edit moves a few pixels by a level or two; the adapter moves the same
+    edit = np.abs(images["base"] - images["merged"]).sum()
+    assert edit > 0 and np.abs(images["adapter"] - images["merged"]).sum() < edit / 4
+
+    adapter_only = _copy(workspace, tmp_path)
+    shutil.rmtree(adapter_only / "merged")
+    code, output = _generate(str(adapter_only), tmp_path / "none.png")
+    assert code == 1 and "without a merged checkpoint" in output and "Traceback" not in output
+    assert not (tmp_path / "none.png").exists()
