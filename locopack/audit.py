@@ -84,7 +84,6 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
         return report.add("history", False, str(err))
     if not entries:
         return report.add("history", False, f"{folder / HISTORY_FILE}: missing or empty")
-    report.entries = entries
     previous = None
     for number, entry in enumerate(entries, 1):
         where = f"{HISTORY_FILE} line {number} ({entry.get('recipe_name', '?')})"
@@ -105,6 +104,7 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
             False,
             f"merged/{HISTORY_FILE}: differs from the release's {HISTORY_FILE}",
         )
+    report.entries = entries  # only a verified chain is shown as a timeline
     return report.add("history chain", True, f"{len(entries)} entries")
 
 
@@ -152,6 +152,11 @@ def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str,
             up, down = tensors.get(f"{key}.lora_B.weight"), tensors.get(f"{key}.lora_A.weight")
             if up is None or down is None:
                 report.add("adapter", False, f"{ADAPTER_FILE}: no factors for {path}")
+                return delta
+            if up.ndim != 2 or down.ndim != 2 or (up.shape[0], down.shape[1]) != tuple(d.shape):
+                report.add(
+                    "adapter", False, f"{ADAPTER_FILE}: the factors for {path} have other shapes"
+                )
                 return delta
             d = d.double()
             worst = max(worst, float((up.double() @ down.double() - d).norm() / d.norm()))
@@ -213,18 +218,19 @@ def _check_reproduce(report: AuditReport, entry: dict[str, Any], delta) -> None:
     pipe, family = load_pipeline(
         entry.get("base_path") or entry["base_model"], entry.get("base_revision"), recipe.base.dtype
     )
-    again = compute_delta(pipe, family, recipe, delta.provenance["sites"])
+    sites = delta.provenance.get("sites")
+    if not isinstance(sites, list) or not all(isinstance(p, str) for p in sites):
+        report.add("reproduce", False, "delta.safetensors: its provenance names no edited sites")
+        return
+    again = compute_delta(pipe, family, recipe, sites)
     exact = library_versions() == entry.get("versions") and pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()
         how = "bit-exact (same versions, CPU)"
     else:
-        same = (
-            all(
-                float((again.deltas[p] - d).norm() / d.norm().clamp_min(1e-30)) <= 1e-5
-                for p, d in delta.deltas.items()
-            )
-            and again.deltas.keys() == delta.deltas.keys()
+        same = again.deltas.keys() == delta.deltas.keys() and all(
+            float((again.deltas[p] - d).norm() / d.norm().clamp_min(1e-30)) <= 1e-5
+            for p, d in delta.deltas.items()
         )
         how = "within 1e-5 (other versions or device)"
     report.add(
@@ -248,7 +254,10 @@ def audit_folder(folder: str | Path, *, reproduce: bool = False) -> AuditReport:
     except (LocopackError, OSError, ValueError, SafetensorError) as err:  # damaged checkpoint
         report.add("merged", False, f"merged/: cannot be read ({err})")
     if reproduce and delta is not None:
-        _check_reproduce(report, last, delta)
+        try:
+            _check_reproduce(report, last, delta)
+        except LocopackError as err:  # the base model or the recipe cannot be loaded
+            report.add("reproduce", False, str(err))
     return report
 
 
@@ -256,9 +265,12 @@ def timeline(report: AuditReport) -> str:
     """A readable account of what was applied to the model, oldest first."""
     lines = []
     for entry in report.entries:
+        recorded = entry.get("edits")
         edits = "; ".join(
-            f"{e['kind']} {e['label']!r} -> {', '.join(repr(t) for t in e['targets'])}"
-            for e in entry.get("edits", [])
+            f"{e.get('kind')} {e.get('label')!r} -> "
+            f"{', '.join(repr(t) for t in e.get('targets') or [])}"
+            for e in (recorded if isinstance(recorded, list) else [])
+            if isinstance(e, dict)
         )
         lines.append(
             f"{entry.get('time')}  #{entry.get('index')}  {entry.get('recipe_name')} "

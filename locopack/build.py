@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .delta import WeightDelta
-from .errors import ExportError
+from .errors import LocopackError
 
 
 @dataclass
@@ -36,13 +36,14 @@ def _reusable_delta(path: Path, recipe: Any, fingerprint: str) -> WeightDelta | 
         return None
     try:
         delta = WeightDelta.load(path)
-    except ExportError:
+    except LocopackError:  # damaged or not finite: redone
         return None
-    prov = delta.provenance
+    prov, sites = delta.provenance, delta.provenance.get("sites")
     same = (
         prov.get("recipe_sha256") == recipe.sha256 and prov.get("base_fingerprint") == fingerprint
     )
-    return delta if same else None
+    named = isinstance(sites, list) and sites and all(isinstance(p, str) for p in sites)
+    return delta if same and named else None
 
 
 def run_build(

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ExportError
+from .errors import ExportError, LocopackError
 from .io import atomic_write_text
 
 CARD_FILE = "README.md"
@@ -82,7 +82,11 @@ def _license(recipe: Any, folder: Path) -> str | None:
     if base.is_file():
         from huggingface_hub import ModelCard
 
-        return ModelCard.load(base).data.to_dict().get("license")
+        try:
+            found = ModelCard.load(base, ignore_metadata_errors=True).data.to_dict()
+        except (OSError, ValueError, yaml.YAMLError):  # an unreadable card names no license
+            return None
+        return found.get("license") if isinstance(found.get("license"), str) else None
     return None
 
 
@@ -137,8 +141,22 @@ def build_card(folder: Path) -> tuple[str, dict]:
     """The card's text and metadata for the release in ``folder``.
 
     Raises:
-        ExportError: a file the card describes is missing; the message names it.
+        ExportError: a file the card describes is missing or does not hold what the stage
+            that writes it writes; the message names it.
     """
+    try:
+        return _build_card(folder)
+    except LocopackError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError) as err:
+        raise ExportError(
+            f"{folder}: edit.json, evidence.json, lora_manifest.json or localization.json does "
+            f"not hold what locopack writes ({type(err).__name__}: {err}); were they edited by "
+            "hand? Re-run the build to rewrite them"
+        ) from None
+
+
+def _build_card(folder: Path) -> tuple[str, dict]:
     from huggingface_hub import ModelCard, ModelCardData
 
     from .recipe import load_recipe

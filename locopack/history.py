@@ -51,8 +51,12 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     """
     if not path.is_file():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path}: not a readable UTF-8 text file ({err})") from None
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         try:
             entry = json.loads(line)
         except ValueError as err:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import RecipeError
+from .errors import ExportError, RecipeError
 from .io import atomic_write_text
 
 
@@ -209,8 +209,11 @@ def run_export(
         from .models import load_pipeline
 
         prov = delta.provenance
+        base = model or prov.get("base_path") or prov.get("base_model")
+        if not isinstance(base, str):
+            raise ExportError(f"{delta_path}: its provenance names no base model; pass --model")
         pipe, family = load_pipeline(
-            model or prov.get("base_path") or prov["base_model"],
+            base,
             None if model else prov.get("base_revision"),
             prov.get("base_dtype", "float32"),
         )

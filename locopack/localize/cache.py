@@ -27,16 +27,26 @@ class CandidateCache:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str) -> dict | None:
-        """The cached entry, or None (also for an unreadable entry, which is then redone)."""
+        """The cached entry ``{"scores": [...], "seconds": s}``, or None (also for an unreadable
+        or malformed entry, which is then redone)."""
         if self.folder is None:
             return None
         path = self.folder / f"{key}.json"
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
+        if not isinstance(entry, dict):
+            return None
+        scores, seconds = entry.get("scores"), entry.get("seconds")
+        numbers = isinstance(scores, list) and scores and all(map(_is_number, scores))
+        return entry if numbers and _is_number(seconds) else None
 
     def put(self, key: str, entry: dict) -> None:
         """Store an entry atomically."""
         if self.folder is not None:
             atomic_write_text(self.folder / f"{key}.json", json.dumps(entry, sort_keys=True))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

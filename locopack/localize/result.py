@@ -106,6 +106,12 @@ class LocalizationResult:
             data["candidates"] = [Candidate(**c) for c in data["candidates"]]
             if data.get("screening") is not None:
                 data["screening"] = [Candidate(**c) for c in data["screening"]]
+            chosen = data.get("chosen")
+            if type(chosen) is not int or not 0 <= chosen < len(data["candidates"]):
+                raise ValueError(
+                    f"'chosen' must be a window index from 0 to {len(data['candidates']) - 1}, "
+                    f"found {chosen!r}"
+                )
             return cls(**data)
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise RecipeError(f"{path}: not a readable localization result ({err})") from None

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from ..errors import ModelLayoutError
 
@@ -43,10 +44,18 @@ def _normalization(model: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
             except Exception:  # no such file on the Hub, or offline: try the next one
                 continue
         if path.is_file():
-            config = json.loads(path.read_text(encoding="utf-8"))
-            config = config.get(key, {}) if key else config
-            if "image_mean" in config and "image_std" in config:
-                return tuple(config["image_mean"]), tuple(config["image_std"])
+            try:
+                config = json.loads(path.read_text(encoding="utf-8"))
+                config = config.get(key, {}) if key else config
+                return tuple(map(float, config["image_mean"])), tuple(
+                    map(float, config["image_std"])
+                )
+            except KeyError:  # no statistics in this file: try the next one
+                continue
+            except (OSError, ValueError, TypeError, AttributeError) as err:
+                raise ModelLayoutError(
+                    f"{path}: not a readable processor config ({err}); repair or remove it"
+                ) from None
     return CLIP_MEAN, CLIP_STD
 
 
@@ -65,7 +74,7 @@ class ClipScorer:
         try:
             self.model = CLIPModel.from_pretrained(model, use_safetensors=True).to(device).eval()
             self.tokenizer = CLIPTokenizer.from_pretrained(model)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:
             raise ModelLayoutError(
                 f"cannot load the CLIP scorer {model!r}: {err}; set localize.scorer to a "
                 "CLIPModel id or a local folder holding one"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily
@@ -95,6 +96,8 @@ def load_pipeline(
     Returns:
         ``(pipeline, family)``.
     """
+    if dtype not in DTYPES:
+        raise ModelLayoutError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     family, _, _ = model_layout(model, revision)
     from diffusers import DiffusionPipeline
 
@@ -106,7 +109,7 @@ def load_pipeline(
             variant=variant,
             use_safetensors=None if allow_pickle else True,
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         hint = ""
         if not allow_pickle and "safetensors" in str(err).lower():
             hint = (
