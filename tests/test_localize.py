@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from locopack.errors import ModelLayoutError, RecipeError
 from locopack.localize import (
     CandidateCache,
     ClipScorer,
@@ -163,6 +164,22 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     assert all(c.cached for c in cached.candidates)
     assert [c.scores for c in cached.candidates] == [c.scores for c in result.candidates]
 
+    # a malformed cache entry is redone, not trusted
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    bad = ['{"scores": [], "seconds": 1}', '{"scores": ["x"], "seconds": 1}', "[1, 2]", "{"]
+    for entry, text in zip(entries, bad, strict=False):
+        entry.write_text(text)
+    again = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    assert sum(not c.cached for c in again.candidates + [again.baseline, again.all_sites]) == 4
+    assert [c.scores for c in again.candidates] == [c.scores for c in result.candidates]
+
+    # a hand-edited chosen window must name one of the windows
+    data = json.loads((tmp_path / "localization.json").read_text())
+    for chosen in (len(paths), -1, "2", True):
+        (tmp_path / "edited.json").write_text(json.dumps({**data, "chosen": chosen}))
+        with pytest.raises(RecipeError, match="'chosen' must be a window index"):
+            LocalizationResult.load(tmp_path / "edited.json")
+
 
 def test_batched_candidates_match_one_at_a_time(twin_dirs):
     pipe, family = load_pipeline(str(twin_dirs["pixart"]))
@@ -249,3 +266,23 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
             cand.pop("seconds")
             cand.pop("cached")
     assert resumed == clean
+
+
+def test_a_damaged_scorer_folder_is_a_clear_error(tmp_path):
+    from locopack.models.twin_parts import tiny_clip_model
+
+    clip, tokenizer = tiny_clip_model(0)
+    folder = tmp_path / "clip"
+    clip.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    config = folder / "preprocessor_config.json"
+    config.write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}))
+    assert ClipScorer(str(folder)).mean == (0.5, 0.5, 0.5)
+    config.write_text('{"image_mean": [0.5, ')
+    with pytest.raises(ModelLayoutError, match="preprocessor_config.json: not a readable"):
+        ClipScorer(str(folder))
+    config.unlink()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLayoutError, match="cannot load the CLIP scorer"):
+        ClipScorer(str(folder))

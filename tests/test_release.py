@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
@@ -130,6 +131,11 @@ def test_card_command_rebuilds_and_names_a_missing_file(workspace, tmp_path):
     (out / "localization.json").write_text('{"format": ')
     result = CliRunner().invoke(cli, ["card", str(out)])
     assert result.exit_code == 1 and "localization.json: not valid JSON" in result.output
+    (out / "localization.json").unlink()
+    (out / "evidence.json").write_text('{"edits": [{"sets": {"edit": {}}}]}')
+    result = CliRunner().invoke(cli, ["card", str(out)])
+    assert result.exit_code == 1 and "does not hold what locopack writes" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     (out / "evidence.json").unlink()
     with pytest.raises(ExportError, match="evidence.json is missing"):
         write_card(out)
@@ -256,12 +262,14 @@ def test_a_flipped_bit_in_any_file_is_detected(workspace, tmp_path):
     assert len(files) > 20
     for i, name in enumerate(files):
         size = (source / name).stat().st_size
-        # one flip anywhere, one within the first bytes (a safetensors or JSON header)
-        for where in sorted({(7 * i) % size, 8 + (13 * i) % max(1, min(size - 8, 400))}):
+        # the low bit anywhere; the high bit (not UTF-8 in a text file) within the first bytes,
+        # a safetensors file's JSON header
+        flips = {(7 * i) % size: 1, min(size - 1, 8 + (13 * i) % max(1, min(size - 8, 400))): 128}
+        for where, bit in flips.items():
             out = tmp_path / f"flip{i}-{where}"
             shutil.copytree(source, out)
             data = bytearray((out / name).read_bytes())
-            data[min(where, size - 1)] ^= 1
+            data[where] ^= bit
             (out / name).write_bytes(bytes(data))
             report = audit_folder(out)
             assert not report.ok, f"a flipped bit at byte {where} of {name} went unnoticed"
@@ -304,3 +312,27 @@ def test_generate_takes_a_pipeline_a_release_or_a_base_with_the_adapter(workspac
     code, output = _generate(str(adapter_only), tmp_path / "none.png")
     assert code == 1 and "without a merged checkpoint" in output and "Traceback" not in output
     assert not (tmp_path / "none.png").exists()
+
+
+def test_audit_reports_foreign_adapter_shapes_and_an_odd_but_hashed_history(workspace, tmp_path):
+    from locopack.history import entry_hash
+    from locopack.io import load_tensors, save_tensors
+
+    out = _copy(workspace, tmp_path)
+    adapter = out / "pytorch_lora_weights.safetensors"
+    tensors, metadata = load_tensors(adapter)
+    key = next(k for k in tensors if k.endswith("lora_B.weight"))
+    tensors[key] = torch.zeros(tensors[key].shape[0] + 1, tensors[key].shape[1])
+    save_tensors(tensors, adapter, metadata)
+    report = audit_folder(out)
+    assert any(c.name == "adapter" and "other shapes" in c.detail for c in report.checks)
+
+    # a chain rewritten with recomputed hashes and an odd field: the timeline still prints
+    entries = read_history(out / "history.jsonl")
+    entries[0]["edits"] = "not a list"
+    entries[0]["hash"] = entry_hash(entries[0])
+    for name in ("history.jsonl", "merged/history.jsonl"):
+        (out / name).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    result = CliRunner().invoke(cli, ["audit", str(out)])
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    assert "#0  first" in result.output and "FAIL  adapter" in result.output
