@@ -15,8 +15,11 @@ from typing import Any
 
 import click
 
+from .card import CARD_FILE
 from .delta import WeightDelta
 from .errors import LocopackError
+from .export.lora import ADAPTER_FILE, KOHYA_FILE, MANIFEST_FILE
+from .history import HISTORY_FILE
 
 
 @dataclass
@@ -29,6 +32,42 @@ class BuildSummary:
     evidence: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+#: what a build writes (besides ``cache/``, whose entries are keyed by recipe and model)
+BUILD_OUTPUTS = (
+    "localization.json",
+    "localization.png",
+    "delta.safetensors",
+    "edit.json",
+    ADAPTER_FILE,
+    MANIFEST_FILE,
+    KOHYA_FILE,
+    "merged",
+    "onnx",
+    "evidence",
+    "evidence.json",
+    CARD_FILE,
+    HISTORY_FILE,
+)
+
+
+def _clear_another_build(out: Path, recipe: Any, echo) -> None:
+    """Remove the outputs of a build of another recipe in ``out``, so that none of them (an
+    old merged checkpoint, extra evidence) is hashed, described or released with this one."""
+    import shutil
+
+    copy = out / "recipe.yaml"
+    if not copy.is_file() or copy.read_text(encoding="utf-8") == recipe.source_text:
+        return
+    stale = [name for name in BUILD_OUTPUTS if (out / name).exists()]
+    for name in stale:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
+    if stale:
+        echo(f"{out} held a build of another recipe: removed its {', '.join(stale)}")
 
 
 def _reusable_delta(path: Path, recipe: Any, fingerprint: str) -> WeightDelta | None:
@@ -70,6 +109,8 @@ def run_build(
 
     summary = BuildSummary(out)
     out.mkdir(parents=True, exist_ok=True)
+    if group.is_main:
+        _clear_another_build(out, recipe, echo)
     clock = time.perf_counter()
 
     def stage(name: str) -> None:

@@ -59,7 +59,14 @@ class _Group(click.Group):
     help="CPU threads for torch [env LOCOPACK_THREADS; default: torch's choice]. "
     "1 is fastest for tiny models on small machines.",
 )
-def cli(threads: int | None) -> None:
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    envvar="LOCOPACK_ALLOW_PICKLE",
+    help="Also read pickled (.bin/.ckpt) model weights [env LOCOPACK_ALLOW_PICKLE=1]. "
+    "Unpickling can run arbitrary code: use it only for files you trust.",
+)
+def cli(threads: int | None, allow_pickle: bool) -> None:
     """Localize knowledge in a text-to-image model and edit it, from a YAML recipe.
 
     \b
@@ -75,6 +82,8 @@ def cli(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    if allow_pickle:  # read by models.loading.load_pipeline, also in launched processes
+        os.environ["LOCOPACK_ALLOW_PICKLE"] = "1"
 
 
 @cli.command()

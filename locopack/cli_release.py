@@ -167,8 +167,31 @@ def _echo_summary(summary, out: Path) -> None:
     default=None,
     help="Localization mode [default: the recipe's localize.mode].",
 )
-def build(recipes: tuple[Path, ...], out: Path | None, fast: bool | None) -> None:
-    """Recipe in, release out: localize, edit, export, evidence, card, history.
+@click.option(
+    "--push",
+    "push_to",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ORG/NAME]",
+    help="Then push the release to the Hub as one tagged commit (`--push` alone: the "
+    "recipe's hub.repo); see `locopack push --help`.",
+)
+@click.option(
+    "--private/--public",
+    default=None,
+    help="With --push: visibility of a repo it creates [default: the recipe's hub.private].",
+)
+@click.option("--tag", default=None, help="With --push: the tag [default: <name>-<hash[:12]>].")
+def build(
+    recipes: tuple[Path, ...],
+    out: Path | None,
+    fast: bool | None,
+    push_to: str | None,
+    private: bool | None,
+    tag: str | None,
+) -> None:
+    """Recipe in, release out: localize, edit, export, evidence, card, history (, push).
 
     RECIPES: one recipe, several, or folders of recipes.  Rerun after a crash to continue:
     finished stages and localization windows are reused.  Under `accelerate launch`, one
@@ -181,6 +204,10 @@ def build(recipes: tuple[Path, ...], out: Path | None, fast: bool | None) -> Non
 
     files = _recipe_files(recipes)
     loaded = [load_recipe(path) for path in files]  # every recipe is checked before any work
+    if push_to is not None and len(loaded) > 1:
+        raise click.UsageError("--push takes one recipe; push each release with `locopack push`")
+    if push_to == "" and not loaded[0].hub.repo:
+        raise click.UsageError("--push: name ORG/NAME or set hub.repo in the recipe")
     _quiet_libraries()
     mode = None if fast is None else ("fast" if fast else "full")
     group = process_group()
@@ -189,6 +216,8 @@ def build(recipes: tuple[Path, ...], out: Path | None, fast: bool | None) -> Non
         summary = run_build(loaded[0], target, mode=mode, group=group)
         if summary is not None:
             _echo_summary(summary, target)
+            if push_to is not None:
+                _push_folder(target, push_to or None, private, tag=tag)
         return
     failures = []
     for recipe in group.share(loaded):
@@ -274,6 +303,18 @@ def push(
     The token comes from HF_TOKEN or `hf auth login`.  Files on the branch that FOLDER no
     longer has are removed in the same commit, so the tag names exactly this release.
     """
+    _push_folder(folder, repo, private, branch, tag, message)
+
+
+def _push_folder(
+    folder: Path,
+    repo: str | None,
+    private: bool | None,
+    branch: str | None = None,
+    tag: str | None = None,
+    message: str | None = None,
+) -> None:
+    """Push a release; unset settings come from its recipe's ``hub`` section."""
     from .hub import push as push_release
     from .recipe import load_recipe
 

@@ -14,23 +14,44 @@ from typing import Any
 
 import torch
 
+#: the float dtypes a model can be loaded in
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
-def _update(digest: hashlib._Hash, name: str, tensor: torch.Tensor) -> None:
-    tensor = tensor.detach().to("cpu").contiguous()
+
+def _update(digest: hashlib._Hash, name: str, tensor: torch.Tensor, dtype=None) -> None:
+    tensor = tensor.detach().to("cpu")
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    tensor = tensor.contiguous()
     digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
     digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over named tensors (names, dtypes, shapes and bytes), in name order."""
+def tensors_sha256(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> str:
+    """SHA-256 over named tensors (names, dtypes, shapes and bytes), in name order; with
+    ``dtype``, floating tensors are hashed as cast to it (one tensor at a time)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        _update(digest, name, tensors[name])
+        _update(digest, name, tensors[name], dtype)
     return digest.hexdigest()
 
 
-def model_fingerprint(pipe: Any, family: Any) -> str:
-    """``sha256:<hex>`` of the denoiser config, site key/value weights and text encoders."""
+def fingerprints_by_dtype(pipe: Any, family: Any, own: str | None = None) -> dict[str, str]:
+    """The model's fingerprint in its own dtype (``own``, if already known) and, for a float32
+    model, as loaded in float16 and bfloat16 (casting float32 weights gives the bytes such a
+    load gives), so that an edit made in float32 is recognized on the same base in half
+    precision."""
+    dtype = getattr(pipe, family.denoiser_attr).dtype
+    found = {DTYPE_NAMES.get(dtype, str(dtype)): own or model_fingerprint(pipe, family)}
+    if dtype == torch.float32:
+        for half in (torch.float16, torch.bfloat16):
+            found[DTYPE_NAMES[half]] = model_fingerprint(pipe, family, half)
+    return found
+
+
+def model_fingerprint(pipe: Any, family: Any, dtype: torch.dtype | None = None) -> str:
+    """``sha256:<hex>`` of the denoiser config, site key/value weights and text encoders
+    (with ``dtype``: of the weights as cast to it)."""
     denoiser = getattr(pipe, family.denoiser_attr)
     digest = hashlib.sha256()
     config = {k: v for k, v in dict(denoiser.config).items() if not k.startswith("_")}
@@ -43,5 +64,5 @@ def model_fingerprint(pipe: Any, family: Any) -> str:
         encoder = getattr(pipe, attr, None)
         if encoder is not None:
             tensors.update({f"{attr}.{k}": v for k, v in encoder.state_dict().items()})
-    digest.update(tensors_sha256(tensors).encode())
+    digest.update(tensors_sha256(tensors, dtype).encode())
     return "sha256:" + digest.hexdigest()

@@ -56,11 +56,14 @@ def _find(source: Path) -> tuple[str, Path]:
     raise ExportError(f"{source}: no such file or folder")
 
 
-def _check_base(pipe: Any, family: Any, recorded: str | None, source: Path, force: bool) -> None:
+def _check_base(pipe: Any, family: Any, provenance: dict, source: Path, force: bool) -> None:
+    recorded = provenance.get("base_fingerprint")
     if force or not recorded:
         return
     actual = model_fingerprint(pipe, family)
-    if actual != recorded:
+    by_dtype = provenance.get("base_fingerprints")
+    known = {recorded, *(by_dtype.values() if isinstance(by_dtype, dict) else ())}
+    if actual not in known:
         raise EditError(
             f"{source} was made for another base model (recorded fingerprint {recorded[:19]}…, "
             f"this pipeline has {actual[:19]}…); load the base it was made for, or pass "
@@ -85,7 +88,19 @@ def _load_adapter(pipe: Any, family: Any, path: Path, tensors: dict, packed: dic
         k.removeprefix(prefix): (v * scale if ".lora_B." in k else v) for k, v in tensors.items()
     }
     set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER_NAME)
-    return None
+    return lambda: _remove_lora_layers(denoiser)
+
+
+def _remove_lora_layers(model: Any) -> None:
+    """Put every PEFT-wrapped layer of ``model`` back to its base layer."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = False) -> AppliedEdit:
@@ -109,11 +124,11 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
     kind, path = _find(Path(source))
     if kind == "neurons":
         edit = NeuronEdit.load(path)
-        _check_base(pipe, family, edit.metadata.get("base_fingerprint"), path, force)
+        _check_base(pipe, family, edit.metadata, path, force)
         hooks = apply_neurons(getattr(pipe, family.denoiser_attr), edit, scale)
         return AppliedEdit(kind, path, dict(edit.metadata), hooks.remove)
     tensors, provenance, packed = read_adapter(path)
-    _check_base(pipe, family, provenance.get("base_fingerprint"), path, force)
+    _check_base(pipe, family, provenance, path, force)
     undo = _load_adapter(pipe, family, path, tensors, packed, scale)
     return AppliedEdit(kind, path, provenance, undo)
 

@@ -71,12 +71,12 @@ def test_two_process_sweep_equals_one_process_and_resumes_across_counts(world):
     recipe = world / "recipes" / "alpha.yaml"
     single = world / "single"
     result = CliRunner().invoke(
-        cli, ["localize", str(recipe), "--out", str(single), "--full", "--batch", "1"]
+        cli, ["localize", str(recipe), "--out", str(single), "--full", "--batch", "4"]
     )
     assert result.exit_code == 0, result.output
 
     crashed = world / "crashed"
-    proc = _single("localize", str(recipe), "--out", str(crashed), "--full", "--batch", "1")
+    proc = _single("localize", str(recipe), "--out", str(crashed), "--full", "--batch", "4")
     deadline = time.time() + 120
     while time.time() < deadline and len(list((crashed / "cache").glob("*.json"))) < 3:
         time.sleep(0.05)
@@ -86,7 +86,7 @@ def test_two_process_sweep_equals_one_process_and_resumes_across_counts(world):
     assert 3 <= finished < 15
 
     run = _launch(
-        "localize", str(recipe), "--out", str(crashed), "--full", "--batch", "1", timeout=300
+        "localize", str(recipe), "--out", str(crashed), "--full", "--batch", "4", timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "windows shared by 2 processes" in run.stdout

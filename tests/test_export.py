@@ -199,6 +199,19 @@ def test_apply_refuses_another_base_unless_forced(releases, tmp_path):
     assert locopack.apply(other, folder, force=True).kind == "adapter"
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_an_adapter_made_in_float32_applies_to_the_base_in_half_precision(
+    dtype, releases, tmp_path, twin_dirs
+):
+    folder, _ = releases["sd1"]
+    pipe, _ = load_pipeline(str(twin_dirs["sd1"]), dtype=dtype)
+    assert locopack.apply(pipe, folder).kind == "adapter"
+    other_dir = get_family("sd1").save_twin(tmp_path / "other", seed=1)
+    other, _ = load_pipeline(str(other_dir), dtype=dtype)
+    with pytest.raises(EditError, match="made for another base model"):
+        locopack.apply(other, folder)
+
+
 def test_damaged_adapter_and_pickle_weights_give_clear_errors(releases, tmp_path, twin_dirs):
     folder, _ = releases["sd1"]
     damaged = tmp_path / "damaged"
@@ -225,6 +238,23 @@ def test_damaged_adapter_and_pickle_weights_give_clear_errors(releases, tmp_path
     assert load_pipeline(str(pickled), allow_pickle=True)[1].name == "sd1"
 
 
+def test_the_cli_reads_pickled_weights_only_when_allowed(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    monkeypatch.setenv("LOCOPACK_ALLOW_PICKLE", "0")  # restored after the test
+    pickled = tmp_path / "pickled"
+    get_family("sd1").build_twin(0).save_pretrained(str(pickled), safe_serialization=False)
+    ask = ["generate", "--model", str(pickled), "--prompt", "a cat", "--steps", "1", "--out"]
+    refused = CliRunner().invoke(cli, [*ask, str(tmp_path / "a.png")])
+    assert refused.exit_code == 1 and "locopack --allow-pickle" in refused.output
+    assert not (tmp_path / "a.png").exists()
+    allowed = CliRunner().invoke(cli, ["--allow-pickle", *ask, str(tmp_path / "b.png")])
+    assert allowed.exit_code == 0, allowed.output
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_neuron_file_applies_through_locopack_apply(tmp_path, twin_dirs):
     from locopack.edit.activations import neuron_edit_for
 
@@ -247,14 +277,19 @@ def test_neuron_file_applies_through_locopack_apply(tmp_path, twin_dirs):
     assert torch.equal(_denoise(pipe, family), before)
 
 
-def test_an_adapter_can_be_removed_and_applied_again(releases, twin_dirs):
-    folder, _ = releases["sd1"]
-    family = get_family("sd1")
-    pipe, _ = load_pipeline(str(twin_dirs["sd1"]))
+@pytest.mark.parametrize("name", ["sd1", "pixart"])  # diffusers' loader; PEFT directly
+def test_an_adapter_can_be_removed_and_applied_again(name, releases, twin_dirs):
+    folder, _ = releases[name]
+    family = get_family(name)
+    pipe, _ = load_pipeline(str(twin_dirs[name]))
+    denoiser = getattr(pipe, family.denoiser_attr)
+    keys = set(denoiser.state_dict())
     base = _denoise(pipe, family)
     applied = locopack.apply(pipe, folder)
     edited = _denoise(pipe, family)
+    assert (edited - base).abs().max() > 1e-4
     applied.remove()
     assert (_denoise(pipe, family) - base).abs().max() <= 1e-6
+    assert set(denoiser.state_dict()) == keys  # no LoRA layer left behind
     locopack.apply(pipe, folder)
     assert (_denoise(pipe, family) - edited).abs().max() <= 1e-6

@@ -388,20 +388,22 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
         .replace("twin-sd1-erase-van-gogh", "second")
         .replace("van gogh", "monet")
     )
-    for name, recipe in (("first", first), ("second", second)):
-        (tmp_path / f"{name}.yaml").write_text(recipe)
-        result = runner.invoke(
-            locopack_cli, ["build", str(tmp_path / f"{name}.yaml"), "--out", str(tmp_path / name)]
-        )
-        assert result.exit_code == 0, result.output
+    # build --push: the first release goes to the Hub as soon as it is built
+    (tmp_path / "first.yaml").write_text(first)
+    args = ["build", str(tmp_path / "first.yaml"), "--out", str(tmp_path / "first")]
+    built = cli(env, *args, "--push", "org/first", "--tag", "v1")
+    assert built.returncode == 0, built.stderr
+    assert "pushed" in built.stdout and "tag v1" in built.stdout
+    (tmp_path / "second.yaml").write_text(second)
+    args = ["build", str(tmp_path / "second.yaml"), "--out", str(tmp_path / "second")]
+    result = runner.invoke(locopack_cli, args)
+    assert result.exit_code == 0, result.output
     pushed = cli(env, "push", str(tmp_path / "second"), "--repo", "org/stacked", "--tag", "v1")
     assert pushed.returncode == 0, pushed.stderr
     audited = cli(env, "audit", "org/stacked@v1")
     assert audited.returncode == 0, audited.stderr + audited.stdout
 
     # generate loads a release's merged checkpoint; an adapter-only release is a clear error
-    pushed = cli(env, "push", str(tmp_path / "first"), "--repo", "org/first", "--tag", "v1")
-    assert pushed.returncode == 0, pushed.stderr
     ask = ["generate", "--prompt", "a cat", "--steps", "2", "--out"]
     local = runner.invoke(
         locopack_cli, [*ask, str(tmp_path / "local.png"), "--model", str(tmp_path / "first")]

@@ -336,3 +336,34 @@ def test_audit_reports_foreign_adapter_shapes_and_an_odd_but_hashed_history(work
     result = CliRunner().invoke(cli, ["audit", str(out)])
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
     assert "#0  first" in result.output and "FAIL  adapter" in result.output
+
+
+def test_a_build_of_another_recipe_replaces_the_old_outputs(workspace, tmp_path):
+    out = _copy(workspace, tmp_path)
+    assert (out / "merged").is_dir()
+    recipe = _write_recipe(workspace, str(workspace / "twin"), "replaced")  # no merged export
+    result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "held a build of another recipe" in result.output
+    assert not (out / "merged").exists()
+    assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == ["replaced"]
+    assert audit_folder(out).ok
+
+
+def test_reproduce_catches_a_delta_whose_history_was_rewritten_to_match(workspace, tmp_path):
+    from locopack.history import entry_hash, hashed_files
+
+    out = _copy(workspace, tmp_path)
+    delta = WeightDelta.load(out / "delta.safetensors")
+    WeightDelta({k: v * 1.5 for k, v in delta.deltas.items()}, delta.provenance).save(
+        out / "delta.safetensors"
+    )
+    entries = read_history(out / "history.jsonl")
+    scaled = WeightDelta.load(out / "delta.safetensors")
+    entries[-1].update(delta_sha256=scaled.sha256(), files=hashed_files(out))
+    entries[-1]["hash"] = entry_hash(entries[-1])
+    for name in ("history.jsonl", "merged/history.jsonl"):
+        (out / name).write_text("".join(json.dumps(e) + "\n" for e in entries))
+    checks = {c.name: c.ok for c in audit_folder(out, reproduce=True).checks}
+    assert checks["history chain"] and checks["files"] and checks["delta"]
+    assert checks["reproduce"] is False

@@ -18,7 +18,7 @@ import torch
 
 from ..delta import WeightDelta, library_versions
 from ..errors import EditError
-from ..fingerprint import model_fingerprint
+from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from .closed_form import EditSystem
 from .tokens import edit_pairs, preserve_positions
 
@@ -129,6 +129,7 @@ def _resolved(ref: str) -> str:
 
 def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, Any]:
     base = recipe.base
+    fingerprint = fingerprint or model_fingerprint(pipe, family)
     return {
         "recipe_name": recipe.name,
         "recipe_sha256": recipe.sha256,
@@ -136,7 +137,8 @@ def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, 
         "base_path": _resolved(recipe.local_path(base.model)),
         "base_revision": base.revision,
         "base_dtype": base.dtype,
-        "base_fingerprint": fingerprint or model_fingerprint(pipe, family),
+        "base_fingerprint": fingerprint,
+        "base_fingerprints": fingerprints_by_dtype(pipe, family, fingerprint),
         "family": family.name,
         "denoiser": family.denoiser_attr,
         "sites": list(layers),

@@ -8,11 +8,12 @@ score to the target, so the objective is the mean of ``sign * score`` and the ch
 minimizes it (one window for the whole recipe).
 
 Cost control: seeds and initial noise are shared by all candidates; the text is encoded once
-per probe; several candidates go through the denoiser in one batched call (``batch``); and
+per probe; a fixed block of candidates goes through the denoiser in one batched call
+(``batch``); and
 ``fast`` mode scores every window at a fraction of the steps with one seed, then re-scores
 the best few at full settings (successive halving with two rungs).
 
-Under ``accelerate launch`` the windows still to score are split round robin over the
+Under ``accelerate launch`` the blocks still to score are split round robin over the
 processes; each caches what it scored and the scores are gathered onto every process, so
 every process ends with the single-process result, and a rerun with any number of processes
 reuses every finished window.
@@ -116,7 +117,15 @@ class Sweep:
         ]
         done = {i: self.cache.get(key) for i, key in enumerate(keys)}
         missing = [i for i, entry in done.items() if entry is None]
-        todo = self.group.share(missing)
+        # Windows go through the denoiser in fixed blocks, and a block with any window left is
+        # scored whole: each window is always computed in the same batch, so its scores do
+        # not depend on the number of processes or on where a killed run stopped.
+        blocks = [
+            list(range(start, min(start + self.batch, len(windows))))
+            for start in range(0, len(windows), self.batch)
+        ]
+        mine = self.group.share([b for b in blocks if any(done[i] is None for i in b)])
+        todo = [i for block in mine for i in block]
         units = len(todo) * len(self.pairs) * len(rung.seeds)
         bar = tqdm(
             total=units,
@@ -125,8 +134,7 @@ class Sweep:
             disable=not self.progress,
             leave=False,
         )
-        for start in range(0, len(todo), self.batch):
-            chunk = todo[start : start + self.batch]
+        for chunk in mine:
             t0 = time.perf_counter()
             scores = {i: [] for i in chunk}
             for k, pair in enumerate(self.pairs):

@@ -8,6 +8,7 @@ model costs two small JSON files.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -86,16 +87,19 @@ def load_pipeline(
     dtype: str = "float32",
     variant: str | None = None,
     *,
-    allow_pickle: bool = False,
+    allow_pickle: bool | None = None,
 ):
     """Load a pipeline with ``DiffusionPipeline.from_pretrained``.
 
-    Only safetensors weights are read unless ``allow_pickle`` is set: unpickling a ``.bin``
-    file can run arbitrary code, so the user must opt in for files they trust.
+    Only safetensors weights are read unless ``allow_pickle`` is set (None: the environment
+    variable ``LOCOPACK_ALLOW_PICKLE=1``, which ``locopack --allow-pickle`` sets): unpickling
+    a ``.bin`` file can run arbitrary code, so the user must opt in for files they trust.
 
     Returns:
         ``(pipeline, family)``.
     """
+    if allow_pickle is None:
+        allow_pickle = os.environ.get("LOCOPACK_ALLOW_PICKLE", "") == "1"
     if dtype not in DTYPES:
         raise ModelLayoutError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     family, _, _ = model_layout(model, revision)
@@ -114,7 +118,7 @@ def load_pipeline(
         if not allow_pickle and "safetensors" in str(err).lower():
             hint = (
                 "; locopack reads safetensors weights only — convert the model, or allow "
-                "pickle files (--allow-pickle) only if you trust them"
+                "pickle files (locopack --allow-pickle COMMAND ...) only if you trust them"
             )
         raise ModelLayoutError(f"{model}: cannot load the pipeline: {err}{hint}") from None
     pipe.set_progress_bar_config(disable=True)
