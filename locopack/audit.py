@@ -216,7 +216,10 @@ def _check_reproduce(report: AuditReport, entry: dict[str, Any], delta) -> None:
 
     recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
     pipe, family = load_pipeline(
-        entry.get("base_path") or entry["base_model"], entry.get("base_revision"), recipe.base.dtype
+        entry.get("base_path") or entry["base_model"],
+        entry.get("base_revision"),
+        recipe.base.dtype,
+        recipe.base.variant,
     )
     sites = delta.provenance.get("sites")
     if not isinstance(sites, list) or not all(isinstance(p, str) for p in sites):

@@ -34,6 +34,7 @@ from .errors import LocopackError
     help="Share of each delta's squared Frobenius norm the LoRA keeps.",
 )
 @click.option("--model", default=None, help="Base model to merge into [default: the recorded one].")
+@click.option("--force", is_flag=True, help="Merge even into a model the delta was not made for.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 def export_cmd(
     delta: Path,
@@ -44,6 +45,7 @@ def export_cmd(
     max_rank: int,
     energy: float,
     model: str | None,
+    force: bool,
     out: Path,
 ) -> None:
     """Export DELTA (a delta.safetensors written by `locopack edit`) for inference."""
@@ -60,6 +62,7 @@ def export_cmd(
         max_rank=max_rank,
         energy=energy,
         model=model,
+        force=force,
     )
     if "manifest" in written:
         manifest = written.pop("manifest")

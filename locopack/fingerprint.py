@@ -66,3 +66,25 @@ def model_fingerprint(pipe: Any, family: Any, dtype: torch.dtype | None = None) 
             tensors.update({f"{attr}.{k}": v for k, v in encoder.state_dict().items()})
     digest.update(tensors_sha256(tensors, dtype).encode())
     return "sha256:" + digest.hexdigest()
+
+
+def check_base_model(pipe: Any, family: Any, provenance: dict, source: Any, force: bool) -> None:
+    """Refuse an edit (described by ``provenance``) made for another base model than ``pipe``.
+
+    Raises:
+        EditError: the pipeline's fingerprint is none of those recorded (unless ``force``).
+    """
+    from .errors import EditError
+
+    recorded = provenance.get("base_fingerprint")
+    if force or not recorded:
+        return
+    actual = model_fingerprint(pipe, family)
+    by_dtype = provenance.get("base_fingerprints")
+    known = {recorded, *(by_dtype.values() if isinstance(by_dtype, dict) else ())}
+    if actual not in known:
+        raise EditError(
+            f"{source} was made for another base model (recorded fingerprint {recorded[:19]}…, "
+            f"this pipeline has {actual[:19]}…); load the base it was made for, or pass "
+            "force=True (--force) to apply it anyway"
+        )

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .edit.neurons import NeuronEdit, apply_neurons
-from .errors import EditError, ExportError, ModelLayoutError
+from .errors import ExportError, ModelLayoutError
 from .export.lora import ADAPTER_FILE, read_adapter
-from .fingerprint import model_fingerprint
+from .fingerprint import check_base_model
 from .models import detect_family
 
 NEURON_FILE = "neurons.safetensors"
@@ -54,21 +54,6 @@ def _find(source: Path) -> tuple[str, Path]:
     if source.is_file():
         return ("neurons" if source.name.endswith(NEURON_FILE) else "adapter"), source
     raise ExportError(f"{source}: no such file or folder")
-
-
-def _check_base(pipe: Any, family: Any, provenance: dict, source: Path, force: bool) -> None:
-    recorded = provenance.get("base_fingerprint")
-    if force or not recorded:
-        return
-    actual = model_fingerprint(pipe, family)
-    by_dtype = provenance.get("base_fingerprints")
-    known = {recorded, *(by_dtype.values() if isinstance(by_dtype, dict) else ())}
-    if actual not in known:
-        raise EditError(
-            f"{source} was made for another base model (recorded fingerprint {recorded[:19]}…, "
-            f"this pipeline has {actual[:19]}…); load the base it was made for, or pass "
-            "force=True (--force) to apply it anyway"
-        )
 
 
 def _load_adapter(pipe: Any, family: Any, path: Path, tensors: dict, packed: dict, scale: float):
@@ -124,11 +109,11 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
     kind, path = _find(Path(source))
     if kind == "neurons":
         edit = NeuronEdit.load(path)
-        _check_base(pipe, family, edit.metadata, path, force)
+        check_base_model(pipe, family, edit.metadata, path, force)
         hooks = apply_neurons(getattr(pipe, family.denoiser_attr), edit, scale)
         return AppliedEdit(kind, path, dict(edit.metadata), hooks.remove)
     tensors, provenance, packed = read_adapter(path)
-    _check_base(pipe, family, provenance, path, force)
+    check_base_model(pipe, family, provenance, path, force)
     undo = _load_adapter(pipe, family, path, tensors, packed, scale)
     return AppliedEdit(kind, path, provenance, undo)
 

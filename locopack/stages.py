@@ -185,11 +185,13 @@ def run_export(
     energy=0.99999999,
     model: str | None = None,
     progress=True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Export a ``delta.safetensors`` into ``out``: adapter, kohya file, merged checkpoint, ONNX.
 
     The base model (needed for merged and ONNX) is the one recorded in the delta unless
-    ``model`` names another folder or Hub id.
+    ``model`` names another folder or Hub id; it must be the model the delta was made for
+    (its fingerprint), unless ``force``.
 
     Returns:
         {what: path} of everything written, plus ``manifest`` for the adapter.
@@ -198,14 +200,9 @@ def run_export(
     from .export import write_adapter, write_kohya, write_merged
 
     delta = WeightDelta.load(delta_path)
-    written: dict[str, Any] = {}
-    out.mkdir(parents=True, exist_ok=True)
-    if adapter:
-        written["manifest"] = write_adapter(delta, out, max_rank, energy)
-        written["adapter"] = out / "pytorch_lora_weights.safetensors"
-    if kohya:
-        written["kohya"] = write_kohya(delta, out, max_rank, energy)
-    if merged or onnx:
+    pipe = family = None
+    if merged or onnx:  # the base is loaded and checked before anything is written
+        from .fingerprint import check_base_model
         from .models import load_pipeline
 
         prov = delta.provenance
@@ -216,12 +213,21 @@ def run_export(
             base,
             None if model else prov.get("base_revision"),
             prov.get("base_dtype", "float32"),
+            None if model else prov.get("base_variant"),
         )
-        if merged:
-            written["merged"] = write_merged(pipe, family, delta, out / "merged")
-        if onnx:
-            from .export.onnx import export_denoiser_onnx
+        check_base_model(pipe, family, prov, delta_path, force)
+    written: dict[str, Any] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    if adapter:
+        written["manifest"] = write_adapter(delta, out, max_rank, energy)
+        written["adapter"] = out / "pytorch_lora_weights.safetensors"
+    if kohya:
+        written["kohya"] = write_kohya(delta, out, max_rank, energy)
+    if merged:
+        written["merged"] = write_merged(pipe, family, delta, out / "merged")
+    if onnx:
+        from .export.onnx import export_denoiser_onnx
 
-            with delta.applied(getattr(pipe, family.denoiser_attr)):
-                written["onnx"] = export_denoiser_onnx(pipe, family, out / "onnx")
+        with delta.applied(getattr(pipe, family.denoiser_attr)):
+            written["onnx"] = export_denoiser_onnx(pipe, family, out / "onnx")
     return written

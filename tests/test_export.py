@@ -293,3 +293,75 @@ def test_an_adapter_can_be_removed_and_applied_again(name, releases, twin_dirs):
     assert set(denoiser.state_dict()) == keys  # no LoRA layer left behind
     locopack.apply(pipe, folder)
     assert (_denoise(pipe, family) - edited).abs().max() <= 1e-6
+
+
+def test_modules_of_different_ranks_load_through_diffusers_and_max_rank_truncates(
+    releases, twin_dirs, tmp_path
+):
+    from locopack.delta import WeightDelta
+
+    _, delta = releases["sd1"]
+    family = get_family("sd1")
+    first = sorted(delta.deltas)[0]
+    u, s, vh = torch.linalg.svd(delta.deltas[first].double(), full_matrices=False)
+    deltas = {**delta.deltas, first: (s[0] * torch.outer(u[:, 0], vh[0])).float()}
+    mixed = WeightDelta(deltas, delta.provenance)
+    manifest = write_adapter(mixed, tmp_path / "mixed", max_rank=64, energy=0.99999999)
+    assert manifest["modules"][first]["rank"] == 1
+    assert len({m["rank"] for m in manifest["modules"].values()}) > 1  # a rank_pattern
+    with_adapter = DiffusionPipeline.from_pretrained(str(twin_dirs["sd1"]))
+    with_adapter.load_lora_weights(str(tmp_path / "mixed"))
+    base = DiffusionPipeline.from_pretrained(str(twin_dirs["sd1"]))
+    with mixed.applied(base.unet):
+        expected = _denoise(base, family)
+    assert (_denoise(with_adapter, family) - expected).abs().max() <= 1e-5
+
+    truncated = write_adapter(delta, tmp_path / "rank1", max_rank=1, energy=0.99999999)
+    for path, entry in truncated["modules"].items():
+        values = torch.linalg.svdvals(delta.deltas[path].double())
+        assert entry["rank"] == 1
+        tail = float(values[1:].norm() / values.norm())
+        assert entry["relative_error"] == pytest.approx(tail, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sd1", "pixart"])
+def test_apply_at_half_strength_equals_half_the_delta(name, releases, twin_dirs):
+    folder, delta = releases[name]
+    family = get_family(name)
+    pipe, _ = load_pipeline(str(twin_dirs[name]))
+    base, _ = load_pipeline(str(twin_dirs[name]))
+    locopack.apply(pipe, folder, scale=0.5)
+    with delta.applied(getattr(base, family.denoiser_attr), scale=0.5):
+        expected = _denoise(base, family)
+    assert (_denoise(pipe, family) - expected).abs().max() <= 1e-5
+    assert (_denoise(base, family) - expected).abs().max() > 1e-4
+
+
+def test_export_command_writes_what_it_is_asked_and_checks_the_base(releases, tmp_path, twin_dirs):
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    _, delta = releases["sd1"]  # made on the sd1 twin, recorded as "./x"
+    delta.save(tmp_path / "delta.safetensors")
+    out = tmp_path / "out"
+    ask = ["export", str(tmp_path / "delta.safetensors"), "--kohya", "--merged", "--out"]
+    result = CliRunner().invoke(cli, [*ask, str(out), "--model", str(twin_dirs["sd1"])])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == {
+        "pytorch_lora_weights.safetensors",
+        "lora_manifest.json",
+        "lora_kohya.safetensors",
+        "merged",
+    }
+    merged, _ = load_pipeline(str(out / "merged"))
+    base, family = load_pipeline(str(twin_dirs["sd1"]))
+    with delta.applied(base.unet):
+        assert (_denoise(merged, family) - _denoise(base, family)).abs().max() <= 1e-6
+
+    other = get_family("sd1").save_twin(tmp_path / "other", seed=1)
+    refused = CliRunner().invoke(cli, [*ask, str(tmp_path / "x"), "--model", str(other)])
+    assert refused.exit_code == 1 and "made for another base model" in refused.output
+    assert not (tmp_path / "x").exists()  # nothing written
+    forced = ["--model", str(other), "--force"]
+    assert CliRunner().invoke(cli, [*ask, str(tmp_path / "y"), *forced]).exit_code == 0
