@@ -226,6 +226,13 @@ class ExportSettings(_Strict):
     merged: bool = False
     onnx: bool = False
 
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_always(cls, value: bool) -> bool:
+        if not value:  # the evidence is generated, and the audit checks, through the adapter
+            raise _expected("true: every release carries its LoRA adapter (omit the key)")
+        return value
+
 
 class CardSettings(_Strict):
     description: str | None = None

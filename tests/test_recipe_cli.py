@@ -78,6 +78,8 @@ CASES = [
      ["recipe.yaml:15: localize.steps: expected an integer, found 20.5"]),
     ("kohya-string", sub("kohya: true", 'kohya: "True"'),
      ["recipe.yaml:20: export.kohya: expected a boolean", "found 'True'", "true or false"]),
+    ("no-adapter", sub("kohya: true", "kohya: true\n  adapter: false"),
+     ["recipe.yaml:21: export.adapter: expected true", "carries its LoRA adapter"]),
     ("name-list", sub("name: remove-van-gogh", "name: [remove]"),
      ["recipe.yaml:2: name: expected a string, found ['remove']"]),
     ("unknown-top", VALID + "lokalize:\n  window: 2\n",

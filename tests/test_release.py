@@ -141,7 +141,8 @@ def test_card_command_rebuilds_and_names_a_missing_file(workspace, tmp_path):
         write_card(out)
 
 
-def _tamper(out: Path, rng: random.Random) -> str:
+def _tamper(out: Path, rng: random.Random) -> tuple[str, str]:
+    """Damage ``out`` at random; returns what was done and the name the audit must report."""
     lines = (out / "history.jsonl").read_text().splitlines()
     kind = rng.choice(["flip", "flip", "flip", "edit-line", "reorder", "drop", "swap-adapter"])
     if kind == "flip":
@@ -155,7 +156,7 @@ def _tamper(out: Path, rng: random.Random) -> str:
         i = rng.randrange(len(data))
         data[i] ^= 1 << rng.randrange(8)
         target.write_bytes(bytes(data))
-        return f"flip {target.relative_to(out)}"
+        return "flip", str(target.relative_to(out))
     if kind == "edit-line":
         i = rng.randrange(len(lines))
         entry = json.loads(lines[i])
@@ -170,9 +171,9 @@ def _tamper(out: Path, rng: random.Random) -> str:
         ours = (out / name).read_bytes()
         other = next(p for p in out.parent.glob("adapter-*.safetensors") if p.read_bytes() != ours)
         shutil.copy(other, out / name)
-        return "swap adapter"
+        return "swap adapter", name
     (out / "history.jsonl").write_text("".join(line + "\n" for line in lines))
-    return kind
+    return kind, "history.jsonl"
 
 
 def test_audit_detects_every_tampering(workspace, tmp_path):
@@ -189,11 +190,11 @@ def test_audit_detects_every_tampering(workspace, tmp_path):
         out = tmp_path / f"trial{trial}"
         shutil.copytree(workspace / "first" if trial % 2 else pristine, out)
         assert audit_folder(out).ok
-        what = _tamper(out, rng)
+        what, name = _tamper(out, rng)
         report = audit_folder(out)
         failed = [c for c in report.checks if not c.ok]
-        assert failed, f"trial {trial}: {what} went unnoticed"
-        assert failed[0].detail, what
+        assert failed, f"trial {trial}: {what} {name} went unnoticed"
+        assert name in failed[0].detail, (what, name, failed[0].detail)
         shutil.rmtree(out)
 
 
