@@ -199,6 +199,34 @@ def test_batched_candidates_match_one_at_a_time(twin_dirs):
         assert a.scores == pytest.approx(b.scores, abs=0.05)
 
 
+def test_running_out_of_device_memory_halves_the_batch(twin_dirs, monkeypatch):
+    pipe, family = load_pipeline(str(twin_dirs["sd1"]))
+    recipe = _recipe(twin_dirs["sd1"])
+    pairs = prompt_pairs(recipe)
+    scorer = ReferenceScorer(pipe, family, [p.original for p in pairs])
+    rung = Rung(2, 3.0, (0,), None)
+    windows = [[s.path] for s in family.sites(pipe.unet)][:8]  # 8 -> 4 -> 2 per call
+
+    def sweep(batch):
+        return Sweep(pipe, family, pairs, scorer, batch=batch, progress=False)
+
+    expected = sweep(2).score(windows, rung)
+    images = Sweep._images
+
+    def two_fit(self, k, chosen, seed, rung):
+        if len(chosen) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return images(self, k, chosen, seed, rung)
+
+    monkeypatch.setattr(Sweep, "_images", two_fit)
+    small = sweep(8)
+    assert [c.scores for c in small.score(windows, rung)] == [c.scores for c in expected]
+    assert small.batch == 2
+    monkeypatch.setattr(Sweep, "_images", lambda *_: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):  # other errors are not retried
+        sweep(8).score(windows, rung)
+
+
 def _localize_cmd(recipe, out):
     code = "import torch; torch.set_num_threads(1); from locopack.cli import main; main()"
     return [

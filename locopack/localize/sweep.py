@@ -9,7 +9,7 @@ minimizes it (one window for the whole recipe).
 
 Cost control: seeds and initial noise are shared by all candidates; the text is encoded once
 per probe; a fixed block of candidates goes through the denoiser in one batched call
-(``batch``); and
+(``batch``, halved whenever the device runs out of memory); and
 ``fast`` mode scores every window at a fraction of the steps with one seed, then re-scores
 the best few at full settings (successive halving with two rungs).
 
@@ -107,6 +107,36 @@ class Sweep:
                 **self.family.call_kwargs(),
             ).images
 
+    def _score_block(self, block: list[int], windows: list, rung: Rung, bar) -> dict[int, dict]:
+        """{window index: cache entry} for one batched block; when the device runs out of
+        memory, the batch size is halved (for this block and every later one)."""
+        if len(block) > self.batch:
+            size, found = self.batch, {}
+            for start in range(0, len(block), size):
+                found.update(self._score_block(block[start : start + size], windows, rung, bar))
+            return found
+        t0, scores, shown = time.perf_counter(), {i: [] for i in block}, 0
+        try:
+            for k, pair in enumerate(self.pairs):
+                for seed in rung.seeds:
+                    images = self._images(k, [windows[i] for i in block], seed, rung)
+                    values = self.scorer(images, [pair.reference] * len(images))
+                    for i, value in zip(block, values, strict=True):
+                        scores[i].append(float(value))
+                    bar.update(len(block))
+                    shown += len(block)
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+            if len(block) == 1 or "out of memory" not in str(err).lower():
+                raise
+            bar.update(-shown)
+            self.batch = max(1, len(block) // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            bar.write(f"out of device memory: {self.batch} windows per denoiser call from now on")
+            return self._score_block(block, windows, rung, bar)
+        seconds = (time.perf_counter() - t0) / len(block)
+        return {i: {"scores": scores[i], "seconds": seconds} for i in block}
+
     def score(self, windows: list[list[str]], rung: Rung, label: str = "") -> list[Candidate]:
         """Score each window (a list of site paths; ``[]`` is the unaltered baseline)."""
         keys = [
@@ -134,20 +164,10 @@ class Sweep:
             disable=not self.progress,
             leave=False,
         )
-        for chunk in mine:
-            t0 = time.perf_counter()
-            scores = {i: [] for i in chunk}
-            for k, pair in enumerate(self.pairs):
-                for seed in rung.seeds:
-                    images = self._images(k, [windows[i] for i in chunk], seed, rung)
-                    values = self.scorer(images, [pair.reference] * len(images))
-                    for i, value in zip(chunk, values, strict=True):
-                        scores[i].append(float(value))
-                    bar.update(len(chunk))
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for i in chunk:
-                done[i] = {"scores": scores[i], "seconds": seconds}
-                self.cache.put(keys[i], done[i])
+        for block in mine:
+            for i, entry in self._score_block(block, windows, rung, bar).items():
+                done[i] = entry
+                self.cache.put(keys[i], entry)
         bar.close()
         for share in gather(self.group, {i: done[i] for i in todo}):
             done.update({int(i): entry for i, entry in share.items()})
