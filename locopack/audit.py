@@ -182,6 +182,8 @@ def _denoiser_tensors(folder: Path, attr: str, names: set[str] | None = None):
 
 
 def _check_merged(report: AuditReport, folder: Path, entry: dict[str, Any], delta) -> None:
+    from .inference import pipeline_source
+
     merged = folder / "merged"
     if delta is None or not (merged / "model_index.json").is_file():
         return
@@ -189,6 +191,7 @@ def _check_merged(report: AuditReport, folder: Path, entry: dict[str, Any], delt
     if not base.is_dir():
         report.add("merged", True, f"base {entry.get('base_model')} not reachable here; skipped")
         return
+    base = Path(pipeline_source(str(base))[0])  # a release as base: its merged checkpoint
     attr = delta.denoiser
     merged_t, base_t = _denoiser_tensors(merged, attr), _denoiser_tensors(base, attr)
     edited = {f"{p}.weight": d for p, d in delta.deltas.items()}
@@ -211,16 +214,15 @@ def _check_merged(report: AuditReport, folder: Path, entry: dict[str, Any], delt
 def _check_reproduce(report: AuditReport, entry: dict[str, Any], delta) -> None:
     from .delta import library_versions
     from .edit import compute_delta
+    from .inference import pipeline_source
     from .models import load_pipeline
     from .recipe import parse_recipe
 
     recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
-    pipe, family = load_pipeline(
-        entry.get("base_path") or entry["base_model"],
-        entry.get("base_revision"),
-        recipe.base.dtype,
-        recipe.base.variant,
+    source, revision = pipeline_source(
+        entry.get("base_path") or entry["base_model"], entry.get("base_revision")
     )
+    pipe, family = load_pipeline(source, revision, recipe.base.dtype, recipe.base.variant)
     sites = delta.provenance.get("sites")
     if not isinstance(sites, list) or not all(isinstance(p, str) for p in sites):
         report.add("reproduce", False, "delta.safetensors: its provenance names no edited sites")

@@ -118,19 +118,19 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
     return AppliedEdit(kind, path, provenance, undo)
 
 
-def load_for_inference(model: str) -> tuple[Any, Any]:
-    """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
-    on the Hub) whose ``merged/`` checkpoint is then loaded.
+def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str | None]:
+    """Where to load the pipeline ``model`` names: a pipeline folder or Hub id as it is, or,
+    for a locopack release (a folder, or a Hub repo without ``model_index.json``), its
+    ``merged/`` checkpoint (downloading only that).
 
     Returns:
-        ``(pipeline, family)``.
+        ``(folder or Hub id, revision)`` for :func:`~locopack.models.load_pipeline`.
 
     Raises:
-        ModelLayoutError: neither a pipeline nor a release with a merged checkpoint.
+        ModelLayoutError: a release without a merged checkpoint, or neither.
         HubError: a Hub reference that cannot be found or downloaded.
     """
-    from .hub import is_hub_ref, parse_ref, resolve_release
-    from .models import load_pipeline
+    from .hub import is_hub_ref, resolve_release
     from .models.loading import model_layout
 
     adapter_only = (
@@ -139,18 +139,34 @@ def load_for_inference(model: str) -> tuple[Any, Any]:
     )
     path = Path(model)
     if not path.exists() and is_hub_ref(model):
-        repo, revision = parse_ref(model)
         try:
-            model_layout(repo, revision)
+            model_layout(model, revision)
         except ModelLayoutError as err:  # not a pipeline: a release with merged/?
-            folder = resolve_release(model, allow_patterns=["merged/*"])
+            ref = f"{model}@{revision}" if revision else model
+            folder = resolve_release(ref, allow_patterns=["merged/*"])
             if not (folder / "merged" / "model_index.json").is_file():
                 raise ModelLayoutError(f"{err}; if it is {adapter_only}") from None
-            return load_pipeline(str(folder / "merged"))
-        return load_pipeline(repo, revision)
+            return str(folder / "merged"), None
+        return model, revision
     if path.is_dir() and not (path / "model_index.json").is_file():
         if (path / "merged" / "model_index.json").is_file():
-            return load_pipeline(str(path / "merged"))
+            return str(path / "merged"), None
         if (path / ADAPTER_FILE).is_file() or (path / NEURON_FILE).is_file():
             raise ModelLayoutError(f"{model}: {adapter_only}")
-    return load_pipeline(model)
+    return model, revision
+
+
+def load_for_inference(model: str) -> tuple[Any, Any]:
+    """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
+    on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`).
+
+    Returns:
+        ``(pipeline, family)``.
+    """
+    from .hub import is_hub_ref, parse_ref
+    from .models import load_pipeline
+
+    revision = None
+    if not Path(model).exists() and is_hub_ref(model):
+        model, revision = parse_ref(model)
+    return load_pipeline(*pipeline_source(model, revision))

@@ -16,15 +16,18 @@ from .io import atomic_write_text
 
 
 def load_base(recipe: Any):
-    """Load the recipe's base pipeline (resolving a local path against the recipe's folder).
+    """Load the recipe's base pipeline (resolving a local path against the recipe's folder; a
+    locopack release as base means its merged checkpoint).
 
     Returns:
         ``(pipe, family)``.
     """
+    from .inference import pipeline_source
     from .models import load_pipeline
 
     base = recipe.base
-    return load_pipeline(recipe.local_path(base.model), base.revision, base.dtype, base.variant)
+    source, revision = pipeline_source(recipe.local_path(base.model), base.revision)
+    return load_pipeline(source, revision, base.dtype, base.variant)
 
 
 def write_recipe_copy(recipe: Any, out: Path) -> None:

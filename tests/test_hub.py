@@ -402,6 +402,8 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
     assert pushed.returncode == 0, pushed.stderr
     audited = cli(env, "audit", "org/stacked@v1")
     assert audited.returncode == 0, audited.stderr + audited.stdout
+    assert "#0  first" in audited.stdout and "#1  second" in audited.stdout
+    assert "ok    history chain: 2 entries" in audited.stdout
 
     # generate loads a release's merged checkpoint; an adapter-only release is a clear error
     ask = ["generate", "--prompt", "a cat", "--steps", "2", "--out"]
@@ -415,5 +417,13 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
     refused = cli(env, *ask, str(tmp_path / "no.png"), "--model", "org/stacked@v1")
     assert refused.returncode == 1 and "without a merged checkpoint" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "no.png").exists()
-    assert "#0  first" in audited.stdout and "#1  second" in audited.stdout
-    assert "ok    history chain: 2 entries" in audited.stdout
+
+    # a release on the Hub as base: its merged checkpoint is edited and its chain continues
+    third = second.replace(str(tmp_path / "first" / "merged"), "org/first\n  revision: v1")
+    (tmp_path / "third.yaml").write_text(third.replace("name: second", "name: third"))
+    args = ["build", str(tmp_path / "third.yaml"), "--out", str(tmp_path / "third")]
+    built = cli(env, *args)
+    assert built.returncode == 0, built.stderr
+    chain = runner.invoke(locopack_cli, ["audit", str(tmp_path / "third")])
+    assert chain.exit_code == 0, chain.output
+    assert "#0  first" in chain.output and "#1  third" in chain.output

@@ -368,3 +368,16 @@ def test_reproduce_catches_a_delta_whose_history_was_rewritten_to_match(workspac
     checks = {c.name: c.ok for c in audit_folder(out, reproduce=True).checks}
     assert checks["history chain"] and checks["files"] and checks["delta"]
     assert checks["reproduce"] is False
+
+
+def test_a_release_folder_as_base_means_its_merged_checkpoint(workspace, tmp_path):
+    recipe = _write_recipe(workspace, str(workspace / "first"), "on-release")
+    out = tmp_path / "on-release"
+    result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == [
+        "first",
+        "on-release",
+    ]
+    report = audit_folder(out, reproduce=True)
+    assert report.ok, [c for c in report.checks if not c.ok]
