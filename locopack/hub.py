@@ -149,9 +149,21 @@ def push(
             "pass --tag to name this release differently (tags are never moved)"
         )
     revision = branch or "main"
-    commit = call("commit", lambda: _commit(api, repo, folder, files, revision, title, body))
-    call("tag", lambda: _tag(api, repo, tag, commit.oid, title))
-    return PushResult(url, commit.oid, tag)
+    head = call("read the branch", lambda: api.model_info(repo, revision=revision).sha)
+    if head and call("compare the branch", lambda: _same_files(api, repo, head, folder, files)):
+        commit = head  # already uploaded by a push whose tag step failed: only tag it
+    else:
+        commit = call(
+            "commit", lambda: _commit(api, repo, folder, files, revision, title, body)
+        ).oid
+    try:
+        call("tag", lambda: _tag(api, repo, tag, commit, title))
+    except HubError as err:
+        raise HubError(
+            f"{err}; the files are committed as {commit[:12]} but not tagged: push again to tag "
+            "that commit"
+        ) from None
+    return PushResult(url, commit, tag)
 
 
 def _check_tag(tag: str) -> str:

@@ -13,9 +13,10 @@ append-only ``log.jsonl``.  Every request but the LFS upload ``PUT`` (which the 
 without an Authorization header; it carries a signed URL instead) checks the bearer token.
 
 Faults for tests: ``standin.fail("commit", "500", times=2)`` answers the next two commit calls
-with HTTP 500; ``standin.fail("lfs_upload", "reset")`` resets the connection halfway through the
-next LFS upload.  ``standin.requests`` records method, path, status and whether an Authorization
-header came (never its value); ``standin.problems`` collects unknown routes and handler crashes.
+with HTTP 500 (``"tag"`` likewise for tag calls); ``standin.fail("lfs_upload", "reset")``
+resets the connection halfway through the next LFS upload.  ``standin.requests`` records
+method, path, status and whether an Authorization header came (never its value);
+``standin.problems`` collects unknown routes and handler crashes.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class HubStandin:
         self.root = Path(root)
         self.tokens = dict(tokens)  # token -> user name; a user may write to any namespace
         self.lock = threading.RLock()
-        self.faults: dict[str, list[str]] = {"commit": [], "lfs_upload": []}
+        self.faults: dict[str, list[str]] = {"commit": [], "lfs_upload": [], "tag": []}
         self.requests: list[dict] = []
         self.problems: list[str] = []
         self._secret = os.urandom(16)
@@ -596,6 +597,8 @@ class _Handler(BaseHTTPRequestHandler):
         # create_tag: POST .../tag/{revision} {"tag", "message"?}; 409 if it exists
         self._need_user()
         self._readable(repo)
+        if self.standin._take_fault("tag") == "500":
+            raise Reply(500, "Internal Error")
         tag = self._json().get("tag", "")
         if not re.fullmatch(r"[\w.][\w.\-/]*", tag) or ".." in tag:
             raise Reply(400, f"invalid tag name {tag!r}")

@@ -249,6 +249,21 @@ def test_too_many_failures_leave_folder_and_remote_as_they_were(standin, env, tm
     assert [title for _, title in seen["commits"]] == ["initial commit"] and not seen["tags"]
 
 
+def test_a_failed_tag_is_named_and_the_next_push_only_tags(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    standin.fail("tag", "500", times=4)
+    out = python(env, PUSH.format(folder=str(folder), repo="org/untagged"))
+    assert "tag failed after 4 attempts" in out["error"]
+    assert "committed as" in out["error"] and "push again to tag" in out["error"]
+    seen = inspect(env, "org/untagged")
+    assert len(seen["commits"]) == 2 and not seen["tags"]
+    again = python(env, PUSH.format(folder=str(folder), repo="org/untagged"))
+    seen = inspect(env, "org/untagged")
+    assert len(seen["commits"]) == 2  # no second upload
+    assert seen["tags"] == {again["tag"]: again["commit"]}
+    assert f"committed as {again['commit'][:12]}" in out["error"]  # the commit now tagged
+
+
 def test_the_token_is_never_written_or_printed(standin, env, tmp_path):
     folder = make_release(tmp_path / "release")
     assert cli(env, "push", str(folder), "--repo", "org/secret").returncode == 0

@@ -383,3 +383,53 @@ def test_mutated_valid_recipes_raise_only_recipe_errors(data):
             break
         node = node[key]
     _only_recipe_errors(yaml.safe_dump(document, sort_keys=False))
+
+
+# the structure of the published UNet configs the example recipes name (built on the meta device)
+REAL_UNETS = {
+    "runwayml/stable-diffusion-v1-5": (
+        "sd1",
+        16,
+        dict(
+            block_out_channels=(320, 640, 1280, 1280),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        ),
+    ),
+    "stabilityai/stable-diffusion-xl-base-1.0": (
+        "sdxl",
+        70,
+        dict(
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        ),
+    ),
+}
+
+
+def test_example_recipes_fit_the_real_models_they_name():
+    import re
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from locopack.models import get_family
+
+    for path in sorted((RECIPES / "examples").glob("*.yaml")):
+        recipe = load_recipe(path)
+        family, expected, config = REAL_UNETS[recipe.base.model]
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**config)
+        sites = [s.path for s in get_family(family).sites(unet)]
+        assert len(sites) == expected
+        check_against_model(recipe, len(sites), sites)  # the window fits
+        for suggested in re.findall(r"# layers: \[(.+?)\]", recipe.source_text):
+            assert suggested in sites, (path.name, suggested)
