@@ -13,11 +13,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .card import sha256_file
-from .errors import ExportError
+from .errors import ExportError, HubError
 from .io import atomic_write_text
 
 HISTORY_FILE = "history.jsonl"
@@ -68,16 +69,35 @@ def read_history(path: Path) -> list[dict[str, Any]]:
 
 
 def prior_history(model: str, revision: str | None = None) -> list[dict[str, Any]]:
-    """The chain a base model already carries: its ``history.jsonl`` if it has one."""
+    """The chain a base model already carries: its ``history.jsonl`` if it has one.
+
+    Raises:
+        HubError: the Hub could not say whether a Hub base has a history (other than being
+            offline, which is warned about): the chain must not silently restart.
+    """
     local = Path(model)
     if local.is_dir():
         return read_history(local / HISTORY_FILE)
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
 
-        return read_history(Path(hf_hub_download(model, HISTORY_FILE, revision=revision)))
-    except Exception:  # no history on the Hub (or offline): the chain starts here
+    try:
+        path = Path(hf_hub_download(model, HISTORY_FILE, revision=revision))
+    except RemoteEntryNotFoundError:  # the base carries no history: the chain starts here
         return []
+    except LocalEntryNotFoundError:
+        warnings.warn(
+            f"could not check whether {model} carries a {HISTORY_FILE} (offline or "
+            "unreachable, none cached); this release's history starts with this recipe",
+            stacklevel=2,
+        )
+        return []
+    except Exception as err:
+        raise HubError(
+            f"{model}: cannot read its {HISTORY_FILE} from the Hub ({type(err).__name__}: "
+            f"{err}); retry when the Hub answers, so that the history chain continues"
+        ) from None
+    return read_history(path)
 
 
 def new_entry(

@@ -442,3 +442,42 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
     chain = runner.invoke(locopack_cli, ["audit", str(tmp_path / "third")])
     assert chain.exit_code == 0, chain.output
     assert "#0  first" in chain.output and "#1  third" in chain.output
+
+
+def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+    )
+
+    from locopack.history import prior_history
+
+    httpx = pytest.importorskip("httpx2")  # huggingface_hub 2's HTTP client
+
+    def answer(status):
+        return httpx.Response(status, request=httpx.Request("GET", "https://hub/x"))
+
+    entry = {"index": 0, "recipe_name": "first"}
+    (tmp_path / "history.jsonl").write_text(json.dumps(entry) + "\n")
+    outcomes = {
+        "org/edited": tmp_path / "history.jsonl",
+        "org/plain": RemoteEntryNotFoundError("404 Entry Not Found", response=answer(404)),
+        "org/offline": LocalEntryNotFoundError("offline and not in the cache"),
+        "org/down": HfHubHTTPError("503 Server Error", response=answer(503)),
+    }
+
+    def download(repo, filename, revision=None):
+        outcome = outcomes[repo]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return str(outcome)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert prior_history("org/edited") == [entry]
+    assert prior_history("org/plain") == []
+    with pytest.warns(UserWarning, match="could not check whether org/offline"):
+        assert prior_history("org/offline") == []
+    with pytest.raises(HubError, match="org/down: cannot read its history.jsonl.*503"):
+        prior_history("org/down")
