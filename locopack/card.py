@@ -74,20 +74,23 @@ def _read_json(folder: Path, name: str, needed_for: str) -> dict:
         raise ExportError(f"{path}: not valid JSON ({err})") from None
 
 
-def _license(recipe: Any, folder: Path) -> str | None:
+def _license(recipe: Any, base: str) -> str | None:
+    """The recipe's license, or with ``inherit`` the one the base model's card declares (a
+    local folder's README.md, or the Hub repo's card); None where none can be read."""
+    from huggingface_hub import ModelCard
+
     chosen = recipe.card.license
     if chosen != "inherit":
         return chosen
-    base = Path(recipe.local_path(recipe.base.model)) / CARD_FILE
-    if base.is_file():
-        from huggingface_hub import ModelCard
-
-        try:
-            found = ModelCard.load(base, ignore_metadata_errors=True).data.to_dict()
-        except (OSError, ValueError, yaml.YAMLError):  # an unreadable card names no license
-            return None
-        return found.get("license") if isinstance(found.get("license"), str) else None
-    return None
+    local = Path(base) / CARD_FILE
+    if not local.is_file() and not _is_hub_id(base):
+        return None
+    try:
+        found = ModelCard.load(local if local.is_file() else base, ignore_metadata_errors=True)
+    except (OSError, ValueError, yaml.YAMLError):  # unreachable or unreadable: no license known
+        return None
+    value = found.data.to_dict().get("license")
+    return value if isinstance(value, str) else None
 
 
 def _evidence_table(evidence: dict) -> list[str]:
@@ -188,7 +191,7 @@ def _build_card(folder: Path) -> tuple[str, dict]:
         if _is_hub_id(recipe.base.model)
         else None,
         library_name="diffusers",
-        license=_license(recipe, folder),
+        license=_license(recipe, provenance.get("base_path") or recipe.base.model),
         tags=[
             "locopack",
             "text-to-image",

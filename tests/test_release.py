@@ -253,6 +253,16 @@ def test_a_hub_base_is_named_in_the_metadata(workspace, tmp_path, monkeypatch):
     _, data = build_card(out)
     assert data["base_model"] == "runwayml/stable-diffusion-v1-5"
     assert data["base_model_relation"] == "finetune"  # a merged checkpoint is released
+    assert data.get("license") is None  # the Hub cannot be reached here: none is guessed
+
+    # with `license: inherit` the base's card names it: a local base's README.md
+    (workspace / "twin" / "README.md").write_text("---\nlicense: creativeml-openrail-m\n---\n")
+    try:
+        assert build_card(_copy(workspace, tmp_path / "again"))[1]["license"] == (
+            "creativeml-openrail-m"
+        )
+    finally:
+        (workspace / "twin" / "README.md").unlink()
 
 
 def test_a_flipped_bit_in_any_file_is_detected(workspace, tmp_path):
