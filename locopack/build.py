@@ -8,6 +8,7 @@ crashed build continues where it stopped.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +56,6 @@ BUILD_OUTPUTS = (
 def _clear_another_build(out: Path, recipe: Any, echo) -> None:
     """Remove the outputs of a build of another recipe in ``out``, so that none of them (an
     old merged checkpoint, extra evidence) is hashed, described or released with this one."""
-    import shutil
-
     copy = out / "recipe.yaml"
     if not copy.is_file() or copy.read_text(encoding="utf-8") == recipe.source_text:
         return
