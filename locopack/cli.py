@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import click
@@ -30,6 +31,11 @@ def _quiet_libraries() -> None:
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach the terminal as one line, like errors."""
+    click.echo(f"warning: {message}", err=True)
 
 
 class _UserError(click.ClickException):
@@ -82,6 +88,7 @@ def cli(threads: int | None, allow_pickle: bool) -> None:
         import torch
 
         torch.set_num_threads(threads)
+    warnings.showwarning = _show_warning
     if allow_pickle:  # read by models.loading.load_pipeline, also in launched processes
         os.environ["LOCOPACK_ALLOW_PICKLE"] = "1"
 

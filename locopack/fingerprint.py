@@ -81,6 +81,11 @@ def check_base_model(pipe: Any, family: Any, provenance: dict, source: Any, forc
         return
     actual = model_fingerprint(pipe, family)
     by_dtype = provenance.get("base_fingerprints")
+    if isinstance(by_dtype, str):  # a neuron file's header holds strings only
+        try:
+            by_dtype = json.loads(by_dtype)
+        except ValueError:
+            by_dtype = None
     known = {recorded, *(by_dtype.values() if isinstance(by_dtype, dict) else ())}
     if actual not in known:
         raise EditError(

@@ -8,6 +8,7 @@ its own files there atomically (``localization.json``/``.png``, ``delta.safetens
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,15 @@ def run_localize(
 
 
 def choose_layers(
-    recipe: Any, site_paths: list[str], layers: list[str] | None, localization: Path | None
+    recipe: Any,
+    site_paths: list[str],
+    layers: list[str] | None,
+    localization: Path | None,
+    fingerprint: str | None = None,
 ) -> list[str] | None:
     """The sites to edit: ``--layers``, else a localization file, else the recipe's
-    ``localize.layers``; None when localization must run first."""
+    ``localize.layers``; None when localization must run first.  A localization file made on
+    another base (``fingerprint`` differs) is used, with a warning."""
     from .localize import LocalizationResult
     from .recipe import resolve_layers
 
@@ -99,6 +105,13 @@ def choose_layers(
         unknown = [p for p in result.layers if p not in site_paths]
         if unknown:
             raise RecipeError(f"{localization}: layer {unknown[0]!r} is not a site of this model")
+        made_on = result.meta.get("base_fingerprint")
+        if fingerprint and made_on and made_on != fingerprint:
+            warnings.warn(
+                f"{localization} was made on another base model ({result.meta.get('base_model')}"
+                f"); its layers {result.layers} are used for this one",
+                stacklevel=2,
+            )
         return result.layers
     return resolve_layers(recipe, site_paths)
 
@@ -107,7 +120,7 @@ def _layers_or_localize(
     recipe, pipe, family, out, layers, localization, mode, progress, group=None, fingerprint=None
 ):
     site_paths = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
-    chosen = choose_layers(recipe, site_paths, layers, localization)
+    chosen = choose_layers(recipe, site_paths, layers, localization, fingerprint)
     if chosen is None:
         chosen = run_localize(
             recipe,

@@ -276,6 +276,13 @@ def test_neuron_file_applies_through_locopack_apply(tmp_path, twin_dirs):
     assert (after - before).abs().max() > 0
     assert torch.equal(_denoise(pipe, family), before)
 
+    # made for this base: also in half precision; another base is refused
+    half, _ = load_pipeline(str(twin_dirs["sd1"]), dtype="float16")
+    assert locopack.apply(half, tmp_path).kind == "neurons"
+    other, _ = load_pipeline(str(get_family("sd1").save_twin(tmp_path / "other", seed=1)))
+    with pytest.raises(EditError, match="made for another base model"):
+        locopack.apply(other, tmp_path / "neurons.safetensors")
+
 
 @pytest.mark.parametrize("name", ["sd1", "pixart"])  # diffusers' loader; PEFT directly
 def test_an_adapter_can_be_removed_and_applied_again(name, releases, twin_dirs):

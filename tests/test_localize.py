@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -163,6 +164,16 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     cached = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
     assert all(c.cached for c in cached.candidates)
     assert [c.scores for c in cached.candidates] == [c.scores for c in result.candidates]
+
+    # the layers of a localization file; made on another base: used, with a warning
+    from locopack.stages import choose_layers
+
+    saved, made_on = tmp_path / "localization.json", data["meta"]["base_fingerprint"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert choose_layers(recipe, paths, None, saved, made_on) == [paths[2]]
+    with pytest.warns(UserWarning, match="made on another base model"):
+        assert choose_layers(recipe, paths, None, saved, "sha256:another") == [paths[2]]
 
     # a malformed cache entry is redone, not trusted
     entries = sorted((tmp_path / "cache").glob("*.json"))

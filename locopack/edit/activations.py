@@ -7,12 +7,13 @@ with one constant; its value is then the mean of what the neuron emits for neutr
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 
 from ..errors import EditError
-from ..fingerprint import model_fingerprint
+from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from .neurons import NeuronEdit, select_neurons
 
 _MATRICES = {"key": ("key",), "value": ("value",), "both": ("key", "value")}
@@ -59,12 +60,14 @@ def neuron_edit_for(
         projection_activations(pipe, family, neutral, layers, matrices),
         top_k,
     )
+    fingerprint = model_fingerprint(pipe, family)
     edit.metadata.update(
         {
             "recipe_name": recipe.name,
             "recipe_sha256": recipe.sha256,
             "base_model": recipe.base.model,
-            "base_fingerprint": model_fingerprint(pipe, family),
+            "base_fingerprint": fingerprint,
+            "base_fingerprints": json.dumps(fingerprints_by_dtype(pipe, family, fingerprint)),
             "family": family.name,
             "denoiser": family.denoiser_attr,
             "layers": ",".join(layers),
