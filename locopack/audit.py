@@ -218,16 +218,15 @@ def _check_reproduce(report: AuditReport, entry: dict[str, Any], delta) -> None:
     from .models import load_pipeline
     from .recipe import parse_recipe
 
+    if delta.sites is None:  # checked before the base is loaded
+        report.add("reproduce", False, "delta.safetensors: its provenance names no edited sites")
+        return
     recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
     source, revision = pipeline_source(
         entry.get("base_path") or entry["base_model"], entry.get("base_revision")
     )
     pipe, family = load_pipeline(source, revision, recipe.base.dtype, recipe.base.variant)
-    sites = delta.provenance.get("sites")
-    if not isinstance(sites, list) or not all(isinstance(p, str) for p in sites):
-        report.add("reproduce", False, "delta.safetensors: its provenance names no edited sites")
-        return
-    again = compute_delta(pipe, family, recipe, sites)
+    again = compute_delta(pipe, family, recipe, delta.sites)
     exact = library_versions() == entry.get("versions") and pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()

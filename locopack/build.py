@@ -76,12 +76,11 @@ def _reusable_delta(path: Path, recipe: Any, fingerprint: str) -> WeightDelta | 
         delta = WeightDelta.load(path)
     except LocopackError:  # damaged or not finite: redone
         return None
-    prov, sites = delta.provenance, delta.provenance.get("sites")
+    prov = delta.provenance
     same = (
         prov.get("recipe_sha256") == recipe.sha256 and prov.get("base_fingerprint") == fingerprint
     )
-    named = isinstance(sites, list) and sites and all(isinstance(p, str) for p in sites)
-    return delta if same and named else None
+    return delta if same and delta.sites else None
 
 
 def run_build(
@@ -128,7 +127,7 @@ def run_build(
             recipe, pipe, family, out, None, None, mode, group.is_main, group, fingerprint
         )
     else:
-        summary.layers, summary.skipped = delta.provenance["sites"], ["localize", "edit"]
+        summary.layers, summary.skipped = delta.sites, ["localize", "edit"]
     if not group.is_main:
         return None
     stage("localize")

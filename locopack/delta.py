@@ -62,6 +62,14 @@ class WeightDelta:
                 )
 
     @property
+    def sites(self) -> list[str] | None:
+        """The edited sites the provenance names; None when it names none (a damaged header)."""
+        sites = self.provenance.get("sites")
+        if isinstance(sites, list) and sites and all(isinstance(p, str) for p in sites):
+            return sites
+        return None
+
+    @property
     def denoiser(self) -> str:
         """Attribute of the pipeline the module paths live in (``unet`` or ``transformer``)."""
         return str(self.provenance.get("denoiser", "unet"))

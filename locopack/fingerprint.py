@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .errors import EditError
+
 #: the float dtypes a model can be loaded in
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -74,8 +76,6 @@ def check_base_model(pipe: Any, family: Any, provenance: dict, source: Any, forc
     Raises:
         EditError: the pipeline's fingerprint is none of those recorded (unless ``force``).
     """
-    from .errors import EditError
-
     recorded = provenance.get("base_fingerprint")
     if force or not recorded:
         return
