@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .errors import ExportError, LocopackError
-from .io import atomic_write_text
+from .storage import atomic_write_text
 
 CARD_FILE = "README.md"
 TAGS = {"erase": "concept-erasure", "update": "knowledge-editing"}

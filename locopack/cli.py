@@ -161,7 +161,7 @@ def twin(family_name: str, directory: Path, seed: int, force: bool) -> None:
     every code path offline in seconds, but draw noise, not pictures.  A tiny random CLIP
     scorer is written beside the pipeline, in DIRECTORY/scorer, for localization runs.
     """
-    from .io import atomic_dir
+    from .storage import atomic_dir
     from .models import get_family
     from .models.twin_parts import tiny_clip_model
 

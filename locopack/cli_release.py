@@ -105,7 +105,7 @@ def generate(
     import torch
 
     from .inference import apply, load_for_inference
-    from .io import atomic_write_bytes
+    from .storage import atomic_write_bytes
 
     _quiet_libraries()
     pipe, family = load_for_inference(model)

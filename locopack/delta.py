@@ -19,7 +19,7 @@ import torch
 
 from .errors import EditError, ExportError
 from .fingerprint import tensors_sha256
-from .io import header_json, load_tensors, save_tensors
+from .storage import header_json, load_tensors, save_tensors
 
 FORMAT = "locopack.weight_delta/1"
 

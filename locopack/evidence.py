@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from .io import atomic_write_bytes, atomic_write_text
+from .storage import atomic_write_bytes, atomic_write_text
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"

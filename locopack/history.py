@@ -19,7 +19,7 @@ from typing import Any
 
 from .card import sha256_file
 from .errors import ExportError, HubError
-from .io import atomic_write_text
+from .storage import atomic_write_text
 
 HISTORY_FILE = "history.jsonl"
 FORMAT = "locopack.history/1"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ExportError, RecipeError
-from .io import atomic_write_text
+from .storage import atomic_write_text
 
 
 def load_base(recipe: Any):

@@ -13,7 +13,7 @@ import locopack
 from locopack.edit import compute_delta
 from locopack.errors import EditError, ExportError, ModelLayoutError
 from locopack.export import write_adapter, write_kohya, write_merged
-from locopack.io import load_tensors, save_tensors
+from locopack.storage import load_tensors, save_tensors
 from locopack.models import get_family, load_pipeline
 from locopack.recipe import parse_recipe
 

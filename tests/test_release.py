@@ -327,7 +327,7 @@ def test_generate_takes_a_pipeline_a_release_or_a_base_with_the_adapter(workspac
 
 def test_audit_reports_foreign_adapter_shapes_and_an_odd_but_hashed_history(workspace, tmp_path):
     from locopack.history import entry_hash
-    from locopack.io import load_tensors, save_tensors
+    from locopack.storage import load_tensors, save_tensors
 
     out = _copy(workspace, tmp_path)
     adapter = out / "pytorch_lora_weights.safetensors"

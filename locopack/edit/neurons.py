@@ -98,7 +98,7 @@ class NeuronEdit:
 
     def save(self, path: str | Path) -> None:
         """Write ``<module>.indices`` / ``<module>.values`` tensors and the metadata, atomically."""
-        from ..io import save_tensors
+        from ..storage import save_tensors
 
         tensors = {}
         for mod, (idx, val) in self.overrides.items():

@@ -21,7 +21,7 @@ import torch
 
 from ..delta import WeightDelta
 from ..errors import ExportError
-from ..io import atomic_write_text, header_json, load_tensors, save_tensors
+from ..storage import atomic_write_text, header_json, load_tensors, save_tensors
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "lora_kohya.safetensors"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..delta import WeightDelta
-from ..io import atomic_dir
+from ..storage import atomic_dir
 
 MERGE_FILE = "locopack_merge.json"
 

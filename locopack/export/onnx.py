@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import ExportError
-from ..io import atomic_dir, atomic_write_text
+from ..storage import atomic_dir, atomic_write_text
 from .onnx_tracing import (
     _batch_axes,
     _dummy_inputs,

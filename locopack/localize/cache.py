@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_text
+from ..storage import atomic_write_text
 
 
 class CandidateCache:

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from ..errors import RecipeError
-from ..io import atomic_write_bytes, atomic_write_text
+from ..storage import atomic_write_bytes, atomic_write_text
 
 FORMAT = "locopack.localization/1"
 
