@@ -8,7 +8,7 @@ __all__ = ["__version__", "apply"]
 def __getattr__(name: str):
     # ``locopack.apply`` without importing torch and diffusers for ``import locopack`` alone
     if name == "apply":
-        from .inference import apply
+        from .release.inference import apply
 
         return apply
     raise AttributeError(f"module 'locopack' has no attribute {name!r}")

@@ -33,3 +33,7 @@ class ExportError(LocopackError, OSError):
 
 class HubError(LocopackError, OSError):
     """A Hub operation failed."""
+
+
+class OfflineError(HubError):
+    """The Hub is switched off (``HF_HUB_OFFLINE=1``) and what is needed is not in the cache."""

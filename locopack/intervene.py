@@ -15,6 +15,10 @@ after any projection the family applies first (IF's ``encoder_hid_proj``, PixArt
 SD-XL and IF also feed a *pooled* text embedding into the time embedding; that path is not a
 site and keeps the pipeline's (original) prompt.  Intervening on every site of those families
 therefore does not reproduce the other prompt's image exactly (SD-XL differs by ~1e-2).
+
+Joint-attention transformers (SD3, FLUX) compute each block's text keys/values from a text
+stream of their own; replacing that input would carry the change past the window, so they get
+the swap of :mod:`locopack.intervene_joint` instead (``swap_windows`` picks the right one).
 """
 
 from __future__ import annotations
@@ -27,13 +31,21 @@ import torch
 from .errors import ModelLayoutError
 
 
-def _replace(original: torch.Tensor, replacement: torch.Tensor, path: str) -> torch.Tensor:
+def replace_conditional(
+    original: torch.Tensor, replacement: torch.Tensor, where: str
+) -> torch.Tensor:
+    """``original`` (the denoiser's batch) with its conditional rows replaced.
+
+    The batch is either the ``n`` conditional samples of ``replacement`` or, under
+    classifier-free guidance, ``[unconditional; conditional]`` with ``2n`` rows, whose
+    unconditional half is kept.  ``where`` names the place in error messages.
+    """
     n = replacement.shape[0]
     batch = original.shape[0]
     if replacement.shape[1:] != original.shape[1:]:
         raise ModelLayoutError(
-            f"site {path}: replacement states have shape {tuple(replacement.shape[1:])} per "
-            f"sample but the site receives {tuple(original.shape[1:])}; encode them with the "
+            f"{where}: replacement states have shape {tuple(replacement.shape[1:])} per "
+            f"sample, the denoiser's have {tuple(original.shape[1:])}; encode them with the "
             "model family's encode()"
         )
     replacement = replacement.to(original.device, original.dtype)
@@ -42,7 +54,7 @@ def _replace(original: torch.Tensor, replacement: torch.Tensor, path: str) -> to
     if batch == 2 * n:  # classifier-free guidance: [uncond; cond], alter only the cond half
         return torch.cat([original[:n], replacement], dim=0)
     raise ModelLayoutError(
-        f"site {path}: the denoiser batch has {batch} samples, but replacements were given for "
+        f"{where}: the denoiser batch has {batch} samples, but replacements were given for "
         f"{n}; give one per conditional sample"
     )
 
@@ -50,7 +62,7 @@ def _replace(original: torch.Tensor, replacement: torch.Tensor, path: str) -> to
 def _mask_bias(original: torch.Tensor, mask: torch.Tensor, path: str) -> torch.Tensor:
     """A (B, L) keep-mask as the (B, 1, L) additive bias PixArt passes its attention."""
     bias = (1 - mask.to(original.dtype)) * -10000.0
-    return _replace(original, bias.unsqueeze(1), path)
+    return replace_conditional(original, bias.unsqueeze(1), f"site {path}")
 
 
 @contextlib.contextmanager
@@ -84,11 +96,12 @@ def swap_text_states(
             def hook(_module, args, kwargs, path=path, states=states):
                 if kwargs.get("encoder_hidden_states") is not None:
                     kwargs = dict(kwargs)
-                    kwargs["encoder_hidden_states"] = _replace(
-                        kwargs["encoder_hidden_states"], states, path
+                    kwargs["encoder_hidden_states"] = replace_conditional(
+                        kwargs["encoder_hidden_states"], states, f"site {path}"
                     )
                 elif len(args) > 1 and args[1] is not None:
-                    args = (args[0], _replace(args[1], states, path), *args[2:])
+                    replaced = replace_conditional(args[1], states, f"site {path}")
+                    args = (args[0], replaced, *args[2:])
                 else:
                     raise ModelLayoutError(f"site {path} was called without text states")
                 mask = (masks or {}).get(path)

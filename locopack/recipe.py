@@ -12,10 +12,13 @@ key must be ``lambda`` (``lam`` is an unknown field; from Python use
 templates where ``{concept}`` stands for the edit's label; targets and preserve prompts are
 literal.  Duplicate keys in one mapping are errors (YAML would silently keep the last one).
 
-The module holds the schema and the entry points that read a recipe.  Turning YAML and pydantic
-errors into located lines lives in :mod:`locopack.recipe_errors`; checking a loaded recipe
-against a model and summarizing it live in :mod:`locopack.recipe_review`, and
-:func:`check_against_model`, :func:`resolve_layers` and :func:`summarize` are re-exported here.
+The module holds the schema and the entry points that read a recipe.  Reading the file and its
+YAML within hard limits (size, nesting, keys, alias expansion) lives in
+:mod:`locopack.recipe_yaml`; turning pydantic errors into located lines in
+:mod:`locopack.recipe_errors`; checking a loaded recipe against a model and summarizing it in
+:mod:`locopack.recipe_review`; the checks that need no model run (paths, Hub ids, concepts,
+pairs, the window) in :mod:`locopack.recipe_checks`.  :func:`check_against_model`,
+:func:`resolve_layers`, :func:`summarize` and :func:`preflight` are re-exported here.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
-from locopack.recipe_errors import line_of, load_yaml, show, validation_message
+from locopack.recipe_checks import preflight  # noqa: F401
+from locopack.recipe_errors import line_of, show, validation_message
 from locopack.recipe_review import check_against_model, resolve_layers, summarize  # noqa: F401
+from locopack.recipe_yaml import load_yaml, read_text
 
 SUPPORTED_VERSIONS = (1,)
 EDIT_KINDS = ("erase", "update")
@@ -305,24 +310,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         RecipeError: for any problem with the file or its content, naming file, line and field.
     """
     source = os.fsdecode(path)
-    if os.path.isdir(source):
-        raise RecipeError(f"{source}: is a directory; expected a recipe file (YAML)")
-    try:
-        with open(source, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise RecipeError(f"{source}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise RecipeError(f"{source}: cannot read the recipe: {exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise RecipeError(
-            f"{source}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
-            f"{exc.start}); save the recipe as UTF-8"
-        ) from None
-    return _validate(text, source, hashlib.sha256(data).hexdigest())
+    text, digest = read_text(source)
+    return _validate(text, source, digest)
 
 
 def parse_recipe(text: str, source: str = "<string>") -> Recipe:
@@ -334,7 +323,9 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
     try:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     except UnicodeEncodeError as exc:
-        raise RecipeError(f"{source}: text cannot be encoded as UTF-8: {exc.reason}") from None
+        line = text[: exc.start].count("\n") + 1
+        problem = f"text cannot be encoded as UTF-8: {exc.reason}"
+        raise RecipeError(f"{source}:{line}: {problem}") from None
     return _validate(text, source, digest)
 
 
@@ -352,8 +343,6 @@ def _validate(text: str, source: str, digest: str) -> Recipe:
     except ValidationError as exc:
         message = validation_message(exc, root, source, _field_names, EDIT_KINDS)
         raise RecipeError(message) from None
-    except RecursionError:
-        raise RecipeError(f"{source}: the recipe is nested too deeply") from None
     recipe._source_text, recipe._sha256, recipe._source = text, digest, source
     return recipe
 

@@ -1,10 +1,11 @@
-"""Located recipe errors: YAML nodes with line numbers, and pydantic errors as one line each.
+"""Located recipe errors: pydantic errors as one line each, placed by the YAML node tree.
 
 Every problem with a recipe reads ``<file>:<line>: <field.path>: expected <what>, found <value>``.
-The line comes from the composed YAML node tree (:func:`load_yaml` keeps it), matched to the
-``loc`` of a pydantic error by :func:`node_at`.  Unknown keys get a "did you mean" from the
-field names of the mapping they sit in, and duplicate keys in one mapping are errors (YAML would
-silently keep the last one).
+The line comes from the composed YAML node tree (:mod:`locopack.recipe_yaml` reads it), matched
+to the ``loc`` of a pydantic error by a :class:`Locator`, which indexes each mapping once so that
+placing any number of errors stays linear.  Unknown keys get a "did you mean" from the field
+names of the mapping they sit in.  Values are shown by :func:`show`, which writes at most a
+bounded prefix of a value and never the whole of it (a value may be huge or deeply shared).
 
 This module knows the recipe's *shape* only through what its callers pass in (a function that
 lists the field names at a ``loc``, and the edit kinds), so it does not import the schema in
@@ -16,19 +17,16 @@ from __future__ import annotations
 import datetime
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from locopack.errors import RecipeError
-
 FieldNames = Callable[[tuple], list[str]]
 """Field names (YAML keys, aliases preferred) of the mapping at a ``loc``; [] if unknown."""
 
 _MAX_PROBLEMS = 5
-_DUP = "; a key may appear once per mapping (YAML would silently keep the last)"
 _WHAT = dict(
     int_type="an integer",
     float_type="a number",
@@ -51,59 +49,6 @@ _BOUNDS = dict(
 )
 
 
-def load_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
-    """Compose and construct one YAML document; the node tree gives line numbers.
-
-    Returns:
-        The root node (None for an empty document) and the constructed data.
-
-    Raises:
-        RecipeError: for invalid YAML, a duplicate key, or nesting too deep, naming the line.
-    """
-    loader = None
-    try:
-        loader = yaml.SafeLoader(text)
-        root = loader.get_single_node()
-        if root is not None:
-            _no_duplicates(root, source, (), set())
-        return root, (loader.construct_document(root) if root is not None else None)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        what = "; ".join(str(x) for x in (exc.context, exc.problem) if x)
-        column = f" (column {mark.column + 1})" if mark else ""
-        raise RecipeError(f"{where}: invalid YAML{column}: {what}") from None
-    except RecipeError:
-        raise
-    except RecursionError:
-        raise RecipeError(f"{source}: the recipe is nested too deeply") from None
-    except Exception as exc:  # noqa: BLE001 - constructors raise assorted types on odd tags
-        position = getattr(exc, "position", None)
-        where = f"{source}:{text[:position].count(chr(10)) + 1}" if position is not None else source
-        raise RecipeError(f"{where}: invalid YAML: {str(exc).splitlines()[0]}") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
-def _no_duplicates(node: yaml.Node, source: str, loc: tuple, seen: set[int]) -> None:
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    children = enumerate(node.value) if isinstance(node, yaml.SequenceNode) else []
-    if isinstance(node, yaml.MappingNode):
-        keys: set[tuple[str, Any]] = set()
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if (key.tag, key.value) in keys:
-                    path = field_path((*loc, key.value))
-                    raise RecipeError(f"{source}:{line_of(key)}: {path}: duplicate key{_DUP}")
-                keys.add((key.tag, key.value))
-        children = [(getattr(k, "value", "?"), v) for k, v in node.value]
-    for part, child in children:
-        _no_duplicates(child, source, (*loc, part), seen)
-
-
 def validation_message(
     exc: ValidationError,
     root: yaml.Node | None,
@@ -123,12 +68,13 @@ def validation_message(
         if e["type"] == "extra_forbidden"
     }
     errors = [e for e in errors if e["type"] != "missing" or tuple(e["loc"]) not in typos]
-    problems = [_problem(e, root, source, field_names, edit_kinds) for e in errors]
+    locator = Locator(root)
+    problems = [_problem(e, locator, source, field_names, edit_kinds) for e in errors]
     return join_problems(source, problems)
 
 
 def _problem(
-    err: dict, root: yaml.Node, source: str, field_names: FieldNames, edit_kinds: tuple[str, ...]
+    err: dict, locator: Locator, source: str, field_names: FieldNames, edit_kinds: tuple[str, ...]
 ) -> str:
     """One line for one pydantic error: file, line, field path, what was expected and found."""
     raw, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx", {})
@@ -136,14 +82,14 @@ def _problem(
     if kind == "extra_forbidden":
         close, names = _suggest(raw, field_names), ", ".join(field_names(raw[:-1]))
         hint = f"did you mean {close!r}?" if close else f"known fields: {names}"
-        where = line_of(node_at(root, loc, key=True))
+        where = locator.line(loc, key=True)
         return f"{source}:{where}: {field_path(loc)}: unknown field; {hint}"
     if kind == "invalid_key":
         found = f"expected field names (strings) as keys, found {show(raw[-1])}"
-        return f"{source}:{line_of(node_at(root, loc[:-1]))}: {field_path(loc[:-1])}: {found}"
+        return f"{source}:{locator.line(loc[:-1])}: {field_path(loc[:-1])}: {found}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         loc, kind = (*loc, "kind"), "missing" if kind == "union_tag_not_found" else kind
-    line = line_of(node_at(root, loc))
+    line = locator.line(loc)
     if kind == "missing":
         tags = ", ".join(repr(k) for k in edit_kinds)
         extra = f"; expected one of {tags}" if loc[-1] == "kind" and loc[0] == "edits" else ""
@@ -179,22 +125,43 @@ def _suggest(loc: tuple, field_names: FieldNames) -> str | None:
     return close[0] if close else None
 
 
-def node_at(root: yaml.Node, loc: tuple, key: bool = False) -> yaml.Node:
-    """The deepest YAML node along ``loc`` (the key node of the last part if ``key``)."""
-    node = root
-    for i, part in enumerate(loc):
-        if isinstance(node, yaml.MappingNode):
-            pairs = [(k, v) for k, v in node.value if getattr(k, "value", None) == str(part)]
-            if not pairs:
+class Locator:
+    """Finds the YAML node at a pydantic ``loc`` under ``root``.
+
+    Each mapping's keys are indexed on first use, so a lookup costs its depth, and placing the
+    errors of a mapping with many keys is linear rather than quadratic.
+    """
+
+    def __init__(self, root: yaml.Node | None):
+        self.root = root
+        self._keys: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = {}
+
+    def _pairs(self, node: yaml.MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if id(node) not in self._keys:  # the last of equal keys wins, as in the data
+            pairs = ((getattr(k, "value", None), (k, v)) for k, v in node.value)
+            self._keys[id(node)] = {name: pair for name, pair in pairs if isinstance(name, str)}
+        return self._keys[id(node)]
+
+    def node(self, loc: tuple, key: bool = False) -> yaml.Node | None:
+        """The deepest node along ``loc`` (the key node of the last part if ``key``)."""
+        node = self.root
+        for i, part in enumerate(loc):
+            if isinstance(node, yaml.MappingNode):
+                pair = self._pairs(node).get(str(part))
+                if pair is None:
+                    break
+                node = pair[0] if key and i == len(loc) - 1 else pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+            else:
                 break
-            node = pairs[-1][0] if key and i == len(loc) - 1 else pairs[-1][1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if not 0 <= part < len(node.value):
-                break
-            node = node.value[part]
-        else:
-            break
-    return node
+        return node
+
+    def line(self, loc: tuple, key: bool = False) -> int:
+        """The 1-based line of :meth:`node` (1 without a document)."""
+        return line_of(self.node(loc, key))
 
 
 def line_of(node: yaml.Node | None) -> int:
@@ -214,9 +181,38 @@ def field_path(loc: tuple) -> str:
 
 
 def show(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``repr(value)``, cut to ``limit`` characters; only about ``limit`` characters of it are
+    ever produced, however large or shared ``value`` is."""
+    text = ""
+    for piece in _repr_pieces(value, limit):
+        text += piece
+        if len(text) > limit:
+            return text[: limit - 3] + "..."
+    return text
+
+
+def _repr_pieces(value: Any, limit: int) -> Iterator[str]:
+    """The text of ``repr(value)`` in pieces, lazily (each container item on demand)."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            if i:
+                yield ", "
+            yield from _repr_pieces(key, limit)
+            yield ": "
+            yield from _repr_pieces(item, limit)
+        yield "}"
+    elif isinstance(value, list | tuple) and value:
+        yield "[" if isinstance(value, list) else "("
+        for i, item in enumerate(value):
+            if i:
+                yield ", "
+            yield from _repr_pieces(item, limit)
+        yield "]" if isinstance(value, list) else ",)" if len(value) == 1 else ")"
+    elif isinstance(value, str | bytes) and len(value) > limit:
+        yield repr(value[: limit + 1])[:-1]  # without its closing quote: it is cut anyway
+    else:
+        yield repr(value)
 
 
 def join_problems(source: str, problems: list[str]) -> str:

@@ -10,34 +10,34 @@ text-conditioning sites, which the schema cannot know; :func:`summarize` is what
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import yaml
-
 from locopack.errors import RecipeError
-from locopack.recipe_errors import field_path, join_problems, line_of, node_at, show
+from locopack.recipe_errors import Locator, field_path, join_problems, show
+from locopack.recipe_yaml import load_yaml
 
 if TYPE_CHECKING:
     from locopack.recipe import Recipe
 
 
-def check_against_model(recipe: Recipe, n_sites: int, site_paths: list[str]) -> None:
-    """Check ``localize.window`` and ``localize.layers`` against a model's ordered sites.
-
-    Raises:
-        RecipeError: if the window is wider than the model's sites, or a layer is neither one
-            of ``site_paths`` nor an index into them.
-    """
-    try:
-        root = yaml.compose(recipe.source_text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        root = None
+def located(recipe: Recipe) -> Callable[[tuple, str], str]:
+    """A function ``(loc, text) -> "<file>:<line>: <field.path>: <text>"`` for ``recipe``
+    (without a line where the recipe has no source text)."""
+    root = load_yaml(recipe.source_text, recipe.source)[0] if recipe.source_text else None
+    locator = Locator(root)
 
     def at(loc: tuple, text: str) -> str:
-        line = f":{line_of(node_at(root, loc))}" if root is not None else ""
+        line = f":{locator.line(loc)}" if root is not None else ""
         return f"{recipe.source}{line}: {field_path(loc)}: {text}"
 
-    problems, settings = [], recipe.localize
+    return at
+
+
+def model_problems(recipe: Recipe, n_sites: int, site_paths: list[str]) -> list[str]:
+    """The located problems of ``localize.window`` and ``localize.layers`` against a model's
+    ordered sites ([] if none); :func:`check_against_model` raises them."""
+    at, problems, settings = located(recipe), [], recipe.localize
     if settings.window > n_sites:
         text = f"the model has {n_sites} text-conditioning sites; expected at most {n_sites}"
         problems.append(at(("localize", "window"), f"{text}, found {settings.window}"))
@@ -51,6 +51,17 @@ def check_against_model(recipe: Recipe, n_sites: int, site_paths: list[str]) -> 
         else:
             continue
         problems.append(at(("localize", "layers", i), text))
+    return problems
+
+
+def check_against_model(recipe: Recipe, n_sites: int, site_paths: list[str]) -> None:
+    """Check ``localize.window`` and ``localize.layers`` against a model's ordered sites.
+
+    Raises:
+        RecipeError: if the window is wider than the model's sites, or a layer is neither one
+            of ``site_paths`` nor an index into them.
+    """
+    problems = model_problems(recipe, n_sites, site_paths)
     if problems:
         raise RecipeError(join_problems(recipe.source, problems))
 

@@ -3,17 +3,27 @@
 (a) paper-style: one pipeline call per candidate window per probe and seed (batch 1, CFG), the
     text encoded by the pipeline on every call, every window at full settings;
 (b) locopack: text states computed once, candidates batched into one denoiser call, and (by
-    default) fast mode: every window screened at a fraction of the steps with one seed, the
-    best few re-scored at full settings.
+    default) fast mode: a race, every window screened at a fraction of the steps on two
+    probe/seed samples, the windows not clearly worse re-scored at growing budgets, at most two
+    at full settings (locopack.localize.race).
 
-Prints both wall times and their ratio, the share of time spent inside the denoiser, whether
-the chosen windows agree and the Spearman correlation of the two rankings.  Without --recipe
-or --model it runs on a tiny SD-1.x twin with a tiny CLIP scorer (seconds; mechanics only:
-random weights rank windows almost at random).  With --recipe it uses the recipe's model,
-scorer, probes and localization settings (flags override them), e.g. the trained toy world:
+Prints denoiser passes (counted by a hook: one image through one step, CFG counts two) and wall
+times of both and their ratios, the share of time inside the denoiser, whether the chosen
+windows agree and Spearman correlations.  In fast mode it also runs locopack's full mode: its
+choice, the Spearman of each race round's ranking against it, and its seed-to-seed Spearman
+(the noise floor of any ranking).  Last, the wall time of ``locopack --help``.
 
-    python scripts/bench_localize.py --recipe recipes/toy/erase-triangle.yaml --window 1
-    python scripts/bench_localize.py [--model DIR --scorer DIR] [--steps 8] [--mode fast]
+Models: a tiny SD-1.x twin with a tiny random CLIP (default; mechanics only: random weights
+rank windows almost at random); ``--twin sd1`` (16 sites, the SD-1.5 layout) or ``--twin
+sdxl70`` (SD-XL's 70 sites: transformer depths 1, 2, 10, tiny widths) with a planted window (its
+sites read the text at full strength, the others at ``--leak``) and a scorer that knows the
+unswapped images, so the right window is known; ``--recipe`` takes a recipe's model, scorer,
+probes and settings (flags override them), e.g. the trained toy world.  ``--paper-windows K``
+times the paper loop on K evenly spaced windows and scales it to all (it is linear in windows).
+
+    python scripts/bench_localize.py --twin sd1 --window 2 --steps 10
+    python scripts/bench_localize.py --twin sdxl70 --window 10 --steps 10 --paper-windows 8
+    python scripts/bench_localize.py --recipe recipes/toy/erase-triangle.yaml
     python scripts/bench_localize.py --procs 2     # 1 vs N processes under accelerate launch
 """
 
@@ -33,7 +43,16 @@ import torch
 
 from locopack.distributed import launch_command
 from locopack.intervene import swap_text_states, window_replacements
-from locopack.localize import CandidateCache, ClipScorer, PromptPair, Rung, Sweep, run_sweep
+from locopack.localize import (
+    CandidateCache,
+    ClipScorer,
+    PromptPair,
+    Rung,
+    Sweep,
+    SweepMode,
+    run_sweep,
+)
+from locopack.localize.planted import ReferenceScorer, plant_window
 from locopack.localize.windows import candidate_windows, prompt_pairs
 from locopack.models import get_family, load_pipeline
 from locopack.models.twin_parts import tiny_clip_model
@@ -46,18 +65,32 @@ PAIRS = [
         +1,
     ),
     PromptPair("van gogh starry night", "a starry night", "van gogh starry night", +1),
+    PromptPair(
+        "a portrait of a woman by van gogh",
+        "a portrait of a woman",
+        "a portrait of a woman by van gogh",
+        +1,
+    ),
+    PromptPair(
+        "sunflowers painted by van gogh", "sunflowers", "sunflowers painted by van gogh", +1
+    ),
 ]
 
 
 class DenoiserClock:
-    """Accumulates wall time spent inside the denoiser's forward."""
+    """Accumulates wall time spent inside the denoiser's forward and the passes it ran (the
+    batch size of every call)."""
 
     def __init__(self, denoiser):
-        self.seconds, self._start = 0.0, 0.0
+        self.seconds, self.passes, self._start = 0.0, 0, 0.0
         denoiser.register_forward_pre_hook(self._enter)
         denoiser.register_forward_hook(self._leave)
 
-    def _enter(self, *_):
+    def reset(self):
+        self.seconds, self.passes = 0.0, 0
+
+    def _enter(self, _module, args):
+        self.passes += int(args[0].shape[0])
         self._start = time.perf_counter()
 
     def _leave(self, *_):
@@ -65,17 +98,18 @@ class DenoiserClock:
 
 
 def paper_loop(pipe, family, pairs, scorer, windows, rung):
-    """One pipeline call per window, probe and seed; returns each window's objective."""
+    """One pipeline call per window, probe and seed; returns each window's objective per seed
+    (windows x seeds)."""
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = [s.path for s in family.sites(denoiser)]
     objectives = []
     for window in windows:
-        values = []
-        for pair in pairs:
+        values = np.zeros((len(pairs), len(rung.seeds)))
+        for k, pair in enumerate(pairs):
             with torch.no_grad():
                 original = family.encode(pipe, [pair.original])[0]
                 altered = family.encode(pipe, [pair.altered])[0]
-            for seed in rung.seeds:
+            for j, seed in enumerate(rung.seeds):
                 replacements = window_replacements(sites, [window], original, altered)
                 generator = torch.Generator().manual_seed(seed)
                 with swap_text_states(denoiser, replacements):
@@ -85,11 +119,22 @@ def paper_loop(pipe, family, pairs, scorer, windows, rung):
                         guidance_scale=rung.guidance,
                         generator=generator,
                         output_type="pil",
+                        **size(rung),
                         **family.call_kwargs(),
                     ).images[0]
-                values.append(pair.sign * scorer([image], [pair.reference])[0])
-        objectives.append(float(np.mean(values)))
-    return objectives
+                values[k, j] = pair.sign * scorer([image], [pair.reference])[0]
+        objectives.append(values.mean(axis=0))
+    return np.array(objectives)
+
+
+def size(rung) -> dict:
+    return {"height": rung.resolution, "width": rung.resolution} if rung.resolution else {}
+
+
+def per_seed(candidate, seeds: int, signs) -> np.ndarray:
+    """A full-settings candidate's objective for each seed (its scores are probe-major)."""
+    values = np.array(candidate.scores).reshape(len(signs), seeds) * np.array(signs)[:, None]
+    return values.mean(axis=0)
 
 
 def from_recipe(args) -> list[PromptPair]:
@@ -106,10 +151,42 @@ def from_recipe(args) -> list[PromptPair]:
     return prompt_pairs(recipe)
 
 
+def ranks(values) -> np.ndarray:
+    """Ranks with ties (equal to 1e-6) sharing their mean rank."""
+    values = np.round(np.asarray(values, dtype=float), 6)
+    order = np.argsort(values, kind="stable")
+    out = np.empty(len(values))
+    out[order] = np.arange(len(values))
+    for value in np.unique(values):
+        out[values == value] = out[values == value].mean()
+    return out
+
+
 def spearman(a, b) -> float:
-    """Spearman rank correlation (no ties expected)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    """Spearman rank correlation (ties share their mean rank; nan when one side is constant)."""
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def sdxl70(folder: Path) -> str:
+    """The SD-XL twin with the real transformer depths (1, 2, 10): 70 sites, tiny widths."""
+    from diffusers import UNet2DConditionModel
+
+    pipe = get_family("sdxl").build_twin(0)
+    torch.manual_seed(0)
+    config = {**pipe.unet.config, "transformer_layers_per_block": (1, 2, 10)}
+    pipe.register_modules(unet=UNet2DConditionModel.from_config(config))
+    pipe.save_pretrained(folder)
+    return str(folder)
+
+
+def help_seconds() -> float:
+    """Wall time of ``locopack --help`` in a fresh process."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "locopack", "--help"], check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 RECIPE = """
@@ -175,16 +252,21 @@ def processes(args, model: str, scorer: str, tmp: Path) -> None:
     )
 
 
-def main() -> None:
+def arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", help="take model, scorer, probes and settings from it")
     parser.add_argument("--model", help="pipeline folder (default: a tiny SD-1.x twin)")
     parser.add_argument("--scorer", help="CLIPModel folder (default: a tiny random CLIP)")
+    parser.add_argument("--twin", choices=["sd1", "sdxl70"], help="a twin with a planted window")
+    parser.add_argument("--planted", type=int, help="first site of the planted window (middle)")
+    parser.add_argument("--leak", type=float, default=0.0, help="text strength outside it")
     parser.add_argument("--steps", type=int, help="default 8, or the recipe's")
     parser.add_argument("--guidance", type=float, help="default 4.0, or the recipe's")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1, or the recipe's")
     parser.add_argument("--window", type=int, help="default 1, or the recipe's")
-    parser.add_argument("--mode", choices=["fast", "full"], default="fast")
+    parser.add_argument("--mode", choices=[m.value for m in SweepMode], default="fast")
+    parser.add_argument("--screen-resolution", type=int, help="race screening resolution")
+    parser.add_argument("--paper-windows", type=int, help="time the paper loop on this many")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -193,76 +275,161 @@ def main() -> None:
         default=0,
         help="instead: time the full sweep with 1 and N accelerate processes",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def load(args, tmp: Path):
+    """(pipeline, family, scorer, planted window or None) for the arguments."""
+    model, scorer_dir = args.model, args.scorer
+    if args.twin == "sdxl70":
+        model = sdxl70(tmp / "twin")
+    elif model is None:
+        model = str(get_family("sd1").save_twin(tmp / "twin"))
+    pipe, family = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    if args.twin:
+        count = len(family.sites(getattr(pipe, family.denoiser_attr)))
+        start = (count - args.window) // 2 if args.planted is None else args.planted
+        plant_window(pipe, family, start, args.window, args.leak)
+        texts = [p.reference for p in args.pairs]
+        scorer = ReferenceScorer(
+            pipe,
+            family,
+            texts,
+            args.steps,
+            args.guidance,
+            tuple(args.seeds),
+            tuple(dict.fromkeys([None, args.screen_resolution])),
+        )
+        return pipe, family, scorer, start
+    if scorer_dir is None:
+        clip, tokenizer = tiny_clip_model(0)
+        scorer_dir = str(tmp / "clip")
+        clip.save_pretrained(scorer_dir)
+        tokenizer.save_pretrained(scorer_dir)
+    return pipe, family, ClipScorer(scorer_dir), None
+
+
+def timed(clock, run):
+    clock.reset()
+    t0 = time.perf_counter()
+    value = run()
+    return value, time.perf_counter() - t0, clock.seconds, clock.passes
+
+
+def main() -> None:
+    args = arguments()
     torch.set_num_threads(args.threads)
-    pairs = from_recipe(args) if args.recipe else PAIRS
+    args.pairs = from_recipe(args) if args.recipe else PAIRS
     defaults = {"steps": 8, "guidance": 4.0, "seeds": [0, 1], "window": 1}
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    pairs = args.pairs
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, scorer_dir = args.model, args.scorer
-        if model is None:
-            model = str(get_family("sd1").save_twin(Path(tmp) / "twin"))
-        if scorer_dir is None:
-            clip, tokenizer = tiny_clip_model(0)
-            scorer_dir = str(Path(tmp) / "clip")
-            clip.save_pretrained(scorer_dir)
-            tokenizer.save_pretrained(scorer_dir)
         if args.procs:
-            processes(args, model, scorer_dir, Path(tmp))
+            model = args.model or str(get_family("sd1").save_twin(Path(tmp) / "twin"))
+            clip, tokenizer = tiny_clip_model(0)
+            clip.save_pretrained(Path(tmp) / "clip")
+            tokenizer.save_pretrained(Path(tmp) / "clip")
+            processes(args, model, args.scorer or str(Path(tmp) / "clip"), Path(tmp))
             return
-        pipe, family = load_pipeline(model)
-        scorer = ClipScorer(scorer_dir)
+        pipe, family, scorer, planted = load(args, Path(tmp))
     clock = DenoiserClock(getattr(pipe, family.denoiser_attr))
     rung = Rung(args.steps, args.guidance, tuple(args.seeds), None)
     sites = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
     windows = candidate_windows(sites, args.window)
+    chosen_for_paper = list(range(len(windows)))
+    if args.paper_windows and args.paper_windows < len(windows):
+        step = len(windows) / args.paper_windows
+        chosen_for_paper = {int(i * step) for i in range(args.paper_windows)}
+        chosen_for_paper = sorted(chosen_for_paper | ({planted} - {None}))
+    scale = len(windows) / len(chosen_for_paper)
 
-    clock.seconds, t0 = 0.0, time.perf_counter()
-    paper = paper_loop(pipe, family, pairs, scorer, windows, rung)
-    paper_s, paper_denoiser = time.perf_counter() - t0, clock.seconds
-
-    sweep = Sweep(
-        pipe, family, pairs, scorer, cache=CandidateCache(None), batch=args.batch, progress=False
+    paper, paper_s, paper_den, paper_passes = timed(
+        clock,
+        lambda: paper_loop(
+            pipe, family, pairs, scorer, [windows[i] for i in chosen_for_paper], rung
+        ),
     )
-    clock.seconds, t0 = 0.0, time.perf_counter()
-    ours = run_sweep(sweep, args.window, rung, args.mode)
-    ours_s, ours_denoiser = time.perf_counter() - t0, clock.seconds
+    paper_s, paper_den, paper_passes = paper_s * scale, paper_den * scale, paper_passes * scale
+
+    def sweep(mode):
+        engine = Sweep(
+            pipe,
+            family,
+            pairs,
+            scorer,
+            cache=CandidateCache(None),
+            batch=args.batch,
+            progress=False,
+        )
+        return run_sweep(engine, args.window, rung, mode, screen_resolution=args.screen_resolution)
+
+    ours, ours_s, ours_den, ours_passes = timed(clock, lambda: sweep(args.mode))
+    full = None
+    if args.mode != "full":
+        full, full_s, full_den, full_passes = timed(clock, lambda: sweep("full"))
     refs = ours.timings.get("references", 0.0)
 
-    # fast mode: the screening pass ranks every window at one setting; full: the full pass
-    ranking = [c.objective for c in (ours.screening or ours.candidates)]
     print(
-        f"model {model} ({family.pretty_name}), {len(windows)} windows of {args.window}, "
+        f"model {args.twin or args.model or 'tiny sd1 twin'} ({family.pretty_name}), "
+        f"{len(windows)} windows of {args.window}, "
         f"{len(pairs)} probes x {len(args.seeds)} seeds, {args.steps} steps, "
         f"CFG {args.guidance}, {args.threads} thread(s)"
+        + ("" if planted is None else f"; planted window {planted} (leak {args.leak})")
     )
-    print(f"{'':28}{'wall s':>9}{'in denoiser':>13}")
-    print(f"{'(a) paper-style loop':28}{paper_s:9.2f}{paper_denoiser / paper_s:12.0%}")
-    print(f"{'(b) locopack ' + args.mode:28}{ours_s:9.2f}{ours_denoiser / ours_s:12.0%}")
-    print(f"{'    of which references':28}{refs:9.2f}   (baseline + all-sites lines, not in (a))")
+    if scale > 1:
+        print(
+            f"(a) timed on {len(chosen_for_paper)} of {len(windows)} windows, scaled x{scale:.2f}"
+        )
+    print(f"{'':28}{'passes':>10}{'wall s':>9}{'in denoiser':>13}")
+    rows = [("(a) paper-style loop", paper_passes, paper_s, paper_den)]
+    rows.append((f"(b) locopack {args.mode}", ours_passes, ours_s, ours_den))
+    if full is not None:
+        rows.append(("    locopack full", full_passes, full_s, full_den))
+    for name, count, wall, den in rows:
+        print(f"{name:28}{count:10,.0f}{wall:9.2f}{den / wall:12.0%}")
+    print(f"{'    of which references':28}{'':10}{refs:9.2f}   (baseline + all-sites lines)")
     print(
-        f"speed-up (a)/(b): {paper_s / ours_s:.2f}x; without the reference lines "
+        f"speed-up (a)/(b): {paper_passes / ours_passes:.1f}x fewer denoiser passes, "
+        f"{paper_s / ours_s:.2f}x wall; without the reference lines "
         f"{paper_s / max(ours_s - refs, 1e-9):.2f}x"
     )
-    chosen_paper = int(np.argmin(paper))
+    reference = full if full is not None else ours
+    full_objectives = [c.objective for c in reference.candidates]
+    chosen_paper = chosen_for_paper[int(np.argmin(paper.mean(axis=1)))]
+    agree = chosen_paper == ours.chosen == reference.chosen
     print(
-        f"chosen window: paper {chosen_paper}, locopack {ours.chosen} -> "
-        f"{'agree' if chosen_paper == ours.chosen else 'DIFFER'}"
+        f"chosen window: paper {chosen_paper}, locopack {ours.chosen}, locopack full "
+        f"{reference.chosen}"
+        + ("" if planted is None else f", planted {planted}")
+        + f" -> {'agree' if agree and planted in (None, ours.chosen) else 'DIFFER'}"
     )
-    which = "screening" if ours.screening else "full"
-    if ours.screening:
-        cheapest = int(np.argmin(ranking))
+    sub = [full_objectives[i] for i in chosen_for_paper]
+    print(
+        f"Spearman correlation of the rankings (paper vs locopack full): "
+        f"{spearman(paper.mean(axis=1), sub):.3f}"
+    )
+    signs = [p.sign for p in pairs]
+    if len(args.seeds) > 1:
+        seeds = np.array([per_seed(c, len(args.seeds), signs) for c in reference.candidates])
+        print(f"noise floor: seed-to-seed Spearman of the full sweep {spearman(*seeds.T[:2]):.3f}")
+    for r, one in enumerate(ours.rounds or []):
+        ranked = [c.objective for c in one.candidates]
+        rho = spearman(ranked, [full_objectives[i] for i in one.windows])
         print(
-            f"the screening pass alone would choose {cheapest} -> "
-            f"{'agree' if cheapest == chosen_paper else 'DIFFER'}; finalists {ours.finalists}"
+            f"race round {r + 1}: {len(one.windows)} windows at {one.rung['steps']} steps, "
+            f"{len(one.probes)} probes x {len(one.rung['seeds'])} seeds; Spearman vs full "
+            + (f"{rho:.3f}" if len(ranked) > 2 else "n/a (2 or fewer)")
         )
-    print(
-        f"Spearman correlation of the rankings (paper vs locopack {which}): "
-        f"{spearman(paper, ranking):.3f}"
-    )
+    if not ours.rounds:
+        print(
+            f"the screening pass alone would choose: none ran ({len(windows)} windows, "
+            f"{args.mode} mode: every window at full settings)"
+        )
+    print(f"locopack --help: {help_seconds():.2f} s wall (a fresh process)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import toy_world as tw  # noqa: E402
 from locopack.edit import compute_delta  # noqa: E402
 from locopack.localize import ClipScorer, localize  # noqa: E402
 from locopack.recipe import load_recipe  # noqa: E402
-from locopack.stages import load_base  # noqa: E402
+from locopack.release.stages import load_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,8 @@ def specificity(images, prompts, n_seeds) -> float:
 
 def bench(path: Path, args) -> None:
     recipe = load_recipe(path)
-    pipe, family = load_base(recipe)
+    base = load_base(recipe)
+    pipe, family = base.pipe, base.family
     pipe.set_progress_bar_config(disable=True)
     edit = recipe.edits[0]
     steps, guidance = recipe.localize.steps, recipe.localize.guidance

@@ -13,9 +13,9 @@ import locopack
 from locopack.edit import compute_delta
 from locopack.errors import EditError, ExportError, ModelLayoutError
 from locopack.export import write_adapter, write_kohya, write_merged
-from locopack.storage import load_tensors, save_tensors
 from locopack.models import get_family, load_pipeline
 from locopack.recipe import parse_recipe
+from locopack.storage import load_tensors, save_tensors
 
 from .conftest import FAMILY_NAMES
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from locopack.errors import HubError
-from locopack.hub import is_hub_ref, parse_ref, release_files
+from locopack.hub_ref import is_hub_ref, parse_ref
+from locopack.release.layout import release_files
 
 from .hub_standin import HubStandin
 
@@ -202,7 +203,7 @@ def test_a_wrong_token_is_one_line_and_exit_1(env, tmp_path):
 PUSH = """
 import json
 from locopack.errors import HubError
-from locopack.hub import push
+from locopack.release.hub import push
 sleeps = []
 try:
     result = push({folder!r}, {repo!r}, sleep=sleeps.append)
@@ -280,7 +281,7 @@ def test_missing_repos_revisions_and_recipes_are_clear_errors(standin, env, tmp_
     code = """
 import json
 from locopack.errors import HubError
-from locopack.hub import resolve_release
+from locopack.release.hub import resolve_release
 out = []
 for ref in ("org/none@v1", "org/one@no-such-tag"):
     try:
@@ -452,7 +453,7 @@ def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypat
         RemoteEntryNotFoundError,
     )
 
-    from locopack.history import prior_history
+    from locopack.release.history import prior_history
 
     httpx = pytest.importorskip("httpx2")  # huggingface_hub 2's HTTP client
 

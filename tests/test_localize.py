@@ -10,7 +10,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,10 +19,13 @@ from locopack.localize import (
     ClipScorer,
     Rung,
     Sweep,
+    SweepMode,
     localize,
     prompt_pairs,
     run_sweep,
 )
+from locopack.localize.planted import ReferenceScorer as PlantedScorer
+from locopack.localize.planted import plant_window
 from locopack.localize.result import LocalizationResult
 from locopack.models import load_pipeline
 from locopack.recipe import load_recipe, parse_recipe
@@ -37,62 +39,31 @@ edits:
     {what}
     prompts: ["a painting of a cat in the style of {{concept}}", "{{concept}} starry night"]
     {target}
-localize: {{window: {window}, steps: 2, guidance: 3.0, seeds: [0], prompts_per_edit: 2,
+localize: {{window: {window}, steps: {steps}, guidance: 3.0, seeds: [0], prompts_per_edit: 2,
            scorer: ./unused, mode: {mode}}}
 """
 
 
-def _recipe(model, window=1, mode="full", kind="erase"):
+def _recipe(model, window=1, mode="full", kind="erase", steps=2):
     if kind == "erase":
         what, target = "attribute: style\n    concept: van gogh", 'target: "a photo of a red car"'
     else:
         what, target = "fact: van gogh", 'targets: ["a photo of a red car"]'
-    text = RECIPE.format(model=model, window=window, mode=mode, kind=kind, what=what, target=target)
+    text = RECIPE.format(
+        model=model, window=window, mode=mode, kind=kind, what=what, target=target, steps=steps
+    )
     return parse_recipe(text, "planted.yaml")
 
 
-class ReferenceScorer:
-    """Similarity (negative mean pixel distance) to the reference images of a text: what the
-    unedited pipeline draws for that prompt with the sweep's seed, at each step count the
-    sweep may use (the closest one counts)."""
-
-    name = "reference-images"
-
-    def __init__(self, pipe, family, texts, steps=(1, 2), guidance=3.0, seed=0):
-        self.references = {text: [] for text in texts}
-        for text in texts:
-            for count in steps:
-                generator = torch.Generator().manual_seed(seed)
-                image = pipe(
-                    text,
-                    num_inference_steps=count,
-                    guidance_scale=guidance,
-                    generator=generator,
-                    output_type="pil",
-                    **family.call_kwargs(),
-                ).images[0]
-                self.references[text].append(np.asarray(image, dtype=np.float32))
-
-    def __call__(self, images, texts):
-        return [
-            -min(
-                float(np.abs(np.asarray(im, dtype=np.float32) - ref).mean())
-                for ref in self.references[t]
-            )
-            for im, t in zip(images, texts, strict=True)
-        ]
+def ReferenceScorer(pipe, family, texts, steps=2):  # noqa: N802 (reads as the class it builds)
+    """The planted-window scorer at the test recipe's settings (CFG 3, seed 0)."""
+    return PlantedScorer(pipe, family, texts, steps=steps, guidance=3.0)
 
 
 def _planted_pipe(twin_dir, start, size):
     """The twin with key/value zeroed at every site outside ``start .. start+size-1``."""
     pipe, family = load_pipeline(str(twin_dir))
-    denoiser = getattr(pipe, family.denoiser_attr)
-    sites = family.sites(denoiser)
-    with torch.no_grad():
-        for site in sites[:start] + sites[start + size :]:
-            denoiser.get_submodule(site.key).weight.zero_()
-            denoiser.get_submodule(site.value).weight.zero_()
-    return pipe, family, [s.path for s in sites]
+    return pipe, family, plant_window(pipe, family, start, size)
 
 
 @pytest.mark.parametrize(
@@ -101,16 +72,23 @@ def _planted_pipe(twin_dir, start, size):
         ("sd1", 3, 1, "full"),
         ("sd1", 12, 1, "fast"),
         ("sd1", 6, 2, "full"),
+        ("sd1", 6, 2, "fast"),
         ("sdxl", 0, 1, "fast"),
         ("sdxl", 9, 2, "full"),
+        ("sdxl", 9, 2, "fast"),
         ("sdxl", 15, 1, "full"),
+        ("sdxl", 15, 1, "fast"),
     ],
 )
 def test_planted_window_is_found(name, start, size, mode, twin_dirs):
     pipe, family, paths = _planted_pipe(twin_dirs[name], start, size)
-    recipe = _recipe(twin_dirs[name], window=size, mode=mode)
-    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
-    result = localize(pipe, family, recipe, scorer=scorer, progress=False, batch=8)
+    steps = 5 if mode == "fast" else 2  # too few steps to screen at fewer
+    recipe = _recipe(twin_dirs[name], window=size, mode=mode, steps=steps)
+    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)], steps)
+    result = localize(
+        pipe, family, recipe, scorer=scorer, progress=False, batch=8, full_references=True
+    )
+    assert result.mode == mode and (result.rounds is not None) == (mode == "fast")
     assert result.chosen == start
     assert result.layers == paths[start : start + size]
     # the baseline is the reference itself; the chosen window carries the whole effect
@@ -132,18 +110,35 @@ def test_update_edits_choose_the_highest_score_to_the_target(twin_dirs):
     )
 
 
-def test_fast_mode_screens_then_rescores_finalists(twin_dirs):
+def test_fast_mode_races_and_rescores_at_most_two_at_full_settings(twin_dirs):
     pipe, family, _ = _planted_pipe(twin_dirs["sd1"], 8, 1)
-    recipe = _recipe(twin_dirs["sd1"], mode="fast")
-    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
+    recipe = _recipe(twin_dirs["sd1"], mode="fast", steps=5)
+    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)], 5)
     fast = localize(pipe, family, recipe, scorer=scorer, progress=False)
-    full = localize(pipe, family, recipe, scorer=scorer, progress=False, mode="full")
+    full = localize(pipe, family, recipe, scorer=scorer, progress=False, mode=SweepMode.FULL)
     assert fast.chosen == full.chosen == 8
-    assert fast.screening_rung["steps"] < fast.rung["steps"] or fast.rung["steps"] == 1
-    assert len(fast.finalists) == 3 and 8 in fast.finalists
+    assert fast.mode == "fast" and full.mode == "full" and full.rounds is None
+    first, last = fast.rounds[0], fast.rounds[-1]
+    assert first.windows == list(range(16)) and first.rung["steps"] < fast.rung["steps"]
+    assert last.rung == fast.rung and last.windows == fast.finalists
+    assert 8 in fast.finalists and len(fast.finalists) <= 2
     assert len(fast.screening) == 16 and full.screening is None
     for i in fast.finalists:  # finalists are scored at full settings, like the full sweep
         assert fast.candidates[i].scores == pytest.approx(full.candidates[i].scores, abs=1e-3)
+    # cheap reference lines by default: the first round's steps, the first seed
+    assert fast.reference_rung["steps"] == first.rung["steps"]
+
+
+def test_a_raced_result_survives_save_and_load(tmp_path, twin_dirs):
+    pipe, family, _ = _planted_pipe(twin_dirs["sd1"], 4, 1)
+    recipe = _recipe(twin_dirs["sd1"], mode="fast", steps=5)
+    scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)], 5)
+    result = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    loaded = LocalizationResult.load(tmp_path / "localization.json")
+    assert loaded.chosen == result.chosen == 4 and len(loaded.rounds) == len(result.rounds) > 1
+    assert loaded.to_dict()["rounds"] == json.loads(json.dumps(result.to_dict()["rounds"]))
+    again = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    assert all(c.cached for r in again.rounds for c in r.candidates)
 
 
 def test_result_files_and_cache(tmp_path, twin_dirs):
@@ -166,7 +161,7 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     assert [c.scores for c in cached.candidates] == [c.scores for c in result.candidates]
 
     # the layers of a localization file; made on another base: used, with a warning
-    from locopack.stages import choose_layers
+    from locopack.release.stages import choose_layers
 
     saved, made_on = tmp_path / "localization.json", data["meta"]["base_fingerprint"]
     with warnings.catch_warnings():
@@ -238,7 +233,7 @@ def test_running_out_of_device_memory_halves_the_batch(twin_dirs, monkeypatch):
         sweep(8).score(windows, rung)
 
 
-def _localize_cmd(recipe, out):
+def _localize_cmd(recipe, out, mode="full"):
     code = "import torch; torch.set_num_threads(1); from locopack.cli import main; main()"
     return [
         sys.executable,
@@ -248,14 +243,15 @@ def _localize_cmd(recipe, out):
         str(recipe),
         "--out",
         str(out),
-        "--full",
+        f"--{mode}",
         "--batch",
         "1",
     ]
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
+@pytest.mark.parametrize("mode", ["full", "fast"])
+def test_kill_9_then_resume_gives_identical_results(mode, tmp_path, twin_dirs):
     from locopack.models.twin_parts import tiny_clip_model
 
     model, tokenizer = tiny_clip_model(0)
@@ -265,12 +261,15 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
     recipe.write_text(
         _recipe(twin_dirs["sd1"])
         .source_text.replace("./unused", str(tmp_path / "clip"))
-        .replace("steps: 2", "steps: 4")
+        .replace("steps: 2,", "steps: 5,")
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _localize_cmd(recipe, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _localize_cmd(recipe, killed, mode),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -283,7 +282,7 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
     assert 3 <= finished_before < 16, "the kill must land mid-sweep"
     assert not (killed / "localization.json").exists()
 
-    subprocess.run(_localize_cmd(recipe, killed), env=env, check=True, capture_output=True)
+    subprocess.run(_localize_cmd(recipe, killed, mode), env=env, check=True, capture_output=True)
     resumed = json.loads((killed / "localization.json").read_text())
     loaded = load_recipe(recipe)
     pipe, family = load_pipeline(str(twin_dirs["sd1"]))
@@ -294,14 +293,18 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, twin_dirs):
         tmp_path / "clean",
         progress=False,
         batch=1,
-        mode="full",
+        mode=mode,
         scorer=ClipScorer(str(tmp_path / "clip")),
     ).to_dict()
     clean = json.loads(json.dumps(clean))
-    assert sum(c["cached"] for c in resumed["candidates"]) >= finished_before
+    assert (resumed["rounds"] is not None) == (mode == "fast")
+    first = resumed["rounds"][0]["candidates"] if mode == "fast" else resumed["candidates"]
+    assert sum(c["cached"] for c in first) >= finished_before
     for data in (resumed, clean):
         data.pop("timings")
-        for cand in data["candidates"] + [data["baseline"], data["all_sites"]]:
+        rounds = [c for r in data["rounds"] or [] for c in r["candidates"]]
+        screened = data["screening"] or []
+        for cand in data["candidates"] + [data["baseline"], data["all_sites"]] + rounds + screened:
             cand.pop("seconds")
             cand.pop("cached")
     assert resumed == clean

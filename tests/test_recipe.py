@@ -387,7 +387,7 @@ def test_mutated_valid_recipes_raise_only_recipe_errors(data):
 
 # the structure of the published UNet configs the example recipes name (built on the meta device)
 REAL_UNETS = {
-    "runwayml/stable-diffusion-v1-5": (
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": (
         "sd1",
         16,
         dict(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 import re
@@ -13,12 +14,13 @@ import torch
 from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
-from locopack.audit import audit_folder
-from locopack.card import build_card, write_card
 from locopack.cli import cli
 from locopack.delta import WeightDelta
 from locopack.errors import ExportError
-from locopack.history import read_history
+from locopack.release.audit import audit_folder
+from locopack.release.card import build_card, write_card
+from locopack.release.history import read_history
+from locopack.release.reproduce import Reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "card_twin_sd1.md"
@@ -112,7 +114,9 @@ def test_card_text_matches_the_golden_file(workspace):
     normalized = _normalized(text, workspace)
     if not GOLDEN.exists():  # first run writes it; review the diff like any other change
         GOLDEN.write_text(normalized)
-    assert normalized == GOLDEN.read_text()
+    golden = GOLDEN.read_text()
+    diff = difflib.unified_diff(golden.splitlines(), normalized.splitlines(), lineterm="")
+    assert normalized == golden, "\n".join(diff)
 
 
 def test_card_command_rebuilds_and_names_a_missing_file(workspace, tmp_path):
@@ -220,7 +224,7 @@ def test_two_stacked_recipes_audit_as_one_chain(workspace):
 
 def test_reproduce_passes_untouched_and_fails_on_a_replaced_delta(workspace, tmp_path):
     out = _copy(workspace, tmp_path)
-    report = audit_folder(out, reproduce=True)
+    report = audit_folder(out, reproduce=Reproduce.QUICK)
     assert report.ok and "bit-exact" in report.checks[-1].detail
     delta = WeightDelta.load(out / "delta.safetensors")
     scaled = WeightDelta({k: v * 1.5 for k, v in delta.deltas.items()}, delta.provenance)
@@ -326,7 +330,7 @@ def test_generate_takes_a_pipeline_a_release_or_a_base_with_the_adapter(workspac
 
 
 def test_audit_reports_foreign_adapter_shapes_and_an_odd_but_hashed_history(workspace, tmp_path):
-    from locopack.history import entry_hash
+    from locopack.release.history import entry_hash
     from locopack.storage import load_tensors, save_tensors
 
     out = _copy(workspace, tmp_path)
@@ -362,7 +366,7 @@ def test_a_build_of_another_recipe_replaces_the_old_outputs(workspace, tmp_path)
 
 
 def test_reproduce_catches_a_delta_whose_history_was_rewritten_to_match(workspace, tmp_path):
-    from locopack.history import entry_hash, hashed_files
+    from locopack.release.history import entry_hash, hashed_files
 
     out = _copy(workspace, tmp_path)
     delta = WeightDelta.load(out / "delta.safetensors")
@@ -375,7 +379,7 @@ def test_reproduce_catches_a_delta_whose_history_was_rewritten_to_match(workspac
     entries[-1]["hash"] = entry_hash(entries[-1])
     for name in ("history.jsonl", "merged/history.jsonl"):
         (out / name).write_text("".join(json.dumps(e) + "\n" for e in entries))
-    checks = {c.name: c.ok for c in audit_folder(out, reproduce=True).checks}
+    checks = {c.name: c.ok for c in audit_folder(out, reproduce=Reproduce.QUICK).checks}
     assert checks["history chain"] and checks["files"] and checks["delta"]
     assert checks["reproduce"] is False
 
@@ -389,5 +393,5 @@ def test_a_release_folder_as_base_means_its_merged_checkpoint(workspace, tmp_pat
         "first",
         "on-release",
     ]
-    report = audit_folder(out, reproduce=True)
+    report = audit_folder(out, reproduce=Reproduce.QUICK)
     assert report.ok, [c for c in report.checks if not c.ok]

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from locopack.audit import audit_folder
 from locopack.cli import cli
+from locopack.release.audit import audit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

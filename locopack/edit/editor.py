@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,11 +121,6 @@ def compute_delta(
     return WeightDelta(deltas, _provenance(pipe, family, recipe, layers, states, fingerprint))
 
 
-def _resolved(ref: str) -> str:
-    """An existing local path made absolute (so the record outlives the working directory)."""
-    return str(Path(ref).resolve()) if Path(ref).exists() else ref
-
-
 def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, Any]:
     base = recipe.base
     fingerprint = fingerprint or model_fingerprint(pipe, family)
@@ -134,7 +128,6 @@ def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, 
         "recipe_name": recipe.name,
         "recipe_sha256": recipe.sha256,
         "base_model": base.model,
-        "base_path": _resolved(recipe.local_path(base.model)),
         "base_revision": base.revision,
         "base_dtype": base.dtype,
         "base_variant": base.variant,

@@ -21,11 +21,9 @@ import torch
 
 from ..delta import WeightDelta
 from ..errors import ExportError
+from ..filenames import ADAPTER_FILE, KOHYA_FILE, MANIFEST_FILE
 from ..storage import atomic_write_text, header_json, load_tensors, save_tensors
 
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
-KOHYA_FILE = "lora_kohya.safetensors"
-MANIFEST_FILE = "lora_manifest.json"
 _NOISE = 1e-7
 
 
@@ -136,7 +134,10 @@ def kohya_key(path: str) -> str:
 
 def write_kohya(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> Path:
     """Write the kohya-format file ComfyUI and AUTOMATIC1111 load (UNet families only)."""
-    if delta.denoiser != "unet" or delta.provenance.get("family") == "if":
+    from ..models import get_family
+
+    header = get_family(str(delta.provenance.get("family"))).kohya_metadata
+    if header is None:
         raise ExportError(
             f"kohya LoRA files exist for Stable Diffusion UNets only; this edit is for the "
             f"{delta.provenance.get('family')} family: use the diffusers/PEFT adapter instead"
@@ -147,7 +148,7 @@ def write_kohya(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> 
         tensors[f"{key}.lora_down.weight"] = module.down
         tensors[f"{key}.lora_up.weight"] = module.up
         tensors[f"{key}.alpha"] = torch.tensor(float(module.rank))
-    metadata = {"format": "pt", "locopack": json.dumps(delta.provenance, sort_keys=True)}
+    metadata = {"format": "pt", **header, "locopack": json.dumps(delta.provenance, sort_keys=True)}
     return save_tensors(tensors, out / KOHYA_FILE, metadata)
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..delta import WeightDelta
+from ..filenames import MERGE_FILE
 from ..storage import atomic_dir
-
-MERGE_FILE = "locopack_merge.json"
 
 
 def write_merged(pipe: Any, family: Any, delta: WeightDelta, out: Path) -> Path:
@@ -34,4 +33,18 @@ def write_merged(pipe: Any, family: Any, delta: WeightDelta, out: Path) -> Path:
             "provenance": delta.provenance,
         }
         (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _forget_source_paths(tmp)
     return out
+
+
+def _forget_source_paths(folder: Path) -> None:
+    """Drop ``_name_or_path`` (the folder the base was loaded from, a path of this machine)
+    from the saved configs: a released checkpoint names no local folder."""
+    for path in folder.rglob("*.json"):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if isinstance(config, dict) and "_name_or_path" in config:
+            del config["_name_or_path"]
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from ..distributed import ProcessGroup, barrier, process_group
+from ..filenames import CACHE_DIR
 from ..fingerprint import model_fingerprint
 from .cache import CandidateCache
-from .result import Candidate, LocalizationResult
+from .plan import SweepPlan, passes, plan_sweep, time_denoiser_pass
+from .result import Candidate, LocalizationResult, Round
+from .run import SweepMode, run_sweep
 from .scorers import ClipScorer, Scorer
-from .sweep import Rung, Sweep, run_sweep
+from .sweep import Rung, Sweep
 from .windows import PromptPair, candidate_windows, prompt_pairs
 
 __all__ = [
@@ -19,13 +22,19 @@ __all__ = [
     "ClipScorer",
     "LocalizationResult",
     "PromptPair",
+    "Round",
     "Rung",
     "Scorer",
     "Sweep",
+    "SweepMode",
+    "SweepPlan",
     "candidate_windows",
     "localize",
+    "passes",
+    "plan_sweep",
     "prompt_pairs",
     "run_sweep",
+    "time_denoiser_pass",
 ]
 
 
@@ -36,8 +45,10 @@ def localize(
     out: str | Path | None = None,
     *,
     scorer: Scorer | None = None,
-    mode: str | None = None,
+    mode: SweepMode | str | None = None,
     batch: int = 8,
+    full_references: bool = False,
+    screen_resolution: int | None = None,
     progress: bool = True,
     fingerprint: str | None = None,
     group: ProcessGroup | None = None,
@@ -50,8 +61,13 @@ def localize(
         out: folder for ``localization.json``/``.png`` and the resumable ``cache/``; None
             keeps everything in memory.
         scorer: overrides the recipe's CLIP scorer (any :class:`Scorer`).
-        mode: ``fast`` or ``full``; defaults to the recipe's ``localize.mode``.
+        mode: a :class:`SweepMode` (or ``"fast"``/``"full"``); defaults to the recipe's
+            ``localize.mode``.
         batch: candidate windows per denoiser call.
+        full_references: score the baseline and all-sites lines at full settings (default:
+            cheap settings; they are not part of the choice).
+        screen_resolution: resolution of the race's screening rounds (a heuristic, see
+            :func:`run_sweep`); None screens at the recipe's resolution.
         group: the processes to share the sweep with (default: those ``accelerate launch``
             started, or this one alone); every process returns the same result and the main
             one writes the files.
@@ -61,7 +77,7 @@ def localize(
     progress = progress and group.is_main
     fingerprint = fingerprint or model_fingerprint(pipe, family)
     scorer = scorer or ClipScorer(settings.scorer, device=pipe.device)
-    cache = CandidateCache(Path(out) / "cache" if out is not None else None)
+    cache = CandidateCache(Path(out) / CACHE_DIR if out is not None else None)
     sweep = Sweep(
         pipe,
         family,
@@ -73,12 +89,18 @@ def localize(
         group=group,
         cache_key={
             "model": fingerprint,
-            "recipe": recipe.sha256,
             "scorer": getattr(scorer, "name", type(scorer).__name__),
         },
     )
     rung = Rung(settings.steps, settings.guidance, tuple(settings.seeds), settings.resolution)
-    result = run_sweep(sweep, settings.window, rung, mode or settings.mode)
+    result = run_sweep(
+        sweep,
+        settings.window,
+        rung,
+        SweepMode(mode or settings.mode),
+        full_references=full_references,
+        screen_resolution=screen_resolution,
+    )
     result.meta = {
         "recipe_name": recipe.name,
         "recipe_sha256": recipe.sha256,

@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from ..errors import RecipeError
+from ..filenames import LOCALIZATION_FILE, LOCALIZATION_PLOT
 from ..storage import atomic_write_bytes, atomic_write_text
 
 FORMAT = "locopack.localization/1"
@@ -44,12 +45,30 @@ class Candidate:
 
 
 @dataclass
+class Round:
+    """One round of a race: its settings, the probes (indices into ``pairs``) and windows
+    (indices into ``candidates``) it scored, and their scores."""
+
+    rung: dict
+    probes: list[int]
+    windows: list[int]
+    candidates: list[Candidate]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Round:
+        """The inverse of ``dataclasses.asdict``."""
+        return cls(**{**data, "candidates": [Candidate(**c) for c in data["candidates"]]})
+
+
+@dataclass
 class LocalizationResult:
     """Every window's scores, the chosen window, and the baseline/all-sites references.
 
     ``candidates[i]`` holds window ``i``'s scores at full settings when it was a finalist
-    (every window in full mode), else its screening scores; ``screening`` keeps the screening
-    pass of every window (fast mode).
+    (every window in full mode), else its scores in the last race round it reached;
+    ``screening`` keeps every window's screening scores and ``rounds`` every round of the
+    race (fast mode).  The reference lines are scored at ``reference_rung`` (cheap settings
+    unless full ones were asked for).
     """
 
     candidates: list[Candidate]
@@ -64,6 +83,8 @@ class LocalizationResult:
     pairs: list[dict]
     screening_rung: dict | None = None
     screening: list[Candidate] | None = None
+    rounds: list[Round] | None = None
+    reference_rung: dict | None = None
     timings: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -84,8 +105,8 @@ class LocalizationResult:
         folder = Path(folder)
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         return (
-            atomic_write_text(folder / "localization.json", text + "\n"),
-            atomic_write_bytes(folder / "localization.png", self.plot()),
+            atomic_write_text(folder / LOCALIZATION_FILE, text + "\n"),
+            atomic_write_bytes(folder / LOCALIZATION_PLOT, self.plot()),
         )
 
     @classmethod
@@ -106,6 +127,8 @@ class LocalizationResult:
             data["candidates"] = [Candidate(**c) for c in data["candidates"]]
             if data.get("screening") is not None:
                 data["screening"] = [Candidate(**c) for c in data["screening"]]
+            if data.get("rounds") is not None:
+                data["rounds"] = [Round.from_dict(r) for r in data["rounds"]]
             chosen = data.get("chosen")
             if type(chosen) is not int or not 0 <= chosen < len(data["candidates"]):
                 raise ValueError(

@@ -68,7 +68,7 @@ class Scorer(Protocol):
 class ClipScorer:
     """CLIP score with a ``CLIPModel`` from a Hub id or a local folder (safetensors only)."""
 
-    def __init__(self, model: str, device: str | torch.device = "cpu"):
+    def __init__(self, model: str, device: str | torch.device = "cpu", name: str | None = None):
         from transformers import CLIPModel, CLIPTokenizer
 
         try:
@@ -79,7 +79,7 @@ class ClipScorer:
                 f"cannot load the CLIP scorer {model!r}: {err}; set localize.scorer to a "
                 "CLIPModel id or a local folder holding one"
             ) from None
-        self.name = model
+        self.name = name or model  # what results record: the recipe's name, not a local path
         self.device = torch.device(device)
         self.size = int(self.model.config.vision_config.image_size)
         self.mean, self.std = _normalization(model)

@@ -9,9 +9,8 @@ minimizes it (one window for the whole recipe).
 
 Cost control: seeds and initial noise are shared by all candidates; the text is encoded once
 per probe; a fixed block of candidates goes through the denoiser in one batched call
-(``batch``, halved whenever the device runs out of memory); and
-``fast`` mode scores every window at a fraction of the steps with one seed, then re-scores
-the best few at full settings (successive halving with two rungs).
+(``batch``, halved whenever the device runs out of memory); a pass may score a subset of the
+probes, so that :mod:`locopack.localize.race` can screen windows on a few of them.
 
 Under ``accelerate launch`` the blocks still to score are split round robin over the
 processes; each caches what it scored and the scores are gathered onto every process, so
@@ -21,25 +20,19 @@ reuses every finished window.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..distributed import ProcessGroup, gather
 from ..intervene import swap_text_states, window_replacements
 from .cache import CandidateCache
-from .result import Candidate, LocalizationResult
+from .result import Candidate
 from .scorers import Scorer
-from .windows import PromptPair, candidate_windows
-
-#: fast mode: first rung at this fraction of the steps, one seed; keep this many windows
-FAST_STEP_FRACTION = 0.2
-FAST_KEEP = 3
+from .windows import PromptPair
 
 
 @dataclass(frozen=True)
@@ -107,17 +100,21 @@ class Sweep:
                 **self.family.call_kwargs(),
             ).images
 
-    def _score_block(self, block: list[int], windows: list, rung: Rung, bar) -> dict[int, dict]:
+    def _score_block(
+        self, block: list[int], windows: list, rung: Rung, probes: tuple[int, ...], bar
+    ) -> dict[int, dict]:
         """{window index: cache entry} for one batched block; when the device runs out of
         memory, the batch size is halved (for this block and every later one)."""
         if len(block) > self.batch:
             size, found = self.batch, {}
             for start in range(0, len(block), size):
-                found.update(self._score_block(block[start : start + size], windows, rung, bar))
+                part = block[start : start + size]
+                found.update(self._score_block(part, windows, rung, probes, bar))
             return found
         t0, scores, shown = time.perf_counter(), {i: [] for i in block}, 0
         try:
-            for k, pair in enumerate(self.pairs):
+            for k in probes:
+                pair = self.pairs[k]
                 for seed in rung.seeds:
                     images = self._images(k, [windows[i] for i in block], seed, rung)
                     values = self.scorer(images, [pair.reference] * len(images))
@@ -133,16 +130,23 @@ class Sweep:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             bar.write(f"out of device memory: {self.batch} windows per denoiser call from now on")
-            return self._score_block(block, windows, rung, bar)
+            return self._score_block(block, windows, rung, probes, bar)
         seconds = (time.perf_counter() - t0) / len(block)
         return {i: {"scores": scores[i], "seconds": seconds} for i in block}
 
-    def score(self, windows: list[list[str]], rung: Rung, label: str = "") -> list[Candidate]:
-        """Score each window (a list of site paths; ``[]`` is the unaltered baseline)."""
+    def score(
+        self,
+        windows: list[list[str]],
+        rung: Rung,
+        label: str = "",
+        probes: tuple[int, ...] | None = None,
+    ) -> list[Candidate]:
+        """Score each window (a list of site paths; ``[]`` is the unaltered baseline) on the
+        probes of index ``probes`` (default: all), each with every seed of ``rung``."""
+        probes = tuple(range(len(self.pairs))) if probes is None else tuple(probes)
+        pairs = [asdict(self.pairs[k]) for k in probes]
         keys = [
-            CandidateCache.key(
-                **self.cache_key, rung=asdict(rung), window=w, pairs=[asdict(p) for p in self.pairs]
-            )
+            CandidateCache.key(**self.cache_key, rung=asdict(rung), window=w, pairs=pairs)
             for w in windows
         ]
         done = {i: self.cache.get(key) for i, key in enumerate(keys)}
@@ -156,7 +160,7 @@ class Sweep:
         ]
         mine = self.group.share([b for b in blocks if any(done[i] is None for i in b)])
         todo = [i for block in mine for i in block]
-        units = len(todo) * len(self.pairs) * len(rung.seeds)
+        units = len(todo) * len(probes) * len(rung.seeds)
         bar = tqdm(
             total=units,
             desc=label or "localize",
@@ -165,66 +169,16 @@ class Sweep:
             leave=False,
         )
         for block in mine:
-            for i, entry in self._score_block(block, windows, rung, bar).items():
+            for i, entry in self._score_block(block, windows, rung, probes, bar).items():
                 done[i] = entry
                 self.cache.put(keys[i], entry)
         bar.close()
         for share in gather(self.group, {i: done[i] for i in todo}):
             done.update({int(i): entry for i, entry in share.items()})
-        signs = [p.sign for p in self.pairs for _ in rung.seeds]
+        signs = [self.pairs[k].sign for k in probes for _ in rung.seeds]
         return [
             Candidate.from_scores(
                 windows[i], done[i]["scores"], signs, done[i]["seconds"], cached=i not in missing
             )
             for i in range(len(windows))
         ]
-
-
-def run_sweep(sweep: Sweep, window: int, rung: Rung, mode: str = "fast") -> LocalizationResult:
-    """Score all windows of ``window`` sites and choose the one with the lowest objective.
-
-    In ``fast`` mode the windows are first ranked at ``FAST_STEP_FRACTION`` of the steps with
-    the first seed, and only the best ``FAST_KEEP`` are scored at full settings.
-    """
-    started = time.perf_counter()
-    windows = candidate_windows(sweep.site_paths, window)
-    timings: dict[str, float] = {}
-    screening = None
-    finalists = list(range(len(windows)))
-    if mode == "fast" and len(windows) > FAST_KEEP:
-        cheap = Rung(
-            max(1, math.ceil(rung.steps * FAST_STEP_FRACTION)),
-            rung.guidance,
-            rung.seeds[:1],
-            rung.resolution,
-        )
-        t0 = time.perf_counter()
-        screening = sweep.score(windows, cheap, "screen windows")
-        timings["screen"] = time.perf_counter() - t0
-        order = np.argsort([c.objective for c in screening], kind="stable")
-        finalists = sorted(int(i) for i in order[:FAST_KEEP])
-    t0 = time.perf_counter()
-    scored = sweep.score([windows[i] for i in finalists], rung, "score windows")
-    timings["candidates"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    baseline, everything = sweep.score([[], list(sweep.site_paths)], rung, "reference lines")
-    timings["references"] = time.perf_counter() - t0
-    full = dict(zip(finalists, scored, strict=True))
-    candidates = [full.get(i) or screening[i] for i in range(len(windows))]
-    best = min(finalists, key=lambda i: (full[i].objective, i))
-    timings["total"] = time.perf_counter() - started
-    return LocalizationResult(
-        candidates=candidates,
-        chosen=best,
-        baseline=baseline,
-        all_sites=everything,
-        finalists=finalists,
-        screening_rung=None if screening is None else asdict(cheap),
-        screening=screening,
-        rung=asdict(rung),
-        mode=mode,
-        window=window,
-        site_paths=list(sweep.site_paths),
-        pairs=[asdict(p) for p in sweep.pairs],
-        timings=timings,
-    )

@@ -28,10 +28,23 @@ class Site:
     value: str
     in_features: int
     out_features: int
+    #: False where the projections also map image tokens (FLUX single-stream blocks): there
+    #: only the text rows of their outputs are the site, and a weight edit is not text-only
+    text_only: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view."""
         return asdict(self)
+
+
+def site_projection(attn: torch.nn.Module, name: str) -> torch.nn.Linear | None:
+    """The linear projection ``name`` of an attention module, or None.
+
+    A projection wrapped by PEFT (a loaded LoRA) is unwrapped to its original ``base_layer``.
+    """
+    module = getattr(attn, name, None)
+    module = getattr(module, "base_layer", module)
+    return module if isinstance(module, torch.nn.Linear) else None
 
 
 def _natural_key(path: str) -> tuple:
@@ -51,6 +64,32 @@ def unet_execution_order(path: str) -> tuple:
     return (_BLOCK_RANK.get(head, 3), _natural_key(path))
 
 
+def token_positions(
+    tokenizer: Any, text: str, concept: str, max_length: int, prompt: str | None = None
+) -> list[int]:
+    """Positions of ``concept``'s tokens (case-insensitive, first match) when ``tokenizer``
+    tokenizes ``text`` (the pipeline's form of ``prompt``) to at most ``max_length`` tokens.
+
+    Raises:
+        ModelLayoutError: the concept does not occur in the text, or is truncated away.
+    """
+    prompt = text if prompt is None else prompt
+    match = re.search(re.escape(concept.strip()), text, flags=re.IGNORECASE)
+    if match is None:
+        raise ModelLayoutError(f"concept {concept!r} does not occur in prompt {prompt!r}")
+    enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    positions = [
+        i
+        for i, (start, end) in enumerate(enc.offset_mapping)
+        if end > start and start < match.end() and end > match.start()
+    ]
+    if not positions:
+        raise ModelLayoutError(
+            f"concept {concept!r} in prompt {prompt!r} lies beyond the {max_length}-token limit"
+        )
+    return positions
+
+
 class ModelFamily(ABC):
     """A family of text-to-image pipelines that share where and how text enters the denoiser."""
 
@@ -66,6 +105,12 @@ class ModelFamily(ABC):
     projections: ClassVar[tuple[str, str]] = ("to_k", "to_v")
     #: whether text also reaches the denoiser outside the sites (pooled embeddings)
     has_pooled_text_path: ClassVar[bool] = False
+    #: whether each block reads the text through a text stream of its own, updated block by
+    #: block (SD3, FLUX): the sites' inputs are then not what :meth:`encode` returns
+    joint_attention: ClassVar[bool] = False
+    #: header entries of a kohya LoRA file for this family (``ss_base_model_version`` as kohya
+    #: sd-scripts writes it, which AUTOMATIC1111 reads); None: no kohya file exists for it
+    kohya_metadata: ClassVar[dict[str, str] | None] = None
 
     @classmethod
     def reference_url(cls) -> str:
@@ -96,10 +141,8 @@ class ModelFamily(ABC):
         for path, module in denoiser.named_modules():
             if not cls.is_site(module):
                 continue
-            key, value = getattr(module, key_name, None), getattr(module, value_name, None)
-            # a projection wrapped by PEFT (a loaded LoRA) keeps the original as base_layer
-            key, value = getattr(key, "base_layer", key), getattr(value, "base_layer", value)
-            if not isinstance(key, torch.nn.Linear) or not isinstance(value, torch.nn.Linear):
+            key, value = site_projection(module, key_name), site_projection(module, value_name)
+            if key is None or value is None:
                 raise ModelLayoutError(
                     f"site {path!r} of a {cls.pretty_name} denoiser has no linear "
                     f"{key_name}/{value_name}; the model does not have the {cls.pretty_name} layout"
@@ -178,27 +221,9 @@ class ModelFamily(ABC):
         Raises:
             ModelLayoutError: the concept does not occur in the prompt, or is truncated away.
         """
-        text = cls.preprocess(prompt)
-        match = re.search(re.escape(concept.strip()), text, flags=re.IGNORECASE)
-        if match is None:
-            raise ModelLayoutError(f"concept {concept!r} does not occur in prompt {prompt!r}")
-        enc = cls.tokenizer(pipe)(
-            text,
-            truncation=True,
-            max_length=cls.max_length(pipe),
-            return_offsets_mapping=True,
+        return token_positions(
+            cls.tokenizer(pipe), cls.preprocess(prompt), concept, cls.max_length(pipe), prompt
         )
-        positions = [
-            i
-            for i, (start, end) in enumerate(enc.offset_mapping)
-            if end > start and start < match.end() and end > match.start()
-        ]
-        if not positions:
-            raise ModelLayoutError(
-                f"concept {concept!r} in prompt {prompt!r} lies beyond the "
-                f"{cls.max_length(pipe)}-token limit"
-            )
-        return positions
 
     @classmethod
     def last_token_position(cls, pipe: Any, prompt: str) -> int:

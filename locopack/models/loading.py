@@ -16,12 +16,22 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from ..errors import ModelLayoutError
+from ..errors import ModelLayoutError, OfflineError
+from ..filenames import PIPELINE_INDEX
+from ..hub_ref import is_hub_id
 from .base import ModelFamily
 from .registry import family_for
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def hub_offline() -> bool:
+    """True when the Hub is switched off for this process (``HF_HUB_OFFLINE=1``): nothing then
+    asks it anything, and what is not in the local cache fails at once, without retries."""
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return flag or bool(constants.HF_HUB_OFFLINE)
 
 
 def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any]:
@@ -33,13 +43,18 @@ def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any
                 f"{path}: not found; a diffusers pipeline folder (made with save_pretrained) "
                 "has model_index.json and one subfolder per component"
             )
-    elif _HUB_ID.match(model):
+    elif is_hub_id(model):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
             path = Path(hf_hub_download(model, filename, revision=revision))
         except (HfHubHTTPError, OSError, ValueError) as err:
+            if hub_offline():  # the cache was the only place to look: say so, once
+                raise OfflineError(
+                    f"{model}: the Hub is switched off (HF_HUB_OFFLINE=1) and {filename} is not "
+                    "in the local cache; fetch the model once online, or name a local folder"
+                ) from None
             raise ModelLayoutError(
                 f"{model}: cannot fetch {filename} from the Hub: {err}"
             ) from None
@@ -58,7 +73,7 @@ def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any
 
 def model_layout(model: str, revision: str | None = None) -> tuple[type[ModelFamily], str, dict]:
     """The family, denoiser attribute and denoiser config of ``model`` (configs only)."""
-    index = _read_json(model, "model_index.json", revision)
+    index = _read_json(model, PIPELINE_INDEX, revision)
     pipeline_class = str(index.get("_class_name", "?"))
     attr = "unet" if "unet" in index else "transformer" if "transformer" in index else None
     if attr is None:
@@ -87,19 +102,17 @@ def load_pipeline(
     dtype: str = "float32",
     variant: str | None = None,
     *,
-    allow_pickle: bool | None = None,
+    allow_pickle: bool = False,
 ):
     """Load a pipeline with ``DiffusionPipeline.from_pretrained``.
 
-    Only safetensors weights are read unless ``allow_pickle`` is set (None: the environment
-    variable ``LOCOPACK_ALLOW_PICKLE=1``, which ``locopack --allow-pickle`` sets): unpickling
-    a ``.bin`` file can run arbitrary code, so the user must opt in for files they trust.
+    Only safetensors weights are read unless ``allow_pickle`` is set (``locopack
+    --allow-pickle``): unpickling a ``.bin`` file can run arbitrary code, so the user must opt
+    in for files they trust.
 
     Returns:
         ``(pipeline, family)``.
     """
-    if allow_pickle is None:
-        allow_pickle = os.environ.get("LOCOPACK_ALLOW_PICKLE", "") == "1"
     if dtype not in DTYPES:
         raise ModelLayoutError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     family, _, _ = model_layout(model, revision)
@@ -114,6 +127,12 @@ def load_pipeline(
             use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError, SafetensorError) as err:
+        damaged = _damaged_file(str(err))
+        if damaged:
+            raise ModelLayoutError(
+                f"{damaged}: the weights file is damaged (not readable as safetensors); "
+                "restore it, or download the model again"
+            ) from None
         hint = ""
         if not allow_pickle and "safetensors" in str(err).lower():
             hint = (
@@ -123,3 +142,17 @@ def load_pipeline(
         raise ModelLayoutError(f"{model}: cannot load the pipeline: {err}{hint}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe, family
+
+
+def _damaged_file(message: str) -> str | None:
+    """The first safetensors file named in ``message`` that exists but cannot be read."""
+    from safetensors import safe_open
+
+    for name in dict.fromkeys(re.findall(r"[^'\"\s]+\.safetensors", message)):
+        if Path(name).is_file():
+            try:
+                with safe_open(name, framework="pt") as handle:
+                    handle.keys()
+            except (SafetensorError, OSError, ValueError):
+                return name
+    return None

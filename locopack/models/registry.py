@@ -7,15 +7,25 @@ from typing import Any
 from ..errors import ModelLayoutError
 from .base import ModelFamily
 from .deepfloyd_if import DeepFloydIF
+from .flux import Flux
 from .pixart import PixArt
 from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
+from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
 
 #: Every supported family by registry name, in the order they are tried.
 FAMILIES: dict[str, type[ModelFamily]] = {
     family.name: family
-    for family in (StableDiffusion1, StableDiffusion2, StableDiffusionXL, DeepFloydIF, PixArt)
+    for family in (
+        StableDiffusion1,
+        StableDiffusion2,
+        StableDiffusionXL,
+        DeepFloydIF,
+        PixArt,
+        StableDiffusion3,
+        Flux,
+    )
 }
 
 

@@ -20,6 +20,7 @@ class StableDiffusion1(ModelFamily):
 
     name: ClassVar[str] = "sd1"
     pretty_name: ClassVar[str] = "Stable Diffusion 1.x"
+    kohya_metadata: ClassVar[dict[str, str] | None] = {"ss_base_model_version": "sd_v1"}
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline",)
     text_hidden: ClassVar[int] = 32
     text_act: ClassVar[str] = "quick_gelu"

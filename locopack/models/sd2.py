@@ -16,6 +16,10 @@ class StableDiffusion2(StableDiffusion1):
 
     name: ClassVar[str] = "sd2"
     pretty_name: ClassVar[str] = "Stable Diffusion 2.x"
+    kohya_metadata: ClassVar[dict[str, str] | None] = {
+        "ss_base_model_version": "sd_v2",
+        "ss_v2": "True",
+    }
     text_hidden: ClassVar[int] = 48
     text_act: ClassVar[str] = "gelu"
 

@@ -25,6 +25,7 @@ class StableDiffusionXL(ModelFamily):
     pretty_name: ClassVar[str] = "Stable Diffusion XL"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline",)
     has_pooled_text_path: ClassVar[bool] = True
+    kohya_metadata: ClassVar[dict[str, str] | None] = {"ss_base_model_version": "sdxl_base_v1-0"}
 
     @classmethod
     def reference_url(cls) -> str:

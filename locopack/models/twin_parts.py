@@ -19,10 +19,12 @@ from transformers import (
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
-def tiny_vae(seed: int, latent_channels: int = 4) -> AutoencoderKL:
-    """A two-level VAE (scale factor 2) with ``latent_channels`` latent channels."""
+def tiny_vae(seed: int, latent_channels: int = 4, **config) -> AutoencoderKL:
+    """A two-level VAE (scale factor 2) with ``latent_channels`` latent channels; ``config``
+    adds config values (e.g. the ``shift_factor`` that SD3 and FLUX decode with)."""
     torch.manual_seed(seed)
     return AutoencoderKL(
+        **config,
         block_out_channels=(8, 16),
         in_channels=3,
         out_channels=3,

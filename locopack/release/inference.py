@@ -19,13 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .edit.neurons import NeuronEdit, apply_neurons
-from .errors import ExportError, ModelLayoutError
-from .export.lora import ADAPTER_FILE, read_adapter
-from .fingerprint import check_base_model
-from .models import detect_family
+from ..edit.neurons import NeuronEdit, apply_neurons
+from ..errors import ExportError, ModelLayoutError
+from ..export.lora import read_adapter
+from ..fingerprint import check_base_model
+from ..hub_ref import is_hub_ref, parse_ref
+from ..models import detect_family
+from .layout import (
+    ADAPTER_FILE,
+    CARD_FILE,
+    MANIFEST_FILE,
+    MERGED_DIR,
+    NEURON_FILE,
+    PIPELINE_INDEX,
+    RECIPE_FILE,
+)
 
-NEURON_FILE = "neurons.safetensors"
 ADAPTER_NAME = "locopack"
 
 
@@ -101,10 +110,10 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
     """
     family = detect_family(pipe)
     if not Path(source).exists():
-        from .hub import is_hub_ref, resolve_release
+        from .hub import resolve_release
 
         if is_hub_ref(source):
-            wanted = [ADAPTER_FILE, NEURON_FILE, "lora_manifest.json", "recipe.yaml", "README.md"]
+            wanted = [ADAPTER_FILE, NEURON_FILE, MANIFEST_FILE, RECIPE_FILE, CARD_FILE]
             source = resolve_release(str(source), allow_patterns=wanted)
     kind, path = _find(Path(source))
     if kind == "neurons":
@@ -130,8 +139,8 @@ def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str |
         ModelLayoutError: a release without a merged checkpoint, or neither.
         HubError: a Hub reference that cannot be found or downloaded.
     """
-    from .hub import is_hub_ref, resolve_release
-    from .models.loading import model_layout
+    from ..models.loading import model_layout
+    from .hub import resolve_release
 
     adapter_only = (
         "a locopack release without a merged checkpoint; pass its base model as the model and "
@@ -143,30 +152,29 @@ def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str |
             model_layout(model, revision)
         except ModelLayoutError as err:  # not a pipeline: a release with merged/?
             ref = f"{model}@{revision}" if revision else model
-            folder = resolve_release(ref, allow_patterns=["merged/*"])
-            if not (folder / "merged" / "model_index.json").is_file():
+            folder = resolve_release(ref, allow_patterns=[f"{MERGED_DIR}/*"])
+            if not (folder / MERGED_DIR / PIPELINE_INDEX).is_file():
                 raise ModelLayoutError(f"{err}; if it is {adapter_only}") from None
-            return str(folder / "merged"), None
+            return str(folder / MERGED_DIR), None
         return model, revision
-    if path.is_dir() and not (path / "model_index.json").is_file():
-        if (path / "merged" / "model_index.json").is_file():
-            return str(path / "merged"), None
+    if path.is_dir() and not (path / PIPELINE_INDEX).is_file():
+        if (path / MERGED_DIR / PIPELINE_INDEX).is_file():
+            return str(path / MERGED_DIR), None
         if (path / ADAPTER_FILE).is_file() or (path / NEURON_FILE).is_file():
             raise ModelLayoutError(f"{model}: {adapter_only}")
     return model, revision
 
 
-def load_for_inference(model: str) -> tuple[Any, Any]:
+def load_for_inference(model: str, *, allow_pickle: bool = False) -> tuple[Any, Any]:
     """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
     on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`).
 
     Returns:
         ``(pipeline, family)``.
     """
-    from .hub import is_hub_ref, parse_ref
-    from .models import load_pipeline
+    from ..models import load_pipeline
 
     revision = None
     if not Path(model).exists() and is_hub_ref(model):
         model, revision = parse_ref(model)
-    return load_pipeline(*pipeline_source(model, revision))
+    return load_pipeline(*pipeline_source(model, revision), allow_pickle=allow_pickle)

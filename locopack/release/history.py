@@ -17,11 +17,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .card import sha256_file
-from .errors import ExportError, HubError
-from .storage import atomic_write_text
+from ..errors import ExportError, HubError
+from ..storage import atomic_write_text
+from .layout import (
+    HISTORY_FILE,
+    LOCALIZATION_FILE,
+    MERGED_DIR,
+    hashed_files,
+    relative_location,
+    sha256_file,
+)
 
-HISTORY_FILE = "history.jsonl"
 FORMAT = "locopack.history/1"
 
 
@@ -30,18 +36,6 @@ def entry_hash(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def hashed_files(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file of a release, except history files and caches."""
-    return {
-        str(p.relative_to(folder)): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-        and p.name != HISTORY_FILE
-        and not p.name.startswith(".")
-        and p.relative_to(folder).parts[0] != "cache"
-    }
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -106,11 +100,15 @@ def new_entry(
     folder: Path,
     previous: list[dict[str, Any]],
     *,
-    base_path: str,
+    base: Any,
     adapter_tolerance: float | None,
 ) -> dict[str, Any]:
-    """The entry recording ``recipe`` applied to its base, for the files now in ``folder``."""
-    localization = folder / "localization.json"
+    """The entry recording ``recipe`` applied to ``base`` (a
+    :class:`~locopack.release.base.LoadedBase`), for the files now in ``folder``.
+
+    The base is recorded as the recipe names it, plus where it is relative to ``folder`` (a
+    local base) or the Hub commit that was loaded: never an absolute local path."""
+    localization = folder / LOCALIZATION_FILE
     entry = {
         "format": FORMAT,
         "index": len(previous),
@@ -124,7 +122,9 @@ def new_entry(
         ],
         "base_model": recipe.base.model,
         "base_revision": recipe.base.revision,
-        "base_path": base_path,
+        "base_location": base.location(folder),
+        "base_commit": base.commit,
+        "scorer_location": relative_location(recipe.local_path(recipe.localize.scorer), folder),
         "base_fingerprint": delta.provenance["base_fingerprint"],
         "family": delta.provenance["family"],
         "versions": delta.provenance["versions"],
@@ -141,6 +141,6 @@ def new_entry(
 def write_history(folder: Path, entries: list[dict[str, Any]]) -> Path:
     """Write the chain to ``folder/history.jsonl`` (and into ``merged/`` when present)."""
     text = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in entries)
-    if (folder / "merged").is_dir():
-        atomic_write_text(folder / "merged" / HISTORY_FILE, text)
+    if (folder / MERGED_DIR).is_dir():
+        atomic_write_text(folder / MERGED_DIR / HISTORY_FILE, text)
     return atomic_write_text(folder / HISTORY_FILE, text)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from .storage import atomic_write_bytes, atomic_write_text
+from ..storage import atomic_write_bytes, atomic_write_text
+from .layout import EVIDENCE_DIR, EVIDENCE_FILE
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"
@@ -150,7 +151,7 @@ def collect_evidence(
                     "original": scorer(shots, prompts),
                     "target": scorer(shots, targets),
                 }
-            image_name = f"evidence/edit{item['edit']}_{name}.png"
+            image_name = f"{EVIDENCE_DIR}/edit{item['edit']}_{name}.png"
             atomic_write_bytes(out / image_name, grid([(p, before[p], after[p]) for p in prompts]))
             entry["sets"][name] = {
                 "prompts": prompts,
@@ -164,11 +165,11 @@ def collect_evidence(
         result["edits"].append(entry)
     gallery = []
     for prompt in sorted({p for item in plan for p, _ in item["sets"].get("edited", [])}):
-        name = f"evidence/after_{len(gallery)}.png"
+        name = f"{EVIDENCE_DIR}/after_{len(gallery)}.png"
         buffer = io.BytesIO()
         after[prompt].save(buffer, format="PNG")
         atomic_write_bytes(out / name, buffer.getvalue())
         gallery.append({"prompt": prompt, "image": name})
     result["gallery"] = gallery
-    atomic_write_text(out / "evidence.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / EVIDENCE_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result

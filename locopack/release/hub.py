@@ -29,16 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import HubError, LocopackError
+from ..errors import HubError, LocopackError
+from ..hub_ref import parse_ref
+from .layout import RECIPE_FILE, release_files
 
 T = TypeVar("T")
 
 KEEP_REMOTE = frozenset({".gitattributes"})
-LOCAL_ONLY_DIRS = frozenset({"cache"})
 BACKOFF_START = 0.5
 BACKOFF_MAX = 8.0
-_NAME = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
-_REF = re.compile(rf"(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[^\s@]+))?")
 _AUTH_HINT = "check HF_TOKEN or `hf auth login`"
 
 
@@ -50,42 +49,6 @@ class PushResult:
     commit: str
     tag: str
     created: bool = True  # False: the same release was already on the Hub under this tag
-
-
-def parse_ref(ref: str) -> tuple[str, str | None]:
-    """Split ``ORG/NAME[@REVISION]`` into ``(repo id, revision or None)``.
-
-    Raises:
-        HubError: ``ref`` is not of that form.
-    """
-    match = _REF.fullmatch(ref.strip()) if isinstance(ref, str) else None
-    if match is None or ".." in match["repo"] or "--" in match["repo"]:
-        raise HubError(
-            f"{ref!r} is not a Hub reference: expected ORG/NAME or ORG/NAME@REVISION "
-            "(a branch, tag or commit)"
-        )
-    return match["repo"], match["rev"]
-
-
-def is_hub_ref(ref: Any) -> bool:
-    """True when ``ref`` reads as ``ORG/NAME[@REVISION]`` (it may still not exist)."""
-    try:
-        parse_ref(ref)
-    except HubError:
-        return False
-    return True
-
-
-def release_files(folder: Path) -> list[str]:
-    """Paths (posix, relative to ``folder``) that a push uploads, sorted."""
-    files = []
-    for path in folder.rglob("*"):
-        parts = path.relative_to(folder).parts
-        if any(p.startswith(".") for p in parts) or parts[0] in LOCAL_ONLY_DIRS:
-            continue
-        if path.is_file():
-            files.append("/".join(parts))
-    return sorted(files)
 
 
 def push(
@@ -176,17 +139,17 @@ def _check_tag(tag: str) -> str:
 
 def _describe_release(folder: Path, message: str | None) -> tuple[str, str, str]:
     """(default tag, commit title, commit description) from the folder's recipe.yaml."""
-    from . import __version__
-    from .recipe import load_recipe
+    from .. import __version__
+    from ..recipe import load_recipe
 
     if not folder.is_dir():
         raise HubError(f"{folder}: no such folder")
-    if not (folder / "recipe.yaml").is_file():
+    if not (folder / RECIPE_FILE).is_file():
         raise HubError(
             f"{folder}: no recipe.yaml; a release folder carries the recipe it was made from "
             "(written by `locopack edit`)"
         )
-    recipe = load_recipe(folder / "recipe.yaml")
+    recipe = load_recipe(folder / RECIPE_FILE)
     short = recipe.sha256[:12]
     title = f"locopack {recipe.name} {short}" + (f": {message}" if message else "")
     body = f"recipe: {recipe.name}\nrecipe sha256: {recipe.sha256}\nlocopack {__version__}\n"

@@ -1,21 +1,24 @@
 """The release commands of the ``locopack`` CLI: export, generate, build, card, audit, push.
 
-Registered on the group of :mod:`locopack.cli`; like every command, they only parse arguments,
+Added to the group by :mod:`locopack.cli`; like every command, they only parse arguments,
 call the library and report.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
-from .cli import _out_dir, _quiet_libraries, _UserError, cli
-from .errors import LocopackError
+from ..errors import LocopackError
+from ..filenames import RECIPE_FILE
+from .group import UserError, global_options, quiet_libraries
+from .options import mode_option, offline_option, out_dir, run_options
 
 
-@cli.command("export")
+@click.command("export")
 @click.argument("delta", type=click.Path(path_type=Path))
 @click.option(
     "--adapter/--no-adapter",
@@ -49,20 +52,17 @@ def export_cmd(
     out: Path,
 ) -> None:
     """Export DELTA (a delta.safetensors written by `locopack edit`) for inference."""
-    from .stages import run_export
+    from ..release.stages import ExportChoice, run_export
 
-    _quiet_libraries()
+    quiet_libraries()
+    choice = ExportChoice(max_rank, energy, adapter, kohya, merged, onnx)
     written = run_export(
         delta,
         out,
-        adapter=adapter,
-        kohya=kohya,
-        merged=merged,
-        onnx=onnx,
-        max_rank=max_rank,
-        energy=energy,
+        choice,
         model=model,
         force=force,
+        allow_pickle=global_options().allow_pickle,
     )
     if "manifest" in written:
         manifest = written.pop("manifest")
@@ -75,7 +75,7 @@ def export_cmd(
         click.echo(f"wrote {what}: {path}")
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--model",
     required=True,
@@ -104,11 +104,11 @@ def generate(
     """Generate one image with MODEL, optionally with an edit applied."""
     import torch
 
-    from .inference import apply, load_for_inference
-    from .storage import atomic_write_bytes
+    from ..release.inference import apply, load_for_inference
+    from ..storage import atomic_write_bytes
 
-    _quiet_libraries()
-    pipe, family = load_for_inference(model)
+    quiet_libraries()
+    pipe, family = load_for_inference(model, allow_pickle=global_options().allow_pickle)
     if adapter:
         apply(pipe, adapter, scale, force=force)
     generator = torch.Generator(pipe.device).manual_seed(seed)
@@ -155,7 +155,7 @@ def _echo_summary(summary, out: Path) -> None:
     click.echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
 
 
-@cli.command()
+@click.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
@@ -164,12 +164,7 @@ def _echo_summary(summary, out: Path) -> None:
     help="Output folder [default: out/<recipe name>]; with several recipes, the parent of "
     "one folder per recipe [default: out/].",
 )
-@click.option(
-    "--fast/--full",
-    "fast",
-    default=None,
-    help="Localization mode [default: the recipe's localize.mode].",
-)
+@mode_option
 @click.option(
     "--push",
     "push_to",
@@ -186,13 +181,15 @@ def _echo_summary(summary, out: Path) -> None:
     help="With --push: visibility of a repo it creates [default: the recipe's hub.private].",
 )
 @click.option("--tag", default=None, help="With --push: the tag [default: <name>-<hash[:12]>].")
+@offline_option
 def build(
     recipes: tuple[Path, ...],
     out: Path | None,
-    fast: bool | None,
+    mode: str | None,
     push_to: str | None,
     private: bool | None,
     tag: str | None,
+    offline: bool,
 ) -> None:
     """Recipe in, release out: localize, edit, export, evidence, card, history (, push).
 
@@ -201,76 +198,104 @@ def build(
     recipe's localization sweep is shared by all processes; several recipes are spread over
     the processes, each built exactly as when built alone.
     """
-    from .build import run_build
-    from .distributed import ProcessGroup, process_group
-    from .recipe import load_recipe
+    from ..distributed import ProcessGroup
+    from ..recipe import load_recipe, preflight
+    from ..release.build import run_build
 
     files = _recipe_files(recipes)
-    loaded = [load_recipe(path) for path in files]  # every recipe is checked before any work
+    loaded = [load_recipe(path) for path in files]
+    for recipe in loaded:  # every recipe is checked before any model is loaded or run
+        preflight(recipe, offline=offline)
     if push_to is not None and len(loaded) > 1:
         raise click.UsageError("--push takes one recipe; push each release with `locopack push`")
     if push_to == "" and not loaded[0].hub.repo:
         raise click.UsageError("--push: name ORG/NAME or set hub.repo in the recipe")
-    _quiet_libraries()
-    mode = None if fast is None else ("fast" if fast else "full")
-    group = process_group()
+    quiet_libraries()
+    options = run_options(mode)
     if len(loaded) == 1:
-        target = _out_dir(out, loaded[0])
-        summary = run_build(loaded[0], target, mode=mode, group=group)
+        target = out_dir(out, loaded[0])
+        summary = run_build(loaded[0], target, options=options, echo=click.echo)
         if summary is not None:
             _echo_summary(summary, target)
             if push_to is not None:
                 _push_folder(target, push_to or None, private, tag=tag)
         return
     failures = []
-    for recipe in group.share(loaded):
+    alone = replace(options, group=ProcessGroup())
+    for recipe in options.processes().share(loaded):
         target = (out or Path("out")) / recipe.name
         try:
-            summary = run_build(recipe, target, mode=mode, group=ProcessGroup())
+            summary = run_build(recipe, target, options=alone, echo=click.echo)
         except LocopackError as err:
             failures.append(f"{recipe.source}: {err}")
             continue
         _echo_summary(summary, target)
     if failures:
-        raise _UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures))
+        raise UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures))
 
 
-@cli.command()
+@click.command()
 @click.argument("outdir", type=click.Path(path_type=Path))
 def card(outdir: Path) -> None:
     """Rebuild OUTDIR/README.md (the model card) from an output folder, computing nothing."""
-    from .card import write_card
+    from ..release.card import write_card
 
     path = write_card(outdir)
     click.echo(f"wrote {path}")
 
 
-@cli.command()
+@click.command()
 @click.argument("release")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--reproduce",
-    is_flag=True,
-    help="Also re-run the recorded recipe on the recorded base and compare the delta.",
+    type=click.Choice(["full", "quick"]),
+    is_flag=False,
+    flag_value="full",
+    default=None,
+    help="Also re-run the recorded recipe on its base: `full` (alone: --reproduce) re-runs "
+    "LocoGen and LocoEdit and requires the same scores, window and delta; `quick` re-runs "
+    "only LocoEdit at the recorded window.",
 )
-def audit(release: str, as_json: bool, reproduce: bool) -> None:
+@click.option(
+    "--base",
+    default=None,
+    help="The base model (folder or Hub id) when it is not where the release records it, "
+    "e.g. after the release was copied elsewhere.",
+)
+@click.option(
+    "--scorer",
+    default=None,
+    help="The CLIP scorer folder for --reproduce full, when not where the release records it.",
+)
+def audit(
+    release: str, as_json: bool, reproduce: str | None, base: str | None, scorer: str | None
+) -> None:
     """Verify RELEASE (a folder or ORG/NAME[@REV] on the Hub): file hashes, history chain,
-    adapter vs delta, merged = base + delta.
+    adapter vs delta, merged = base + delta, and optionally a re-run of the recipe.
 
     Exits 1 when any check fails, naming the file or history entry.
     """
-    from .audit import audit_folder, timeline
+    from ..hub_ref import is_hub_ref
+    from ..release.audit import audit_folder, timeline
+    from ..release.reproduce import Reproduce
 
     if reproduce:
-        _quiet_libraries()
+        quiet_libraries()
     folder = Path(release)
     if not folder.exists():
-        from .hub import is_hub_ref, resolve_release
+        from ..release.hub import resolve_release
 
         if not is_hub_ref(release):
             raise click.UsageError(f"{release}: neither a folder nor a Hub ref ORG/NAME[@REV]")
         folder = resolve_release(release)
-    report = audit_folder(folder, reproduce=reproduce)
+    report = audit_folder(
+        folder,
+        reproduce=Reproduce(reproduce) if reproduce else None,
+        base=base,
+        scorer=scorer,
+        allow_pickle=global_options().allow_pickle,
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -279,10 +304,10 @@ def audit(release: str, as_json: bool, reproduce: bool) -> None:
             click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     if not report.ok:
         failed = next(c for c in report.checks if not c.ok)
-        raise _UserError(f"audit failed: {failed.name}: {failed.detail}")
+        raise UserError(f"audit failed: {failed.name}: {failed.detail}")
 
 
-@cli.command()
+@click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--repo", default=None, help="ORG/NAME on the Hub [default: the recipe's hub.repo].")
 @click.option(
@@ -318,11 +343,11 @@ def _push_folder(
     message: str | None = None,
 ) -> None:
     """Push a release; unset settings come from its recipe's ``hub`` section."""
-    from .hub import push as push_release
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
+    from ..release.hub import push as push_release
 
-    if (folder / "recipe.yaml").is_file():  # else push_release says what is missing
-        settings = load_recipe(folder / "recipe.yaml").hub
+    if (folder / RECIPE_FILE).is_file():  # else push_release says what is missing
+        settings = load_recipe(folder / RECIPE_FILE).hub
         repo, branch = repo or settings.repo, branch or settings.branch
         private = settings.private if private is None else private
         if not repo:
@@ -332,3 +357,6 @@ def _push_folder(
     )
     state = "pushed" if result.created else "already on the Hub:"
     click.echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")
+
+
+COMMANDS = (export_cmd, generate, build, card, audit, push)

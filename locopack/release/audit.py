@@ -11,7 +11,11 @@ Checks, each reported by name with the file or history entry it concerns:
 4. a merged checkpoint equals base + delta for every edited tensor and the base elsewhere,
    where the base model can be reached;
 5. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
-   same delta: bit-exact on CPU with the recorded library versions, within 1e-5 otherwise.
+   same localization and the same delta (see :mod:`locopack.release.reproduce`).
+
+The base and the CLIP scorer are found where the history records them relative to the
+release folder, or where ``base``/``scorer`` point (``--base``/``--scorer``): a release copied
+elsewhere still audits, and a check that needs a base it cannot find says so.
 """
 
 from __future__ import annotations
@@ -23,8 +27,19 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from .errors import LocopackError
-from .history import HISTORY_FILE, entry_hash, hashed_files, read_history
+from ..errors import LocopackError
+from ..hub_ref import is_hub_id
+from .history import entry_hash, read_history
+from .layout import (
+    ADAPTER_FILE,
+    DELTA_FILE,
+    HISTORY_FILE,
+    MERGED_DIR,
+    PIPELINE_INDEX,
+    hashed_files,
+)
+from .reproduce import Reproduce
+from .stages import recorded_base
 
 
 @dataclass
@@ -43,6 +58,7 @@ class AuditReport:
     folder: str
     checks: list[Check] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    reproduce: str | None = None  # "full" or "quick" when the recipe was re-run
 
     @property
     def ok(self) -> bool:
@@ -58,6 +74,7 @@ class AuditReport:
         return {
             "folder": self.folder,
             "ok": self.ok,
+            "reproduce": self.reproduce,
             "checks": [c.__dict__ for c in self.checks],
             "timeline": [
                 {
@@ -97,7 +114,7 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
                 "inserted or dropped line)",
             )
         previous = entry["hash"]
-    copy = folder / "merged" / HISTORY_FILE
+    copy = folder / MERGED_DIR / HISTORY_FILE
     if copy.exists() and copy.read_bytes() != (folder / HISTORY_FILE).read_bytes():
         return report.add(
             "history chain",
@@ -123,11 +140,11 @@ def _check_files(report: AuditReport, folder: Path, entry: dict[str, Any]) -> bo
 
 
 def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str, Any]):
-    from .delta import WeightDelta
-    from .export.lora import ADAPTER_FILE, read_adapter
+    from ..delta import WeightDelta
+    from ..export.lora import read_adapter
 
     try:
-        delta = WeightDelta.load(folder / "delta.safetensors")
+        delta = WeightDelta.load(folder / DELTA_FILE)
     except LocopackError as err:
         report.add("delta", False, str(err))
         return None
@@ -181,17 +198,23 @@ def _denoiser_tensors(folder: Path, attr: str, names: set[str] | None = None):
     return tensors
 
 
-def _check_merged(report: AuditReport, folder: Path, entry: dict[str, Any], delta) -> None:
+def _check_merged(
+    report: AuditReport, folder: Path, entry: dict[str, Any], delta, base: str | None
+) -> None:
     from .inference import pipeline_source
 
-    merged = folder / "merged"
-    if delta is None or not (merged / "model_index.json").is_file():
+    merged = folder / MERGED_DIR
+    if delta is None or not (merged / PIPELINE_INDEX).is_file():
         return
-    base = Path(entry.get("base_path") or entry.get("base_model", ""))
-    if not base.is_dir():
-        report.add("merged", True, f"base {entry.get('base_model')} not reachable here; skipped")
+    if base is None or not Path(base).is_dir():
+        report.add(
+            "merged",
+            True,
+            f"skipped: the base {entry.get('base_model')!r} is not a folder here; pass --base "
+            "DIR to check merged/ against it",
+        )
         return
-    base = Path(pipeline_source(str(base))[0])  # a release as base: its merged checkpoint
+    base = Path(pipeline_source(base)[0])  # a release as base: its merged checkpoint
     attr = delta.denoiser
     merged_t, base_t = _denoiser_tensors(merged, attr), _denoiser_tensors(base, attr)
     edited = {f"{p}.weight": d for p, d in delta.deltas.items()}
@@ -211,41 +234,19 @@ def _check_merged(report: AuditReport, folder: Path, entry: dict[str, Any], delt
     report.add("merged", True, f"merged/{attr} equals base + delta ({len(edited)} edited)")
 
 
-def _check_reproduce(report: AuditReport, entry: dict[str, Any], delta) -> None:
-    from .delta import library_versions
-    from .edit import compute_delta
-    from .inference import pipeline_source
-    from .models import load_pipeline
-    from .recipe import parse_recipe
+def audit_folder(
+    folder: str | Path,
+    *,
+    reproduce: Reproduce | None = None,
+    base: str | None = None,
+    scorer: str | None = None,
+    allow_pickle: bool = False,
+) -> AuditReport:
+    """Audit the release in ``folder``; see the module docstring.
 
-    if delta.sites is None:  # checked before the base is loaded
-        report.add("reproduce", False, "delta.safetensors: its provenance names no edited sites")
-        return
-    recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
-    source, revision = pipeline_source(
-        entry.get("base_path") or entry["base_model"], entry.get("base_revision")
-    )
-    pipe, family = load_pipeline(source, revision, recipe.base.dtype, recipe.base.variant)
-    again = compute_delta(pipe, family, recipe, delta.sites)
-    exact = library_versions() == entry.get("versions") and pipe.device.type == "cpu"
-    if exact:
-        same = again.sha256() == delta.sha256()
-        how = "bit-exact (same versions, CPU)"
-    else:
-        same = again.deltas.keys() == delta.deltas.keys() and all(
-            float((again.deltas[p] - d).norm() / d.norm().clamp_min(1e-30)) <= 1e-5
-            for p, d in delta.deltas.items()
-        )
-        how = "within 1e-5 (other versions or device)"
-    report.add(
-        "reproduce",
-        same,
-        f"re-running the recipe gives {'the same' if same else 'a different'} delta, checked {how}",
-    )
-
-
-def audit_folder(folder: str | Path, *, reproduce: bool = False) -> AuditReport:
-    """Audit the release in ``folder``; see the module docstring."""
+    ``base``/``scorer``: where the base model and the CLIP scorer are, when not where the
+    history records them relative to the release.
+    """
     folder = Path(folder)
     report = AuditReport(str(folder))
     if not _check_chain(report, folder):
@@ -253,16 +254,38 @@ def audit_folder(folder: str | Path, *, reproduce: bool = False) -> AuditReport:
     last = report.entries[-1]
     _check_files(report, folder, last)
     delta = _check_delta_and_adapter(report, folder, last)
+    base = base or recorded_base(last, folder)
     try:
-        _check_merged(report, folder, last, delta)
+        _check_merged(report, folder, last, delta, base)
     except (LocopackError, OSError, ValueError, SafetensorError) as err:  # damaged checkpoint
         report.add("merged", False, f"merged/: cannot be read ({err})")
-    if reproduce and delta is not None:
-        try:
-            _check_reproduce(report, last, delta)
-        except LocopackError as err:  # the base model or the recipe cannot be loaded
-            report.add("reproduce", False, str(err))
+    if reproduce is not None and delta is not None:
+        _check_reproduce(report, folder, last, delta, base, scorer, reproduce, allow_pickle)
     return report
+
+
+def _check_reproduce(report, folder, entry, delta, base, scorer, how, allow_pickle) -> None:
+    from .reproduce import reproduce as rerun
+
+    report.reproduce = how.value
+    if delta.sites is None:  # checked before the base is loaded
+        report.add("reproduce", False, f"{DELTA_FILE}: its provenance names no edited sites")
+        return
+    if base is None or not (Path(base).is_dir() or is_hub_id(base)):
+        report.add(
+            "reproduce",
+            False,
+            f"the base {entry.get('base_model')!r} is not reachable here; pass --base DIR (or "
+            "a Hub id)",
+        )
+        return
+    try:
+        for name, ok, detail in rerun(
+            entry, delta, folder, base, scorer, how, allow_pickle=allow_pickle
+        ):
+            report.add(name, ok, detail)
+    except LocopackError as err:  # the base model or the recipe cannot be loaded
+        report.add("reproduce", False, str(err))
 
 
 def timeline(report: AuditReport) -> str:

@@ -12,17 +12,33 @@ other prompts, how to use it, its limitations, the full recipe and the hash of e
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ExportError, LocopackError
-from .storage import atomic_write_text
+from ..errors import ExportError, LocopackError
+from ..hub_ref import is_hub_id
+from ..storage import atomic_write_text
+from .layout import (
+    ADAPTER_FILE,
+    CARD_FILE,
+    DELTA_FILE,
+    EDIT_FILE,
+    EVIDENCE_FILE,
+    HISTORY_FILE,
+    LOCALIZATION_FILE,
+    LOCALIZATION_PLOT,
+    MANIFEST_FILE,
+    MERGED_DIR,
+    PIPELINE_INDEX,
+    RECIPE_FILE,
+    release_files,
+    sha256_file,
+)
+from .stages import recorded_base
 
-CARD_FILE = "README.md"
 TAGS = {"erase": "concept-erasure", "update": "knowledge-editing"}
 SET_NAMES = {
     "edited": "edited prompts",
@@ -30,35 +46,20 @@ SET_NAMES = {
     "preserve": "preserve prompts",
     "unrelated": "unrelated prompts",
 }
-#: history files are written after the card, so the card cannot list them
-HISTORY_NAME = "history.jsonl"
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def release_files(folder: Path) -> list[Path]:
-    """Every file of a release (relative paths, sorted), without the cache, the card itself
-    and history files."""
-    return sorted(
-        p.relative_to(folder)
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.relative_to(folder).parts[0] != "cache"
-        and not p.name.startswith(".")
-        and p.name != HISTORY_NAME
-        and str(p.relative_to(folder)) != CARD_FILE
-    )
+def card_files(folder: Path) -> list[str]:
+    """The release files the card lists with their hashes: all but the card itself and the
+    history (written after the card, so the card cannot list them)."""
+    return [
+        name
+        for name in release_files(folder)
+        if name != CARD_FILE and Path(name).name != HISTORY_FILE
+    ]
 
 
 def _is_hub_id(ref: str) -> bool:
-    return ref.count("/") == 1 and not ref.startswith((".", "/", "~")) and not Path(ref).exists()
+    return is_hub_id(ref) and not Path(ref).exists()
 
 
 def _read_json(folder: Path, name: str, needed_for: str) -> dict:
@@ -162,27 +163,27 @@ def build_card(folder: Path) -> tuple[str, dict]:
 def _build_card(folder: Path) -> tuple[str, dict]:
     from huggingface_hub import ModelCard, ModelCardData
 
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
 
-    if not (folder / "recipe.yaml").is_file():
-        raise ExportError(f"{folder}: recipe.yaml is missing; is this a locopack output folder?")
-    recipe = load_recipe(folder / "recipe.yaml")
-    edit = _read_json(folder, "edit.json", "the edited layers and edit quality")
-    evidence = _read_json(folder, "evidence.json", "the before/after evidence")
-    manifest = _read_json(folder, "lora_manifest.json", "the adapter's ranks")
+    if not (folder / RECIPE_FILE).is_file():
+        raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
+    recipe = load_recipe(folder / RECIPE_FILE)
+    edit = _read_json(folder, EDIT_FILE, "the edited layers and edit quality")
+    evidence = _read_json(folder, EVIDENCE_FILE, "the before/after evidence")
+    manifest = _read_json(folder, MANIFEST_FILE, "the adapter's ranks")
     localization = None
-    if (folder / "localization.json").is_file():
-        localization = _read_json(folder, "localization.json", "the localization scores")
+    if (folder / LOCALIZATION_FILE).is_file():
+        localization = _read_json(folder, LOCALIZATION_FILE, "the localization scores")
     referenced = [item["grid"] for e in evidence["edits"] for item in e["sets"].values()]
     referenced += [g["image"] for g in evidence.get("gallery", [])]
-    referenced += ["delta.safetensors", "pytorch_lora_weights.safetensors"]
-    referenced += ["localization.png"] if localization else []
+    referenced += [DELTA_FILE, ADAPTER_FILE]
+    referenced += [LOCALIZATION_PLOT] if localization else []
     for name in referenced:
         if not (folder / name).is_file():
             raise ExportError(f"{folder}: {name} is missing but the card refers to it")
 
     provenance = manifest["provenance"]
-    merged = (folder / "merged" / "model_index.json").is_file()
+    merged = (folder / MERGED_DIR / PIPELINE_INDEX).is_file()
     kinds = sorted({TAGS[e.kind] for e in recipe.edits})
     data = ModelCardData(
         # the Hub's base_model must name a Hub repo; a local base is named in the body only
@@ -191,7 +192,9 @@ def _build_card(folder: Path) -> tuple[str, dict]:
         if _is_hub_id(recipe.base.model)
         else None,
         library_name="diffusers",
-        license=_license(recipe, provenance.get("base_path") or recipe.base.model),
+        license=_license(
+            recipe, recorded_base(provenance, folder) or recipe.local_path(recipe.base.model)
+        ),
         tags=[
             "locopack",
             "text-to-image",
@@ -241,7 +244,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
     ]
     ranks = sorted({m["rank"] for m in manifest["modules"].values()})
     versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("versions", {}).items()))
-    hashes = "\n".join(f"| `{p}` | `{sha256_file(folder / p)}` |" for p in release_files(folder))
+    hashes = "\n".join(f"| `{p}` | `{sha256_file(folder / p)}` |" for p in card_files(folder))
     usage_base = recipe.base.model
     hub_like = _is_hub_id(usage_base)
     base_link = (

@@ -1,0 +1,5 @@
+"""``python -m locopack.cli``: the command line."""
+
+from . import main
+
+main()

@@ -1,0 +1,108 @@
+"""The ``locopack`` command group: global options, warnings and errors as one line.
+
+The library raises :class:`~locopack.errors.LocopackError`; the group turns it into
+``error: <message>`` on stderr and exit status 1, never a traceback.  Commands live in the
+sibling modules and are added to the group by :mod:`locopack.cli`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import click
+
+from .. import __version__
+from ..errors import LocopackError
+
+# Library chatter (e.g. transformers noting that torchvision is absent) is not for our users.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def quiet_libraries() -> None:
+    """Silence third-party progress bars and info logs; locopack prints its own progress."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach the terminal as one line, like errors."""
+    click.echo(f"warning: {message}", err=True)
+
+
+class UserError(click.ClickException):
+    """A LocopackError on its way to the terminal: one line, exit status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True, file=file)
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """The group's options, handed to every command through the click context."""
+
+    allow_pickle: bool = False
+
+
+def global_options() -> GlobalOptions:
+    """The options the group was called with (defaults outside a command)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(GlobalOptions) if ctx is not None else None
+    return obj or GlobalOptions()
+
+
+class LocopackGroup(click.Group):
+    """The command group; turns library errors into :class:`UserError`."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LocopackError as err:
+            raise UserError(str(err)) from None
+
+
+@click.group(cls=LocopackGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="locopack")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar="LOCOPACK_THREADS",
+    default=None,
+    help="CPU threads for torch [env LOCOPACK_THREADS; default: torch's choice]. "
+    "1 is fastest for tiny models on small machines.",
+)
+@click.option(
+    "--allow-pickle",
+    is_flag=True,
+    envvar="LOCOPACK_ALLOW_PICKLE",
+    help="Also read pickled (.bin/.ckpt) model weights [env LOCOPACK_ALLOW_PICKLE=1]. "
+    "Unpickling can run arbitrary code: use it only for files you trust.",
+)
+@click.pass_context
+def cli(ctx: click.Context, threads: int | None, allow_pickle: bool) -> None:
+    """Localize knowledge in a text-to-image model and edit it, from a YAML recipe.
+
+    \b
+    A typical session:
+      locopack twin sd1 out/tiny-sd1       # build a tiny offline model to try things on
+      locopack layers out/tiny-sd1         # where text enters its denoiser, in order
+      locopack validate recipe.yaml        # check a recipe before running it
+      locopack localize recipe.yaml        # LocoGen: which window of sites holds the concept
+      locopack edit recipe.yaml            # LocoEdit: closed-form edit -> delta.safetensors
+      locopack build recipe.yaml           # the whole release: adapter, evidence, card, history
+      locopack audit out/NAME              # verify a release
+    """
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    warnings.showwarning = _show_warning
+    ctx.obj = GlobalOptions(allow_pickle=allow_pickle)

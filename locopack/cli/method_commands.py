@@ -1,0 +1,129 @@
+"""The method's commands: ``localize`` (LocoGen), ``edit`` (LocoEdit), ``neurons``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .group import quiet_libraries
+from .options import layer_refs, mode_option, out_dir, out_option, run_options
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@out_option
+@mode_option
+@click.option("--batch", default=8, show_default=True, help="Candidate windows per denoiser call.")
+def localize(recipe: Path, out: Path | None, mode: str | None, batch: int) -> None:
+    """LocoGen: find the window of sites that controls the recipe's attribute.
+
+    Writes localization.json (scores of every window, the chosen one, baseline and all-sites
+    references) and localization.png.  Finished windows are cached in OUT/cache, so a killed
+    run resumes where it stopped.
+    """
+    from ..recipe import load_recipe
+    from ..release.stages import run_localize
+
+    loaded = load_recipe(recipe)
+    out = out_dir(out, loaded)
+    quiet_libraries()
+    options = run_options(mode, batch=batch)
+    group = options.processes()
+    result = run_localize(loaded, out, options=options)
+    if not group.is_main:
+        return
+    if group.size > 1:
+        click.echo(f"windows shared by {group.size} processes")
+    click.echo(f"chosen window {result.chosen}: {', '.join(result.layers)}")
+    chosen = result.candidates[result.chosen]
+    click.echo(
+        f"score {chosen.mean:.3f} (baseline {result.baseline.mean:.3f}, "
+        f"all sites {result.all_sites.mean:.3f}); wrote {out}/localization.json"
+    )
+
+
+layers_option = click.option(
+    "--layers",
+    multiple=True,
+    help="Sites to edit (module path or index; repeat or comma-separate). Skips localization.",
+)
+localization_option = click.option(
+    "--localization",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A localization.json whose chosen window to use.",
+)
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@layers_option
+@localization_option
+@out_option
+def edit(
+    recipe: Path, layers: tuple[str, ...], localization: Path | None, out: Path | None
+) -> None:
+    """LocoEdit: solve the closed-form key/value edit and write delta.safetensors.
+
+    The sites come from --layers, else --localization, else the recipe's localize.layers;
+    with none of them, LocoGen runs first.
+    """
+    from ..recipe import load_recipe
+    from ..release.stages import run_edit
+
+    loaded = load_recipe(recipe)
+    out = out_dir(out, loaded)
+    quiet_libraries()
+    delta, report = run_edit(
+        loaded, out, layers=layer_refs(layers), localization=localization, options=run_options()
+    )
+    worst = max(m["edit_error"] for m in report["modules"].values())
+    click.echo(
+        f"edited {len(delta.deltas)} matrices at {len(report['layers'])} site(s); "
+        f"largest relative edit error {worst:.2e}"
+    )
+    click.echo(f"wrote {out}/delta.safetensors ({delta.sha256()[:19]}) and {out}/edit.json")
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option(
+    "--top-k",
+    default=50,
+    show_default=True,
+    help="Neurons to override, ranked together over all localized projections.",
+)
+@layers_option
+@localization_option
+@out_option
+def neurons(
+    recipe: Path, top_k: int, layers: tuple[str, ...], localization: Path | None, out: Path | None
+) -> None:
+    """Neuron-level editing: pick the key/value neurons that carry the attribute.
+
+    Neurons of the localized projections are ranked by Welch's t between the recipe's
+    prompts (with the attribute) and its targets and preserve prompts (without); the top-k are
+    overridden at inference with their mean on the neutral prompts.  Writes neurons.safetensors.
+    """
+    from ..recipe import load_recipe
+    from ..release.stages import run_neurons
+
+    loaded = load_recipe(recipe)
+    out = out_dir(out, loaded)
+    quiet_libraries()
+    edit = run_neurons(
+        loaded,
+        out,
+        top_k=top_k,
+        layers=layer_refs(layers),
+        localization=localization,
+        options=run_options(),
+    )
+    click.echo(
+        f"{edit.total()} neurons in {len(edit.overrides)} projection(s); "
+        f"wrote {out}/neurons.safetensors"
+    )
+
+
+COMMANDS = (localize, edit, neurons)

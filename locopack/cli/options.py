@@ -1,0 +1,54 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: ``--out`` of the commands that write a recipe's outputs
+out_option = click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output folder [default: out/<recipe name>].",
+)
+
+
+#: ``--offline``: no Hub lookups while checking a recipe
+offline_option = click.option(
+    "--offline",
+    is_flag=True,
+    help="Skip the Hub lookups of Hub models and scorers (implied by HF_HUB_OFFLINE=1).",
+)
+
+
+def out_dir(out: Path | None, recipe) -> Path:
+    """``--out``, or ``out/<recipe name>``."""
+    return out if out is not None else Path("out") / recipe.name
+
+
+def layer_refs(layers: tuple[str, ...]) -> list[str] | None:
+    """``--layers`` values (repeated or comma-separated) as a list, None when not given."""
+    refs = [part.strip() for item in layers for part in item.split(",") if part.strip()]
+    return refs or None
+
+
+#: ``--fast/--full``: the localization sweep's mode
+mode_option = click.option(
+    "--fast/--full",
+    "mode",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else ("fast" if value else "full"),
+    help="Race the windows with growing budgets, keeping only those not clearly worse "
+    "(fast), or score every window at full settings (full) [default: the recipe's "
+    "localize.mode].",
+)
+
+
+def run_options(mode: str | None = None, **kwargs):
+    """:class:`~locopack.release.stages.RunOptions` with the group's global options."""
+    from ..release.stages import RunOptions
+    from .group import global_options
+
+    return RunOptions(mode=mode, allow_pickle=global_options().allow_pickle, **kwargs)

@@ -1,0 +1,116 @@
+"""What the joint-attention transformers (SD3/SD3.5, FLUX.1) share.
+
+In these models text does not enter every block as one fixed set of states.  The text is
+projected once (``context_embedder``), and then every block carries a *text stream* of its own
+that it updates (``c_{i+1} = c_i + attention + feed-forward``); the text tokens' keys and values
+are computed from it, ``add_k_proj``/``add_v_proj(norm1_context(c_i, temb))``, in one softmax
+with the image tokens.  FLUX's single-stream blocks concatenate text and image tokens and map
+both with the same ``to_k``/``to_v``.  So:
+
+- a **site** is the text-token keys and values of one block: the outputs of ``add_k_proj`` /
+  ``add_v_proj`` of a joint (double-stream) block, or the text rows of ``to_k`` / ``to_v`` of a
+  FLUX single-stream block (listed with ``text_only=False``: a weight edit there also changes
+  how image tokens are mapped);
+- what a site reads depends on the latent, the timestep, the pooled vector and every block
+  before it, so :meth:`encode` returns the transformer's ``encoder_hidden_states`` input and
+  :meth:`site_states` refuses: the inputs must be collected with hooks during denoising;
+- the pooled CLIP vector modulates every block (``temb``): a text path that is not a site.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ModelLayoutError
+from .base import ModelFamily, Site, site_projection
+
+
+class JointAttentionFamily(ModelFamily):
+    """A diffusion transformer whose blocks read text through per-block text streams."""
+
+    denoiser_attr: ClassVar[str] = "transformer"
+    projections: ClassVar[tuple[str, str]] = ("add_k_proj", "add_v_proj")
+    has_pooled_text_path: ClassVar[bool] = True
+    joint_attention: ClassVar[bool] = True
+    #: T5 tokens of the text states (the pipeline's ``max_sequence_length``)
+    t5_length: ClassVar[int] = 256
+    #: (block list attribute, key projection, value projection, text_only), in execution order
+    block_lists: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
+        ("transformer_blocks", "add_k_proj", "add_v_proj", True),
+    )
+
+    @classmethod
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+        return pipeline_class in cls.pipeline_classes
+
+    @classmethod
+    def with_t5_length(cls, length: int) -> type[JointAttentionFamily]:
+        """This family with ``length`` T5 tokens in every encoding and pipeline call."""
+        if length < 1:
+            raise ModelLayoutError(f"the T5 length must be positive, not {length}")
+        return type(cls.__name__, (cls,), {"t5_length": length, "__doc__": cls.__doc__})
+
+    @classmethod
+    def sites(cls, denoiser: torch.nn.Module) -> list[Site]:
+        """One site per block: joint blocks first, then (FLUX) single-stream blocks."""
+        found: list[Site] = []
+        for blocks, key_name, value_name, text_only in cls.block_lists:
+            for i, block in enumerate(getattr(denoiser, blocks, None) or ()):
+                path = f"{blocks}.{i}.attn"
+                attn = getattr(block, "attn", None)
+                key = None if attn is None else site_projection(attn, key_name)
+                value = None if attn is None else site_projection(attn, value_name)
+                if key is None or value is None:
+                    raise ModelLayoutError(
+                        f"block {blocks}.{i} of a {cls.pretty_name} transformer has no linear "
+                        f"attn.{key_name}/{value_name}; the model does not have the "
+                        f"{cls.pretty_name} layout"
+                    )
+                found.append(
+                    Site(
+                        len(found),
+                        path,
+                        f"{path}.{key_name}",
+                        f"{path}.{value_name}",
+                        key.in_features,
+                        key.out_features,
+                        text_only,
+                    )
+                )
+        if not found:
+            raise ModelLayoutError(
+                f"no joint-attention blocks found in the {cls.pretty_name} transformer"
+            )
+        return found
+
+    @classmethod
+    def site_states(
+        cls, denoiser: torch.nn.Module, site: Site, states: torch.Tensor
+    ) -> torch.Tensor:
+        raise ModelLayoutError(
+            f"site {site.path} of {cls.pretty_name} reads its block's own text stream, which "
+            "depends on the latent, the timestep and every block before it; its inputs must "
+            "be collected with hooks during denoising, not computed from the encoded prompt"
+        )
+
+    @classmethod
+    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+        """The transformer's ``encoder_hidden_states`` input for ``prompts``, (B, L, D)."""
+        return cls.encode_with_pooled(pipe, prompts)[0]
+
+    @classmethod
+    def encode_pooled(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+        """The pooled CLIP vectors the transformer's ``pooled_projections`` receive, (B, P)."""
+        return cls.encode_with_pooled(pipe, prompts)[1]
+
+    @classmethod
+    @abstractmethod
+    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states, pooled)`` for ``prompts``, as the pipeline computes them."""
+
+    @classmethod
+    def call_kwargs(cls) -> dict[str, Any]:
+        return {"max_sequence_length": cls.t5_length}

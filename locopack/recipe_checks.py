@@ -1,0 +1,213 @@
+"""Checks of a loaded recipe that need no model run: :func:`preflight`.
+
+The schema checks each value on its own; this module checks what a build would find out late:
+
+- ``base.model`` and ``localize.scorer`` name something that exists: a local folder of the
+  right layout (a diffusers pipeline folder with ``model_index.json``, or a locopack release
+  with a ``merged/`` checkpoint, for the base; a CLIP model folder for the scorer), or a
+  well-formed Hub id (no URL, no ``..``, no NUL byte) that the Hub knows, when online;
+- the localization window and explicit layers fit the base model's sites, read from its configs
+  (the denoiser is built on the ``meta`` device: no weights are read);
+- under ``edit.tokens: concept`` every prompt of an edit contains its concept;
+- every prompt/target pair changes something, an erase anchor does not name the concept it
+  erases, and no prompt is both edited and preserved.
+
+Hub lookups are skipped when ``offline`` is asked for or the Hub is switched off for the process
+(``HF_HUB_OFFLINE=1``, detected once, before any request); a Hub base is then checked only for
+its form.  Each problem is one line ``<file>:<line>: <field.path>: expected ..., found ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from locopack.errors import LocopackError, RecipeError
+from locopack.filenames import ADAPTER_FILE, MERGED_DIR, NEURON_FILE, PIPELINE_INDEX
+from locopack.hub_ref import is_hub_id
+from locopack.recipe_errors import join_problems, show
+from locopack.recipe_review import located, model_problems
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from locopack.recipe import Recipe
+
+_URL = re.compile(r"[A-Za-z][\w+.-]*://")
+_REF = "a local folder or a Hub id 'org/name'"
+
+
+def preflight(recipe: Recipe, *, offline: bool = False) -> None:
+    """Check ``recipe`` against everything that can be known without running a model.
+
+    Args:
+        recipe: a recipe from :func:`~locopack.recipe.load_recipe` (its source text gives lines).
+        offline: skip every Hub lookup (also skipped when ``HF_HUB_OFFLINE=1``).
+
+    Raises:
+        RecipeError: listing every problem, each naming the recipe file, line and field.
+    """
+    from locopack.models.loading import hub_offline
+
+    at, offline = located(recipe), offline or hub_offline()
+    problems: list[str] = []
+    base = _reference(recipe, ("base", "model"), "pipeline", at, offline, problems)
+    _reference(recipe, ("localize", "scorer"), "scorer", at, offline, problems)
+    if base is not None:
+        problems += _site_problems(recipe, base, at)
+    problems += _prompt_problems(recipe, at)
+    if problems:
+        raise RecipeError(join_problems(recipe.source, problems))
+
+
+def _reference(
+    recipe: Recipe, loc: tuple, kind: str, at: Callable, offline: bool, problems: list[str]
+) -> str | None:
+    """Check the model reference at ``loc``; return where its configs can be read (a local
+    folder, or a Hub id when online), or None where they cannot or it is wrong."""
+    value: str = getattr(getattr(recipe, loc[0]), loc[1])
+    if "\0" in value:
+        problems.append(at(loc, f"expected {_REF}, found a name with a NUL character"))
+        return None
+    if _URL.match(value):
+        problems.append(at(loc, f"expected {_REF}, found a URL {show(value)}; write the id only"))
+        return None
+    path = Path(recipe.local_path(value))
+    if path.exists():
+        problem, folder = _local_layout(path, kind)
+        problems += [at(loc, problem.format(show(value)))] if problem else []
+        return folder
+    if not is_hub_id(value):
+        where = "" if Path(value).is_absolute() else " (here or beside the recipe)"
+        problems.append(at(loc, f"expected {_REF}, found {show(value)}: no such folder{where}"))
+        return None
+    if offline:
+        return None
+    revision = recipe.base.revision if kind == "pipeline" else None
+    problem, readable = _hub_problem(value, revision, kind)
+    problems += [at(loc, problem)] if problem else []
+    return value if readable and kind == "pipeline" else None
+
+
+def _local_layout(path: Path, kind: str) -> tuple[str | None, str | None]:
+    """``(problem or None, folder to read configs from)`` for a local ``path``; a problem
+    reads ``expected <what>, found {}`` with a slot for the value."""
+
+    pipeline = (
+        f"a diffusers pipeline folder (with {PIPELINE_INDEX}, as save_pretrained writes it) "
+        f"or a locopack release with {MERGED_DIR}/"
+    )
+    if kind == "scorer":
+        return _clip_problem(path), None
+    if not path.is_dir():
+        return f"expected {pipeline}, found {{}}, a file", None
+    if (path / PIPELINE_INDEX).is_file():
+        return None, str(path)
+    if (path / MERGED_DIR / PIPELINE_INDEX).is_file():
+        return None, str(path / MERGED_DIR)
+    if (path / ADAPTER_FILE).is_file() or (path / NEURON_FILE).is_file():
+        why = "a release without a merged checkpoint (build it with export.merged: true)"
+        return f"expected {pipeline}, found {{}}, {why}", None
+    return f"expected {pipeline}, found {{}} without {PIPELINE_INDEX}", None
+
+
+def _clip_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being a CLIP model folder, or None."""
+    expected = "expected a CLIP model folder (config.json with model_type 'clip', safetensors)"
+    if not path.is_dir():
+        return f"{expected}, found {{}}, a file"
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{expected}, found {{}} without a readable config.json"
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "clip":
+        return f"{expected}, found {{}} with model_type {show(model_type)}"
+    if not any(path.glob("*.safetensors")):
+        return f"{expected}, found {{}} without safetensors weights"
+    return None
+
+
+def _hub_problem(repo: str, revision: str | None, kind: str) -> tuple[str | None, bool]:
+    """Look ``repo`` up on the Hub once (no retries).
+
+    Returns:
+        ``(problem or None, whether its configs sit at the repo's top level)``.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        info = HfApi().model_info(repo, revision=revision, timeout=10)
+    except hub_errors.RevisionNotFoundError:
+        return f"expected a revision that {repo} has, found {show(revision)} (base.revision)", False
+    except hub_errors.GatedRepoError:
+        return f"{repo} is gated on the Hub: accept its terms there and log in", False
+    except hub_errors.RepositoryNotFoundError:
+        return f"expected a model on the Hub, found {show(repo)}: no such repo, or private", False
+    except (hub_errors.HfHubHTTPError, OSError) as err:
+        text = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        hint = "check the network, or skip Hub lookups (validate --offline)"
+        return f"cannot reach the Hub to look up {repo} ({text}); {hint}", False
+    files = {s.rfilename for s in info.siblings or []}
+    top = "config.json" if kind == "scorer" else PIPELINE_INDEX
+    wanted = {top} if kind == "scorer" else {top, f"{MERGED_DIR}/{PIPELINE_INDEX}"}
+    if files and not files & wanted:
+        return f"expected a repo with {' or '.join(sorted(wanted))}, found {repo} without", False
+    return None, top in files
+
+
+def _site_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
+    """The window and layers against the base's sites, from its configs only."""
+    from locopack.models import load_denoiser_layout
+
+    revision = recipe.base.revision if is_hub_id(model) else None
+    try:
+        family, denoiser = load_denoiser_layout(model, revision)
+    except (LocopackError, OSError, ValueError) as err:
+        return [at(("base", "model"), f"expected a model of a supported family: {err}")]
+    sites = [s.path for s in family.sites(denoiser)]
+    return model_problems(recipe, len(sites), sites)
+
+
+def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:
+    """Concepts present under ``tokens: concept``; pairs that change something; nothing both
+    edited and preserved."""
+    problems: list[str] = []
+    preserved = {_norm(p): ("preserve", k) for k, p in reversed(list(enumerate(recipe.preserve)))}
+    for i, edit in reversed(list(enumerate(recipe.edits))):
+        preserved |= {_norm(p): ("edits", i, "preserve", k) for k, p in enumerate(edit.preserve)}
+    for i, edit in enumerate(recipe.edits):
+        pairs = zip(edit.originals(), edit.targets_expanded(), strict=True)
+        for j, (original, target) in enumerate(pairs):
+            if recipe.edit.tokens == "concept" and not _contains(original, edit.label):
+                expected = f"a prompt that contains {edit.label!r} (edit.tokens is 'concept')"
+                found = f"found {show(original)}; write {{concept}} in it"
+                problems.append(at(("edits", i, "prompts", j), f"expected {expected}, {found}"))
+            if _norm(original) == _norm(target):
+                text = f"expected a target that differs from its prompt, found {show(target)}"
+                problems.append(at(_target_loc(edit, i, j), f"{text} (nothing to edit)"))
+            elif edit.kind == "erase" and _contains(target, edit.label):
+                text = f"expected an anchor without the concept {edit.label!r}"
+                problems.append(at(_target_loc(edit, i, j), f"{text}, found {show(target)}"))
+            if _norm(original) in preserved:
+                text = f"expected prompts that no edit changes, found {show(original)}"
+                problems.append(at(preserved[_norm(original)], f"{text} (edits[{i}] edits it)"))
+    return list(dict.fromkeys(problems))
+
+
+def _target_loc(edit: Any, i: int, j: int) -> tuple:
+    if edit.kind == "update":
+        return ("edits", i, "targets", j if len(edit.targets) > 1 else 0)
+    return ("edits", i, "target") + ((j,) if isinstance(edit.target, list) else ())
+
+
+def _contains(prompt: str, concept: str) -> bool:
+    """The rule of :meth:`~locopack.models.base.ModelFamily.concept_positions`."""
+    return re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE) is not None
+
+
+def _norm(prompt: str) -> str:
+    return " ".join(prompt.lower().split())

@@ -1,0 +1,349 @@
+"""The stages of a release, run from a recipe: localize, edit, neuron-edit, export.
+
+Each stage reads the recipe and what earlier stages wrote into the output folder, and writes
+its own files there atomically (``localization.json``/``.png``, ``delta.safetensors``,
+``edit.json``, the exports), next to the recipe's source text.  ``locopack build`` and the
+single-stage commands call these functions and only these.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExportError, RecipeError
+from ..storage import atomic_write_text
+from .base import LoadedBase, load_base
+from .layout import (
+    ADAPTER_FILE,
+    DELTA_FILE,
+    EDIT_FILE,
+    MERGED_DIR,
+    NEURON_FILE,
+    ONNX_DIR,
+    RECIPE_FILE,
+    locate,
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How stages run, as opposed to what they compute (which the recipe says).
+
+    Attributes:
+        mode: the localization sweep's mode [default: the recipe's ``localize.mode``].
+        batch: candidate windows per denoiser call.
+        progress: show progress bars.
+        group: the processes sharing the sweep [default: all that ``accelerate`` started].
+        allow_pickle: also read pickled weights (only for files the user trusts).
+    """
+
+    mode: Any = None
+    batch: int = 8
+    progress: bool = True
+    group: Any = None
+    allow_pickle: bool = False
+
+    def processes(self) -> Any:
+        """The process group: ``group``, or the one ``accelerate launch`` set up."""
+        from ..distributed import process_group
+
+        return self.group or process_group()
+
+
+#: the options of a run nobody configured: the recipe's mode, progress bars, all processes
+DEFAULT_OPTIONS = RunOptions()
+
+
+@dataclass(frozen=True)
+class ExportChoice:
+    """What to export from a delta: the adapter always, and any of kohya, merged, ONNX."""
+
+    max_rank: int = 64
+    energy: float = 0.99999999
+    adapter: bool = True
+    kohya: bool = False
+    merged: bool = False
+    onnx: bool = False
+
+    @classmethod
+    def from_recipe(cls, settings: Any, family: Any) -> ExportChoice:
+        """The recipe's ``export`` section for a base of ``family``: ``kohya`` (on by default)
+        only where kohya files exist for the family."""
+        return cls(
+            settings.max_rank,
+            settings.energy,
+            settings.adapter,
+            settings.kohya and family.kohya_metadata is not None,
+            settings.merged,
+            settings.onnx,
+        )
+
+
+def write_recipe_copy(recipe: Any, out: Path) -> None:
+    """Keep the recipe's exact source text beside the outputs."""
+    atomic_write_text(out / RECIPE_FILE, recipe.source_text)
+
+
+def scorer_for(recipe: Any, device: Any) -> Any:
+    """The recipe's CLIP scorer, named as the recipe names it (never by a local path)."""
+    from ..localize import ClipScorer
+
+    scorer = recipe.localize.scorer
+    return ClipScorer(recipe.local_path(scorer), device=device, name=scorer)
+
+
+def run_localize(
+    recipe: Any,
+    out: Path,
+    *,
+    base: LoadedBase | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
+    scorer: Any = None,
+):
+    """LocoGen for ``recipe``; writes ``localization.json``/``.png`` (and ``cache/``) to ``out``.
+
+    Returns:
+        The :class:`~locopack.localize.LocalizationResult`.
+    """
+    from ..localize import localize
+
+    base = base or load_base(recipe, allow_pickle=options.allow_pickle)
+    scorer = scorer or scorer_for(recipe, base.pipe.device)
+    write_recipe_copy(recipe, out)
+    return localize(
+        base.pipe,
+        base.family,
+        recipe,
+        out,
+        scorer=scorer,
+        mode=options.mode,
+        batch=options.batch,
+        progress=options.progress,
+        group=options.processes(),
+        fingerprint=base.fingerprint,
+    )
+
+
+def choose_layers(
+    recipe: Any,
+    site_paths: list[str],
+    layers: list[str] | None,
+    localization: Path | None,
+    fingerprint: str | None = None,
+) -> list[str] | None:
+    """The sites to edit: ``--layers``, else a localization file, else the recipe's
+    ``localize.layers``; None when localization must run first.  A localization file made on
+    another base (``fingerprint`` differs) is used, with a warning."""
+    from ..localize import LocalizationResult
+    from ..recipe import resolve_layers
+
+    if layers:
+        chosen = []
+        for ref in layers:
+            if ref.isdigit() and int(ref) < len(site_paths):
+                chosen.append(site_paths[int(ref)])
+            elif ref in site_paths:
+                chosen.append(ref)
+            else:
+                raise RecipeError(
+                    f"--layers: {ref!r} is neither a site path nor an index below "
+                    f"{len(site_paths)}; run `locopack layers MODEL` to list the sites"
+                )
+        return list(dict.fromkeys(chosen))
+    if localization is not None:
+        result = LocalizationResult.load(localization)
+        unknown = [p for p in result.layers if p not in site_paths]
+        if unknown:
+            raise RecipeError(f"{localization}: layer {unknown[0]!r} is not a site of this model")
+        made_on = result.meta.get("base_fingerprint")
+        if fingerprint and made_on and made_on != fingerprint:
+            warnings.warn(
+                f"{localization} was made on another base model ({result.meta.get('base_model')}"
+                f"); its layers {result.layers} are used for this one",
+                stacklevel=2,
+            )
+        return result.layers
+    return resolve_layers(recipe, site_paths)
+
+
+def layers_or_localize(
+    recipe: Any,
+    base: LoadedBase,
+    out: Path,
+    *,
+    layers: list[str] | None = None,
+    localization: Path | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
+) -> list[str]:
+    """The sites to edit (see :func:`choose_layers`), running LocoGen when none is given."""
+    chosen = choose_layers(recipe, base.site_paths, layers, localization, base.fingerprint)
+    if chosen is None:
+        chosen = run_localize(recipe, out, base=base, options=options).layers
+    return chosen
+
+
+def run_neurons(
+    recipe: Any,
+    out: Path,
+    *,
+    top_k: int,
+    layers: list[str] | None = None,
+    localization: Path | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
+):
+    """Neuron-level edit for ``recipe``; writes ``neurons.safetensors`` to ``out``."""
+    from ..edit.activations import neuron_edit_for
+
+    base = load_base(recipe, allow_pickle=options.allow_pickle)
+    chosen = layers_or_localize(
+        recipe, base, out, layers=layers, localization=localization, options=options
+    )
+    edit = neuron_edit_for(base.pipe, base.family, recipe, chosen, top_k)
+    write_recipe_copy(recipe, out)
+    edit.save(out / NEURON_FILE)
+    return edit
+
+
+def run_edit(
+    recipe: Any,
+    out: Path,
+    *,
+    layers: list[str] | None = None,
+    localization: Path | None = None,
+    options: RunOptions = DEFAULT_OPTIONS,
+):
+    """LocoEdit for ``recipe``; writes ``delta.safetensors`` and ``edit.json`` to ``out``.
+
+    Without explicit layers or a localization result, LocoGen runs first (into ``out``).
+
+    Returns:
+        ``(delta, edit report)``.
+    """
+    base = load_base(recipe, allow_pickle=options.allow_pickle)
+    chosen = layers_or_localize(
+        recipe, base, out, layers=layers, localization=localization, options=options
+    )
+    delta = compute_edit(recipe, base, chosen, out)
+    write_recipe_copy(recipe, out)
+    return delta, save_edit(recipe, base, delta, out)
+
+
+def compute_edit(recipe: Any, base: LoadedBase, layers: list[str], out: Path):
+    """LocoEdit's delta for ``layers``, its provenance naming the base as a release in
+    ``out`` records it (a relative path or a Hub id and commit; never a local absolute path)."""
+    from ..edit import compute_delta
+
+    delta = compute_delta(base.pipe, base.family, recipe, layers, fingerprint=base.fingerprint)
+    delta.provenance["base_location"] = base.location(out)
+    delta.provenance["base_commit"] = base.commit
+    return delta
+
+
+def save_edit(recipe: Any, base: LoadedBase, delta: Any, out: Path) -> dict[str, Any]:
+    """Write ``edit.json`` (layers, delta hash, per-matrix edit errors) and
+    ``delta.safetensors``; returns the report."""
+    from ..edit import edit_errors
+
+    report = {
+        "layers": delta.provenance["sites"],
+        "delta_sha256": delta.sha256(),
+        "modules": edit_errors(base.pipe, base.family, recipe, delta),
+    }
+    atomic_write_text(out / EDIT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    delta.save(out / DELTA_FILE)
+    return report
+
+
+def export_delta(
+    delta: Any, out: Path, choice: ExportChoice, base: LoadedBase | None = None
+) -> dict[str, Any]:
+    """Write the exports of ``delta`` into ``out``: the diffusers/PEFT adapter (+ manifest),
+    a kohya file, a merged checkpoint and an ONNX denoiser, as ``choice`` asks.
+
+    ``base`` (needed for merged and ONNX) must be the model the delta was made for.
+
+    Returns:
+        {what: path} of everything written, plus ``manifest`` for the adapter.
+
+    Raises:
+        ExportError: kohya asked for a family without kohya files, or merged/ONNX without a base.
+    """
+    from ..export import write_adapter, write_kohya, write_merged
+
+    if (choice.merged or choice.onnx) and base is None:
+        raise ExportError("a merged or ONNX export needs the base model the delta was made for")
+    written: dict[str, Any] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    if choice.adapter:
+        written["manifest"] = write_adapter(delta, out, choice.max_rank, choice.energy)
+        written["adapter"] = out / ADAPTER_FILE
+    if choice.kohya:
+        written["kohya"] = write_kohya(delta, out, choice.max_rank, choice.energy)
+    if choice.merged:
+        written["merged"] = write_merged(base.pipe, base.family, delta, out / MERGED_DIR)
+    if choice.onnx:
+        from ..export.onnx import export_denoiser_onnx
+
+        with delta.applied(base.denoiser):
+            written["onnx"] = export_denoiser_onnx(
+                base.pipe, base.family, out / ONNX_DIR, metadata=_onnx_record(delta)
+            )
+    return written
+
+
+def run_export(
+    delta_path: Path,
+    out: Path,
+    choice: ExportChoice,
+    *,
+    model: str | None = None,
+    force: bool = False,
+    allow_pickle: bool = False,
+) -> dict[str, Any]:
+    """Export a ``delta.safetensors`` into ``out`` (see :func:`export_delta`).
+
+    The base model (needed for merged and ONNX) is the one the delta records (a relative
+    location is resolved against the delta's folder) unless ``model`` names another folder or
+    Hub id; it must be the model the delta was made for (its fingerprint), unless ``force``.
+    It is loaded and checked before anything is written.
+    """
+    from ..delta import WeightDelta
+    from ..fingerprint import check_base_model
+    from ..models import load_pipeline
+
+    delta = WeightDelta.load(delta_path)
+    base = None
+    if choice.merged or choice.onnx:
+        prov = delta.provenance
+        source = model or recorded_base(prov, delta_path.parent)
+        if not source:
+            raise ExportError(f"{delta_path}: its provenance names no base model; pass --model")
+        revision = None if model else prov.get("base_commit") or prov.get("base_revision")
+        pipe, family = load_pipeline(
+            source,
+            revision,
+            prov.get("base_dtype", "float32"),
+            None if model else prov.get("base_variant"),
+            allow_pickle=allow_pickle,
+        )
+        check_base_model(pipe, family, prov, delta_path, force)
+        base = LoadedBase(pipe, family, source, revision)
+    return export_delta(delta, out, choice, base)
+
+
+def recorded_base(record: dict[str, Any], folder: Path) -> str | None:
+    """The base a delta or history entry records, as a folder or Hub id usable here (see
+    :func:`~locopack.release.layout.locate`)."""
+    legacy = record.get("base_path")  # releases of locopack 0.1
+    return locate(folder, record.get("base_location") or legacy, record.get("base_model"))
+
+
+def _onnx_record(delta: Any) -> dict[str, Any]:
+    """What the ONNX export records of the edit it carries."""
+    prov = delta.provenance
+    keys = ("recipe_name", "recipe_sha256", "base_fingerprint", "sites")
+    return {"delta_sha256": delta.sha256(), **{k: prov.get(k) for k in keys}}

@@ -1,0 +1,219 @@
+"""The joint-attention families (SD3/SD3.5, FLUX.1): detection, sites, encoding, twins."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from locopack.errors import ModelLayoutError
+from locopack.models import (
+    detect_family,
+    family_for,
+    get_family,
+    load_denoiser_layout,
+    load_pipeline,
+    model_layout,
+)
+
+NAMES = ("sd3", "flux")
+PROMPT = "a painting of a dog in the style of van gogh"
+#: the resolution twins run at (FLUX's pipeline default is 256 px for them)
+SIZE = {"height": 16, "width": 16}
+
+# The published configs of the two reference models, as on the Hub (model_index.json and
+# transformer/config.json of stabilityai/stable-diffusion-3.5-medium and
+# black-forest-labs/FLUX.1-schnell); the transformer values agree with the copies in several
+# public repositories that build these models without downloading them.
+REAL_LAYOUTS = {
+    "stabilityai/stable-diffusion-3.5-medium": (
+        "StableDiffusion3Pipeline",
+        {
+            "_class_name": "SD3Transformer2DModel",
+            "attention_head_dim": 64,
+            "caption_projection_dim": 1536,
+            "dual_attention_layers": list(range(13)),
+            "in_channels": 16,
+            "joint_attention_dim": 4096,
+            "num_attention_heads": 24,
+            "num_layers": 24,
+            "out_channels": 16,
+            "patch_size": 2,
+            "pooled_projection_dim": 2048,
+            "pos_embed_max_size": 384,
+            "qk_norm": "rms_norm",
+            "sample_size": 128,
+        },
+    ),
+    "black-forest-labs/FLUX.1-schnell": (
+        "FluxPipeline",
+        {
+            "_class_name": "FluxTransformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56],
+            "guidance_embeds": False,
+            "in_channels": 64,
+            "joint_attention_dim": 4096,
+            "num_attention_heads": 24,
+            "num_layers": 19,
+            "num_single_layers": 38,
+            "patch_size": 1,
+            "pooled_projection_dim": 768,
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def dit_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dit-twins")
+    return {name: get_family(name).save_twin(root / name, seed=0) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def dit_pipes(dit_dirs):
+    return {name: load_pipeline(str(path)) for name, path in dit_dirs.items()}
+
+
+def _generate(pipe, family, prompt, seed=0, steps=1, guidance=1.0):
+    return pipe(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        **SIZE,
+        **family.call_kwargs(),
+    ).images
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twin_loads_back_through_locopack_and_is_detected(name, dit_dirs, dit_pipes):
+    pipe, family = dit_pipes[name]
+    assert family is get_family(name) and detect_family(pipe) is family
+    assert model_layout(str(dit_dirs[name]))[0] is family
+    first, again = _generate(pipe, family, PROMPT), _generate(pipe, family, PROMPT)
+    assert first.shape == (1, 16, 16, 3)
+    assert (first == again).all()
+    assert abs(first - _generate(pipe, family, PROMPT, seed=1)).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twin_is_reproducible_from_its_seed(name, dit_dirs):
+    family = get_family(name)
+    rebuilt = family.build_twin(seed=0).transformer.state_dict()
+    loaded = load_pipeline(str(dit_dirs[name]))[0].transformer.state_dict()
+    assert rebuilt.keys() == loaded.keys()
+    assert all(torch.equal(rebuilt[k], loaded[k]) for k in rebuilt)
+
+
+def test_detection_by_pipeline_class():
+    assert family_for("StableDiffusion3Pipeline", {}).name == "sd3"
+    assert family_for("FluxPipeline", {}).name == "flux"
+    with pytest.raises(ModelLayoutError, match="FLUX.1"):
+        family_for("FluxKontextPipeline", {})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sites_are_listed_in_hook_firing_order(name, dit_pipes):
+    pipe, family = dit_pipes[name]
+    sites = family.sites(pipe.transformer)
+    assert len(sites) == {"sd3": 5, "flux": 6}[name]
+    fired: list[str] = []
+    handles = [
+        pipe.transformer.get_submodule(module).register_forward_hook(
+            lambda _m, _i, _o, module=module: fired.append(module)
+        )
+        for site in sites
+        for module in (site.key, site.value)
+    ]
+    try:
+        _generate(pipe, family, PROMPT)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert fired == [m for site in sites for m in (site.key, site.value)]
+    assert [s.text_only for s in sites] == [not s.path.startswith("single") for s in sites]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_returns_the_transformer_text_input_and_pooled_vector(name, dit_pipes):
+    pipe, family = dit_pipes[name]
+    seen = {}
+
+    def capture(_module, _args, kwargs):
+        seen.setdefault("states", kwargs["encoder_hidden_states"].clone())
+        seen.setdefault("pooled", kwargs["pooled_projections"].clone())
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        _generate(pipe, family, PROMPT)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        states, pooled = family.encode_with_pooled(pipe, [PROMPT])
+    assert states.shape[1] == family.max_length(pipe)
+    torch.testing.assert_close(seen["states"], states, rtol=0, atol=0)
+    torch.testing.assert_close(seen["pooled"], pooled, rtol=0, atol=0)
+    with pytest.raises(ModelLayoutError, match="collected with hooks"):
+        family.site_states(pipe.transformer, family.sites(pipe.transformer)[0], states)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_t5_length_is_settable(name, dit_pipes):
+    pipe, family = dit_pipes[name]
+    short = family.with_t5_length(12)
+    assert short.name == family.name and short.call_kwargs()["max_sequence_length"] == 12
+    assert family.call_kwargs()["max_sequence_length"] == family.t5_length
+    clip = pipe.tokenizer.model_max_length if name == "sd3" else 0
+    assert short.encode(pipe, [PROMPT]).shape[1] == clip + 12 == short.max_length(pipe)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_concept_positions_cover_the_concept_in_every_text_part(name, dit_pipes):
+    pipe, family = dit_pipes[name]
+    positions = family.concept_positions(pipe, PROMPT, "van gogh")
+    clip_length = pipe.tokenizer.model_max_length
+    parts = [(pipe.tokenizer_2, positions)]
+    if name == "sd3":
+        parts = [
+            (pipe.tokenizer, [p for p in positions if p < clip_length]),
+            (pipe.tokenizer_3, [p - clip_length for p in positions if p >= clip_length]),
+        ]
+    for tokenizer, found in parts:
+        ids = tokenizer(PROMPT).input_ids
+        assert tokenizer.decode([ids[i] for i in found]).replace(" ", "") == "vangogh"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layout_is_read_from_configs_only(name, dit_dirs):
+    family, denoiser = load_denoiser_layout(str(dit_dirs[name]))
+    assert family is get_family(name)
+    assert next(denoiser.parameters()).device.type == "meta"
+    assert [s.path for s in family.sites(denoiser)] == [
+        s.path for s in family.sites(load_pipeline(str(dit_dirs[name]))[0].transformer)
+    ]
+
+
+@pytest.mark.parametrize(
+    "model, name, count, width, single",
+    [
+        ("stabilityai/stable-diffusion-3.5-medium", "sd3", 24, 1536, 0),
+        ("black-forest-labs/FLUX.1-schnell", "flux", 57, 3072, 38),
+    ],
+)
+def test_real_layouts_on_the_meta_device(model, name, count, width, single, tmp_path):
+    pipeline_class, config = REAL_LAYOUTS[model]
+    (tmp_path / "transformer").mkdir()
+    index = {"_class_name": pipeline_class, "transformer": ["diffusers", config["_class_name"]]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(config))
+    family, denoiser = load_denoiser_layout(str(tmp_path))
+    sites = family.sites(denoiser)
+    assert family.name == name and len(sites) == count
+    assert {(s.in_features, s.out_features) for s in sites} == {(width, width)}
+    assert sum(not s.text_only for s in sites) == single
+    assert sites[-1].path == (
+        "single_transformer_blocks.37.attn" if single else "transformer_blocks.23.attn"
+    )
