@@ -37,3 +37,15 @@ class HubError(LocopackError, OSError):
 
 class OfflineError(HubError):
     """The Hub is switched off (``HF_HUB_OFFLINE=1``) and what is needed is not in the cache."""
+
+
+class ResourceError(LocopackError, OSError):
+    """The machine ran short of what a stage needs: disk space, write permission or memory.
+
+    The message names the path or stage and what to free or set; the outputs finished so far
+    are kept, so rerunning the same command continues from there.
+    """
+
+
+class FolderLockedError(LocopackError, OSError):
+    """Another build is writing into the same output folder; the message names its process."""

@@ -12,6 +12,11 @@ FLUX's single-stream blocks only the text rows of ``to_k``/``to_v`` are substitu
 window nothing runs; with the altered prompt equal to the original the substituted values are
 the call's own, so the output is the pipeline's bit for bit.
 
+The pooled CLIP vector (``pooled_projections``, into ``temb``) modulates every block: it is no
+site and keeps the original prompt.  A window may name :data:`POOLED` instead of sites: that
+sample then gets the altered prompt's pooled vector alone (:func:`swap_pooled`), the reference
+line that shows how much of the prompt's effect travels that way.
+
 The alongside run is a second denoiser pass of the full batch (the cost of a call doubles).
 Under classifier-free guidance the batch is ``[unconditional; conditional]``; FLUX's optional
 "true CFG" (``true_cfg_scale`` > 1) calls the transformer separately for the negative prompt,
@@ -29,6 +34,9 @@ import torch
 from .errors import ModelLayoutError
 from .intervene import replace_conditional, swap_text_states, window_replacements
 from .models.base import Site
+
+#: the name a window gives the pooled text path of a joint-attention transformer (not a site)
+POOLED = "pooled_projections"
 
 
 class _AlongsideRun:
@@ -134,6 +142,48 @@ def swap_text_stream(
             handle.remove()
 
 
+@contextlib.contextmanager
+def swap_pooled(denoiser: torch.nn.Module, pooled: torch.Tensor, chosen: Sequence[bool]):
+    """Within the block, conditional sample ``b`` gets ``pooled[b]`` as its pooled vector
+    where ``chosen[b]``, and keeps the pipeline's elsewhere.
+
+    Raises:
+        ModelLayoutError: the transformer is called without ``pooled_projections`` or with a
+            batch that does not fit ``pooled``.
+    """
+    if not any(chosen):
+        yield
+        return
+
+    def hook(_module, args, kwargs):
+        current = kwargs.get("pooled_projections")
+        if current is None:
+            raise ModelLayoutError("the transformer was called without pooled_projections")
+        replaced = replace_conditional(current, pooled, "the transformer's pooled input")
+        offset = current.shape[0] - pooled.shape[0]
+        mask = torch.tensor([False] * offset + list(chosen), device=current.device).view(-1, 1)
+        return args, {**kwargs, "pooled_projections": torch.where(mask, replaced, current)}
+
+    handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _joint_swap(family, denoiser, windows, altered, altered_pooled, pooled) -> Iterator[None]:
+    n = len(windows)
+    sites = [[path for path in window if path != POOLED] for window in windows]
+    with contextlib.ExitStack() as stack:
+        if any(pooled):
+            batch = altered_pooled.unsqueeze(0).expand(n, *altered_pooled.shape)
+            stack.enter_context(swap_pooled(denoiser, batch, pooled))
+        batch = altered.unsqueeze(0).expand(n, *altered.shape)
+        stack.enter_context(swap_text_stream(denoiser, family.sites(denoiser), batch, sites))
+        yield
+
+
 def swap_windows(
     family: Any,
     denoiser: torch.nn.Module,
@@ -142,17 +192,30 @@ def swap_windows(
     altered: torch.Tensor,
     original_mask: torch.Tensor | None = None,
     altered_mask: torch.Tensor | None = None,
+    *,
+    altered_pooled: torch.Tensor | None = None,
 ) -> contextlib.AbstractContextManager:
     """LocoGen's intervention for any family: sample ``b`` reads the altered prompt at the
     sites of ``windows[b]`` and the original everywhere else.
 
     ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt, its
-    (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`; the others
-    :func:`~locopack.intervene.swap_text_states` of the per-site states.
+    (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`, and a window
+    that names :data:`POOLED` the altered prompt's pooled vector ``altered_pooled`` (P,); the
+    others :func:`~locopack.intervene.swap_text_states` of the per-site states.
+
+    Raises:
+        ModelLayoutError: a window names :data:`POOLED` in a family without that path, or
+            without ``altered_pooled``.
     """
+    pooled = [POOLED in window for window in windows]
+    if any(pooled) and (not family.joint_attention or altered_pooled is None):
+        raise ModelLayoutError(
+            f"a window names the pooled path, which {family.pretty_name} cannot swap here"
+            if not family.joint_attention
+            else "a window names the pooled path but no altered pooled vector was given"
+        )
     if family.joint_attention:
-        batch = altered.unsqueeze(0).expand(len(windows), *altered.shape)
-        return swap_text_stream(denoiser, family.sites(denoiser), batch, windows)
+        return _joint_swap(family, denoiser, windows, altered, altered_pooled, pooled)
     paths = [site.path for site in family.sites(denoiser)]
     masks = None
     if altered_mask is not None:

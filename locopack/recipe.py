@@ -27,7 +27,7 @@ import hashlib
 import os
 import re
 import string
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -155,9 +155,26 @@ class EraseEdit(_EditMixin, _Strict):
             raise _expected(f"one anchor prompt, or a list of {len(prompts)} (one per prompt)")
         raise _expected("an anchor prompt (a string) or a list of them, one per prompt")
 
+    #: the model-card tag of this kind of edit
+    card_tag: ClassVar[str] = "concept-erasure"
+    #: the CLIP score that shows the edit working, and its direction: away from the original
+    success_score: ClassVar[tuple[str, int]] = ("original", -1)
+
     @property
     def label(self) -> str:
         return self.concept
+
+    #: an anchor prompt must not name the erased concept
+    removes_label: ClassVar[bool] = True
+
+    @property
+    def subject(self) -> str:
+        """What is edited, in words (``the style``, ``the object``)."""
+        return f"the {self.attribute}"
+
+    def target_field(self, j: int) -> tuple:
+        """Where the ``j``-th prompt's anchor is written in the recipe (a ``loc`` path)."""
+        return ("target", j) if isinstance(self.target, list) else ("target",)
 
     def targets_expanded(self) -> list[str]:
         """One anchor prompt per original prompt."""
@@ -182,6 +199,16 @@ class UpdateEdit(_EditMixin, _Strict):
         if len(value) not in (1, n):
             raise _expected(f"1 target (shared by all prompts) or {n} (one per prompt)")
         return value
+
+    card_tag: ClassVar[str] = "knowledge-editing"
+    #: towards the target prompt
+    success_score: ClassVar[tuple[str, int]] = ("target", +1)
+    subject: ClassVar[str] = "the fact"
+    removes_label: ClassVar[bool] = False
+
+    def target_field(self, j: int) -> tuple:
+        """Where the ``j``-th prompt's target is written in the recipe (a ``loc`` path)."""
+        return ("targets", j if len(self.targets) > 1 else 0)
 
     @property
     def label(self) -> str:
@@ -221,6 +248,12 @@ class EditSettings(_Strict):
     matrices: Literal["key", "value", "both"] = "both"
     tokens: Literal["concept", "last", "all", "sequence"] = "last"
     preserve_weight: float = Field(1.0, ge=0)
+    # joint-attention families (SD3, FLUX) only: the latents (seeds) and the points of the
+    # localization's denoising run (0 = first step, 1 = last) at which the sites' key/value
+    # inputs are collected; and whether sites that also map image tokens may be edited
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1], min_length=1)
+    timesteps: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.5, 1.0], min_length=1)
+    allow_image_sites: bool = False
 
 
 class ExportSettings(_Strict):

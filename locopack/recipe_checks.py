@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from locopack.errors import LocopackError, RecipeError
 from locopack.filenames import ADAPTER_FILE, MERGED_DIR, NEURON_FILE, PIPELINE_INDEX
@@ -182,26 +182,21 @@ def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:
     for i, edit in enumerate(recipe.edits):
         pairs = zip(edit.originals(), edit.targets_expanded(), strict=True)
         for j, (original, target) in enumerate(pairs):
+            target_at = ("edits", i, *edit.target_field(j))
             if recipe.edit.tokens == "concept" and not _contains(original, edit.label):
                 expected = f"a prompt that contains {edit.label!r} (edit.tokens is 'concept')"
                 found = f"found {show(original)}; write {{concept}} in it"
                 problems.append(at(("edits", i, "prompts", j), f"expected {expected}, {found}"))
             if _norm(original) == _norm(target):
                 text = f"expected a target that differs from its prompt, found {show(target)}"
-                problems.append(at(_target_loc(edit, i, j), f"{text} (nothing to edit)"))
-            elif edit.kind == "erase" and _contains(target, edit.label):
+                problems.append(at(target_at, f"{text} (nothing to edit)"))
+            elif edit.removes_label and _contains(target, edit.label):
                 text = f"expected an anchor without the concept {edit.label!r}"
-                problems.append(at(_target_loc(edit, i, j), f"{text}, found {show(target)}"))
+                problems.append(at(target_at, f"{text}, found {show(target)}"))
             if _norm(original) in preserved:
                 text = f"expected prompts that no edit changes, found {show(original)}"
                 problems.append(at(preserved[_norm(original)], f"{text} (edits[{i}] edits it)"))
     return list(dict.fromkeys(problems))
-
-
-def _target_loc(edit: Any, i: int, j: int) -> tuple:
-    if edit.kind == "update":
-        return ("edits", i, "targets", j if len(edit.targets) > 1 else 0)
-    return ("edits", i, "target") + ((j,) if isinstance(edit.target, list) else ())
 
 
 def _contains(prompt: str, concept: str) -> bool:

@@ -84,8 +84,7 @@ def summarize(recipe: Recipe) -> str:
     variant = f", variant {base.variant}" if base.variant else ""
     lines.append(f"base      {base.model}{revision} ({base.dtype}{variant})")
     for i, edit in enumerate(recipe.edits):
-        what = f"{edit.attribute} " if edit.kind == "erase" else "fact "
-        lines.append(f"edit [{i}]  {edit.kind} {what}{edit.label!r}")
+        lines.append(f"edit [{i}]  {edit.kind} {edit.subject.removeprefix('the ')} {edit.label!r}")
         lines.append(f"          {len(edit.prompts)} prompt(s), e.g. {edit.originals()[0]!r}")
         targets = list(dict.fromkeys(edit.targets_expanded()))
         more = f" (+{len(targets) - 3} more)" if len(targets) > 3 else ""

@@ -1,8 +1,11 @@
 """Atomic writes and safe weight files.
 
 Outputs are written to a temporary sibling and renamed into place, so a crash never leaves a
-file or folder that looks complete.  Weights are read with safetensors only; a truncated or
-corrupted file becomes an :class:`~locopack.errors.ExportError` naming it.
+file or folder that looks complete; it may leave the hidden siblings themselves
+(``.NAME.XXXXXXXX.tmp`` files and folders, ``.NAME.old`` folders), which
+:func:`remove_leftovers` clears once no write can be under way.  Weights are read with
+safetensors only; a truncated or corrupted file becomes an
+:class:`~locopack.errors.ExportError` naming it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +25,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import ExportError
+
+#: the hidden siblings an interrupted :func:`atomic_file` or :func:`atomic_dir` leaves behind
+_LEFTOVER = re.compile(r"\..+\.(\w+\.tmp|old)")
 
 
 def current_umask() -> int:
@@ -81,6 +88,28 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of interrupted atomic writes anywhere under ``folder``.
+
+    Call it only while no write into ``folder`` can be under way (e.g. holding the folder's
+    build lock).
+
+    Returns:
+        What was removed, in walk order.
+    """
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for name in [d for d in dirs if _LEFTOVER.fullmatch(d)]:
+            shutil.rmtree(Path(root, name), ignore_errors=True)
+            dirs.remove(name)  # not walked into
+            removed.append(Path(root, name))
+        for name in filter(_LEFTOVER.fullmatch, files):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(Path(root, name))
+            removed.append(Path(root, name))
+    return removed
 
 
 def save_tensors(

@@ -86,7 +86,7 @@ def test_two_process_sweep_equals_one_process_and_resumes_across_counts(world):
     assert 3 <= finished < 15
 
     run = _launch(
-        "localize", str(recipe), "--out", str(crashed), "--full", "--batch", "4", timeout=300
+        "localize", str(recipe), "--out", str(crashed), "--full", "--batch", "4", timeout=1200
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "windows shared by 2 processes" in run.stdout
@@ -97,7 +97,7 @@ def test_two_process_sweep_equals_one_process_and_resumes_across_counts(world):
 
 def test_batch_build_with_two_processes_equals_building_alone(world):
     batch = world / "batch"
-    run = _launch("build", str(world / "recipes"), "--out", str(batch), timeout=600)
+    run = _launch("build", str(world / "recipes"), "--out", str(batch), timeout=1800)
     assert run.returncode == 0, run.stderr[-2000:]
     alone = world / "alone"
     shutil.rmtree(alone, ignore_errors=True)

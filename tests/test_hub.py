@@ -18,6 +18,7 @@ import pytest
 
 from locopack.errors import HubError
 from locopack.hub_ref import is_hub_ref, parse_ref
+from locopack.release.history import read_history
 from locopack.release.layout import release_files
 
 from .hub_standin import HubStandin
@@ -54,7 +55,8 @@ def env(standin, tmp_path):
 
 
 def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    # the timeout only guards against a hang: a build here takes 1-2 minutes on a busy machine
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200)
     assert TOKEN not in done.stdout + done.stderr  # no log line ever carries the token
     return done
 
@@ -443,6 +445,10 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
     chain = runner.invoke(locopack_cli, ["audit", str(tmp_path / "third")])
     assert chain.exit_code == 0, chain.output
     assert "#0  first" in chain.output and "#1  third" in chain.output
+    # the history names the commit that was loaded, not the tag, which could move
+    tagged = inspect(env, "org/first", "v1")["tags"]["v1"]
+    third_entry = read_history(tmp_path / "third" / "history.jsonl")[-1]
+    assert third_entry["base_revision"] == "v1" and third_entry["base_commit"] == tagged
 
 
 def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypatch, tmp_path):
@@ -482,3 +488,50 @@ def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypat
         assert prior_history("org/offline") == []
     with pytest.raises(HubError, match="org/down: cannot read its history.jsonl.*503"):
         prior_history("org/down")
+
+
+FIND_PATHS = """
+import json, pathlib
+from huggingface_hub import snapshot_download
+snap = pathlib.Path(snapshot_download({repo!r}, revision={rev!r}))
+needles = {needles!r}
+found = sorted(
+    f"{{p.relative_to(snap)}}: {{n}}"
+    for p in snap.rglob("*") if p.is_file()
+    for n in needles if n.encode() in p.read_bytes()
+)
+print(json.dumps({{"files": sorted(str(p.relative_to(snap)) for p in snap.rglob("*")
+                                   if p.is_file()), "found": found}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_pushed_release_names_no_path_of_the_build_machine(standin, env, tmp_path):
+    """Every pushed file — safetensors headers, JSON, the card, the history, the merged
+    checkpoint's configs — is free of the build machine's folders and user name."""
+    import getpass
+
+    from click.testing import CliRunner
+
+    from locopack.cli import cli as locopack_cli
+
+    root = Path(__file__).resolve().parents[1]
+    assert CliRunner().invoke(locopack_cli, ["twin", "sd1", str(tmp_path / "twin")]).exit_code == 0
+    text = (root / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
+    recipe = text.replace("./out/tiny-sd1", "./twin") + "export:\n  merged: true\n"
+    (tmp_path / "public.yaml").write_text(recipe)
+    args = ["build", str(tmp_path / "public.yaml"), "--out", str(tmp_path / "releases" / "pub")]
+    built = cli(env, *args, "--push", "org/public", "--tag", "v1")
+    assert built.returncode == 0, built.stderr
+    needles = sorted(
+        {str(tmp_path), str(root), str(Path.home()), f"/{getpass.getuser()}/", os.getcwd()}
+    )
+    pulled = python(env, FIND_PATHS.format(repo="org/public", rev="v1", needles=needles))
+    assert "merged/unet/config.json" in pulled["files"] and "history.jsonl" in pulled["files"]
+    assert pulled["found"] == []
+    # the release still knows where its base is, relative to itself, and audits in place
+    entry = json.loads((tmp_path / "releases" / "pub" / "history.jsonl").read_text())
+    assert entry["base_location"] == "../../twin" and entry["base_commit"] is None
+    audited = cli(env, "audit", str(tmp_path / "releases" / "pub"))
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "merged/unet equals base + delta" in audited.stdout

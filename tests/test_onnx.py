@@ -21,6 +21,7 @@ pytest.importorskip("onnxscript")
 from locopack.delta import WeightDelta  # noqa: E402
 from locopack.errors import ExportError  # noqa: E402
 from locopack.export import onnx as onnx_export  # noqa: E402
+from locopack.export.onnx_tracing import ExpandedMask  # noqa: E402
 
 NAMES = {
     "sd1": ["sample", "timestep", "encoder_hidden_states"],
@@ -137,7 +138,7 @@ def test_pixart_mask_is_honoured_and_processors_restored(twin_pipes, exports):
     unmasked = session.run(["out_sample"], feeds)[0]
     assert np.abs(masked - unmasked).max() > 1e-4  # the mask input really reaches attn2
     for processor in pipe.transformer.attn_processors.values():
-        assert not isinstance(processor, onnx_export._ExpandedMask)
+        assert not isinstance(processor, ExpandedMask)
 
 
 def test_timestep_broadcasts_like_the_onnx_sd_pipeline(exports):

@@ -15,20 +15,57 @@ from .options import layer_refs, mode_option, out_dir, out_option, run_options
 @out_option
 @mode_option
 @click.option("--batch", default=8, show_default=True, help="Candidate windows per denoiser call.")
-def localize(recipe: Path, out: Path | None, mode: str | None, batch: int) -> None:
+@click.option(
+    "--full-references",
+    is_flag=True,
+    help="Score the baseline and all-sites reference lines at full settings "
+    "[default: cheap settings; they are only references].",
+)
+@click.option(
+    "--screen-resolution",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Heuristic: run the race's early rounds at this image size (e.g. half the "
+    "recipe's), about 4x cheaper per pass at half size; the final round stays at full size.",
+)
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Only print what the sweep will cost: denoiser passes of full mode and of the chosen "
+    "mode (from the configs), and the time from one timed denoiser pass; runs nothing else.",
+)
+def localize(
+    recipe: Path,
+    out: Path | None,
+    mode: str | None,
+    batch: int,
+    full_references: bool,
+    screen_resolution: int | None,
+    plan: bool,
+) -> None:
     """LocoGen: find the window of sites that controls the recipe's attribute.
 
     Writes localization.json (scores of every window, the chosen one, baseline and all-sites
     references) and localization.png.  Finished windows are cached in OUT/cache, so a killed
-    run resumes where it stopped.
+    run resumes where it stopped.  In fast mode the windows race: rounds with growing steps,
+    probes and seeds, each keeping the windows not clearly worse than the best.
     """
-    from ..recipe import load_recipe
+    from ..recipe import load_recipe, preflight
     from ..release.stages import run_localize
 
     loaded = load_recipe(recipe)
+    preflight(loaded)
+    if plan:
+        _print_plan(loaded, mode, full_references)
+        return
     out = out_dir(out, loaded)
     quiet_libraries()
-    options = run_options(mode, batch=batch)
+    options = run_options(
+        mode,
+        batch=batch,
+        full_references=full_references,
+        screen_resolution=screen_resolution,
+    )
     group = options.processes()
     result = run_localize(loaded, out, options=options)
     if not group.is_main:
@@ -41,6 +78,26 @@ def localize(recipe: Path, out: Path | None, mode: str | None, batch: int) -> No
         f"score {chosen.mean:.3f} (baseline {result.baseline.mean:.3f}, "
         f"all sites {result.all_sites.mean:.3f}); wrote {out}/localization.json"
     )
+
+
+def _print_plan(recipe, mode: str | None, full_references: bool) -> None:
+    """The sweep's cost: passes from the configs, seconds from one timed denoiser pass."""
+    from ..localize import plan_sweep, time_denoiser_pass
+    from ..release.base import load_base
+
+    quiet_libraries()
+    base = load_base(recipe, allow_pickle=run_options().allow_pickle)
+    seconds = time_denoiser_pass(base.pipe, base.family, recipe.localize.resolution)
+    click.echo(
+        plan_sweep(
+            recipe,
+            len(base.site_paths),
+            mode,
+            full_references=full_references,
+            seconds_per_pass=seconds,
+        )
+    )
+    click.echo(f"(one denoiser pass timed here: {seconds * 1000:.0f} ms)")
 
 
 layers_option = click.option(

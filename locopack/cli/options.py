@@ -48,7 +48,12 @@ mode_option = click.option(
 
 def run_options(mode: str | None = None, **kwargs):
     """:class:`~locopack.release.stages.RunOptions` with the group's global options."""
+    from ..localize import SweepMode
     from ..release.stages import RunOptions
     from .group import global_options
 
-    return RunOptions(mode=mode, allow_pickle=global_options().allow_pickle, **kwargs)
+    return RunOptions(
+        mode=None if mode is None else SweepMode(mode),
+        allow_pickle=global_options().allow_pickle,
+        **kwargs,
+    )

@@ -140,6 +140,21 @@ def _recipe_files(paths: tuple[Path, ...]) -> list[Path]:
     return files
 
 
+def _check_folders_free(loaded: list, out: Path | None) -> None:
+    """Fail when another build holds the output folder of a recipe this process builds (the
+    main process's one folder, or this process's share of several)."""
+    from ..distributed import process_group
+    from ..release.lock import check_free
+
+    group = process_group()
+    if len(loaded) == 1:
+        targets = [out_dir(out, loaded[0])] if group.is_main else []
+    else:
+        targets = [(out or Path("out")) / recipe.name for recipe in group.share(loaded)]
+    for target in targets:
+        check_free(target)
+
+
 def _echo_summary(summary, out: Path) -> None:
     click.echo(f"\nlayers: {', '.join(summary.layers)}")
     for edit in summary.evidence.get("edits", []):
@@ -200,12 +215,16 @@ def build(
     """
     from ..distributed import ProcessGroup
     from ..recipe import load_recipe, preflight
-    from ..release.build import run_build
 
     files = _recipe_files(recipes)
     loaded = [load_recipe(path) for path in files]
+    _check_folders_free(loaded, out)  # before the heavy imports: a second build fails at once
+    from ..release.build import run_build
+    from ..release.stages import warn_about_local_paths
+
     for recipe in loaded:  # every recipe is checked before any model is loaded or run
         preflight(recipe, offline=offline)
+        warn_about_local_paths(recipe)
     if push_to is not None and len(loaded) > 1:
         raise click.UsageError("--push takes one recipe; push each release with `locopack push`")
     if push_to == "" and not loaded[0].hub.repo:

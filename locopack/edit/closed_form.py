@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..errors import EditError
 
-__all__ = ["EditSystem", "solve_delta", "normal_equation_residual"]
+__all__ = ["EditSystem", "edit_report", "normal_equation_residual", "solve_delta"]
 
 _F64 = torch.float64
 _ROWS = 256  # rows of W converted to float64 at a time (256 x 2048 x 8 B = 4 MiB)
@@ -231,3 +231,32 @@ def normal_equation_residual(
         scale = scale + preserve_weight * torch.linalg.norm((w64 @ p64) @ p64.T)
     num = float(torch.linalg.norm(grad))
     return num / float(scale) if float(scale) > 0 else num
+
+
+def edit_report(
+    weight: Tensor,
+    delta: Tensor,
+    x: Tensor,
+    y: Tensor,
+    preserve: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> dict[str, float]:
+    """Relative residuals of one edited matrix on its columns, measured on the layer's outputs.
+
+    ``edit_error`` is ``||(W + dW) X - W Y||_F / ||W Y + b||_F`` (the bias cancels in the
+    difference, as it does in the objective, but counts in the size of the outputs),
+    ``error_before`` the same for the unedited ``W``, and ``preserve_drift``
+    ``||dW P||_F / ||W P + b||_F`` when preserve columns are given.  All in float64.
+    """
+    w, d = weight.detach().to(_F64), delta.detach().to(_F64)
+    x, y = x.detach().to(_F64), y.detach().to(_F64)
+    b = 0.0 if bias is None else bias.detach().to(_F64)[:, None]
+    scale = (w @ y + b).norm().clamp_min(1e-30)
+    report = {
+        "edit_error": float(((w + d) @ x - w @ y).norm() / scale),
+        "error_before": float((w @ x - w @ y).norm() / scale),
+    }
+    if preserve is not None:
+        p = preserve.detach().to(_F64)
+        report["preserve_drift"] = float((d @ p).norm() / (w @ p + b).norm().clamp_min(1e-30))
+    return report

@@ -4,7 +4,9 @@ All edits of a recipe (erase and update, any number of concepts) are solved join
 token pairs become the columns of one X and one Y, and preserve prompts (per edit and
 recipe-wide) the columns of P.  Sites that read the same states share one factored system
 (:class:`~locopack.edit.closed_form.EditSystem`); a family that normalizes the text per site
-(DeepFloyd IF) gets one system per site.
+(DeepFloyd IF) gets one system per site.  In the joint-attention transformers (SD3, FLUX) every
+site reads a text stream of its own, collected while denoising and solved site by site
+(:mod:`locopack.edit.joint`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from ..delta import WeightDelta, library_versions
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
-from .closed_form import EditSystem
-from .tokens import edit_pairs, preserve_positions
+from .closed_form import EditSystem, edit_report
+from .joint import joint_deltas, joint_errors
+from .tokens import edit_prompts
 
 _MATRICES = {"key": (0,), "value": (1,), "both": (0, 1)}
 
@@ -51,29 +54,13 @@ class EditStates:
 @torch.no_grad()
 def collect_states(pipe: Any, family: Any, recipe: Any) -> EditStates:
     """Encode every edit's prompts and targets and pick the token pairs of ``edit.tokens``."""
-    rule = recipe.edit.tokens
-    originals, targets, pairs = [], [], []
-    preserve = list(recipe.preserve)
-    for edit in recipe.edits:
-        for original, target in zip(edit.originals(), edit.targets_expanded(), strict=True):
-            index = len(originals)
-            originals.append(original)
-            targets.append(target)
-            found = edit_pairs(family, pipe, original, target, rule, edit.label)
-            pairs += [(index, i, j) for i, j in found]
-        preserve += list(edit.preserve)
-    preserve = list(dict.fromkeys(preserve))
-    preserve_at = [
-        (k, pos)
-        for k, prompt in enumerate(preserve)
-        for pos in preserve_positions(family, pipe, prompt, rule)
-    ]
+    prompts = edit_prompts(pipe, family, recipe)
     return EditStates(
-        originals=family.encode(pipe, originals),
-        targets=family.encode(pipe, targets),
-        pairs=pairs,
-        preserve=family.encode(pipe, preserve) if preserve else None,
-        preserve_at=preserve_at,
+        originals=family.encode(pipe, prompts.originals),
+        targets=family.encode(pipe, prompts.targets),
+        pairs=prompts.pairs,
+        preserve=family.encode(pipe, prompts.preserve) if prompts.preserve else None,
+        preserve_at=prompts.preserve_at,
     )
 
 
@@ -97,31 +84,52 @@ def compute_delta(
             f"{missing[0]!r} is not a text-conditioning site of this model; "
             "run `locopack layers MODEL` to list them"
         )
-    states = collect_states(pipe, family, recipe)
     settings = recipe.edit
-    shared: EditSystem | None = None
-    deltas: dict[str, torch.Tensor] = {}
-    for path in layers:
-        site = sites[path]
-        per_site = family.site_states(denoiser, site, states.originals) is not states.originals
-        if per_site or shared is None:
-            x, y, p = states.columns(
-                (lambda s, site=site: family.site_states(denoiser, site, s))
-                if per_site
-                else (lambda s: s)
-            )
-            system = EditSystem.build(x, y, settings.lam, p, settings.preserve_weight)
-            if not per_site:
-                shared = system
-        else:
-            system = shared
-        for which in _MATRICES[settings.matrices]:
-            module = (site.key, site.value)[which]
-            deltas[module] = system.delta(denoiser.get_submodule(module).weight).to(torch.float32)
-    return WeightDelta(deltas, _provenance(pipe, family, recipe, layers, states, fingerprint))
+
+    def solve(site, system: EditSystem) -> dict[str, torch.Tensor]:
+        return {
+            module: system.delta(denoiser.get_submodule(module).weight).to(torch.float32)
+            for module in _modules(site, settings.matrices)
+        }
+
+    if family.joint_attention:
+        prompts = edit_prompts(pipe, family, recipe)
+        chosen = [sites[path] for path in layers]
+        deltas, extra = joint_deltas(pipe, family, recipe, chosen, prompts, solve)
+        counts = {
+            "columns": extra.pop("columns"),
+            "preserve_columns": extra.pop("preserve_columns"),
+        }
+    else:
+        states = collect_states(pipe, family, recipe)
+        counts = {"columns": len(states.pairs), "preserve_columns": len(states.preserve_at)}
+        deltas, extra = {}, {}
+        shared: EditSystem | None = None
+        for path in layers:
+            site = sites[path]
+            per_site = family.site_states(denoiser, site, states.originals) is not states.originals
+            if per_site or shared is None:
+                x, y, p = states.columns(
+                    (lambda s, site=site: family.site_states(denoiser, site, s))
+                    if per_site
+                    else (lambda s: s)
+                )
+                system = EditSystem.build(x, y, settings.lam, p, settings.preserve_weight)
+                if not per_site:
+                    shared = system
+            else:
+                system = shared
+            deltas.update(solve(site, system))
+    provenance = _provenance(pipe, family, recipe, layers, fingerprint) | counts | extra
+    return WeightDelta(deltas, provenance)
 
 
-def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, Any]:
+def _modules(site: Any, matrices: str) -> list[str]:
+    """The projections of ``site`` that ``edit.matrices`` edits."""
+    return [(site.key, site.value)[which] for which in _MATRICES[matrices]]
+
+
+def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
     base = recipe.base
     fingerprint = fingerprint or model_fingerprint(pipe, family)
     return {
@@ -140,8 +148,6 @@ def _provenance(pipe, family, recipe, layers, states, fingerprint) -> dict[str, 
         "matrices": recipe.edit.matrices,
         "tokens": recipe.edit.tokens,
         "preserve_weight": recipe.edit.preserve_weight,
-        "columns": len(states.pairs),
-        "preserve_columns": len(states.preserve_at),
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -153,21 +159,17 @@ def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict
     (``edit_error``; ``error_before`` is the same for the unedited ``W``) and the relative drift
     of ``W'p`` on the preserve columns (all Frobenius norms, float64)."""
     denoiser = getattr(pipe, family.denoiser_attr)
-    states = collect_states(pipe, family, recipe)
     sites = family.sites(denoiser)
     by_path = {site.key: site for site in sites} | {site.value: site for site in sites}
+    if family.joint_attention:
+        edited = list({by_path[module].path: by_path[module] for module in delta.deltas}.values())
+        prompts = edit_prompts(pipe, family, recipe)
+        return joint_errors(pipe, family, recipe, edited, prompts, delta)
+    states = collect_states(pipe, family, recipe)
     report = {}
     for module, d in delta.deltas.items():
         site = by_path[module]
         x, y, p = states.columns(lambda s, site=site: family.site_states(denoiser, site, s))
-        w = denoiser.get_submodule(module).weight.detach().to(torch.float64)
-        edited = w + d.to(torch.float64)
-        scale = (w @ y).norm().clamp_min(1e-30)
-        entry = {
-            "edit_error": float((edited @ x - w @ y).norm() / scale),
-            "error_before": float((w @ x - w @ y).norm() / scale),
-        }
-        if p is not None:
-            entry["preserve_drift"] = float((d.to(torch.float64) @ p).norm() / (w @ p).norm())
-        report[module] = entry
+        weight = denoiser.get_submodule(module).weight
+        report[module] = edit_report(weight, d, x, y, p)
     return report

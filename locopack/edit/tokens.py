@@ -20,6 +20,7 @@ painter``); a deleted span maps to the target token just before the deletion.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from typing import Any, Literal
 
 TokenRule = Literal["concept", "last", "all", "sequence"]
@@ -77,3 +78,37 @@ def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> 
     if rule == "sequence":
         return list(range(family.max_length(pipe)))
     return family.content_positions(pipe, prompt)
+
+
+@dataclass
+class EditPrompts:
+    """The edit's prompts and the token positions whose states form X, Y and P."""
+
+    originals: list[str]
+    targets: list[str]  # one per original
+    pairs: list[tuple[int, int, int]]  # (prompt, position in original, position in target)
+    preserve: list[str]
+    preserve_at: list[tuple[int, int]]  # (prompt, position)
+
+
+def edit_prompts(pipe: Any, family: Any, recipe: Any) -> EditPrompts:
+    """Every edit's prompts and targets, the preserve prompts, and the token pairs of
+    ``edit.tokens``."""
+    rule = recipe.edit.tokens
+    originals, targets, pairs = [], [], []
+    preserve = list(recipe.preserve)
+    for edit in recipe.edits:
+        for original, target in zip(edit.originals(), edit.targets_expanded(), strict=True):
+            index = len(originals)
+            originals.append(original)
+            targets.append(target)
+            found = edit_pairs(family, pipe, original, target, rule, edit.label)
+            pairs += [(index, i, j) for i, j in found]
+        preserve += list(edit.preserve)
+    preserve = list(dict.fromkeys(preserve))
+    preserve_at = [
+        (k, pos)
+        for k, prompt in enumerate(preserve)
+        for pos in preserve_positions(family, pipe, prompt, rule)
+    ]
+    return EditPrompts(originals, targets, pairs, preserve, preserve_at)

@@ -57,13 +57,12 @@ import torch
 from ..errors import ExportError
 from ..storage import atomic_dir, atomic_write_text
 from .onnx_tracing import (
-    _batch_axes,
-    _dummy_inputs,
-    _ExpandedMask,  # noqa: F401  (re-exported: tests check no processor is left wrapped)
-    _Spec,
-    _spec,
-    _tracing,
-    _translations,
+    TraceSpec,
+    batch_axes,
+    dummy_inputs,
+    trace_spec,
+    tracing,
+    translations,
 )
 
 if TYPE_CHECKING:
@@ -104,16 +103,16 @@ def _error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(text.split())}"[:1000]
 
 
-def _run_exporter(spec: _Spec, path: Path, opset: int, optimize: bool) -> dict[str, Any]:
+def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> dict[str, Any]:
     """Export with dynamo; fall back to TorchScript only if dynamo raises."""
-    args = tuple(_dummy_inputs(spec, 2, seed=0).values())
+    args = tuple(dummy_inputs(spec, 2, seed=0).values())
     names = list(spec.inputs)
     n_bytes = sum(t.numel() * t.element_size() for t in spec.adapter.state_dict().values())
     external = n_bytes > EXTERNAL_DATA_BYTES
     common = {"input_names": names, "output_names": [OUTPUT_NAME], "opset_version": opset}
     record: dict[str, Any] = {"external_data": external, "parameter_bytes": n_bytes}
     started = time.perf_counter()
-    with _tracing(spec):
+    with tracing(spec):
         try:
             torch.onnx.export(
                 spec.adapter,
@@ -121,9 +120,9 @@ def _run_exporter(spec: _Spec, path: Path, opset: int, optimize: bool) -> dict[s
                 str(path),
                 dynamo=True,
                 external_data=external,
-                dynamic_shapes=_batch_axes(names),
+                dynamic_shapes=batch_axes(names),
                 optimize=optimize,
-                custom_translation_table=_translations(),
+                custom_translation_table=translations(),
                 verbose=False,
                 **common,
             )
@@ -138,7 +137,7 @@ def _run_exporter(spec: _Spec, path: Path, opset: int, optimize: bool) -> dict[s
                     args,
                     str(path),
                     dynamo=False,
-                    dynamic_axes=_batch_axes([*names, OUTPUT_NAME]),
+                    dynamic_axes=batch_axes([*names, OUTPUT_NAME]),
                     **common,
                 )
             except Exception as err2:
@@ -201,7 +200,7 @@ def export_denoiser_onnx(
     """
     _require("onnx")
     _require("onnxscript")
-    spec = _spec(pipe, family)
+    spec = trace_spec(pipe, family)
     target = Path(out_dir) / family.denoiser_attr
     with atomic_dir(target) as tmp, _eval_mode(spec.adapter):
         record = _run_exporter(spec, tmp / "model.onnx", opset, optimize)
@@ -257,7 +256,7 @@ def check_onnx(
             ``atol`` (or not finite).
     """
     ort = _require("onnxruntime")
-    spec = _spec(pipe, family)
+    spec = trace_spec(pipe, family)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -267,7 +266,7 @@ def check_onnx(
         raise ExportError(f"{onnx_path}: onnxruntime cannot load the model: {err}") from None
     worst = 0.0
     for i, batch in enumerate(batch_sizes):
-        inputs = _dummy_inputs(spec, batch, seed + i)
+        inputs = dummy_inputs(spec, batch, seed + i)
         with torch.no_grad(), _eval_mode(spec.adapter):
             expected = spec.adapter(*inputs.values()).float().cpu()
         feed = {name: t.cpu().numpy() for name, t in inputs.items()}

@@ -8,25 +8,25 @@ left as it was, and each export is checked against the untouched torch model aft
 * **Adapters** (:class:`_UNetAdapter`, :class:`_PixArtAdapter`).  An ONNX graph takes a flat
   list of tensors; the denoisers take keyword arguments, nested dicts (``added_cond_kwargs``) and
   return a ``ModelOutput``.  The adapters give each family one positional signature, in the order
-  of :attr:`_Spec.inputs`, and return the bare sample tensor.
-* **Inputs** (:func:`_spec`, :func:`_dummy_inputs`).  Shapes come from the denoiser's config and
+  of :attr:`TraceSpec.inputs`, and return the bare sample tensor.
+* **Inputs** (:func:`_spec`, :func:`dummy_inputs`).  Shapes come from the denoiser's config and
   the family's prompt length; families whose inputs ONNX cannot carry (class labels, image
   embeddings, transformers other than PixArt) are refused here, before any tracing.  The dummy
   inputs are seeded and *plausible* (timesteps in [0, 1000), a padding mask that keeps at least
   one token, positive sizes for ``time_ids``/``resolution``) because the same inputs feed the
   check, which should run the model on values like the pipeline's.
-* **Dynamic batch by name** (:func:`_batch_axes`, :func:`_tracing`).  The batch axis is given to
+* **Dynamic batch by name** (:func:`batch_axes`, :func:`tracing`).  The batch axis is given to
   torch.onnx as the string ``"batch"``, which it turns into ``torch.export.Dim.DYNAMIC`` and names
   ``batch`` in the graph.  A strict ``Dim("batch")`` fails on the SD UNets: diffusers'
   ``Upsample2D`` branches on ``batch >= 64`` (a ``.contiguous()`` that changes nothing), which
   torch.export reports as a constraint violation; the exported graph runs any batch size.  Since
   every input shares that one axis, torch.onnx warns once per extra input that the name "will not
-  be used"; :func:`_tracing` silences exactly that warning.
-* **PixArt's attention mask** (:class:`_ExpandedMask`, :func:`_traceable_masks`).  diffusers
+  be used"; :func:`tracing` silences exactly that warning.
+* **PixArt's attention mask** (:class:`ExpandedMask`, :func:`_traceable_masks`).  diffusers
   repeats the (B, 1, L) cross-attention mask per head with ``repeat_interleave``, whose output
   size torch.export cannot relate to the batch symbol, so the export fails.  The processors are
   wrapped, for the export only, to pre-expand the mask with ``expand`` + ``reshape``.
-* **Squeeze of a non-1 axis** (:func:`_translations`).  onnxscript 0.7 lowers ``aten.squeeze.dim``
+* **Squeeze of a non-1 axis** (:func:`translations`).  onnxscript 0.7 lowers ``aten.squeeze.dim``
   to ONNX ``Squeeze`` even where the axis is statically not 1; torch treats that as a no-op, ONNX
   rejects the model at load.  PixArt's final ``hidden_states.squeeze(1)`` hits it.
 """
@@ -51,7 +51,7 @@ BATCH_AXIS = "batch"
 
 # ---- what the ONNX graph takes ------------------------------------------------------------------
 @dataclass
-class _Spec:
+class TraceSpec:
     """The adapter module, its inputs (name -> shape without batch, dtype) and whether its
     cross-attention masks must be pre-expanded for tracing (see :func:`_traceable_masks`)."""
 
@@ -101,7 +101,7 @@ def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
     return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
 
 
-def _spec(pipe: Any, family: type[ModelFamily]) -> _Spec:
+def trace_spec(pipe: Any, family: type[ModelFamily]) -> TraceSpec:
     denoiser = getattr(pipe, family.denoiser_attr)
     cfg, dtype = denoiser.config, denoiser.dtype
     size, length = cfg.sample_size, family.max_length(pipe)
@@ -112,7 +112,7 @@ def _spec(pipe: Any, family: type[ModelFamily]) -> _Spec:
     if family.denoiser_attr == "transformer":
         if type(denoiser).__name__ != "PixArtTransformer2DModel":
             raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
-        spec = _Spec(_PixArtAdapter(denoiser), masked=True, device=denoiser.device)
+        spec = TraceSpec(_PixArtAdapter(denoiser), masked=True, device=denoiser.device)
         spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
         spec.inputs["timestep"] = ((), torch.float32)
         spec.inputs["encoder_hidden_states"] = ((length, cfg.caption_channels), dtype)
@@ -128,7 +128,7 @@ def _spec(pipe: Any, family: type[ModelFamily]) -> _Spec:
         raise _unsupported(family, f"the UNet's addition_embed_type {extra!r} needs image inputs")
     if cfg.encoder_hid_dim_type not in (None, "text_proj"):
         raise _unsupported(family, f"encoder_hid_dim_type {cfg.encoder_hid_dim_type!r}")
-    spec = _Spec(_UNetAdapter(denoiser, text_time=extra == "text_time"), device=denoiser.device)
+    spec = TraceSpec(_UNetAdapter(denoiser, text_time=extra == "text_time"), device=denoiser.device)
     spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
     spec.inputs["timestep"] = ((), torch.float32)
     text_dim = cfg.encoder_hid_dim or cfg.cross_attention_dim
@@ -143,7 +143,7 @@ def _spec(pipe: Any, family: type[ModelFamily]) -> _Spec:
     return spec
 
 
-def _dummy_inputs(spec: _Spec, batch: int, seed: int) -> dict[str, torch.Tensor]:
+def dummy_inputs(spec: TraceSpec, batch: int, seed: int) -> dict[str, torch.Tensor]:
     """Seeded inputs of the right shapes and plausible values for each input name."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
@@ -164,13 +164,13 @@ def _dummy_inputs(spec: _Spec, batch: int, seed: int) -> dict[str, torch.Tensor]
 
 
 # ---- tracing workarounds ------------------------------------------------------------------------
-def _batch_axes(names: Iterable[str]) -> dict[str, dict[int, str]]:
+def batch_axes(names: Iterable[str]) -> dict[str, dict[int, str]]:
     """``{name: {0: "batch"}}`` for each name: the leading axis is dynamic and named by string,
     not ``Dim("batch")`` (see the module docstring)."""
     return {name: {0: BATCH_AXIS} for name in names}
 
 
-class _ExpandedMask:
+class ExpandedMask:
     """Wraps an attention processor: expands a (B, 1, L) mask to (B * heads, 1, L) itself.
 
     diffusers' ``Attention.prepare_attention_mask`` does this with ``repeat_interleave``, whose
@@ -199,14 +199,14 @@ class _ExpandedMask:
 
 @contextlib.contextmanager
 def _traceable_masks(denoiser: torch.nn.Module, active: bool) -> Iterator[None]:
-    """Scoped swap of every attention processor for :class:`_ExpandedMask`; restored after."""
+    """Scoped swap of every attention processor for :class:`ExpandedMask`; restored after."""
     saved = {}
     try:
         if active:
             for module in denoiser.modules():
                 if hasattr(module, "processor") and hasattr(module, "prepare_attention_mask"):
                     saved[module] = module.processor
-                    module.processor = _ExpandedMask(module.processor)
+                    module.processor = ExpandedMask(module.processor)
         yield
     finally:
         for module, processor in saved.items():
@@ -214,7 +214,7 @@ def _traceable_masks(denoiser: torch.nn.Module, active: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _tracing(spec: _Spec) -> Iterator[None]:
+def tracing(spec: TraceSpec) -> Iterator[None]:
     """The scoped workarounds around one export: pre-expanded masks when ``spec.masked``, and
     the per-input warning about the shared batch-axis name silenced."""
     with _traceable_masks(spec.adapter, spec.masked), warnings.catch_warnings():
@@ -223,7 +223,7 @@ def _tracing(spec: _Spec) -> Iterator[None]:
         yield
 
 
-def _translations() -> dict[Any, Any]:
+def translations() -> dict[Any, Any]:
     """Fixes to the dynamo exporter's aten-to-ONNX table (onnxscript 0.7).
 
     ``aten.squeeze.dim`` becomes ONNX ``Squeeze`` even where the axis is statically not 1; torch

@@ -6,10 +6,16 @@ altered prompt's states there moves the image most.  :class:`ReferenceScorer` sc
 by its closeness to what the model draws for the text with no swap, so the planted window
 gets the lowest score to the original prompt.  Tests and ``scripts/bench_localize.py`` use
 both; on such a model every mode must choose the planted window.
+
+Joint-attention transformers (SD3, FLUX) need :func:`planted_text_window` instead: their
+single-stream blocks map image tokens with the same weights, and the pooled vector carries
+text to every block, so the planting is a scoped pair of hooks rather than a weight change.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +34,41 @@ def plant_window(pipe: Any, family: Any, start: int, size: int, leak: float = 0.
             denoiser.get_submodule(site.key).weight.mul_(leak)
             denoiser.get_submodule(site.value).weight.mul_(leak)
     return [s.path for s in sites]
+
+
+@contextlib.contextmanager
+def planted_text_window(
+    pipe: Any, family: Any, start: int, size: int, leak: float = 0.0
+) -> Iterator[list[str]]:
+    """Within the block, text reaches a joint-attention transformer's image only through the
+    sites ``start .. start+size-1``: every other site's text keys/values (the text rows of
+    its projections' outputs) are scaled by ``leak``, and the pooled vector is zero.  Yields
+    the site paths in order."""
+    denoiser = getattr(pipe, family.denoiser_attr)
+    sites = family.sites(denoiser)
+    text = {"length": 0}
+
+    def fix_pooled(_module, args, kwargs):
+        text["length"] = kwargs["encoder_hidden_states"].shape[1]
+        return args, {
+            **kwargs,
+            "pooled_projections": torch.zeros_like(kwargs["pooled_projections"]),
+        }
+
+    def scale_text(_module, _inputs, output):
+        output = output.clone()
+        output[:, : text["length"]] *= leak  # at text-only sites every row is a text row
+        return output
+
+    handles = [denoiser.register_forward_pre_hook(fix_pooled, with_kwargs=True)]
+    try:
+        for site in sites[:start] + sites[start + size :]:
+            for path in (site.key, site.value):
+                handles.append(denoiser.get_submodule(path).register_forward_hook(scale_text))
+        yield [s.path for s in sites]
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class ReferenceScorer:

@@ -10,9 +10,12 @@ at full settings; the chosen window is the best of that last round.
 same probes and seeds, so for window ``i`` and the round's best window ``b`` the per-sample
 differences ``d = sign*score_i - sign*score_b`` cancel what probes and seeds share; ``i`` is
 dropped when ``mean(d) - Z * sd(d) / sqrt(k) > 0``.  A window indistinguishable from the best
-is kept however many there are, except that no round may cost more than the first one (the
-equal-budget rule of successive halving, Jamieson & Talwalkar 2016): when more windows
-survive, the best by mean go on.
+is kept however many there are, except that each round may spend at most half of what the
+round before it could, when more windows survive the best by mean go on.  Successive halving
+(Jamieson & Talwalkar 2016) gives every round the same budget; halving it instead bounds the
+whole race at twice its first round plus the finalists, whatever the number of rounds, and
+with the few samples of an early round the bound drops few windows, so an equal budget would
+let the cap, not the evidence, decide how many go on at several times the cost.
 
 The bound covers the spread over probes and seeds, not the bias of fewer steps: a window can
 rank lower at 4 steps than at 20.  With fewer than :data:`MIN_RACE_WINDOWS` windows the race
@@ -114,12 +117,14 @@ def survivors(samples: np.ndarray, cap: int) -> list[int]:
 
 
 def round_caps(windows: int, rounds: list[Budget], steps: int, probes: int, seeds: int):
-    """The most windows each round may score: all in the first, then as many as the first
-    round's spend buys at the round's budget, :data:`FINAL_KEEP` at full settings."""
-    first = windows * rounds[0].cost(steps, probes, seeds)
+    """The most windows each round may score: all in the first, then as many as half the
+    previous round's allowance buys at the round's budget, :data:`FINAL_KEEP` at full
+    settings."""
+    allowance = windows * rounds[0].cost(steps, probes, seeds)
     caps = [windows]
     for budget in rounds[1:]:
-        cap = max(FINAL_KEEP, int(first / budget.cost(steps, probes, seeds)))
+        allowance /= 2
+        cap = max(FINAL_KEEP, int(allowance / budget.cost(steps, probes, seeds)))
         caps.append(min(caps[-1], cap))
     caps[-1] = min(caps[-1], FINAL_KEEP) if len(rounds) > 1 else windows
     return caps

@@ -62,7 +62,9 @@ class Round:
 
 @dataclass
 class LocalizationResult:
-    """Every window's scores, the chosen window, and the baseline/all-sites references.
+    """Every window's scores, the chosen window, and the baseline/all-sites references
+    (plus, for joint-attention transformers, ``pooled_only``: the pooled text path swapped
+    alone, every site at the original prompt).
 
     ``candidates[i]`` holds window ``i``'s scores at full settings when it was a finalist
     (every window in full mode), else its scores in the last race round it reached;
@@ -85,6 +87,7 @@ class LocalizationResult:
     screening: list[Candidate] | None = None
     rounds: list[Round] | None = None
     reference_rung: dict | None = None
+    pooled_only: Candidate | None = None
     timings: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +127,8 @@ class LocalizationResult:
             data.pop("chosen_layers", None)
             for key in ("baseline", "all_sites"):
                 data[key] = Candidate(**data[key])
+            if data.get("pooled_only") is not None:
+                data["pooled_only"] = Candidate(**data["pooled_only"])
             data["candidates"] = [Candidate(**c) for c in data["candidates"]]
             if data.get("screening") is not None:
                 data["screening"] = [Candidate(**c) for c in data["screening"]]
@@ -140,8 +145,14 @@ class LocalizationResult:
             raise RecipeError(f"{path}: not a readable localization result ({err})") from None
 
     def plot(self, width: int = 640, height: int = 320) -> bytes:
-        """PNG bytes: mean score per window (chosen in red), baseline and all-sites lines."""
-        values = [c.mean for c in self.candidates] + [self.baseline.mean, self.all_sites.mean]
+        """PNG bytes: mean score per window (chosen in red) and the reference lines."""
+        lines = [
+            (self.baseline, (0, 140, 0), "baseline"),
+            (self.all_sites, (160, 0, 160), "all sites"),
+        ]
+        if self.pooled_only is not None:
+            lines.append((self.pooled_only, (200, 120, 0), "pooled only"))
+        values = [c.mean for c in self.candidates] + [line[0].mean for line in lines]
         lo, hi = min(values), max(values)
         span = (hi - lo) or 1.0
         left, right, top, bottom = 48, 16, 24, 40
@@ -162,10 +173,7 @@ class LocalizationResult:
             x0 = left + i * step + step * 0.15
             draw.rectangle([x0, y(cand.mean), x0 + step * 0.7, height - bottom], fill=colour)
             draw.text((x0, height - bottom + 4), str(i), fill="black")
-        for cand, colour, name in (
-            (self.baseline, (0, 140, 0), "baseline"),
-            (self.all_sites, (160, 0, 160), "all sites"),
-        ):
+        for cand, colour, name in lines:
             draw.line([left, y(cand.mean), width - right, y(cand.mean)], fill=colour, width=2)
             draw.text((width - right - 70, y(cand.mean) - 12), name, fill=colour)
         draw.text(

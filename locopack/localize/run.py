@@ -1,6 +1,7 @@
 """Run a sweep in a mode: every window at full settings, or a race (:mod:`.race`).
 
-The reference lines (no site altered, every site altered) are scored at cheap settings unless
+The reference lines (no site altered, every site altered, and in joint-attention transformers
+the pooled text path alone) are scored at cheap settings unless
 full ones are asked for: they are drawn beside the windows, they do not take part in the
 choice.  Their cache key holds the model, scorer, probes and settings but no window size or
 recipe, so one model and probe set computes them once.
@@ -104,7 +105,8 @@ def run_sweep(
             alive = [alive[j] for j in kept]
     t0 = time.perf_counter()
     refs = reference_rung(rung, full_references)
-    baseline, everything = sweep.score([[], list(sweep.site_paths)], refs, "reference lines")
+    lines = [[], list(sweep.site_paths)] + [w for w in [sweep.pooled_window] if w is not None]
+    baseline, everything, *pooled = sweep.score(lines, refs, "reference lines")
     timings["references"] = time.perf_counter() - t0
     latest = {i: c for one in rounds for i, c in zip(one.windows, one.candidates, strict=True)}
     final = rounds[-1]
@@ -116,6 +118,7 @@ def run_sweep(
         chosen=best,
         baseline=baseline,
         all_sites=everything,
+        pooled_only=pooled[0] if pooled else None,
         finalists=list(final.windows),
         screening_rung=rounds[0].rung if screened else None,
         screening=_screening(rounds, len(windows)) if screened else None,

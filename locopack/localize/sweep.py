@@ -2,7 +2,9 @@
 the attribute (Basu et al., 2024, Sec. 4).
 
 For a window, every probe's original prompt is generated with the altered prompt's states at
-the window's sites (:mod:`locopack.intervene`) and the image is scored against the reference
+the window's sites (:func:`locopack.intervene_joint.swap_windows`: the per-site states of
+:mod:`locopack.intervene`, or, in joint-attention transformers, the keys and values of the
+altered prompt's text stream) and the image is scored against the reference
 prompt.  Erase probes want the lowest score to the original prompt; update probes the highest
 score to the target, so the objective is the mean of ``sign * score`` and the chosen window
 minimizes it (one window for the whole recipe).
@@ -28,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import ProcessGroup, gather
-from ..intervene import swap_text_states, window_replacements
+from ..intervene_joint import POOLED, swap_windows
 from .cache import CandidateCache
 from .result import Candidate
 from .scorers import Scorer
@@ -72,23 +74,26 @@ class Sweep:
         with torch.no_grad():
             self.original = family.encode(pipe, [p.original for p in pairs])
             self.altered = family.encode(pipe, [p.altered for p in pairs])
+            # joint-attention transformers' pooled path can be swapped alone (a reference line)
+            self.altered_pooled = (
+                family.encode_pooled(pipe, [p.altered for p in pairs])
+                if family.joint_attention
+                else None
+            )
         self.original_mask = family.attention_mask(pipe, [p.original for p in pairs])
         self.altered_mask = family.attention_mask(pipe, [p.altered for p in pairs])
 
     @torch.no_grad()
     def _images(self, k: int, windows: list[list[str]], seed: int, rung: Rung) -> list:
         n = len(windows)
-        replacements = window_replacements(
-            self.site_paths, windows, self.original[k], self.altered[k]
-        )
-        masks = None
-        if self.altered_mask is not None:
-            masks = window_replacements(
-                self.site_paths, windows, self.original_mask[k], self.altered_mask[k]
-            )
+        masks = () if self.altered_mask is None else (self.original_mask[k], self.altered_mask[k])
         size = {"height": rung.resolution, "width": rung.resolution} if rung.resolution else {}
         generators = [torch.Generator(self.pipe.device).manual_seed(seed) for _ in range(n)]
-        with swap_text_states(self.denoiser, replacements, masks):
+        pooled = {} if self.altered_pooled is None else {"altered_pooled": self.altered_pooled[k]}
+        swap = swap_windows(
+            self.family, self.denoiser, windows, self.original[k], self.altered[k], *masks, **pooled
+        )
+        with swap:
             return self.pipe(
                 prompt=self.pairs[k].original,
                 num_images_per_prompt=n,
@@ -99,6 +104,12 @@ class Sweep:
                 **size,
                 **self.family.call_kwargs(),
             ).images
+
+    @property
+    def pooled_window(self) -> list[str] | None:
+        """The window that swaps the pooled text path alone, where the family has one that
+        can be swapped (joint-attention transformers); else None."""
+        return None if self.altered_pooled is None else [POOLED]
 
     def _score_block(
         self, block: list[int], windows: list, rung: Rung, probes: tuple[int, ...], bar
@@ -141,7 +152,8 @@ class Sweep:
         label: str = "",
         probes: tuple[int, ...] | None = None,
     ) -> list[Candidate]:
-        """Score each window (a list of site paths; ``[]`` is the unaltered baseline) on the
+        """Score each window (a list of site paths; ``[]`` is the unaltered baseline,
+        :attr:`pooled_window` the pooled path alone) on the
         probes of index ``probes`` (default: all), each with every seed of ``rung``."""
         probes = tuple(range(len(self.pairs))) if probes is None else tuple(probes)
         pairs = [asdict(self.pairs[k]) for k in probes]

@@ -34,9 +34,8 @@ def prompt_pairs(recipe: Any) -> list[PromptPair]:
     pairs = []
     for edit in recipe.edits:
         probes = list(zip(edit.originals(), edit.targets_expanded(), strict=True))
+        which, direction = edit.success_score  # the edit moves this score in this direction
         for original, target in probes[: recipe.localize.prompts_per_edit]:
-            if edit.kind == "erase":
-                pairs.append(PromptPair(original, target, original, +1))
-            else:
-                pairs.append(PromptPair(original, target, target, -1))
+            scored = original if which == "original" else target
+            pairs.append(PromptPair(original, target, scored, -direction))
     return pairs

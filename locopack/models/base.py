@@ -47,7 +47,7 @@ def site_projection(attn: torch.nn.Module, name: str) -> torch.nn.Linear | None:
     return module if isinstance(module, torch.nn.Linear) else None
 
 
-def _natural_key(path: str) -> tuple:
+def natural_key(path: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in path.split("."))
 
 
@@ -61,7 +61,7 @@ def unet_execution_order(path: str) -> tuple:
     registration order cannot be used.
     """
     head = path.split(".", 1)[0]
-    return (_BLOCK_RANK.get(head, 3), _natural_key(path))
+    return (_BLOCK_RANK.get(head, 3), natural_key(path))
 
 
 def token_positions(

@@ -33,6 +33,8 @@ class Flux(JointAttentionFamily):
     name: ClassVar[str] = "flux"
     pretty_name: ClassVar[str] = "FLUX.1"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    #: double-stream and single-stream blocks of the tiny twin
+    twin_layers: ClassVar[tuple[int, int]] = (3, 3)
     block_lists: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
         ("transformer_blocks", "add_k_proj", "add_v_proj", True),
         ("single_transformer_blocks", "to_k", "to_v", False),
@@ -61,15 +63,15 @@ class Flux(JointAttentionFamily):
     @classmethod
     def build_twin(cls, seed: int = 0) -> FluxPipeline:
         """FLUX.1's layout (double-stream, then single-stream blocks; RoPE over 3 axes) at 3 + 3
-        blocks of width 32, after diffusers' own test twin."""
+        blocks (``twin_layers``) of width 32, after diffusers' own test twin."""
         text_encoder, tokenizer = tiny_clip_text(seed, 32, "gelu")
         text_encoder_2, tokenizer_2 = tiny_t5(seed + 1, d_model=32)
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=16,
-            num_layers=3,
-            num_single_layers=3,
+            num_layers=cls.twin_layers[0],
+            num_single_layers=cls.twin_layers[1],
             attention_head_dim=16,
             num_attention_heads=2,
             joint_attention_dim=text_encoder_2.config.d_model,

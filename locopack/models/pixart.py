@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
-from .base import LowercasedPrompts, ModelFamily, _natural_key
+from .base import LowercasedPrompts, ModelFamily, natural_key
 from .twin_parts import tiny_t5, tiny_vae
 
 _MAX_SEQUENCE = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
@@ -35,7 +35,7 @@ class PixArt(LowercasedPrompts, ModelFamily):
 
     @classmethod
     def order_key(cls, path: str) -> tuple:
-        return _natural_key(path)
+        return natural_key(path)
 
     @classmethod
     def max_length(cls, pipe: Any) -> int:

@@ -35,6 +35,10 @@ class StableDiffusion3(JointAttentionFamily):
     name: ClassVar[str] = "sd3"
     pretty_name: ClassVar[str] = "Stable Diffusion 3/3.5"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline",)
+    #: attention heads of the tiny twin (of width 8 each: the text stream is 8 x heads wide)
+    twin_heads: ClassVar[int] = 2
+    #: joint blocks of the tiny twin
+    twin_layers: ClassVar[int] = 5
 
     @classmethod
     def reference_url(cls) -> str:
@@ -69,7 +73,8 @@ class StableDiffusion3(JointAttentionFamily):
     @classmethod
     def build_twin(cls, seed: int = 0) -> StableDiffusion3Pipeline:
         """The SD3.5 block layout (QK RMS norm, dual attention in the first blocks, a last
-        ``context_pre_only`` block) at 5 blocks of width 16, after diffusers' own test twin."""
+        ``context_pre_only`` block) at 5 blocks (``twin_layers``) of width 16 (``twin_heads``), after
+        diffusers' own test twin."""
         text_encoder, tokenizer = tiny_clip_text(seed, 16, "gelu", projection=16)
         text_encoder_2, tokenizer_2 = tiny_clip_text(seed + 1, 16, "gelu", projection=16)
         text_encoder_3, tokenizer_3 = tiny_t5(seed + 2, d_model=32)
@@ -79,10 +84,10 @@ class StableDiffusion3(JointAttentionFamily):
             patch_size=2,
             in_channels=4,
             out_channels=4,
-            num_layers=5,
+            num_layers=cls.twin_layers,
             attention_head_dim=8,
-            num_attention_heads=2,
-            caption_projection_dim=16,
+            num_attention_heads=cls.twin_heads,
+            caption_projection_dim=8 * cls.twin_heads,
             joint_attention_dim=text_encoder_3.config.d_model,
             pooled_projection_dim=32,
             pos_embed_max_size=8,

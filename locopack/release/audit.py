@@ -8,9 +8,12 @@ Checks, each reported by name with the file or history entry it concerns:
    file sits beside them;
 3. ``delta.safetensors`` holds the tensors whose hash the entry recorded, and the adapter
    reproduces that delta within the recorded tolerance;
-4. a merged checkpoint equals base + delta for every edited tensor and the base elsewhere,
+4. a base that is the merged checkpoint of an earlier release (the chain's previous entry)
+   still holds the files that release recorded, where the base is a folder here: a damaged
+   or altered copy is named even where the fingerprint (site weights only) cannot see it;
+5. a merged checkpoint equals base + delta for every edited tensor and the base elsewhere,
    where the base model can be reached;
-5. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
+6. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
    same localization and the same delta (see :mod:`locopack.release.reproduce`).
 
 The base and the CLIP scorer are found where the history records them relative to the
@@ -234,6 +237,26 @@ def _check_merged(
     report.add("merged", True, f"merged/{attr} equals base + delta ({len(edited)} edited)")
 
 
+def _check_base(report: AuditReport, base: str | None) -> None:
+    from .base import changed_file
+    from .inference import pipeline_source
+
+    if len(report.entries) < 2 or base is None or not Path(base).is_dir():
+        return  # a first release of a plain model: nothing recorded the base's files
+    try:
+        changed = changed_file(Path(pipeline_source(base)[0]), report.entries[-2])
+    except (LocopackError, OSError) as err:  # a release without merged/, an unreadable file
+        changed = str(err)
+    if changed:
+        report.add(
+            "base",
+            False,
+            f"the base at {base} differs from the one this release was built on: {changed}",
+        )
+    else:
+        report.add("base", True, f"the base at {base} holds the files its release recorded")
+
+
 def audit_folder(
     folder: str | Path,
     *,
@@ -255,6 +278,7 @@ def audit_folder(
     _check_files(report, folder, last)
     delta = _check_delta_and_adapter(report, folder, last)
     base = base or recorded_base(last, folder)
+    _check_base(report, base)
     try:
         _check_merged(report, folder, last, delta, base)
     except (LocopackError, OSError, ValueError, SafetensorError) as err:  # damaged checkpoint

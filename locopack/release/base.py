@@ -5,6 +5,11 @@ Where the base came from is recorded so that a release can be checked anywhere w
 naming the build machine's folders: a Hub base by its repo id and the commit that was loaded
 (not the branch the recipe asked for, which can move); a local base by its path relative to
 the release folder, which the audit resolves again from wherever the release then lies.
+
+A loaded base is checked before any work is done with it: every weight of its denoiser and
+text encoders must be finite (:func:`check_finite`), and a base that is a locopack release's
+merged checkpoint must still hold the files that release recorded (:func:`changed_file`;
+a first release of a plain model has no such record to check).
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelLayoutError
 from ..hub_ref import is_hub_id
 from .inference import pipeline_source
-from .layout import PIPELINE_INDEX, relative_location
+from .layout import MERGED_DIR, PIPELINE_INDEX, relative_location, sha256_file
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -32,6 +38,8 @@ class LoadedBase:
         source: what was loaded: a local folder or a Hub repo id.
         revision: the revision asked for (a Hub branch, tag or commit), if any.
         commit: the Hub commit that was loaded (None for a local folder).
+        hub_id: the Hub repo the base came from, also when ``source`` is its downloaded copy
+            (a locopack release on the Hub, whose ``merged/`` was fetched).
     """
 
     pipe: Any
@@ -39,6 +47,7 @@ class LoadedBase:
     source: str
     revision: str | None = None
     commit: str | None = None
+    hub_id: str | None = None
     _fingerprint: str | None = field(default=None, repr=False)
 
     @cached_property
@@ -60,14 +69,14 @@ class LoadedBase:
 
     @property
     def is_local(self) -> bool:
-        """True when the base was loaded from a folder on this machine."""
-        return Path(self.source).is_dir()
+        """True when the base is a folder of this machine (not a Hub repo or its copy)."""
+        return self.hub_id is None and Path(self.source).is_dir()
 
     def location(self, folder: Path) -> str | None:
         """Where the base is, as a release in ``folder`` records it: a local base's path
         relative to ``folder`` (posix; None where that path would name this machine's
         folders), or the Hub repo id."""
-        return relative_location(self.source, Path(folder))
+        return self.hub_id or relative_location(self.source, Path(folder))
 
 
 def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
@@ -80,12 +89,55 @@ def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
     from ..models import load_pipeline
 
     base = recipe.base
-    source, revision = pipeline_source(recipe.local_path(base.model), base.revision)
-    commit = None if Path(source).is_dir() else resolved_commit(source, revision)
+    ref = recipe.local_path(base.model)
+    source, revision = pipeline_source(ref, base.revision)
+    hub_id = ref if is_hub_id(ref) and not Path(ref).exists() else None
+    if Path(source).is_dir():  # a local folder, or a Hub release's downloaded merged/
+        commit, load_at = (_snapshot_commit(Path(source)) if hub_id else None), None
+    else:
+        commit = resolved_commit(source, revision)
+        load_at = commit or revision
     pipe, family = load_pipeline(
-        source, commit or revision, base.dtype, base.variant, allow_pickle=allow_pickle
+        source, load_at, base.dtype, base.variant, allow_pickle=allow_pickle
     )
-    return LoadedBase(pipe, family, source, revision, commit)
+    loaded = LoadedBase(pipe, family, source, base.revision, commit, hub_id)
+    check_finite(loaded)
+    return loaded
+
+
+def check_finite(base: LoadedBase) -> None:
+    """Refuse a base with a NaN or Inf weight in its denoiser or text encoders.
+
+    Raises:
+        ModelLayoutError: naming the component folder and the tensor.
+    """
+    import torch
+
+    for attr in (base.family.denoiser_attr, "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(base.pipe, attr, None)
+        for name, tensor in module.state_dict().items() if module is not None else ():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ModelLayoutError(
+                    f"{base.source}/{attr}: the weight {name} holds NaN or Inf values; the "
+                    "model's files are damaged: re-download or re-create them"
+                )
+
+
+def changed_file(folder: Path, entry: dict[str, Any]) -> str | None:
+    """What differs between the pipeline ``folder`` and the merged checkpoint that the history
+    ``entry`` of its release recorded (the first file missing or with another sha256); None
+    when nothing does or the entry records no merged checkpoint."""
+    prefix = f"{MERGED_DIR}/"
+    recorded = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    for name, digest in sorted(recorded.items()):
+        path = Path(folder) / name.removeprefix(prefix)
+        if not name.startswith(prefix):
+            continue
+        if not path.is_file():
+            return f"{path} is missing"
+        if sha256_file(path) != digest:
+            return f"{path}: its sha256 differs from the record"
+    return None
 
 
 def resolved_commit(repo: str, revision: str | None) -> str | None:
@@ -101,5 +153,13 @@ def resolved_commit(repo: str, revision: str | None) -> str | None:
         path = Path(hf_hub_download(repo, PIPELINE_INDEX, revision=revision))
     except Exception:  # unreachable and not cached: the loader reports it
         return None
-    commit = path.parent.name  # the Hub cache keeps each file under snapshots/<commit>/
-    return commit if _COMMIT.fullmatch(commit) else None
+    return _snapshot_commit(path.parent)
+
+
+def _snapshot_commit(folder: Path) -> str | None:
+    """The commit of a folder inside the Hub cache (``.../snapshots/<commit>/...``)."""
+    parts = folder.resolve().parts
+    if "snapshots" in parts[:-1]:
+        commit = parts[parts.index("snapshots") + 1]
+        return commit if _COMMIT.fullmatch(commit) else None
+    return None

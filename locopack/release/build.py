@@ -1,9 +1,24 @@
 """``locopack build``: recipe in, release out.
 
-localize → edit → export → evidence → card → history, into one output folder.  Each stage
-writes its files atomically and a rerun skips every stage whose output is already there for
-the same recipe and base model (the localization sweep also resumes inside its cache), so a
-crashed build continues where it stopped.
+localize → edit → export → evidence → card → history, into one output folder, which the build
+holds locked (:mod:`.lock`): a second build into it fails at once, naming the first.
+
+Everything is checked before the expensive work: the recipe (``preflight``, by the command),
+then the loaded base (finite weights; a release's merged checkpoint must still hold the files
+its history recorded).  Each stage writes its files atomically, and a rerun after a crash:
+
+- removes the temporary files that interrupted writes left
+  (:func:`~locopack.storage.remove_leftovers`);
+- reuses ``delta.safetensors`` when it was made from the same recipe on the same base: the
+  localize and edit stages are skipped (otherwise the sweep resumes inside its cache);
+- writes the exports again from the delta (they are quick, and always match it);
+- reuses the evidence when ``evidence.json`` is complete and was drawn from the same inputs
+  (recipe, base, delta, adapter; see :func:`~locopack.release.evidence.evidence_inputs`);
+- writes the card and the history again (instant).
+
+Every stage prints ``[k/6] NAME done in S s`` or ``[k/6] NAME: reused (why)``.  A full disk, a
+missing permission or memory running out ends the build with one line naming the stage and
+the path (:mod:`.resources`); what was finished is kept for the rerun.
 """
 
 from __future__ import annotations
@@ -16,9 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ..delta import WeightDelta
-from ..errors import LocopackError
-from .base import LoadedBase, load_base
+from ..distributed import barrier
+from ..errors import LocopackError, ModelLayoutError
+from ..storage import remove_leftovers
+from .base import LoadedBase, changed_file, load_base
 from .layout import BUILD_OUTPUTS, DELTA_FILE, HISTORY_FILE, RECIPE_FILE
+from .lock import build_lock
+from .resources import resource_errors
 from .stages import (
     DEFAULT_OPTIONS,
     ExportChoice,
@@ -31,10 +50,13 @@ from .stages import (
     write_recipe_copy,
 )
 
+STAGES = ("localize", "edit", "export", "evidence", "card", "history")
+
 
 @dataclass
 class BuildSummary:
-    """What a build did: chosen layers, seconds per stage, evidence headline, files."""
+    """What a build did: chosen layers, seconds per stage, evidence headline, files, and the
+    stages it reused from an earlier run."""
 
     out: Path
     layers: list[str] = field(default_factory=list)
@@ -42,6 +64,42 @@ class BuildSummary:
     evidence: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+class _StageLog:
+    """Times the stages, reports each as done or reused, and knows which one is running."""
+
+    def __init__(self, summary: BuildSummary, echo: Callable[[str], Any]):
+        self.summary, self.echo = summary, echo
+        self.clock = time.perf_counter()
+        self.current = "load"  # loading the base, before the first stage
+
+    def done(self, name: str, reused: str | None = None) -> None:
+        now = time.perf_counter()
+        self.summary.seconds[name] = now - self.clock
+        self.clock = now
+        number = f"[{len(self.summary.seconds)}/{len(STAGES)}] {name}"
+        if reused:
+            self.summary.skipped.append(name)
+            self.echo(f"{number}: reused ({reused})")
+        else:
+            self.echo(f"{number} done in {self.summary.seconds[name]:.1f} s")
+        following = STAGES.index(name) + 1
+        self.current = STAGES[following] if following < len(STAGES) else "finish"
+
+
+def _tidy(out: Path, recipe: Any, killed: dict[str, Any], echo: Callable[[str], Any]) -> None:
+    """Before the build: say that a killed build is resumed, remove what interrupted writes
+    left, and the outputs of a build of another recipe."""
+    if killed:
+        echo(
+            f"{out}: resuming the build (pid {killed.get('pid')}, started "
+            f"{killed.get('started')}) that ended without finishing"
+        )
+    left = remove_leftovers(out)
+    if left:
+        echo(f"{out}: removed {len(left)} temporary file(s) of interrupted writes")
+    _clear_another_build(out, recipe, echo)
 
 
 def _clear_another_build(out: Path, recipe: Any, echo: Callable[[str], Any]) -> None:
@@ -75,6 +133,18 @@ def _reusable_delta(path: Path, recipe: Any, base: LoadedBase) -> WeightDelta | 
     return delta if same and delta.sites else None
 
 
+def _check_recorded_base(base: LoadedBase, previous: list[dict[str, Any]]) -> None:
+    """Refuse a base that is a release's merged checkpoint no longer holding what its history
+    recorded (damaged or altered weights the fingerprint does not cover)."""
+    folder = Path(base.source)  # also a Hub release's downloaded merged/
+    changed = changed_file(folder, previous[-1]) if previous and folder.is_dir() else None
+    if changed:
+        raise ModelLayoutError(
+            f"the base {base.source} differs from the release that recorded it ({changed}); "
+            "re-download or rebuild it"
+        )
+
+
 def run_build(
     recipe: Any,
     out: Path,
@@ -84,55 +154,70 @@ def run_build(
 ) -> BuildSummary | None:
     """Build the release of ``recipe`` into ``out``; see the module docstring.
 
-    The processes of ``options.group`` share the localization sweep; only the main one goes
-    on to the later stages and returns a summary, the others return None.
-    """
-    from .card import write_card
-    from .evidence import collect_evidence
-    from .history import new_entry, prior_history, write_history
+    The processes of ``options.group`` share the localization sweep; only the main one holds
+    the folder's lock, goes on to the later stages and returns a summary, the others return
+    None.
 
+    Raises:
+        FolderLockedError: another build is writing into ``out``.
+        ResourceError: the disk filled up, a file could not be written, or memory ran out.
+        LocopackError: any other failure of a stage, in its own words.
+    """
     group = options.processes()
     options = replace(options, progress=options.progress and group.is_main, group=group)
     summary = BuildSummary(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if group.is_main:
-        _clear_another_build(out, recipe, echo)
-    clock = time.perf_counter()
+    log = _StageLog(summary, echo)
+    with resource_errors(out, lambda: log.current), build_lock(out, group) as killed:
+        if group.is_main:
+            _tidy(out, recipe, killed, echo)
+        barrier(group)  # nothing is written before the main process has tidied up
+        return _build(recipe, out, options, summary, log)
 
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        summary.seconds[name] = now - clock
-        clock = now
-        echo(f"[{len(summary.seconds)}/6] {name} done in {summary.seconds[name]:.1f} s")
+
+def _build(
+    recipe: Any, out: Path, options: RunOptions, summary: BuildSummary, log: _StageLog
+) -> BuildSummary | None:
+    from .card import write_card
+    from .evidence import collect_evidence, evidence_inputs, reusable_evidence
+    from .history import new_entry, prior_history, write_history
 
     base = load_base(recipe, allow_pickle=options.allow_pickle)
+    previous = prior_history(base.source, base.commit or base.revision)
+    _check_recorded_base(base, previous)
+    log.current = STAGES[0]
     write_recipe_copy(recipe, out)
     delta = _reusable_delta(out / DELTA_FILE, recipe, base)
     if delta is None:
         summary.layers = layers_or_localize(recipe, base, out, options=options)
     else:
-        summary.layers, summary.skipped = delta.sites, ["localize", "edit"]
-    if not group.is_main:
+        summary.layers = delta.sites
+    if not options.group.is_main:
         return None
-    stage("localize")
+    reused = f"{DELTA_FILE} is complete for this recipe and base" if delta else None
+    log.done("localize", reused)
     if delta is None:
         delta = compute_edit(recipe, base, summary.layers, out)
         save_edit(recipe, base, delta, out)
-    stage("edit")
+    log.done("edit", reused)
     choice = ExportChoice.from_recipe(recipe.export, base.family)
     manifest = export_delta(delta, out, choice, base)["manifest"]
-    stage("export")
-    scorer = scorer_for(recipe, base.pipe.device)
-    summary.evidence = collect_evidence(base.pipe, base.family, recipe, out, scorer, out)
-    stage("evidence")
+    log.done("export")
+    inputs = evidence_inputs(recipe, base.fingerprint, delta, out)
+    summary.evidence = reusable_evidence(out, inputs)
+    if summary.evidence is None:
+        scorer = scorer_for(recipe, base.pipe.device)
+        summary.evidence = collect_evidence(
+            base.pipe, base.family, recipe, out, scorer, out, inputs=inputs
+        )
+        log.done("evidence")
+    else:
+        log.done("evidence", "complete for this recipe and delta")
     write_card(out)
-    stage("card")
-    previous = prior_history(base.source, base.commit or base.revision)
+    log.done("card")
     entry = new_entry(
         recipe, delta, out, previous, base=base, adapter_tolerance=manifest["max_relative_error"]
     )
     write_history(out, [*previous, entry])
-    stage("history")
+    log.done("history")
     summary.files = sorted(entry["files"]) + [HISTORY_FILE]
     return summary

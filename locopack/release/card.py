@@ -39,7 +39,6 @@ from .layout import (
 )
 from .stages import recorded_base
 
-TAGS = {"erase": "concept-erasure", "update": "knowledge-editing"}
 SET_NAMES = {
     "edited": "edited prompts",
     "held_out": "held-out paraphrases",
@@ -122,8 +121,7 @@ def _limitations(evidence: dict) -> list[str]:
         sets = edit["sets"]
         if "edited" not in sets or "held_out" not in sets:
             continue
-        key = "original" if edit["kind"] == "erase" else "target"
-        sign = -1 if edit["kind"] == "erase" else 1
+        key, sign = edit["success_score"]
 
         def moves(item, key=key, sign=sign):
             before, after = item["scores"]["before"][key], item["scores"]["after"][key]
@@ -184,7 +182,7 @@ def _build_card(folder: Path) -> tuple[str, dict]:
 
     provenance = manifest["provenance"]
     merged = (folder / MERGED_DIR / PIPELINE_INDEX).is_file()
-    kinds = sorted({TAGS[e.kind] for e in recipe.edits})
+    kinds = sorted({e.card_tag for e in recipe.edits})
     data = ModelCardData(
         # the Hub's base_model must name a Hub repo; a local base is named in the body only
         base_model=recipe.base.model if _is_hub_id(recipe.base.model) else None,
@@ -215,7 +213,7 @@ def _build_card(folder: Path) -> tuple[str, dict]:
 def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str:
     prov = manifest["provenance"]
     what = "\n".join(
-        f"- **{e.kind}** {'the ' + e.attribute if e.kind == 'erase' else 'the fact'} "
+        f"- **{e.kind}** {e.subject} "
         f"*{e.label}* → {', '.join(repr(t) for t in dict.fromkeys(e.targets_expanded()))} "
         f"({len(e.prompts)} prompts)"
         for e in recipe.edits
@@ -233,6 +231,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
             f"all sites altered {everything['mean']:.2f}).\n\n"
             "![localization](localization.png)\n"
         )
+    where += _text_path_notes(localization, prov)
     grids = "\n".join(
         f"**{e['label']}: {SET_NAMES.get(n, n)}**\n\n![{n}]({item['grid']})\n"
         for e in evidence["edits"]
@@ -334,6 +333,36 @@ CLIP scores measure text-image agreement, not the absence of a concept; check th
 |---|---|
 {hashes}
 """
+
+
+def _text_path_notes(localization: dict | None, prov: dict) -> str:
+    """What the card must say about text paths the edit leaves alone or changes besides the
+    sites: the pooled vector of joint-attention transformers, FLUX single-stream sites."""
+    notes = []
+    pooled = (localization or {}).get("pooled_only")
+    if pooled is not None:
+        base = localization["baseline"]["mean"]
+        window = localization["candidates"][localization["chosen"]]["mean"] - base
+        alone = pooled["mean"] - base
+        notes.append(
+            "The pooled CLIP vector modulates every block and is not a site: LocoGen kept it at "
+            f"the original prompt, and the edit does not change it. Swapped alone it moved the "
+            f"score by {alone:+.2f} (the chosen window: {window:+.2f})."
+        )
+        if abs(alone) > abs(window):
+            ratio = abs(alone) / abs(window) if window else float("inf")
+            notes.append(
+                f"On this model the pooled path moves the images more than the chosen window "
+                f"({ratio:.0f}x): what it carries of the concept is left as it was."
+            )
+    if prov.get("image_sites"):
+        listed = ", ".join(f"`{path}`" for path in prov["image_sites"])
+        notes.append(
+            f"The edit includes single-stream sites ({listed}), whose key/value projections "
+            "also map image tokens: there it changes the image tokens' keys and values too, "
+            "in every image, also of prompts without the concept."
+        )
+    return "".join(f"\n{note}\n" for note in notes)
 
 
 def write_card(folder: Path) -> Path:

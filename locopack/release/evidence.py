@@ -12,6 +12,11 @@ diffusers' ``load_lora_weights``; PEFT for PixArt), never the in-memory delta:
 Each image is scored with CLIP against its own prompt ("original") and against the edit's
 target ("target"; for preserve and unrelated prompts the target is the prompt itself).
 Results go to ``evidence.json``; each set's before | after grid to ``evidence/``.
+
+``evidence.json`` also records its ``inputs`` (:func:`evidence_inputs`: the recipe's hash, the
+base's fingerprint, the hashes of the delta and of the adapter's tensors, the scorer), so that
+a rerun of the build reuses complete evidence for the same inputs (:func:`reusable_evidence`)
+instead of drawing it again, as the sweep's cache does for its windows.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from ..storage import atomic_write_bytes, atomic_write_text
-from .layout import EVIDENCE_DIR, EVIDENCE_FILE
+from ..fingerprint import tensors_sha256
+from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
+from .layout import ADAPTER_FILE, EVIDENCE_DIR, EVIDENCE_FILE
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"
@@ -49,10 +55,38 @@ def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
                 "edit": index,
                 "label": edit.label,
                 "kind": edit.kind,
+                "success_score": list(edit.success_score),
                 "sets": {k: v for k, v in sets.items() if v},
             }
         )
     return out
+
+
+def evidence_inputs(recipe: Any, fingerprint: str, delta: Any, release: Path) -> dict[str, Any]:
+    """Everything the evidence of the release in ``release`` depends on: the recipe (prompts,
+    seeds, settings, scorer name), the base (``fingerprint``), the delta and the adapter that
+    is applied (its tensors: the file's header order may vary between writes)."""
+    adapter = release / ADAPTER_FILE
+    return {
+        "format": FORMAT,
+        "recipe_sha256": recipe.sha256,
+        "base_fingerprint": fingerprint,
+        "delta_sha256": delta.sha256(),
+        "adapter_sha256": tensors_sha256(load_tensors(adapter)[0]) if adapter.is_file() else None,
+    }
+
+
+def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The evidence already in ``release`` when it was drawn from ``inputs`` and every image
+    it names is there; else None (it is then drawn again)."""
+    try:
+        found = json.loads((release / EVIDENCE_FILE).read_text(encoding="utf-8"))
+        images = [s["grid"] for e in found["edits"] for s in e["sets"].values()]
+        images += [g["image"] for g in found["gallery"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    complete = all(isinstance(i, str) and (release / i).is_file() for i in images)
+    return found if complete and found.get("inputs") == inputs else None
 
 
 def _generate(pipe, family, prompts, seed, steps, guidance, resolution) -> list[Image.Image]:
@@ -107,10 +141,12 @@ def collect_evidence(
     seed: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate, score and save the before/after evidence of the release in ``release``.
 
     ``pipe`` must be the unedited base; the adapter is applied and removed again here.
+    ``inputs`` (see :func:`evidence_inputs`) is recorded, for a rerun to reuse the evidence.
 
     Returns:
         The content written to ``out/evidence.json``.
@@ -137,10 +173,11 @@ def collect_evidence(
         "guidance": guidance,
         "scorer": getattr(scorer, "name", type(scorer).__name__),
         "applied": applied.kind,
+        "inputs": inputs,
         "edits": [],
     }
     for item in plan:
-        entry = {k: item[k] for k in ("edit", "label", "kind")} | {"sets": {}}
+        entry = {k: item[k] for k in ("edit", "label", "kind", "success_score")} | {"sets": {}}
         for name, pairs in item["sets"].items():
             prompts = [p for p, _ in pairs]
             targets = [t for _, t in pairs]

@@ -9,12 +9,15 @@ single-stage commands call these functions and only these.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..distributed import ProcessGroup
 from ..errors import ExportError, RecipeError
+from ..localize.run import SweepMode
 from ..storage import atomic_write_text
 from .base import LoadedBase, load_base
 from .layout import (
@@ -36,18 +39,22 @@ class RunOptions:
     Attributes:
         mode: the localization sweep's mode [default: the recipe's ``localize.mode``].
         batch: candidate windows per denoiser call.
+        full_references: score the baseline and all-sites lines at full settings.
+        screen_resolution: the race's early rounds at this resolution (a heuristic).
         progress: show progress bars.
         group: the processes sharing the sweep [default: all that ``accelerate`` started].
         allow_pickle: also read pickled weights (only for files the user trusts).
     """
 
-    mode: Any = None
+    mode: SweepMode | None = None
     batch: int = 8
+    full_references: bool = False
+    screen_resolution: int | None = None
     progress: bool = True
-    group: Any = None
+    group: ProcessGroup | None = None
     allow_pickle: bool = False
 
-    def processes(self) -> Any:
+    def processes(self) -> ProcessGroup:
         """The process group: ``group``, or the one ``accelerate launch`` set up."""
         from ..distributed import process_group
 
@@ -88,6 +95,19 @@ def write_recipe_copy(recipe: Any, out: Path) -> None:
     atomic_write_text(out / RECIPE_FILE, recipe.source_text)
 
 
+def warn_about_local_paths(recipe: Any) -> None:
+    """Warn when the recipe names a local folder by an absolute path: its exact text is part of
+    the release (``recipe.yaml``, the card), so that path would be published."""
+    named = {"base.model": recipe.base.model, "localize.scorer": recipe.localize.scorer}
+    for field, ref in named.items():
+        if os.path.isabs(os.path.expanduser(ref)):
+            warnings.warn(
+                f"{recipe.source}: {field} is the absolute path {ref!r}; the recipe's text is "
+                "published with the release, so write it relative to the recipe's folder",
+                stacklevel=2,
+            )
+
+
 def scorer_for(recipe: Any, device: Any) -> Any:
     """The recipe's CLIP scorer, named as the recipe names it (never by a local path)."""
     from ..localize import ClipScorer
@@ -122,6 +142,8 @@ def run_localize(
         scorer=scorer,
         mode=options.mode,
         batch=options.batch,
+        full_references=options.full_references,
+        screen_resolution=options.screen_resolution,
         progress=options.progress,
         group=options.processes(),
         fingerprint=base.fingerprint,

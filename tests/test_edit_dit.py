@@ -1,0 +1,176 @@
+"""LocoEdit on the joint-attention twins (SD3, FLUX): site inputs collected while denoising,
+sites solved in execution order, the edited keys/values land on the targets'."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from locopack.edit import compute_delta, edit_errors
+from locopack.edit.stream import denoising_steps, record_probes
+from locopack.edit.tokens import edit_prompts
+from locopack.errors import EditError, RecipeError
+from locopack.models.flux import Flux
+from locopack.models.sd3 import StableDiffusion3
+from locopack.recipe import parse_recipe
+
+RECIPE = """
+version: 1
+name: erase-van-gogh
+base: {{model: ./x}}
+edits:
+  - kind: erase
+    attribute: style
+    concept: van gogh
+    prompts: ["a painting of a cat in the style of {{concept}}", "a house by {{concept}}"]
+    target: "a painting"
+    preserve: ["a photo of a dog", "a red car on a street"]
+  - kind: update
+    fact: president of the united states
+    prompts: ["the {{concept}}"]
+    targets: ["joe biden"]
+localize: {{steps: 3, guidance: {guidance}, resolution: 16}}
+edit: {{lambda: 0.01, tokens: last, seeds: [0], timesteps: [0, 1]{extra}}}
+"""
+GUIDANCE = {"sd3": 2.0, "flux": 1.0}  # SD3 runs [uncond; cond] batches, FLUX one pass
+
+
+class _WideSD3(StableDiffusion3):
+    """The SD3 twin with a 64-d text stream (the 16-d one is filled by the edit's 10 columns,
+    so nothing is left to keep the preserve prompts apart at latents the solve never saw)."""
+
+    twin_heads = 8
+
+
+#: the twins, with 16 T5 tokens (FLUX's transformer is 32-d already)
+FAMILIES = {"sd3": _WideSD3.with_t5_length(16), "flux": Flux.with_t5_length(16)}
+
+
+def _recipe(name, extra=""):
+    return parse_recipe(RECIPE.format(guidance=GUIDANCE[name], extra=extra), "dit.yaml")
+
+
+@pytest.fixture(scope="module")
+def edited():
+    """{family: (pipe, family, recipe, delta)}: the first three sites edited on each twin."""
+    out = {}
+    for name in ("sd3", "flux"):
+        family = FAMILIES[name]
+        pipe = family.build_twin(0)
+        pipe.set_progress_bar_config(disable=True)
+        recipe = _recipe(name)
+        sites = [s.path for s in family.sites(pipe.transformer)][:3]
+        out[name] = (pipe, family, recipe, compute_delta(pipe, family, recipe, sites))
+    return out
+
+
+@torch.no_grad()
+def _outputs(pipe, family, recipe, prompts, probes, picks):
+    """{projection path: (picks x probes, out) outputs, bias included} of every edited site when
+    the transformer reads ``prompts`` at ``probes``: forward hooks on the modules themselves."""
+    states, pooled = family.encode_with_pooled(pipe, prompts)
+    seen: dict[str, list] = {}
+    rows = torch.tensor([k for k, _ in picks])
+    positions = torch.tensor([i for _, i in picks])
+
+    def hook(name):
+        return lambda _m, _i, out: seen.setdefault(name, []).append(out[rows, positions])
+
+    modules = [s for site in family.sites(pipe.transformer)[:3] for s in (site.key, site.value)]
+    handles = [pipe.transformer.get_submodule(m).register_forward_hook(hook(m)) for m in modules]
+    try:
+        for probe in probes:
+            pipe.transformer(**probe, encoder_hidden_states=states, pooled_projections=pooled)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts).double() for name, parts in seen.items()}
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_per_site_residuals_are_small_and_the_collection_is_recorded(name, edited):
+    pipe, family, recipe, delta = edited[name]
+    errors = edit_errors(pipe, family, recipe, delta)
+    assert len(errors) == 6
+    for module, report in errors.items():
+        # measured: edit_error <= 0.0074, error_before >= 0.76, preserve_drift <= 0.0053
+        assert report["edit_error"] < 0.02, (module, report)
+        assert report["error_before"] > 0.3, (module, report)
+        assert report["preserve_drift"] < 0.02, (module, report)
+    provenance = delta.provenance
+    assert provenance["collection"]["steps"] == [0, 2] == denoising_steps(3, [0, 1])
+    # 3 edit prompts (two edits) x 1 token x 1 seed x 2 timesteps; 2 preserve prompts
+    assert provenance["columns"] == 6 and provenance["preserve_columns"] == 4
+    assert provenance["image_sites"] == []
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_edited_keys_values_match_the_targets_within_the_reported_residual(name, edited):
+    """Measured on the projections' outputs (bias included) in real transformer calls: the
+    edited model reading the original prompts against the unedited one reading the targets."""
+    pipe, family, recipe, delta = edited[name]
+    prompts = edit_prompts(pipe, family, recipe)
+    probes = record_probes(pipe, family, prompts.originals, recipe)
+    x_picks = [(k, i) for k, i, _ in prompts.pairs]
+    y_picks = [(k, j) for k, _, j in prompts.pairs]
+    target = _outputs(pipe, family, recipe, prompts.targets, probes, y_picks)
+    before = _outputs(pipe, family, recipe, prompts.originals, probes, x_picks)
+    with delta.applied(pipe.transformer):
+        after = _outputs(pipe, family, recipe, prompts.originals, probes, x_picks)
+    reported = edit_errors(pipe, family, recipe, delta)
+    for module, report in reported.items():
+        scale = target[module].norm()
+        measured = float((after[module] - target[module]).norm() / scale)
+        assert measured == pytest.approx(report["edit_error"], rel=1e-3, abs=1e-6), module
+        assert float((before[module] - target[module]).norm() / scale) > 10 * measured
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_preserve_prompts_move_less_than_the_bound(name, edited):
+    """At the preserve tokens (the last, under ``tokens: last``), at a seed and a timestep the
+    solve never saw (measured: drift <= 0.064 on SD3, <= 0.030 on FLUX; the original prompts'
+    keys/values move 0.8-1.1)."""
+    pipe, family, recipe, delta = edited[name]
+    prompts = edit_prompts(pipe, family, recipe)
+    unseen = recipe.model_copy(
+        update={"edit": recipe.edit.model_copy(update={"seeds": [7], "timesteps": [0.5]})}
+    )
+    moved = {}
+    for group, picks in (
+        (prompts.preserve, prompts.preserve_at),
+        (prompts.originals, [(k, i) for k, i, _ in prompts.pairs]),
+    ):
+        probes = record_probes(pipe, family, group, unseen)
+        before = _outputs(pipe, family, recipe, group, probes, picks)
+        with delta.applied(pipe.transformer):
+            after = _outputs(pipe, family, recipe, group, probes, picks)
+        moved[id(group)] = {
+            m: float((after[m] - before[m]).norm() / before[m].norm()) for m in delta.deltas
+        }
+    for module in delta.deltas:
+        drift, edit = moved[id(prompts.preserve)][module], moved[id(prompts.originals)][module]
+        assert drift < 0.1 and edit > 10 * drift, (module, drift, edit)
+
+
+def test_flux_single_block_sites_need_the_opt_in(edited):
+    pipe, family, _, _ = edited["flux"]
+    single = [s.path for s in family.sites(pipe.transformer) if not s.text_only][:1]
+    with pytest.raises(EditError, match="allow_image_sites"):
+        compute_delta(pipe, family, _recipe("flux"), single)
+    recipe = _recipe("flux", ", allow_image_sites: true")
+    delta = compute_delta(pipe, family, recipe, single)
+    assert delta.provenance["image_sites"] == single
+    for report in edit_errors(pipe, family, recipe, delta).values():
+        assert report["edit_error"] < 0.03 and report["error_before"] > 0.3
+
+
+def test_collection_settings_are_validated():
+    settings = parse_recipe(RECIPE.format(guidance=1.0, extra=""), "r.yaml").edit
+    assert settings.seeds == [0] and settings.timesteps == [0.0, 1.0]
+    assert not settings.allow_image_sites
+    default = parse_recipe(
+        RECIPE.format(guidance=1.0, extra="").replace(", seeds: [0], timesteps: [0, 1]", "")
+    ).edit
+    assert default.seeds == [0, 1] and default.timesteps == [0.0, 0.5, 1.0]
+    with pytest.raises(RecipeError, match="edit.timesteps"):
+        parse_recipe(RECIPE.format(guidance=1.0, extra="").replace("[0, 1]", "[0, 1.5]"))

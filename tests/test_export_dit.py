@@ -1,0 +1,186 @@
+"""Exports of joint-attention edits (SD3, FLUX): the adapter as the family's own diffusers
+pipeline and ``locopack.apply`` load it equals the merged checkpoint, and ComfyUI's key maps
+place every one of its keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+
+import locopack
+from locopack.edit import compute_delta
+from locopack.export import write_adapter, write_merged
+from locopack.models import get_family, load_denoiser_layout, load_pipeline
+
+from .test_edit_dit import _recipe
+from .test_models_dit import REAL_LAYOUTS
+
+ENERGY = 0.99999999
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    """{family: (twin folder, release folder, delta)}: two double-stream sites edited, and
+    for FLUX also a single-stream one (opted in)."""
+    root = tmp_path_factory.mktemp("dit-export")
+    out = {}
+    for name in ("sd3", "flux"):
+        twin = get_family(name).save_twin(root / name, seed=0)
+        pipe, family = load_pipeline(str(twin))
+        pipe.set_progress_bar_config(disable=True)
+        sites = [s.path for s in family.sites(pipe.transformer)]
+        chosen, extra = sites[1:3], ""
+        if name == "flux":
+            chosen, extra = sites[1:4], ", allow_image_sites: true"
+        delta = compute_delta(pipe, family, _recipe(name, extra), chosen)
+        folder = root / f"release-{name}"
+        folder.mkdir()
+        write_adapter(delta, folder, max_rank=64, energy=ENERGY)
+        write_merged(pipe, family, delta, folder / "merged")
+        out[name] = (twin, folder, delta)
+    return out
+
+
+def _denoise(pipe):
+    """One transformer call on seeded inputs of the twin's shapes."""
+    transformer = pipe.transformer
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(2, 20, transformer.config.joint_attention_dim, generator=gen)
+    pooled = torch.randn(2, transformer.config.pooled_projection_dim, generator=gen)
+    extra = {}
+    if "axes_dims_rope" in transformer.config:  # FLUX: packed latents and RoPE position ids
+        sample = torch.randn(2, 16, transformer.config.in_channels, generator=gen)
+        extra = {"txt_ids": torch.zeros(20, 3), "img_ids": torch.randn(16, 3, generator=gen)}
+        timestep = torch.tensor([0.5, 0.5])
+    else:
+        size = transformer.config.sample_size
+        sample = torch.randn(2, transformer.config.in_channels, size, size, generator=gen)
+        timestep = torch.tensor([500.0, 500.0])
+    with torch.no_grad():
+        return transformer(
+            hidden_states=sample,
+            timestep=timestep,
+            encoder_hidden_states=states,
+            pooled_projections=pooled,
+            return_dict=False,
+            **extra,
+        )[0]
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_adapter_loaded_by_the_family_pipeline_equals_the_merged_checkpoint(name, releases):
+    twin, folder, _ = releases[name]
+    with_adapter = DiffusionPipeline.from_pretrained(str(twin))
+    assert type(with_adapter).__name__ == get_family(name).pipeline_classes[0]
+    with_adapter.load_lora_weights(str(folder))  # plain diffusers, as a user would
+    applied, _ = load_pipeline(str(twin))
+    assert locopack.apply(applied, folder).kind == "adapter"
+    merged = DiffusionPipeline.from_pretrained(str(folder / "merged"))
+    base = DiffusionPipeline.from_pretrained(str(twin))
+    a, p, m, b = (_denoise(x) for x in (with_adapter, applied, merged, base))
+    assert (a - m).abs().max() <= 1e-5  # measured 3e-7
+    assert (p - m).abs().max() <= 1e-5
+    assert (m - b).abs().max() > 1e-3  # the edit does change the outputs
+
+
+# ComfyUI's LoRA key maps for these models, written from its source (comfyanonymous/ComfyUI,
+# comfy/lora.py: model_lora_keys_unet maps "transformer.<diffusers key>" through
+# comfy/utils.py: flux_to_diffusers / mmdit_to_diffusers; load_lora reads "<x>.lora_B.weight"
+# as up, "<x>.lora_A.weight" as down and an optional "<x>.alpha").  Only the attention
+# projections are written out: {"transformer.<module>": (native weight, row offset, rows)}.
+def comfy_attention_map(name: str, config: dict) -> dict[str, tuple[str, int, int]]:
+    out = {}
+    if name == "flux":
+        hidden = config["num_attention_heads"] * config["attention_head_dim"]
+        for i in range(config["num_layers"]):
+            for stream, prefix in (("img_attn", "to_"), ("txt_attn", "add_")):
+                for j, which in enumerate("qkv"):
+                    module = f"{prefix}{which}" if stream == "img_attn" else f"add_{which}_proj"
+                    native = f"diffusion_model.double_blocks.{i}.{stream}.qkv.weight"
+                    out[f"transformer.transformer_blocks.{i}.attn.{module}"] = (
+                        native,
+                        j * hidden,
+                        hidden,
+                    )
+        for i in range(config["num_single_layers"]):
+            native = f"diffusion_model.single_blocks.{i}.linear1.weight"
+            for j, which in enumerate("qkv"):
+                out[f"transformer.single_transformer_blocks.{i}.attn.to_{which}"] = (
+                    native,
+                    j * hidden,
+                    hidden,
+                )
+        return out
+    depth = config["num_layers"]
+    offset = depth * 64  # ComfyUI's width of an MMDiT of this depth
+    for i in range(depth):
+        for j, which in enumerate("qkv"):
+            native = f"diffusion_model.joint_blocks.{i}.context_block.attn.qkv.weight"
+            out[f"transformer.transformer_blocks.{i}.attn.add_{which}_proj"] = (
+                native,
+                j * offset,
+                offset,
+            )
+    return out
+
+
+def _comfy_loads(keys, key_map) -> dict[str, str]:
+    """{file key: ComfyUI target} as ``load_lora`` consumes them; the keys it leaves are the
+    ones it would warn about ("lora key not loaded")."""
+    placed = {}
+    for key in keys:
+        for suffix in (".lora_B.weight", ".lora_A.weight", ".alpha"):
+            stem = key.removesuffix(suffix)
+            if stem != key and stem in key_map:
+                placed[key] = key_map[stem][0]
+    return placed
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_comfyui_maps_every_key_of_the_adapter_for_the_real_layouts(name, tmp_path):
+    """Every site projection of SD3.5-medium / FLUX.1-schnell, as the adapter names it, lands
+    on a row block of ComfyUI's fused weight that is exactly as wide as the projection."""
+    model = next(
+        m for m, (cls, _) in REAL_LAYOUTS.items() if get_family(name).pipeline_classes[0] == cls
+    )
+    pipeline_class, config = REAL_LAYOUTS[model]
+    (tmp_path / "transformer").mkdir()
+    index = {"_class_name": pipeline_class, "transformer": ["diffusers", config["_class_name"]]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(config))
+    family, denoiser = load_denoiser_layout(str(tmp_path))
+    key_map = comfy_attention_map(name, config)
+    modules = [m for site in family.sites(denoiser) for m in (site.key, site.value)]
+    keys = [f"transformer.{m}.lora_{ab}.weight" for m in modules for ab in "AB"]
+    placed = _comfy_loads(keys, key_map)
+    assert sorted(placed) == sorted(keys)
+    for module in modules:
+        _, _, rows = key_map[f"transformer.{module}"]
+        assert rows == denoiser.get_submodule(module).out_features
+    assert len(modules) == {"sd3": 48, "flux": 114}[name]
+
+
+def test_comfyui_patch_of_the_flux_adapter_gives_the_merged_weights(releases):
+    """ComfyUI's patch (fused weight rows += up @ down, alpha absent: scale 1) of the twin's
+    fused weights, compared row block by row block with the merged checkpoint."""
+    twin, folder, delta = releases["flux"]
+    tensors = load_file(folder / "pytorch_lora_weights.safetensors")
+    base = DiffusionPipeline.from_pretrained(str(twin)).transformer
+    merged = DiffusionPipeline.from_pretrained(str(folder / "merged")).transformer
+    key_map = comfy_attention_map("flux", dict(base.config))
+    placed = _comfy_loads(tensors, key_map)
+    assert sorted(placed) == sorted(tensors)
+    assert any(m.startswith("single_transformer_blocks") for m in delta.deltas)
+    for module in delta.deltas:
+        _, _, rows = key_map[f"transformer.{module}"]
+        up, down = (
+            tensors[f"transformer.{module}.lora_B.weight"],
+            tensors[f"transformer.{module}.lora_A.weight"],
+        )
+        assert up.shape[0] == rows
+        patched = base.get_submodule(module).weight + up @ down
+        torch.testing.assert_close(patched, merged.get_submodule(module).weight, rtol=0, atol=1e-6)
