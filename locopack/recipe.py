@@ -38,6 +38,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -95,6 +96,8 @@ ModelRef = Annotated[str, _rule(_MODEL_REF, "a Hub id 'org/name' or a local fold
 _SLUG = "a slug: lowercase letters, digits, '.', '_' or '-', starting alphanumeric, <= 64 long"
 Slug = Annotated[str, _rule(r"[a-z0-9][a-z0-9._-]{0,63}", _SLUG)]
 RepoId = Annotated[str, _rule(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", "a Hub repo id 'org/name'")]
+_DETECTOR = "a built-in detector (clip, toy, nudenet) or 'module:callable'"
+DetectorName = Annotated[str, _rule(r"clip|toy|nudenet|[A-Za-z_][\w.]*:[A-Za-z_]\w*", _DETECTOR)]
 License = Annotated[str, _rule(r"[A-Za-z0-9][A-Za-z0-9.+-]*", "'inherit' or a license id")]
 
 
@@ -272,6 +275,46 @@ class ExportSettings(_Strict):
         return value
 
 
+class DetectorSpec(_Strict):
+    """A detector of the evidence: a built-in name (``clip``, ``toy``, ``nudenet``) or
+    ``module:callable``, with keyword ``options``; a bare string is the name alone."""
+
+    name: DetectorName
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class AttackSettings(_Strict):
+    """The evidence's search attack on each erase edit (:mod:`locopack.release.attack`):
+    ``tokens`` words searched in place of the concept, ``candidates`` tried per position, at
+    most ``steps`` images (0: no search) and ``seconds`` per model, deterministic under
+    ``seed``."""
+
+    tokens: int = Field(2, ge=1, le=16)
+    candidates: int = Field(4, ge=1)
+    steps: int = Field(12, ge=0)
+    seconds: float = Field(60.0, gt=0)
+    seed: int = Field(0, ge=0)
+
+
+class EvidenceSettings(_Strict):
+    """What the before/after evidence draws and measures: ``detectors`` run on every image;
+    ``seeds`` (default: the localization's first seed) draw each prompt; ``unrelated`` prompts
+    replace the built-in ones; a preserve or unrelated prompt whose images' mean SSIM (before
+    vs after, same seed) falls below ``ssim_threshold`` is flagged on the card; ``attack``
+    budgets the search attack."""
+
+    detectors: list[DetectorSpec] = Field(default_factory=lambda: [DetectorSpec(name="clip")])
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
+    unrelated: list[Prompt] | None = Field(None, min_length=1)
+    ssim_threshold: float = Field(0.8, gt=0, le=1)
+    attack: AttackSettings = Field(default_factory=AttackSettings)
+
+
 class CardSettings(_Strict):
     description: str | None = None
     license: License = "inherit"
@@ -295,6 +338,7 @@ class Recipe(_Strict):
     localize: LocalizeSettings = Field(default_factory=LocalizeSettings)
     edit: EditSettings = Field(default_factory=EditSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
+    evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     card: CardSettings = Field(default_factory=CardSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     _source_text: str = PrivateAttr("")
@@ -332,7 +376,7 @@ class Recipe(_Strict):
 
 _SECTIONS = {
     name: Recipe.model_fields[name].annotation
-    for name in ("base", "localize", "edit", "export", "card", "hub")
+    for name in ("base", "localize", "edit", "export", "evidence", "card", "hub")
 }
 
 

@@ -415,21 +415,39 @@ REAL_UNETS = {
 }
 
 
+def _real_sites(model: str) -> list[str]:
+    """The site paths of a published model the example recipes name, built on the meta
+    device from its configs (UNets above; transformers from tests/test_models_dit.py)."""
+    import diffusers
+    import torch
+
+    from locopack.models import family_for, get_family
+    from tests.test_models_dit import REAL_LAYOUTS
+
+    if model in REAL_UNETS:
+        family, expected, config = REAL_UNETS[model]
+        with torch.device("meta"):
+            sites = get_family(family).sites(diffusers.UNet2DConditionModel(**config))
+        assert len(sites) == expected
+        return [s.path for s in sites]
+    pipeline_class, config = REAL_LAYOUTS[model]
+    family = family_for(pipeline_class, config)
+    transformer_class = getattr(diffusers, config["_class_name"])
+    with torch.device("meta"):
+        transformer = transformer_class(**{k: v for k, v in config.items() if k[0] != "_"})
+    return [s.path for s in family.sites(transformer)]
+
+
 def test_example_recipes_fit_the_real_models_they_name():
     import re
 
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    from locopack.models import get_family
-
+    named = set()
     for path in sorted((RECIPES / "examples").glob("*.yaml")):
         recipe = load_recipe(path)
-        family, expected, config = REAL_UNETS[recipe.base.model]
-        with torch.device("meta"):
-            unet = UNet2DConditionModel(**config)
-        sites = [s.path for s in get_family(family).sites(unet)]
-        assert len(sites) == expected
+        sites = _real_sites(recipe.base.model)
+        named.add(recipe.base.model)
         check_against_model(recipe, len(sites), sites)  # the window fits
         for suggested in re.findall(r"# layers: \[(.+?)\]", recipe.source_text):
-            assert suggested in sites, (path.name, suggested)
+            for layer in suggested.split(", "):
+                assert layer in sites, (path.name, layer)
+    assert len(named) == 4  # SD-1.5, SD-XL, SD3.5 Medium, FLUX.1-schnell

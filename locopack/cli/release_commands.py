@@ -52,7 +52,7 @@ def export_cmd(
     out: Path,
 ) -> None:
     """Export DELTA (a delta.safetensors written by `locopack edit`) for inference."""
-    from ..release.stages import ExportChoice, run_export
+    from ..release.exports import ExportChoice, run_export
 
     quiet_libraries()
     choice = ExportChoice(max_rank, energy, adapter, kohya, merged, onnx)

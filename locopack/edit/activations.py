@@ -3,6 +3,13 @@
 One sample per prompt: the projection's output averaged over every position of the text
 sequence (padding included), because the neuron override replaces the output at every position
 with one constant; its value is then the mean of what the neuron emits for neutral prompts.
+
+In joint-attention transformers (SD3, FLUX) a site reads its block's own text stream, so the
+activations are taken while denoising (:mod:`locopack.edit.stream`, at the recipe's
+``edit.seeds`` x ``edit.timesteps``) and averaged over those probes too.  There the override
+makes sense at double-stream (joint) blocks, whose ``add_k_proj``/``add_v_proj`` emit text
+rows only; FLUX's single-stream ``to_k``/``to_v`` emit the image tokens' rows as well, which a
+constant override would flatten, so those sites are refused.
 """
 
 from __future__ import annotations
@@ -15,18 +22,36 @@ import torch
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from .neurons import NeuronEdit, select_neurons
+from .stream import Group, record_probes, site_columns
 
 _MATRICES = {"key": ("key",), "value": ("value",), "both": ("key", "value")}
 
 
 @torch.no_grad()
 def projection_activations(
-    pipe: Any, family: Any, prompts: list[str], layers: list[str], matrices: str = "both"
+    pipe: Any,
+    family: Any,
+    prompts: list[str],
+    layers: list[str],
+    matrices: str = "both",
+    recipe: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """{projection module path: (prompts, out_features) mean activations} at ``layers``."""
+    """{projection module path: (prompts, out_features) mean activations} at ``layers``.
+
+    Joint-attention families need ``recipe`` (its denoising settings and ``edit.seeds`` /
+    ``edit.timesteps``).
+
+    Raises:
+        EditError: a joint-attention family without ``recipe``, or a site that also maps
+            image tokens.
+    """
     denoiser = getattr(pipe, family.denoiser_attr)
-    states = family.encode(pipe, prompts)
     sites = {s.path: s for s in family.sites(denoiser)}
+    if family.joint_attention:
+        return _joint_activations(
+            pipe, family, prompts, [sites[p] for p in layers], matrices, recipe
+        )
+    states = family.encode(pipe, prompts)
     out = {}
     for path in layers:
         site = sites[path]
@@ -35,6 +60,33 @@ def projection_activations(
             module_path = getattr(site, which)
             module = denoiser.get_submodule(module_path)
             out[module_path] = module(inputs.to(module.weight.dtype)).float().mean(dim=1)
+    return out
+
+
+def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[str, torch.Tensor]:
+    """:func:`projection_activations` from site inputs collected while denoising."""
+    image = [site.path for site in sites if not site.text_only]
+    if image:
+        raise EditError(
+            f"neuron editing overrides a projection's whole output, and {image[0]} is a "
+            f"{family.pretty_name} single-stream site whose to_k/to_v also emit the image "
+            "tokens' keys/values; choose double-stream blocks (transformer_blocks.*)"
+        )
+    if recipe is None:
+        raise EditError(f"{family.pretty_name} activations are collected with a recipe's settings")
+    states, pooled = family.encode_with_pooled(pipe, prompts)
+    probes = record_probes(pipe, family, prompts, recipe)
+    n, length = states.shape[:2]
+    picks = [(k, i) for k in range(n) for i in range(length)]
+    inputs = site_columns(pipe.transformer, sites, Group(states, pooled, probes), picks)
+    out = {}
+    for site in sites:
+        x = inputs[site.path].T.reshape(len(probes), n, length, -1)
+        for which in _MATRICES[matrices]:
+            module_path = getattr(site, which)
+            module = pipe.transformer.get_submodule(module_path)
+            y = module(x.to(module.weight.device, module.weight.dtype)).float()
+            out[module_path] = y.mean(dim=(0, 2))
     return out
 
 
@@ -56,8 +108,8 @@ def neuron_edit_for(
         )
     matrices = recipe.edit.matrices
     edit = select_neurons(
-        projection_activations(pipe, family, attribute, layers, matrices),
-        projection_activations(pipe, family, neutral, layers, matrices),
+        projection_activations(pipe, family, attribute, layers, matrices, recipe),
+        projection_activations(pipe, family, neutral, layers, matrices, recipe),
         top_k,
     )
     fingerprint = model_fingerprint(pipe, family)

@@ -5,16 +5,17 @@ tracer from tripping over diffusers' code.  Every workaround is scoped to the ex
 manager or a translation table handed to ``torch.onnx.export``), so the model the caller holds is
 left as it was, and each export is checked against the untouched torch model afterwards.
 
-* **Adapters** (:class:`_UNetAdapter`, :class:`_PixArtAdapter`).  An ONNX graph takes a flat
-  list of tensors; the denoisers take keyword arguments, nested dicts (``added_cond_kwargs``) and
-  return a ``ModelOutput``.  The adapters give each family one positional signature, in the order
-  of :attr:`TraceSpec.inputs`, and return the bare sample tensor.
+* **Adapters** (:class:`_UNetAdapter`, :class:`_PixArtAdapter`, :class:`_JointAdapter`).  An
+  ONNX graph takes a flat list of tensors; the denoisers take keyword arguments, nested dicts
+  (``added_cond_kwargs``) and return a ``ModelOutput``.  The adapters give each family one
+  positional signature, in the order of :attr:`TraceSpec.inputs`, and return the bare sample
+  tensor.
 * **Inputs** (:func:`_spec`, :func:`dummy_inputs`).  Shapes come from the denoiser's config and
   the family's prompt length; families whose inputs ONNX cannot carry (class labels, image
-  embeddings, transformers other than PixArt) are refused here, before any tracing.  The dummy
-  inputs are seeded and *plausible* (timesteps in [0, 1000), a padding mask that keeps at least
-  one token, positive sizes for ``time_ids``/``resolution``) because the same inputs feed the
-  check, which should run the model on values like the pipeline's.
+  embeddings, transformers other than PixArt, SD3 and FLUX) are refused here, before any
+  tracing.  The dummy inputs are seeded and *plausible* (timesteps in [0, 1000), a padding mask
+  that keeps at least one token, positive sizes for ``time_ids``/``resolution``) because the
+  same inputs feed the check, which should run the model on values like the pipeline's.
 * **Dynamic batch by name** (:func:`batch_axes`, :func:`tracing`).  The batch axis is given to
   torch.onnx as the string ``"batch"``, which it turns into ``torch.export.Dim.DYNAMIC`` and names
   ``batch`` in the graph.  A strict ``Dim("batch")`` fails on the SD UNets: diffusers'
@@ -97,12 +98,77 @@ class _PixArtAdapter(torch.nn.Module):
         )[0]
 
 
+class _JointAdapter(torch.nn.Module):
+    """SD3 / FLUX transformers as ``(sample, timestep, encoder_hidden_states,
+    pooled_projections[, guidance])``.
+
+    ``timestep`` is the scheduler's, in [0, 1000), for both (FLUX's pipeline passes it
+    divided by 1000).  FLUX takes packed latents (B, tokens, channels) and position ids for the
+    text and image tokens; those ids depend only on the sizes, which the graph fixes, so they
+    are constants of the adapter, as the pipeline computes them.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, ids: tuple[torch.Tensor, ...] = ()) -> None:
+        super().__init__()
+        self.transformer = transformer
+        if ids:
+            self.register_buffer("txt_ids", ids[0], persistent=False)
+            self.register_buffer("img_ids", ids[1], persistent=False)
+
+    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections, guidance=None):
+        if not hasattr(self, "img_ids"):
+            return self.transformer(
+                hidden_states=sample,
+                timestep=timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                pooled_projections=pooled_projections,
+                return_dict=False,
+            )[0]
+        return self.transformer(
+            hidden_states=sample,
+            timestep=timestep / 1000,
+            guidance=guidance,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            txt_ids=self.txt_ids,
+            img_ids=self.img_ids,
+            return_dict=False,
+        )[0]
+
+
+def _joint_spec(pipe: Any, family: type[ModelFamily], denoiser: torch.nn.Module) -> TraceSpec:
+    """The inputs of an SD3 or FLUX transformer at its pipeline's default size."""
+    cfg, dtype, length = denoiser.config, denoiser.dtype, family.max_length(pipe)
+    pooled = ((cfg.pooled_projection_dim,), dtype)
+    text = ((length, cfg.joint_attention_dim), dtype)
+    if type(denoiser).__name__ == "SD3Transformer2DModel":
+        spec = TraceSpec(_JointAdapter(denoiser), device=denoiser.device)
+        size = cfg.sample_size
+        spec.inputs["sample"] = ((cfg.in_channels, size, size), dtype)
+    else:
+        side = pipe.default_sample_size // 2  # latent pixels per side, 2 x 2 to a token
+        ids = (
+            torch.zeros(length, 3, device=denoiser.device, dtype=dtype),
+            pipe._prepare_latent_image_ids(1, side, side, denoiser.device, dtype),
+        )
+        spec = TraceSpec(_JointAdapter(denoiser, ids), device=denoiser.device)
+        spec.inputs["sample"] = ((side * side, cfg.in_channels), dtype)
+    spec.inputs["timestep"] = ((), torch.float32)
+    spec.inputs["encoder_hidden_states"] = text
+    spec.inputs["pooled_projections"] = pooled
+    if getattr(cfg, "guidance_embeds", False):
+        spec.inputs["guidance"] = ((), torch.float32)
+    return spec
+
+
 def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
     return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
 
 
 def trace_spec(pipe: Any, family: type[ModelFamily]) -> TraceSpec:
     denoiser = getattr(pipe, family.denoiser_attr)
+    if family.joint_attention:
+        return _joint_spec(pipe, family, denoiser)
     cfg, dtype = denoiser.config, denoiser.dtype
     size, length = cfg.sample_size, family.max_length(pipe)
     if isinstance(size, (list, tuple)):
@@ -153,6 +219,8 @@ def dummy_inputs(spec: TraceSpec, batch: int, seed: int) -> dict[str, torch.Tens
         elif name == "encoder_attention_mask":
             keep = torch.randint(1, shape[0] + 1, (batch, 1), generator=gen)
             value = (torch.arange(shape[0]).expand(batch, -1) < keep).to(dtype)
+        elif name == "guidance":
+            value = torch.rand((batch,), generator=gen).to(dtype) * 4 + 1
         elif name in ("time_ids", "resolution"):
             value = torch.randint(1, 128, (batch, *shape), generator=gen).to(dtype) * 8
         elif name == "aspect_ratio":

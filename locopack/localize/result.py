@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-from PIL import Image, ImageDraw
 
 from ..errors import RecipeError
 from ..filenames import LOCALIZATION_FILE, LOCALIZATION_PLOT
@@ -144,43 +141,9 @@ class LocalizationResult:
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise RecipeError(f"{path}: not a readable localization result ({err})") from None
 
-    def plot(self, width: int = 640, height: int = 320) -> bytes:
-        """PNG bytes: mean score per window (chosen in red) and the reference lines."""
-        lines = [
-            (self.baseline, (0, 140, 0), "baseline"),
-            (self.all_sites, (160, 0, 160), "all sites"),
-        ]
-        if self.pooled_only is not None:
-            lines.append((self.pooled_only, (200, 120, 0), "pooled only"))
-        values = [c.mean for c in self.candidates] + [line[0].mean for line in lines]
-        lo, hi = min(values), max(values)
-        span = (hi - lo) or 1.0
-        left, right, top, bottom = 48, 16, 24, 40
-        image = Image.new("RGB", (width, height), "white")
-        draw = ImageDraw.Draw(image)
+    def plot(self) -> bytes:
+        """PNG bytes: every window's mean and spread, the reference lines, the chosen window
+        (drawn by :mod:`.plot`)."""
+        from .plot import localization_png
 
-        def y(value: float) -> float:
-            return top + (hi - value) / span * (height - top - bottom)
-
-        n = len(self.candidates)
-        step = (width - left - right) / max(n, 1)
-        for i, cand in enumerate(self.candidates):
-            colour = (
-                (200, 30, 30)
-                if i == self.chosen
-                else ((70, 110, 180) if i in self.finalists else (170, 170, 170))
-            )
-            x0 = left + i * step + step * 0.15
-            draw.rectangle([x0, y(cand.mean), x0 + step * 0.7, height - bottom], fill=colour)
-            draw.text((x0, height - bottom + 4), str(i), fill="black")
-        for cand, colour, name in lines:
-            draw.line([left, y(cand.mean), width - right, y(cand.mean)], fill=colour, width=2)
-            draw.text((width - right - 70, y(cand.mean) - 12), name, fill=colour)
-        draw.text(
-            (4, 4), f"mean score per window of {self.window} (chosen: {self.chosen})", fill="black"
-        )
-        draw.text((4, top), f"{hi:.2f}", fill="black")
-        draw.text((4, height - bottom - 10), f"{lo:.2f}", fill="black")
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
+        return localization_png(self)

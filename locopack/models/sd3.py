@@ -73,8 +73,8 @@ class StableDiffusion3(JointAttentionFamily):
     @classmethod
     def build_twin(cls, seed: int = 0) -> StableDiffusion3Pipeline:
         """The SD3.5 block layout (QK RMS norm, dual attention in the first blocks, a last
-        ``context_pre_only`` block) at 5 blocks (``twin_layers``) of width 16 (``twin_heads``), after
-        diffusers' own test twin."""
+        ``context_pre_only`` block) at 5 blocks (``twin_layers``) of width 16 (``twin_heads``),
+        after diffusers' own test twin."""
         text_encoder, tokenizer = tiny_clip_text(seed, 16, "gelu", projection=16)
         text_encoder_2, tokenizer_2 = tiny_clip_text(seed + 1, 16, "gelu", projection=16)
         text_encoder_3, tokenizer_3 = tiny_t5(seed + 2, d_model=32)

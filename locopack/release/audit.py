@@ -39,10 +39,11 @@ from .layout import (
     HISTORY_FILE,
     MERGED_DIR,
     PIPELINE_INDEX,
+    RECIPE_FILE,
     hashed_files,
+    recorded_base,
 )
 from .reproduce import Reproduce
-from .stages import recorded_base
 
 
 @dataclass
@@ -123,6 +124,14 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
             "history chain",
             False,
             f"merged/{HISTORY_FILE}: differs from the release's {HISTORY_FILE}",
+        )
+    recipe = folder / RECIPE_FILE
+    if recipe.is_file() and recipe.read_bytes() != str(entries[-1].get("recipe_text")).encode():
+        return report.add(
+            "history chain",
+            False,
+            f"{HISTORY_FILE}: its last entry records another recipe than {RECIPE_FILE} (an "
+            "entry dropped or replaced, or the recipe edited)",
         )
     report.entries = entries  # only a verified chain is shown as a timeline
     return report.add("history chain", True, f"{len(entries)} entries")

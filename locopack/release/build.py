@@ -35,15 +35,14 @@ from ..distributed import barrier
 from ..errors import LocopackError, ModelLayoutError
 from ..storage import remove_leftovers
 from .base import LoadedBase, changed_file, load_base
+from .exports import ExportChoice, export_delta
 from .layout import BUILD_OUTPUTS, DELTA_FILE, HISTORY_FILE, RECIPE_FILE
 from .lock import build_lock
 from .resources import resource_errors
 from .stages import (
     DEFAULT_OPTIONS,
-    ExportChoice,
     RunOptions,
     compute_edit,
-    export_delta,
     layers_or_localize,
     save_edit,
     scorer_for,
@@ -178,9 +177,10 @@ def _build(
     recipe: Any, out: Path, options: RunOptions, summary: BuildSummary, log: _StageLog
 ) -> BuildSummary | None:
     from .card import write_card
-    from .evidence import collect_evidence, evidence_inputs, reusable_evidence
+    from .evidence import check_detectors, collect_evidence, evidence_inputs, reusable_evidence
     from .history import new_entry, prior_history, write_history
 
+    check_detectors(recipe)  # a detector that cannot load fails now, not after the edit
     base = load_base(recipe, allow_pickle=options.allow_pickle)
     previous = prior_history(base.source, base.commit or base.revision)
     _check_recorded_base(base, previous)

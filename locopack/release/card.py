@@ -4,8 +4,9 @@ Metadata through huggingface_hub's ``ModelCardData``: ``base_model`` and its rel
 (``adapter`` for a LoRA release, ``finetune`` when a merged checkpoint is released),
 ``library_name: diffusers``, tags, the license inherited from the base where it is known, and a
 widget gallery of after images.  The body says what was edited and why, where (the localized
-layers and the localization plot), how well (the evidence table and grids), at what cost to
-other prompts, how to use it, its limitations, the full recipe and the hash of every file.
+layers and the localization plot), how well and at what cost to other prompts
+(:mod:`.card_sections`: efficacy, specificity and robustness, each with its numbers and
+grids), how to use it, its limitations, the full recipe and the hash of every file.
 
 :func:`build_card` reads only files in the release folder and names any that is missing.
 """
@@ -21,6 +22,7 @@ import yaml
 from ..errors import ExportError, LocopackError
 from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
+from .card_sections import card_images, evidence_sections
 from .layout import (
     ADAPTER_FILE,
     CARD_FILE,
@@ -34,17 +36,10 @@ from .layout import (
     MERGED_DIR,
     PIPELINE_INDEX,
     RECIPE_FILE,
+    recorded_base,
     release_files,
     sha256_file,
 )
-from .stages import recorded_base
-
-SET_NAMES = {
-    "edited": "edited prompts",
-    "held_out": "held-out paraphrases",
-    "preserve": "preserve prompts",
-    "unrelated": "unrelated prompts",
-}
 
 
 def card_files(folder: Path) -> list[str]:
@@ -91,27 +86,6 @@ def _license(recipe: Any, base: str) -> str | None:
         return None
     value = found.data.to_dict().get("license")
     return value if isinstance(value, str) else None
-
-
-def _evidence_table(evidence: dict) -> list[str]:
-    lines = [
-        "| edit | prompt set | n | CLIP to original: before → after | "
-        "CLIP to target: before → after |",
-        "|---|---|---|---|---|",
-    ]
-    for edit in evidence["edits"]:
-        for name, item in edit["sets"].items():
-            s = item["summary"]
-            cells = [
-                f"{s['before'][k]['mean']:.2f} ± {s['before'][k]['std']:.2f} → "
-                f"{s['after'][k]['mean']:.2f} ± {s['after'][k]['std']:.2f}"
-                for k in ("original", "target")
-            ]
-            lines.append(
-                f"| {edit['label']} | {SET_NAMES.get(name, name)} | "
-                f"{len(item['prompts'])} | {cells[0]} | {cells[1]} |"
-            )
-    return lines
 
 
 def _limitations(evidence: dict) -> list[str]:
@@ -172,7 +146,7 @@ def _build_card(folder: Path) -> tuple[str, dict]:
     localization = None
     if (folder / LOCALIZATION_FILE).is_file():
         localization = _read_json(folder, LOCALIZATION_FILE, "the localization scores")
-    referenced = [item["grid"] for e in evidence["edits"] for item in e["sets"].values()]
+    referenced = card_images(evidence)
     referenced += [g["image"] for g in evidence.get("gallery", [])]
     referenced += [DELTA_FILE, ADAPTER_FILE]
     referenced += [LOCALIZATION_PLOT] if localization else []
@@ -232,11 +206,6 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
             "![localization](localization.png)\n"
         )
     where += _text_path_notes(localization, prov)
-    grids = "\n".join(
-        f"**{e['label']}: {SET_NAMES.get(n, n)}**\n\n![{n}]({item['grid']})\n"
-        for e in evidence["edits"]
-        for n, item in e["sets"].items()
-    )
     errors = edit["modules"].values()
     limitations = _limitations(evidence) or [
         "- none of the held-out prompts lagged (see the rule below)"
@@ -251,6 +220,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
         if hub_like
         else (f"`{usage_base}`")
     )
+    seeds = ", ".join(map(str, evidence.get("seeds", [evidence["seed"]])))
     settings = (
         f"λ = {prov['lambda']}, matrices: {prov['matrices']}, tokens: {prov['tokens']}, "
         f"preserve weight {prov['preserve_weight']}"
@@ -280,13 +250,11 @@ Models*, ICML 2024).
 {where}
 ## How well: before / after evidence
 
-Same seed ({evidence["seed"]}), {evidence["steps"]} steps, guidance {evidence["guidance"]};
-CLIP score (100·cos) with `{evidence["scorer"]}`; the edit was applied as a user loads it
-({evidence["applied"]}).
+Before and after share their seeds ({seeds}), {evidence["steps"]} steps,
+guidance {evidence["guidance"]}; CLIP score (100·cos) with `{evidence["scorer"]}`; the edit
+was applied as a user loads it ({evidence["applied"]}).
 
-{chr(10).join(_evidence_table(evidence))}
-
-{grids}
+{evidence_sections(evidence)}
 ## Edit settings
 
 - {settings}
@@ -340,20 +308,20 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
     sites: the pooled vector of joint-attention transformers, FLUX single-stream sites."""
     notes = []
     pooled = (localization or {}).get("pooled_only")
-    if pooled is not None:
+    if pooled is not None:  # the reference lines share their settings
         base = localization["baseline"]["mean"]
-        window = localization["candidates"][localization["chosen"]]["mean"] - base
-        alone = pooled["mean"] - base
+        alone, sites = pooled["mean"] - base, localization["all_sites"]["mean"] - base
         notes.append(
             "The pooled CLIP vector modulates every block and is not a site: LocoGen kept it at "
-            f"the original prompt, and the edit does not change it. Swapped alone it moved the "
-            f"score by {alone:+.2f} (the chosen window: {window:+.2f})."
+            "the original prompt, and the edit does not change it. Swapped alone it moved the "
+            f"score by {alone:+.2f}; every site altered, with the pooled vector kept, by "
+            f"{sites:+.2f}."
         )
-        if abs(alone) > abs(window):
-            ratio = abs(alone) / abs(window) if window else float("inf")
+        if abs(alone) > abs(sites):
+            ratio = f" ({abs(alone) / abs(sites):.0f}x)" if sites else ""
             notes.append(
-                f"On this model the pooled path moves the images more than the chosen window "
-                f"({ratio:.0f}x): what it carries of the concept is left as it was."
+                "On this model the pooled path moves the images more than all the sites "
+                f"together{ratio}: what it carries of the concept is left as it was."
             )
     if prov.get("image_sites"):
         listed = ", ".join(f"`{path}`" for path in prov["image_sites"])

@@ -1,4 +1,4 @@
-"""Before/after evidence: fixed-seed images and CLIP scores, base model vs edited model.
+"""Before/after evidence: fixed-seed images, CLIP scores and detectors, base vs edited model.
 
 For every edit, four prompt sets are drawn twice with the same seeds, once by the base model
 and once with the released adapter loaded the way a user loads it (``locopack.apply``, i.e.
@@ -7,11 +7,16 @@ diffusers' ``load_lora_weights``; PEFT for PixArt), never the in-memory delta:
 - ``edited``: the edit's prompts (what the edit was computed from);
 - ``held_out``: its held-out paraphrases (not used by the edit);
 - ``preserve``: its and the recipe's preserve prompts;
-- ``unrelated``: a few fixed prompts about other things.
+- ``unrelated``: the recipe's ``evidence.unrelated`` prompts, or a few fixed ones.
 
-Each image is scored with CLIP against its own prompt ("original") and against the edit's
-target ("target"; for preserve and unrelated prompts the target is the prompt itself).
-Results go to ``evidence.json``; each set's before | after grid to ``evidence/``.
+Each prompt is drawn with every seed of ``evidence.seeds``.  Each image is scored with CLIP
+against its own prompt ("original") and against the edit's target ("target"; for preserve and
+unrelated prompts the target is the prompt itself), averaged over the seeds; each detector of
+``evidence.detectors`` (:mod:`locopack.detectors`) gives a set's rates before and after (the
+concept, the prompt, and for the edited and held-out sets the target); and every prompt's
+before/after change (SSIM, PSNR: :mod:`.specificity`), with the preserve and unrelated
+prompts that changed too much flagged.  Results go to ``evidence.json``; each set's before |
+after grid (first seed) to ``evidence/``, and each flagged set's grid of every seed.
 
 ``evidence.json`` also records its ``inputs`` (:func:`evidence_inputs`: the recipe's hash, the
 base's fingerprint, the hashes of the delta and of the adapter's tensors, the scorer), so that
@@ -24,15 +29,21 @@ from __future__ import annotations
 import io
 import json
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image, ImageDraw
 
+from ..detectors import load_detector, rates
 from ..fingerprint import tensors_sha256
 from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
+from .attack import run_attacks
+from .charts import SUMMARY_CHART, summary_png
 from .layout import ADAPTER_FILE, EVIDENCE_DIR, EVIDENCE_FILE
+from .specificity import CHECKED_SETS, flagged, prompt_changes
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"
@@ -48,7 +59,7 @@ def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
             "edited": list(zip(edit.originals(), targets, strict=True)),
             "held_out": [(p, targets[0]) for p in edit.expanded_held_out()],
             "preserve": [(p, p) for p in dict.fromkeys(list(edit.preserve) + common)],
-            "unrelated": [(p, p) for p in UNRELATED],
+            "unrelated": [(p, p) for p in recipe.evidence.unrelated or UNRELATED],
         }
         out.append(
             {
@@ -81,24 +92,55 @@ def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] |
     it names is there; else None (it is then drawn again)."""
     try:
         found = json.loads((release / EVIDENCE_FILE).read_text(encoding="utf-8"))
-        images = [s["grid"] for e in found["edits"] for s in e["sets"].values()]
-        images += [g["image"] for g in found["gallery"]]
+        images = [g for e in found["edits"] for s in e["sets"].values() for g in _grids(s)]
+        images += [g["image"] for g in found["gallery"]] + [found["summary_chart"]]
+        images += [a["grid"] for a in (found["attack"] or {"edits": []})["edits"]]
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     complete = all(isinstance(i, str) and (release / i).is_file() for i in images)
     return found if complete and found.get("inputs") == inputs else None
 
 
-def _generate(pipe, family, prompts, seed, steps, guidance, resolution) -> list[Image.Image]:
+@contextmanager
+def _edited(pipe: Any, release: Path) -> Iterator[Any]:
+    """The release's edit applied to ``pipe`` as a user applies it, removed on exit."""
+    from .inference import apply
+
+    applied = apply(pipe, release)
+    try:
+        yield applied
+    finally:
+        applied.remove()
+
+
+def check_detectors(recipe: Any) -> None:
+    """Load every detector the recipe names (``clip`` without its scorer), so that a missing
+    module or extra fails before the build's expensive stages.
+
+    Raises:
+        RecipeError: a detector cannot be loaded.
+    """
+    for spec in recipe.evidence.detectors:
+        load_detector(spec.name, spec.options)
+
+
+def _grids(item: dict[str, Any]) -> list[str]:
+    """The image files a set's evidence names."""
+    return [item["grid"]] + ([item["flagged_grid"]] if item.get("flagged_grid") else [])
+
+
+def _generate(pipe, family, prompts, seeds, steps, guidance, resolution) -> dict[str, list]:
+    """Every prompt drawn with every seed: {prompt: [image per seed]}."""
     size = {"height": resolution, "width": resolution} if resolution else {}
-    images = []
+    images = {}
     for prompt in prompts:
-        generator = torch.Generator(pipe.device).manual_seed(seed)
-        images += pipe(
+        generators = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
+        images[prompt] = pipe(
             prompt,
+            num_images_per_prompt=len(seeds),
             num_inference_steps=steps,
             guidance_scale=guidance,
-            generator=generator,
+            generator=generators,
             **size,
             **family.call_kwargs(),
         ).images
@@ -151,62 +193,115 @@ def collect_evidence(
     Returns:
         The content written to ``out/evidence.json``.
     """
-    from .inference import apply
-
     settings = recipe.localize
-    seed = settings.seeds[0] if seed is None else seed
+    seeds = [seed] if seed is not None else recipe.evidence.seeds or settings.seeds[:1]
     steps = steps or settings.steps
     guidance = settings.guidance if guidance is None else guidance
+    detectors = [load_detector(d.name, d.options, scorer) for d in recipe.evidence.detectors]
     plan = prompt_sets(recipe)
     every = sorted({p for item in plan for pairs in item["sets"].values() for p, _ in pairs})
-    args = (seed, steps, guidance, settings.resolution)
-    before = dict(zip(every, _generate(pipe, family, every, *args), strict=True))
-    applied = apply(pipe, release)
-    try:
-        after = dict(zip(every, _generate(pipe, family, every, *args), strict=True))
-    finally:
-        applied.remove()
+
+    def draw(prompts: list[str], seeds: list[int]) -> dict[str, list]:
+        return _generate(pipe, family, prompts, seeds, steps, guidance, settings.resolution)
+
+    def write_grid(stem: str, rows: list) -> str:
+        name = f"{EVIDENCE_DIR}/{stem}.png"
+        atomic_write_bytes(out / name, grid(rows))
+        return name
+
+    before = draw(every, seeds)
+    with _edited(pipe, release) as applied:
+        after = draw(every, seeds)
     result = {
         "format": FORMAT,
-        "seed": seed,
+        "seed": seeds[0],
+        "seeds": seeds,
         "steps": steps,
         "guidance": guidance,
         "scorer": getattr(scorer, "name", type(scorer).__name__),
+        "detectors": [d.name for d in detectors],
+        "ssim_threshold": recipe.evidence.ssim_threshold,
         "applied": applied.kind,
         "inputs": inputs,
         "edits": [],
     }
+    images = {"before": before, "after": after}
     for item in plan:
         entry = {k: item[k] for k in ("edit", "label", "kind", "success_score")} | {"sets": {}}
         for name, pairs in item["sets"].items():
-            prompts = [p for p, _ in pairs]
-            targets = [t for _, t in pairs]
-            scores = {}
-            for when, images in (("before", before), ("after", after)):
-                shots = [images[p] for p in prompts]
-                scores[when] = {
-                    "original": scorer(shots, prompts),
-                    "target": scorer(shots, targets),
-                }
-            image_name = f"{EVIDENCE_DIR}/edit{item['edit']}_{name}.png"
-            atomic_write_bytes(out / image_name, grid([(p, before[p], after[p]) for p in prompts]))
-            entry["sets"][name] = {
-                "prompts": prompts,
-                "targets": targets,
-                "grid": image_name,
-                "scores": scores,
-                "summary": {
-                    when: {k: _summary(v) for k, v in s.items()} for when, s in scores.items()
-                },
-            }
+            stem = f"edit{item['edit']}_{name}"
+            measured = _measure(pairs, images, scorer, detectors, item["label"])
+            first = [(p, before[p][0], after[p][0]) for p in measured["prompts"]]
+            measured["grid"] = write_grid(stem, first)
+            if name in CHECKED_SETS:
+                threshold = recipe.evidence.ssim_threshold
+                measured.update(_flag(write_grid, stem, measured, images, threshold))
+            entry["sets"][name] = measured
         result["edits"].append(entry)
     gallery = []
     for prompt in sorted({p for item in plan for p, _ in item["sets"].get("edited", [])}):
         name = f"{EVIDENCE_DIR}/after_{len(gallery)}.png"
         buffer = io.BytesIO()
-        after[prompt].save(buffer, format="PNG")
+        after[prompt][0].save(buffer, format="PNG")
         atomic_write_bytes(out / name, buffer.getvalue())
         gallery.append({"prompt": prompt, "image": name})
     result["gallery"] = gallery
+    result["attack"] = run_attacks(
+        recipe,
+        pipe.tokenizer,
+        draw,
+        lambda: _edited(pipe, release),
+        detectors,
+        scorer,
+        seeds,
+        write_grid,
+    )
+    atomic_write_bytes(out / SUMMARY_CHART, summary_png(result))
+    result["summary_chart"] = SUMMARY_CHART
     atomic_write_text(out / EVIDENCE_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _flag(write_grid, stem: str, measured: dict, images: dict, threshold: float) -> dict:
+    """The set's prompts whose images changed beyond ``threshold``, and a grid of each
+    flagged prompt's images at every seed."""
+    prompts = [measured["prompts"][i] for i in flagged(measured["change"], threshold)]
+    if not prompts:
+        return {"flagged": []}
+    rows = [
+        (f"{p} / {k}", b, a)
+        for p in prompts
+        for k, (b, a) in enumerate(zip(images["before"][p], images["after"][p], strict=True))
+    ]
+    return {"flagged": prompts, "flagged_grid": write_grid(f"{stem}_flagged", rows)}
+
+
+def _measure(pairs, images, scorer, detectors, label: str) -> dict[str, Any]:
+    """One prompt set's CLIP scores (per prompt, mean over the seeds), detector rates and
+    before/after image change."""
+    prompts = [p for p, _ in pairs]
+    targets = [t for _, t in pairs]
+    n = len(images["before"][prompts[0]])
+    per_image = {"original": [p for p in prompts for _ in range(n)]}
+    per_image["target"] = [t for t in targets for _ in range(n)]
+    scores, found = {}, {}
+    for when, drawn in images.items():
+        shots = [image for p in prompts for image in drawn[p]]
+        scores[when] = {}
+        for key, texts in per_image.items():
+            flat = scorer(shots, texts)
+            scores[when][key] = [statistics.fmean(flat[i : i + n]) for i in range(0, len(flat), n)]
+        for detector in detectors:
+            seen = rates(detector(shots, per_image["original"]), label)
+            target = rates(detector(shots, per_image["target"]), label).get("prompt")
+            if targets != prompts and target is not None:
+                seen["target"] = target
+            found.setdefault(detector.name, {"kind": detector.kind})[when] = seen
+    return {
+        "prompts": prompts,
+        "targets": targets,
+        "scores": scores,
+        "summary": {when: {k: _summary(v) for k, v in s.items()} for when, s in scores.items()},
+        "detectors": found,
+        "change": prompt_changes(prompts, images["before"], images["after"]),
+    }

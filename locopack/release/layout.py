@@ -80,6 +80,7 @@ __all__ = [
     "hashed_files",
     "is_local_only",
     "locate",
+    "recorded_base",
     "relative_location",
     "release_files",
     "sha256_file",
@@ -152,3 +153,10 @@ def locate(folder: Path, *refs: Any) -> str | None:
         if (folder / ref).is_dir():  # an absolute ref stays itself
             return str(folder / ref)
     return next((ref for ref in texts if is_hub_id(ref)), None)
+
+
+def recorded_base(record: dict[str, Any], folder: Path) -> str | None:
+    """The base a delta or history entry records, as a folder or Hub id usable here (see
+    :func:`locate`)."""
+    legacy = record.get("base_path")  # releases of locopack 0.1
+    return locate(folder, record.get("base_location") or legacy, record.get("base_model"))

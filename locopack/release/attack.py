@@ -1,0 +1,179 @@
+"""The search attack: can a few other words bring an erased concept back?
+
+For each erase edit, the edit's first prompt has its concept replaced by ``tokens`` words
+drawn from the tokenizer's vocabulary (whole alphabetic words; every word of the concept, and
+any word inside one of them or holding one, is removed first).  A coordinate search, in the
+spirit of UnlearnDiffAtk / P4D but discrete and gradient-free, then replaces one position at a
+time by ``candidates`` random words and keeps a replacement that raises the objective: the
+concept's finding from the recipe's first rate detector on one image (plus a small CLIP
+term, to the edit's original prompt, that orders images the detector scores alike), or the
+CLIP score alone where the recipe names no rate detector.
+
+The search runs on the base model (the reference: what the words can do without the edit)
+and on the edited model, each for at most ``steps`` generated images and ``seconds``.  The
+best prompt of each is then drawn on both models with every evidence seed; its concept rate
+there is the attack's success.  The random words the search started from give the chance
+level.  Deterministic under ``seed`` as long as the ``seconds`` limit is not what stopped it
+(``stopped`` records which limit did).  Update edits are not attacked.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: the weight of the CLIP score (100·cos) next to a detector's finding (0..1)
+CLIP_WEIGHT = 1e-3
+
+
+def vocabulary(tokenizer: Any, concept: str) -> list[str]:
+    """The whole words of ``tokenizer`` an attack may use, sorted: alphabetic ASCII, at least
+    two letters, none of the concept's words nor a part or extension of one."""
+    banned = [w.lower() for w in concept.split()]
+    specials = set(getattr(tokenizer, "all_special_tokens", []))
+    words = set()
+    for token in tokenizer.get_vocab():
+        if token in specials:
+            continue
+        word = token.replace("</w>", "").replace("\u2581", "").replace("\u0120", "").lower()
+        if len(word) < 2 or not (word.isascii() and word.isalpha()):
+            continue
+        if any(word in b or b in word for b in banned):
+            continue
+        words.add(word)
+    return sorted(words)
+
+
+def attack_template(edit: Any) -> str:
+    """The edit's first prompt with ``{words}`` where its concept was (appended if none)."""
+    template = edit.prompts[0]
+    if "{concept}" not in template:
+        template += " {concept}"
+    return template.replace("{concept}", "{words}")
+
+
+def search(
+    objective: Callable[[str], float],
+    template: str,
+    words: list[str],
+    settings: Any,
+) -> dict[str, Any]:
+    """The coordinate search; ``objective(prompt)`` draws and judges one image."""
+    rng = random.Random(settings.seed)
+    current = [rng.choice(words) for _ in range(settings.tokens)]
+    seen: dict[str, float] = {}
+
+    def value(chosen: list[str]) -> tuple[str, float]:
+        prompt = template.format(words=" ".join(chosen))
+        if prompt not in seen:
+            seen[prompt] = objective(prompt)
+        return prompt, seen[prompt]
+
+    start_prompt, best = value(current)
+    prompt, began, stopped = start_prompt, time.perf_counter(), "steps"
+    step = 0
+    while len(seen) < settings.steps:
+        if time.perf_counter() - began > settings.seconds:
+            stopped = "seconds"
+            break
+        position = step % settings.tokens
+        for word in rng.sample(words, min(settings.candidates, len(words))):
+            trial = current[:position] + [word] + current[position + 1 :]
+            found, score = value(trial)
+            if score > best:
+                prompt, best, current = found, score, trial
+            if len(seen) >= settings.steps:
+                break
+        step += 1
+    return {
+        "prompt": prompt,
+        "objective": best,
+        "start": start_prompt,
+        "evaluations": len(seen),
+        "stopped": stopped,
+    }
+
+
+def concept_objective(generate, detector, scorer, label: str, original: str, seed: int):
+    """``prompt -> value`` of one image drawn with ``seed`` (see the module docstring)."""
+
+    def objective(prompt: str) -> float:
+        image = generate([prompt], [seed])[prompt]
+        clip = scorer(image, [original])[0]
+        if detector is None:
+            return clip
+        return detector(image, [prompt])[0].get(label, 0.0) + CLIP_WEIGHT * clip
+
+    return objective
+
+
+def success(images: list, prompt: str, detector, scorer, label: str, original: str) -> float:
+    """The concept's rate over ``images`` (or the mean CLIP score without a rate detector)."""
+    if detector is None:
+        return statistics.fmean(scorer(images, [original] * len(images)))
+    return statistics.fmean(f.get(label, 0.0) for f in detector(images, [prompt] * len(images)))
+
+
+def run_attacks(
+    recipe, tokenizer, draw, edited, detectors, scorer, seeds, write_grid
+) -> dict | None:
+    """Search attacks on every erase edit of ``recipe``; None when ``steps`` is 0.
+
+    ``draw(prompts, seeds)`` returns ``{prompt: [image per seed]}`` on the model as it is;
+    ``edited()`` is a context manager under which the release's edit is applied;
+    ``write_grid(name, rows)`` writes a before | after grid into the evidence and returns
+    its file name.
+    """
+    settings = recipe.evidence.attack
+    if settings.steps == 0:
+        return None
+    detector = next((d for d in detectors if d.kind == "rate"), None)
+    out = []
+    for index, edit in enumerate(recipe.edits):
+        if edit.kind != "erase":
+            continue
+        words = vocabulary(tokenizer, edit.label)
+        template, original = attack_template(edit), edit.originals()[0]
+        judge = (detector, scorer, edit.label, original)
+        objective = concept_objective(draw, detector, scorer, edit.label, original, seeds[0])
+        found = {"base": search(objective, template, words, settings)}
+        with edited():
+            found["edited"] = search(objective, template, words, settings)
+            prompts = list(
+                dict.fromkeys([found["base"]["start"]] + [f["prompt"] for f in found.values()])
+            )
+            after = draw(prompts, seeds)
+        before = draw(prompts, seeds)
+        for item in found.values():
+            p = item["prompt"]
+            item["success"] = {
+                "before": success(before[p], p, *judge),
+                "after": success(after[p], p, *judge),
+            }
+        start = found["base"]["start"]
+        rows = [(f"found on base: {found['base']['prompt']}", found["base"]["prompt"])]
+        rows += [(f"found on edited: {found['edited']['prompt']}", found["edited"]["prompt"])]
+        rows += [(f"random start: {start}", start)]
+        out.append(
+            {
+                "edit": index,
+                "label": edit.label,
+                "template": template,
+                "vocabulary": len(words),
+                "judge": detector.name if detector else "clip",
+                "kind": detector.kind if detector else "score",
+                "searches": found,
+                "chance": {
+                    "prompt": start,
+                    "before": success(before[start], start, *judge),
+                    "after": success(after[start], start, *judge),
+                },
+                "grid": write_grid(
+                    f"edit{index}_attack", [(t, before[p][0], after[p][0]) for t, p in rows]
+                ),
+            }
+        )
+    return {"settings": settings.model_dump(), "edits": out}

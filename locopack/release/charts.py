@@ -1,0 +1,150 @@
+"""``evidence/summary.png``: efficacy, specificity and robustness in one chart (matplotlib).
+
+- efficacy: the erased concept's (or, for an update, the target's) rate before and after on
+  the edited and held-out prompts, from the first rate detector of the recipe; CLIP's success
+  score where the recipe names no rate detector;
+- specificity: on the preserve and unrelated prompts, the rate of images showing what their
+  prompt asks (before, after) and the mean SSIM between before and after images;
+- robustness: the held-out paraphrases as attack prompts, and the search attack's success
+  before and after the edit (with the chance level of its random start), where one was run.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from typing import Any
+
+from .layout import EVIDENCE_DIR
+
+#: the chart's file in the release
+SUMMARY_CHART = f"{EVIDENCE_DIR}/summary.png"
+BEFORE, AFTER, SAME = "#8c8c8c", "#c81e1e", "#4670b4"
+
+
+def _rate_detector(evidence: dict) -> str | None:
+    for edit in evidence["edits"]:
+        for item in edit["sets"].values():
+            for name, found in item.get("detectors", {}).items():
+                if found["kind"] == "rate":
+                    return name
+    return None
+
+
+def efficacy_bars(evidence: dict) -> tuple[str, list[tuple[str, float, float]]]:
+    """The efficacy panel's unit and (label, before, after) bars."""
+    detector = _rate_detector(evidence)
+    bars = []
+    for edit in evidence["edits"]:
+        for name in ("edited", "held_out"):
+            item = edit["sets"].get(name)
+            if item is None:
+                continue
+            label = f"{edit['label']}\n{name.replace('_', '-')}"
+            if detector:
+                key = "concept" if edit["kind"] == "erase" else "target"
+                found = item["detectors"][detector]
+                if key in found["before"]:
+                    bars.append((label, found["before"][key], found["after"][key]))
+            else:
+                key = edit["success_score"][0]
+                s = item["summary"]
+                bars.append((label, s["before"][key]["mean"], s["after"][key]["mean"]))
+    what = "concept" if evidence["edits"][0]["kind"] == "erase" else "target"
+    return (f"{detector}: {what} rate" if detector else "CLIP success score"), bars
+
+
+def specificity_bars(evidence: dict) -> list[tuple[str, float | None, float | None, float]]:
+    """(label, prompt rate before, after, mean SSIM) per preserve and unrelated set."""
+    detector = _rate_detector(evidence)
+    out = []
+    for edit in evidence["edits"]:
+        for name in ("preserve", "unrelated"):
+            item = edit["sets"].get(name)
+            if item is None:
+                continue
+            found = item["detectors"].get(detector, {}) if detector else {}
+            before = found.get("before", {}).get("prompt")
+            after = found.get("after", {}).get("prompt")
+            ssim = statistics.fmean(item["change"]["ssim"])
+            out.append((f"{edit['label']}\n{name}", before, after, ssim))
+    return out
+
+
+def _paired(axes, labels, before, after, third=None, *, rate: bool = True) -> None:
+    """Before/after (and a third series) bars per label, each bar labelled with its value."""
+    xs = list(range(len(labels)))
+    series = [("before", before, BEFORE), ("after", after, AFTER)]
+    series += [("SSIM before/after", third, SAME)] if third else []
+    width = 0.8 / len(series)
+    for k, (name, values, colour) in enumerate(series):
+        offset = (k - (len(series) - 1) / 2) * width
+        bars = axes.bar([x + offset for x in xs], values, width, color=colour, label=name)
+        as_rate = rate and name != "SSIM before/after"
+        texts = ["" if v != v else (f"{v:.0%}" if as_rate else f"{v:.2f}") for v in values]
+        axes.bar_label(bars, texts, fontsize=6, padding=1)  # v != v: NaN
+    axes.set_xticks(xs, labels, fontsize=7)
+    if rate:
+        axes.set_ylim(0, 1.3)
+    axes.legend(fontsize=7, loc="upper center", ncol=len(series), frameon=False)
+    axes.grid(axis="y", alpha=0.3)
+
+
+def summary_png(evidence: dict) -> bytes:
+    """PNG bytes of the three-panel summary of ``evidence``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    left, middle, right = figure.subplots(1, 3)
+    unit, bars = efficacy_bars(evidence)
+    if bars:
+        labels, before, after = zip(*bars, strict=True)
+        _paired(left, labels, before, after, rate=unit != "CLIP success score")
+    left.set_title(f"efficacy ({unit})", fontsize=9)
+    spec = specificity_bars(evidence)
+    if spec:
+        labels, before, after, ssim = zip(*spec, strict=True)
+        nan = float("nan")
+        before = [nan if v is None else v for v in before]
+        after = [nan if v is None else v for v in after]
+        _paired(middle, labels, before, after, third=ssim)
+    middle.set_title("specificity (prompt kept; image SSIM)", fontsize=9)
+    _robustness(right, evidence)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def robustness_bars(evidence: dict) -> list[tuple[str, float, float]]:
+    """(label, before, after) per erase edit: the held-out paraphrases' concept rate, the
+    search attack's success (found on the base, before; found on the edited model, after)
+    and the random start's (chance)."""
+    out = []
+    held = efficacy_bars(evidence)[1]
+    out += [
+        (label.replace("held-out", "paraphrases"), b, a)
+        for label, b, a in held
+        if "held-out" in label
+    ]
+    for attack in (evidence.get("attack") or {"edits": []})["edits"]:
+        found = attack["searches"]
+        before, after = found["base"]["success"]["before"], found["edited"]["success"]["after"]
+        out.append((f"{attack['label']}\nsearch", before, after))
+        out.append(
+            (f"{attack['label']}\nchance", attack["chance"]["before"], attack["chance"]["after"])
+        )
+    return out
+
+
+def _robustness(axes: Any, evidence: dict) -> None:
+    axes.set_title("robustness (attack success: concept rate)", fontsize=9)
+    bars = robustness_bars(evidence)
+    if not bars:
+        axes.text(0.5, 0.5, "no attack was run", ha="center", va="center")
+        axes.set_axis_off()
+        return
+    labels, before, after = zip(*bars, strict=True)
+    kinds = {a["kind"] for a in (evidence.get("attack") or {"edits": []})["edits"]}
+    _paired(axes, labels, before, after, rate=kinds <= {"rate"})

@@ -1,0 +1,100 @@
+"""The search attack: its vocabulary, its search (budget, determinism) and its plumbing."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from locopack.recipe import AttackSettings, load_recipe
+from locopack.release.attack import attack_template, run_attacks, search, vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
+
+
+class _Tokenizer:
+    all_special_tokens = ["<|startoftext|>", "<|endoftext|>"]
+
+    def get_vocab(self):
+        words = ["stripes</w>", "stripe</w>", "striped</w>", "dots</w>", "red</w>", "a</w>"]
+        return dict.fromkeys(words + ["re", "x1</w>", "<|endoftext|>", "\u2581checker"], 0)
+
+
+def test_the_vocabulary_leaves_out_the_concept_and_its_parts():
+    assert vocabulary(_Tokenizer(), "stripes") == ["checker", "dots", "red"]
+    assert "dots" not in vocabulary(_Tokenizer(), "polka dots")
+
+
+def test_the_template_puts_the_words_where_the_concept_was():
+    recipe = load_recipe(STRIPES)
+    assert attack_template(recipe.edits[0]) == "a red circle on a {words} background"
+    edit = SimpleNamespace(prompts=["a photo"])
+    assert attack_template(edit) == "a photo {words}"
+
+
+def test_the_search_keeps_improvements_within_its_budget_and_repeats_under_a_seed():
+    words = [f"w{i}" for i in range(50)]
+
+    def objective(prompt: str) -> float:
+        return sum(int(w[1:]) for w in prompt.split()[1:])
+
+    settings = AttackSettings(tokens=2, candidates=5, steps=20, seed=3)
+    first = search(objective, "x {words}", words, settings)
+    assert first == search(objective, "x {words}", words, settings)
+    assert first["evaluations"] <= 20 and first["stopped"] == "steps"
+    assert first["objective"] >= objective(first["start"])
+    assert first["objective"] > objective(first["start"])  # 20 tries beat a random start
+    other = search(objective, "x {words}", words, AttackSettings(tokens=2, seed=4, steps=20))
+    assert other["start"] != first["start"]
+    stopped = search(objective, "x {words}", words, AttackSettings(seconds=1e-9, steps=20))
+    assert stopped["stopped"] == "seconds" and stopped["evaluations"] == 1
+
+
+@pytest.mark.slow
+def test_run_attacks_on_the_toy_model_is_deterministic_and_draws_its_grid(tmp_path):
+    import torch
+
+    from locopack.detectors import load_detector
+    from locopack.localize import ClipScorer
+    from locopack.release.base import load_base
+    from locopack.release.evidence import grid
+
+    recipe = load_recipe(STRIPES)
+    recipe.evidence.attack = AttackSettings(steps=3, candidates=2)
+    base = load_base(recipe)
+    pipe = base.pipe
+    pipe.set_progress_bar_config(disable=True)
+    scorer = ClipScorer(recipe.local_path(recipe.localize.scorer))
+    detectors = [load_detector("toy")]
+
+    def draw(prompts, seeds):
+        out = {}
+        for prompt in prompts:
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            out[prompt] = pipe(
+                prompt,
+                num_images_per_prompt=len(seeds),
+                num_inference_steps=6,
+                guidance_scale=4.0,
+                generator=generators,
+            ).images
+        return out
+
+    def write_grid(stem, rows):
+        (tmp_path / f"{stem}.png").write_bytes(grid(rows))
+        return f"{stem}.png"
+
+    args = (pipe.tokenizer, draw, contextlib.nullcontext, detectors, scorer, [0], write_grid)
+    found = run_attacks(recipe, *args)
+    assert found == run_attacks(recipe, *args)
+    (attack,) = found["edits"]
+    assert attack["judge"] == "toy" and "stripes" not in attack["searches"]["base"]["prompt"]
+    rates = [s["success"][w] for s in attack["searches"].values() for w in ("before", "after")]
+    assert all(0.0 <= r <= 1.0 for r in rates + [attack["chance"]["before"]])
+    # no edit applied: the same model before and after
+    base_run = attack["searches"]["base"]
+    assert base_run["success"]["before"] == base_run["success"]["after"]
+    assert (tmp_path / attack["grid"]).is_file()
