@@ -18,14 +18,26 @@ STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
 class _Tokenizer:
     all_special_tokens = ["<|startoftext|>", "<|endoftext|>"]
 
+    def __init__(self, tokens):
+        self.tokens = tokens
+
     def get_vocab(self):
-        words = ["stripes</w>", "stripe</w>", "striped</w>", "dots</w>", "red</w>", "a</w>"]
-        return dict.fromkeys(words + ["re", "x1</w>", "<|endoftext|>", "\u2581checker"], 0)
+        return dict.fromkeys(self.tokens + ["<|endoftext|>"], 0)
 
 
 def test_the_vocabulary_leaves_out_the_concept_and_its_parts():
-    assert vocabulary(_Tokenizer(), "stripes") == ["checker", "dots", "red"]
-    assert "dots" not in vocabulary(_Tokenizer(), "polka dots")
+    clip = ["stripes</w>", "stripe</w>", "striped</w>", "ripes</w>", "dots</w>", "red</w>"]
+    clip += ["a</w>", "re", "x1</w>"]  # too short, not word-final, not alphabetic
+    assert vocabulary(_Tokenizer(clip), "stripes") == ["dots", "red"]
+    assert vocabulary(_Tokenizer(clip), "polka dots") == [
+        "red",
+        "ripes",
+        "stripe",
+        "striped",
+        "stripes",
+    ]
+    pieces = ["\u2581checker", "\u2581stripes", "er", "\u2581a"]
+    assert vocabulary(_Tokenizer(pieces), "stripes") == ["checker"]
 
 
 def test_the_template_puts_the_words_where_the_concept_was():

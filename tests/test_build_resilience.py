@@ -343,3 +343,32 @@ def test_a_damaged_copy_of_a_released_base_is_named_by_build_and_audit(world, tm
     (world / "third.yaml").write_text(recipe.replace(str(world / "first" / "merged"), str(damaged)))
     line = _one_error_line(_build(world / "third.yaml", tmp_path / "third"))
     assert f"the base {damaged} differs from the release that recorded it ({unet}" in line
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (("window: 2", "window: 99"), "localize.window"),
+        (('target: "a painting"', 'target: "a painting by van gogh"'), "target"),
+        (("scorer: ", "scorer: ./no-such-scorer #"), "localize.scorer"),
+    ],
+)
+def test_a_bad_recipe_fails_build_before_any_model_is_loaded(
+    world, tmp_path, monkeypatch, change, field
+):
+    import locopack.release.build
+
+    def never(*args, **kwargs):
+        raise AssertionError("the build started although the recipe cannot work")
+
+    monkeypatch.setattr(locopack.release.build, "run_build", never)
+    shutil.copytree(world / "scorer", tmp_path / "scorer")
+    recipe = _recipe(tmp_path, world / "twin", "bad")
+    text = recipe.read_text()
+    assert change[0] in text
+    recipe.write_text(text.replace(change[0], change[1], 1))
+    result = _build(recipe, tmp_path / "out")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith(f"error: {recipe}:") and field in result.output, result.output
+    assert not (tmp_path / "out").exists()

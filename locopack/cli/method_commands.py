@@ -51,6 +51,7 @@ def localize(
     probes and seeds, each keeping the windows not clearly worse than the best.
     """
     from ..recipe import load_recipe, preflight
+    from ..release.lock import build_lock
     from ..release.stages import run_localize
 
     loaded = load_recipe(recipe)
@@ -67,7 +68,8 @@ def localize(
         screen_resolution=screen_resolution,
     )
     group = options.processes()
-    result = run_localize(loaded, out, options=options)
+    with build_lock(out, group):
+        result = run_localize(loaded, out, options=options)
     if not group.is_main:
         return
     if group.size > 1:
@@ -127,14 +129,20 @@ def edit(
     with none of them, LocoGen runs first.
     """
     from ..recipe import load_recipe
+    from ..release.lock import build_lock
     from ..release.stages import run_edit
 
     loaded = load_recipe(recipe)
     out = out_dir(out, loaded)
     quiet_libraries()
-    delta, report = run_edit(
-        loaded, out, layers=layer_refs(layers), localization=localization, options=run_options()
-    )
+    with build_lock(out):
+        delta, report = run_edit(
+            loaded,
+            out,
+            layers=layer_refs(layers),
+            localization=localization,
+            options=run_options(),
+        )
     worst = max(m["edit_error"] for m in report["modules"].values())
     click.echo(
         f"edited {len(delta.deltas)} matrices at {len(report['layers'])} site(s); "
@@ -164,19 +172,21 @@ def neurons(
     overridden at inference with their mean on the neutral prompts.  Writes neurons.safetensors.
     """
     from ..recipe import load_recipe
+    from ..release.lock import build_lock
     from ..release.stages import run_neurons
 
     loaded = load_recipe(recipe)
     out = out_dir(out, loaded)
     quiet_libraries()
-    edit = run_neurons(
-        loaded,
-        out,
-        top_k=top_k,
-        layers=layer_refs(layers),
-        localization=localization,
-        options=run_options(),
-    )
+    with build_lock(out):
+        edit = run_neurons(
+            loaded,
+            out,
+            top_k=top_k,
+            layers=layer_refs(layers),
+            localization=localization,
+            options=run_options(),
+        )
     click.echo(
         f"{edit.total()} neurons in {len(edit.overrides)} projection(s); "
         f"wrote {out}/neurons.safetensors"

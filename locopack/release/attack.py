@@ -1,8 +1,8 @@
 """The search attack: can a few other words bring an erased concept back?
 
 For each erase edit, the edit's first prompt has its concept replaced by ``tokens`` words
-drawn from the tokenizer's vocabulary (whole alphabetic words; every word of the concept, and
-any word inside one of them or holding one, is removed first).  A coordinate search, in the
+drawn from the tokenizer's vocabulary (whole alphabetic words; every word related to the
+concept's, see :func:`vocabulary`, is removed first).  A coordinate search, in the
 spirit of UnlearnDiffAtk / P4D but discrete and gradient-free, then replaces one position at a
 time by ``candidates`` random words and keeps a replacement that raises the objective: the
 concept's finding from the recipe's first rate detector on one image (plus a small CLIP
@@ -19,6 +19,7 @@ level.  Deterministic under ``seed`` as long as the ``seconds`` limit is not wha
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -29,22 +30,28 @@ from typing import Any
 CLIP_WEIGHT = 1e-3
 
 
+def _related(word: str, banned: str) -> bool:
+    """``word`` holds ``banned``, is a piece of it (3 letters or more: ``ripes``), or shares
+    its stem (a common start of all but two of its letters, at least four: ``striped``)."""
+    stem = len(os.path.commonprefix([word, banned]))
+    piece = len(word) >= 3 and word in banned
+    return banned in word or piece or stem >= min(len(banned), max(4, len(banned) - 2))
+
+
 def vocabulary(tokenizer: Any, concept: str) -> list[str]:
     """The whole words of ``tokenizer`` an attack may use, sorted: alphabetic ASCII, at least
-    two letters, none of the concept's words nor a part or extension of one."""
+    two letters, none related to a word of the concept (see :func:`_related`).  Whole words
+    are the tokens that end one (CLIP's ``</w>``) or start one (SentencePiece's ``\u2581``)
+    where the vocabulary marks them."""
     banned = [w.lower() for w in concept.split()]
     specials = set(getattr(tokenizer, "all_special_tokens", []))
-    words = set()
-    for token in tokenizer.get_vocab():
-        if token in specials:
-            continue
-        word = token.replace("</w>", "").replace("\u2581", "").replace("\u0120", "").lower()
-        if len(word) < 2 or not (word.isascii() and word.isalpha()):
-            continue
-        if any(word in b or b in word for b in banned):
-            continue
-        words.add(word)
-    return sorted(words)
+    tokens = [t for t in tokenizer.get_vocab() if t not in specials]
+    for mark, whole in (("</w>", str.endswith), ("\u2581", str.startswith)):
+        if any(mark in t for t in tokens):
+            tokens = [t.replace(mark, "") for t in tokens if whole(t, mark)]
+            break
+    words = {t.lower() for t in tokens if len(t) >= 2 and t.isascii() and t.isalpha()}
+    return sorted(w for w in words if not any(_related(w, b) for b in banned))
 
 
 def attack_template(edit: Any) -> str:
@@ -72,6 +79,7 @@ def search(
             seen[prompt] = objective(prompt)
         return prompt, seen[prompt]
 
+    start_words = " ".join(current)
     start_prompt, best = value(current)
     prompt, began, stopped = start_prompt, time.perf_counter(), "steps"
     step = 0
@@ -90,8 +98,10 @@ def search(
         step += 1
     return {
         "prompt": prompt,
+        "words": " ".join(current),
         "objective": best,
         "start": start_prompt,
+        "start_words": start_words,
         "evaluations": len(seen),
         "stopped": stopped,
     }
@@ -154,9 +164,8 @@ def run_attacks(
                 "after": success(after[p], p, *judge),
             }
         start = found["base"]["start"]
-        rows = [(f"found on base: {found['base']['prompt']}", found["base"]["prompt"])]
-        rows += [(f"found on edited: {found['edited']['prompt']}", found["edited"]["prompt"])]
-        rows += [(f"random start: {start}", start)]
+        rows = [(f"found on {w}: '{s['words']}'", s["prompt"]) for w, s in found.items()]
+        rows += [(f"random start: '{found['base']['start_words']}'", start)]
         out.append(
             {
                 "edit": index,

@@ -175,9 +175,9 @@ def _attack_lines(attack: dict) -> list[str]:
         f"A search attack replaced the concept in the edit's first prompt by "
         f"{settings['tokens']} words from the tokenizer's vocabulary (the concept's words "
         f"removed), trying {settings['candidates']} words per position for at most "
-        f"{settings['steps']} images per model (seed {settings['seed']}), once on the base "
-        "model and once on the edited one; each best prompt was then drawn on both models "
-        "with every evidence seed.",
+        f"{settings['steps']} images per model (search seed {settings['seed']}, images of the "
+        "first evidence seed), once on the base model and once on the edited one; each best "
+        "prompt was then drawn on both models with every evidence seed.",
         "",
         "| edit | prompt | found on | judged by | success on base | success on edited |",
         "|---|---|---|---|---|---|",

@@ -43,7 +43,7 @@ from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
 from .attack import run_attacks
 from .charts import SUMMARY_CHART, summary_png
 from .layout import ADAPTER_FILE, EVIDENCE_DIR, EVIDENCE_FILE
-from .specificity import CHECKED_SETS, flagged, prompt_changes
+from .specificity import CHECKED_SETS, flag_set, prompt_changes
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"
@@ -129,14 +129,22 @@ def _grids(item: dict[str, Any]) -> list[str]:
     return [item["grid"]] + ([item["flagged_grid"]] if item.get("flagged_grid") else [])
 
 
+#: images drawn in one call of the pipeline (several prompts' seeds): batched, a small model
+#: draws each image several times faster than alone
+BATCH = 8
+
+
 def _generate(pipe, family, prompts, seeds, steps, guidance, resolution) -> dict[str, list]:
-    """Every prompt drawn with every seed: {prompt: [image per seed]}."""
+    """Every prompt drawn with every seed: {prompt: [image per seed]}; the seeds of several
+    prompts share a call (prompt-major, as the pipeline orders a batch)."""
     size = {"height": resolution, "width": resolution} if resolution else {}
+    per_call = max(1, BATCH // len(seeds))
     images = {}
-    for prompt in prompts:
-        generators = [torch.Generator(pipe.device).manual_seed(s) for s in seeds]
-        images[prompt] = pipe(
-            prompt,
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start : start + per_call]
+        generators = [torch.Generator(pipe.device).manual_seed(s) for _ in chunk for s in seeds]
+        drawn = pipe(
+            chunk,
             num_images_per_prompt=len(seeds),
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -144,6 +152,8 @@ def _generate(pipe, family, prompts, seeds, steps, guidance, resolution) -> dict
             **size,
             **family.call_kwargs(),
         ).images
+        for i, prompt in enumerate(chunk):
+            images[prompt] = drawn[i * len(seeds) : (i + 1) * len(seeds)]
     return images
 
 
@@ -235,7 +245,7 @@ def collect_evidence(
             measured["grid"] = write_grid(stem, first)
             if name in CHECKED_SETS:
                 threshold = recipe.evidence.ssim_threshold
-                measured.update(_flag(write_grid, stem, measured, images, threshold))
+                measured.update(flag_set(write_grid, stem, measured, images, threshold))
             entry["sets"][name] = measured
         result["edits"].append(entry)
     gallery = []
@@ -260,20 +270,6 @@ def collect_evidence(
     result["summary_chart"] = SUMMARY_CHART
     atomic_write_text(out / EVIDENCE_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
-
-
-def _flag(write_grid, stem: str, measured: dict, images: dict, threshold: float) -> dict:
-    """The set's prompts whose images changed beyond ``threshold``, and a grid of each
-    flagged prompt's images at every seed."""
-    prompts = [measured["prompts"][i] for i in flagged(measured["change"], threshold)]
-    if not prompts:
-        return {"flagged": []}
-    rows = [
-        (f"{p} / {k}", b, a)
-        for p in prompts
-        for k, (b, a) in enumerate(zip(images["before"][p], images["after"][p], strict=True))
-    ]
-    return {"flagged": prompts, "flagged_grid": write_grid(f"{stem}_flagged", rows)}
 
 
 def _measure(pairs, images, scorer, detectors, label: str) -> dict[str, Any]:

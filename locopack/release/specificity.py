@@ -54,3 +54,18 @@ def prompt_changes(
 def flagged(change: dict[str, list[float]], threshold: float) -> list[int]:
     """The indices of the prompts whose mean SSIM is below ``threshold``."""
     return [i for i, ssim in enumerate(change["ssim"]) if ssim < threshold]
+
+
+def flag_set(write_grid, stem: str, measured: dict, images: dict, threshold: float) -> dict:
+    """A set's prompts whose images changed beyond ``threshold`` (``flagged``) and, where
+    there are any, the grid of their images at every seed that ``write_grid(name, rows)``
+    wrote (``flagged_grid``)."""
+    prompts = [measured["prompts"][i] for i in flagged(measured["change"], threshold)]
+    if not prompts:
+        return {"flagged": []}
+    rows = [
+        (f"{p} / {k}", b, a)
+        for p in prompts
+        for k, (b, a) in enumerate(zip(images["before"][p], images["after"][p], strict=True))
+    ]
+    return {"flagged": prompts, "flagged_grid": write_grid(f"{stem}_flagged", rows)}
