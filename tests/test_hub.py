@@ -535,3 +535,45 @@ def test_a_pushed_release_names_no_path_of_the_build_machine(standin, env, tmp_p
     audited = cli(env, "audit", str(tmp_path / "releases" / "pub"))
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert "merged/unet equals base + delta" in audited.stdout
+
+
+APPLY_DIT = """
+import json, torch, locopack
+from locopack.models import load_pipeline
+def run(pipe, family):
+    image = pipe("a painting in the style of van gogh", num_inference_steps=2, height=16,
+                 width=16, generator=torch.Generator().manual_seed(0), output_type="pt",
+                 **family.call_kwargs()).images
+    return image.float()
+(hub_pipe, family), (local_pipe, _), (base_pipe, _) = [load_pipeline({twin!r}) for _ in range(3)]
+hub = locopack.apply(hub_pipe, {ref!r})
+locopack.apply(local_pipe, {folder!r})
+a, b, base = run(hub_pipe, family), run(local_pipe, family), run(base_pipe, family)
+print(json.dumps({{"diff": (a - b).abs().max().item(), "edit": (b - base).abs().max().item(),
+                   "kind": hub.kind}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_a_joint_attention_release_is_pushed_pulled_and_applied(standin, env, tmp_path, family):
+    """SD3 and FLUX releases go through the Hub like the UNet families': build --push, then
+    the adapter pulled from the Hub applies exactly as the local one does."""
+    from click.testing import CliRunner
+
+    from locopack.cli import cli as locopack_cli
+
+    root = Path(__file__).resolve().parents[1]
+    twin = tmp_path / "twin"
+    assert CliRunner().invoke(locopack_cli, ["twin", family, str(twin)]).exit_code == 0
+    text = (root / "recipes" / "twin" / f"{family}-erase-van-gogh.yaml").read_text()
+    (tmp_path / "r.yaml").write_text(text.replace(f"./out/tiny-{family}", "./twin"))
+    args = ["build", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "release")]
+    built = cli(env, *args, "--push", f"org/{family}-release", "--tag", "v1")
+    assert built.returncode == 0, built.stderr
+    ref = f"org/{family}-release@v1"
+    out = python(env, APPLY_DIT.format(twin=str(twin), ref=ref, folder=str(tmp_path / "release")))
+    assert out["kind"] == "adapter"
+    assert out["diff"] <= 1e-6 and out["edit"] > 1e-4  # the same images, and the edit is real
+    audited = cli(env, "audit", ref)
+    assert audited.returncode == 0, audited.stdout + audited.stderr

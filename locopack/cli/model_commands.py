@@ -71,7 +71,9 @@ def layers(model: str, revision: str | None, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Replace DIRECTORY if it exists.")
 def twin(family_name: str, directory: Path, seed: int, force: bool) -> None:
-    """Build a tiny seeded twin of FAMILY (sd1, sd2, sdxl, if, pixart) into DIRECTORY.
+    """Build a tiny seeded twin of FAMILY into DIRECTORY.
+
+    FAMILY: sd1, sd2, sdxl, if, pixart, sd3 or flux.
 
     Twins have random weights and the family's real block layout at tiny width: they test
     every code path offline in seconds, but draw noise, not pictures.  A tiny random CLIP
