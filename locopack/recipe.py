@@ -112,6 +112,9 @@ class BaseModelSpec(_Strict):
     revision: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     variant: str | None = None
+    #: T5 tokens per prompt for SD3/FLUX (the pipelines' ``max_sequence_length``; FLUX.1-dev
+    #: takes up to 512, schnell 256); None: the family's default
+    max_sequence_length: int | None = Field(None, ge=1, le=512)
 
 
 class _EditMixin:
@@ -296,7 +299,7 @@ class AttackSettings(_Strict):
 
     tokens: int = Field(2, ge=1, le=16)
     candidates: int = Field(4, ge=1)
-    steps: int = Field(12, ge=0)
+    steps: int = Field(8, ge=0)
     seconds: float = Field(60.0, gt=0)
     seed: int = Field(0, ge=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,6 +64,9 @@ REAL_LAYOUTS = {
         },
     ),
 }
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +172,21 @@ def test_t5_length_is_settable(name, dit_pipes):
     assert family.call_kwargs()["max_sequence_length"] == family.t5_length
     clip = pipe.tokenizer.model_max_length if name == "sd3" else 0
     assert short.encode(pipe, [PROMPT]).shape[1] == clip + 12 == short.max_length(pipe)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_recipe_sets_the_t5_length_of_the_loaded_base(name, dit_dirs, tmp_path):
+    from locopack.recipe import parse_recipe
+    from locopack.release.base import load_base
+
+    text = (ROOT / "recipes" / "twin" / f"{name}-erase-van-gogh.yaml").read_text()
+    text = text.replace(f"./out/tiny-{name}/scorer", str(dit_dirs[name] / "scorer"))
+    text = text.replace(f"./out/tiny-{name}", str(dit_dirs[name]))
+    recipe = parse_recipe(text.replace("base:\n", "base:\n  max_sequence_length: 9\n"), "r.yaml")
+    base = load_base(recipe)
+    assert base.family.t5_length == 9 and base.family.call_kwargs()["max_sequence_length"] == 9
+    with pytest.raises(ModelLayoutError, match="base.max_sequence_length"):
+        get_family("sd1").with_t5_length(9)  # a family without T5 says which field to remove
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -257,6 +257,18 @@ class ModelFamily(ABC):
         """Extra arguments locopack passes to every pipeline call of this family."""
         return {}
 
+    @classmethod
+    def with_t5_length(cls, length: int) -> type[ModelFamily]:
+        """This family with ``length`` T5 tokens per prompt (families that have a settable
+        T5 length override this).
+
+        Raises:
+            ModelLayoutError: the family's text length is not settable.
+        """
+        raise ModelLayoutError(
+            f"{cls.pretty_name} takes no T5 length: remove base.max_sequence_length"
+        )
+
 
 class LowercasedPrompts:
     """Mixin for T5 pipelines (IF, PixArt) that lower-case and strip every prompt before

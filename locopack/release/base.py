@@ -100,9 +100,15 @@ def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
     pipe, family = load_pipeline(
         source, load_at, base.dtype, base.variant, allow_pickle=allow_pickle
     )
-    loaded = LoadedBase(pipe, family, source, base.revision, commit, hub_id)
+    loaded = LoadedBase(pipe, recipe_family(family, recipe), source, base.revision, commit, hub_id)
     check_finite(loaded)
     return loaded
+
+
+def recipe_family(family: Any, recipe: Any) -> Any:
+    """``family`` as the recipe sets it up (its T5 length, where the recipe names one)."""
+    length = recipe.base.max_sequence_length
+    return family if length is None else family.with_t5_length(length)
 
 
 def check_finite(base: LoadedBase) -> None:

@@ -55,9 +55,11 @@ def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
     out = []
     for index, edit in enumerate(recipe.edits):
         targets = edit.targets_expanded()
+        shared = targets[0] if len(set(targets)) == 1 else None
         sets = {
             "edited": list(zip(edit.originals(), targets, strict=True)),
-            "held_out": [(p, targets[0]) for p in edit.expanded_held_out()],
+            # a held-out prompt has a target only where the edit's prompts share one
+            "held_out": [(p, shared or p) for p in edit.expanded_held_out()],
             "preserve": [(p, p) for p in dict.fromkeys(list(edit.preserve) + common)],
             "unrelated": [(p, p) for p in recipe.evidence.unrelated or UNRELATED],
         }

@@ -50,7 +50,7 @@ def reproduce(
     """
     from ..models import load_pipeline
     from ..recipe import parse_recipe
-    from .base import LoadedBase
+    from .base import LoadedBase, recipe_family
     from .inference import pipeline_source
 
     recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
@@ -61,7 +61,7 @@ def reproduce(
     pipe, family = load_pipeline(
         source, revision, recipe.base.dtype, recipe.base.variant, allow_pickle=allow_pickle
     )
-    base = LoadedBase(pipe, family, source, revision)
+    base = LoadedBase(pipe, recipe_family(family, recipe), source, revision)
     checks = []
     layers = delta.sites
     if how is Reproduce.FULL:
