@@ -16,20 +16,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import toy_world as tw  # noqa: E402
-
-from locopack.edit import compute_delta  # noqa: E402
-from locopack.localize import ClipScorer, localize  # noqa: E402
-from locopack.recipe import load_recipe  # noqa: E402
-from locopack.release.stages import load_base  # noqa: E402
+from locopack.detectors import toy as tw
+from locopack.edit import compute_delta
+from locopack.localize import ClipScorer, localize
+from locopack.recipe import load_recipe
+from locopack.release.stages import load_base
 
 ROOT = Path(__file__).resolve().parents[1]
 

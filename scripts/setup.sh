@@ -6,7 +6,8 @@
 # build 2.13.0 (set TORCH_SPEC to choose another, e.g. a CUDA build on a GPU machine).  A torch
 # that is already installed is kept: locopack's own requirement is a range it satisfies.
 #
-# Usage: bash scripts/setup.sh [EXTRAS]     (EXTRAS defaults to "dev,onnx,dist")
+# Usage: bash scripts/setup.sh [EXTRAS]     (EXTRAS defaults to "dev,onnx,dist"; the others:
+#        "nudenet", the NudeNet detector of the evidence, e.g. "dev,onnx,dist,nudenet")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"

@@ -25,7 +25,7 @@ def test_the_evidence_section_has_defaults_and_is_strict():
     settings = parse_recipe(text).evidence
     assert [d.name for d in settings.detectors] == ["clip"] and settings.seeds is None
     toy = load_recipe(STRIPES).evidence
-    assert [d.name for d in toy.detectors] == ["clip", "toy"] and toy.seeds == [1000, 1001]
+    assert [d.name for d in toy.detectors] == ["clip", "toy"] and toy.seeds == [1000]
     custom = parse_recipe(
         text + "evidence:\n  detectors: [toy, {name: nudenet, options: {threshold: 0.3}}, "
         "my_pkg.det:find]\n"

@@ -121,13 +121,17 @@ def robustness_bars(evidence: dict) -> list[tuple[str, float, float]]:
     """(label, before, after) per erase edit: the held-out paraphrases' concept rate, the
     search attack's success (found on the base, before; found on the edited model, after)
     and the random start's (chance)."""
-    out = []
-    held = efficacy_bars(evidence)[1]
-    out += [
-        (label.replace("held-out", "paraphrases"), b, a)
-        for label, b, a in held
-        if "held-out" in label
-    ]
+    detector, out = _rate_detector(evidence), []
+    for edit in evidence["edits"]:
+        item = edit["sets"].get("held_out")
+        if edit["kind"] != "erase" or item is None:
+            continue
+        if detector:
+            found = item["detectors"][detector]
+            before, after = found["before"]["concept"], found["after"]["concept"]
+        else:
+            before, after = (item["summary"][w]["original"]["mean"] for w in ("before", "after"))
+        out.append((f"{edit['label']}\nparaphrases", before, after))
     for attack in (evidence.get("attack") or {"edits": []})["edits"]:
         found = attack["searches"]
         before, after = found["base"]["success"]["before"], found["edited"]["success"]["after"]

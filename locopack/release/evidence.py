@@ -11,12 +11,15 @@ diffusers' ``load_lora_weights``; PEFT for PixArt), never the in-memory delta:
 
 Each prompt is drawn with every seed of ``evidence.seeds``.  Each image is scored with CLIP
 against its own prompt ("original") and against the edit's target ("target"; for preserve and
-unrelated prompts the target is the prompt itself), averaged over the seeds; each detector of
-``evidence.detectors`` (:mod:`locopack.detectors`) gives a set's rates before and after (the
-concept, the prompt, and for the edited and held-out sets the target); and every prompt's
-before/after change (SSIM, PSNR: :mod:`.specificity`), with the preserve and unrelated
-prompts that changed too much flagged.  Results go to ``evidence.json``; each set's before |
-after grid (first seed) to ``evidence/``, and each flagged set's grid of every seed.
+unrelated prompts the target is the prompt itself; a held-out prompt has one only where the
+edit's prompts share theirs), averaged over the seeds; each detector of ``evidence.detectors``
+(:mod:`locopack.detectors`) gives a set's rates before and after (the concept, the prompt,
+the target); and every prompt's before/after change (SSIM, PSNR: :mod:`.specificity`), with
+the preserve and unrelated prompts that changed too much flagged.  The search attack
+(:mod:`.attack`, within ``evidence.attack``'s budget) runs in this stage too, so that its
+results are reused with the rest.  Results go to ``evidence.json``; each set's before | after
+grid (first seed), each flagged set's grid of every seed, the attack's grids and the summary
+chart (:mod:`.charts`) to ``evidence/``.
 
 ``evidence.json`` also records its ``inputs`` (:func:`evidence_inputs`: the recipe's hash, the
 base's fingerprint, the hashes of the delta and of the adapter's tensors, the scorer), so that

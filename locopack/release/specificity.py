@@ -64,7 +64,7 @@ def flag_set(write_grid, stem: str, measured: dict, images: dict, threshold: flo
     if not prompts:
         return {"flagged": []}
     rows = [
-        (f"{p} / {k}", b, a)
+        (f"#{k} {p}", b, a)
         for p in prompts
         for k, (b, a) in enumerate(zip(images["before"][p], images["after"][p], strict=True))
     ]
