@@ -15,7 +15,7 @@ a first release of a plain model has no such record to check).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,13 @@ class LoadedBase:
     revision: str | None = None
     commit: str | None = None
     hub_id: str | None = None
-    _fingerprint: str | None = field(default=None, repr=False)
 
     @cached_property
     def fingerprint(self) -> str:
         """The base's fingerprint (computed once)."""
         from ..fingerprint import model_fingerprint
 
-        return self._fingerprint or model_fingerprint(self.pipe, self.family)
+        return model_fingerprint(self.pipe, self.family)
 
     @property
     def denoiser(self) -> Any:
