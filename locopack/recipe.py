@@ -247,6 +247,15 @@ class LocalizeSettings(_Strict):
         return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+class PromptSample(_Strict):
+    """``count`` prompts drawn (``seed``) from ``source``: ``toy`` (the toy world's captions)
+    or a prompt file relative to the recipe (:mod:`locopack.prompt_samples`)."""
+
+    count: int = Field(ge=1, le=1000)
+    source: Prompt
+    seed: int = Field(0, ge=0)
+
+
 class EditSettings(_Strict):
     """LocoEdit closed-form update settings (YAML key ``lambda`` is the field ``lam``)."""
 
@@ -254,6 +263,8 @@ class EditSettings(_Strict):
     matrices: Literal["key", "value", "both"] = "both"
     tokens: Literal["concept", "last", "all", "sequence"] = "last"
     preserve_weight: float = Field(1.0, ge=0)
+    #: prompts nobody listed that the edit keeps too (added to the preserve prompts)
+    neighbours: PromptSample | None = None
     # joint-attention families (SD3, FLUX) only: the latents (seeds) and the points of the
     # localization's denoising run (0 = first step, 1 = last) at which the sites' key/value
     # inputs are collected; and whether sites that also map image tokens may be edited
@@ -307,13 +318,15 @@ class AttackSettings(_Strict):
 class EvidenceSettings(_Strict):
     """What the before/after evidence draws and measures: ``detectors`` run on every image;
     ``seeds`` (default: the localization's first seed) draw each prompt; ``unrelated`` prompts
-    replace the built-in ones; a preserve or unrelated prompt whose images' mean SSIM (before
+    replace the built-in ones, ``sample_unrelated`` adds prompts no part of the recipe lists
+    (nor ``edit.neighbours``); a preserve or unrelated prompt whose images' mean SSIM (before
     vs after, same seed) falls below ``ssim_threshold`` is flagged on the card; ``attack``
     budgets the search attack."""
 
     detectors: list[DetectorSpec] = Field(default_factory=lambda: [DetectorSpec(name="clip")])
     seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     unrelated: list[Prompt] | None = Field(None, min_length=1)
+    sample_unrelated: PromptSample | None = None
     ssim_threshold: float = Field(0.8, gt=0, le=1)
     attack: AttackSettings = Field(default_factory=AttackSettings)
 

@@ -58,6 +58,7 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
     if base is not None:
         problems += _site_problems(recipe, base, at)
     problems += _prompt_problems(recipe, at)
+    problems += _sample_problems(recipe)
     if problems:
         raise RecipeError(join_problems(recipe.source, problems))
 
@@ -197,6 +198,19 @@ def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:
                 text = f"expected prompts that no edit changes, found {show(original)}"
                 problems.append(at(preserved[_norm(original)], f"{text} (edits[{i}] edits it)"))
     return list(dict.fromkeys(problems))
+
+
+def _sample_problems(recipe: Recipe) -> list[str]:
+    """``edit.neighbours`` and ``evidence.sample_unrelated`` can draw their prompts."""
+    from locopack.prompt_samples import neighbours, sampled_unrelated
+
+    problems = []
+    for draw in (neighbours, sampled_unrelated):
+        try:
+            draw(recipe)
+        except RecipeError as err:
+            problems.append(str(err))
+    return problems
 
 
 def _contains(prompt: str, concept: str) -> bool:

@@ -40,9 +40,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from localize_baseline import (
+    PAIRS,
+    DenoiserClock,
+    help_seconds,
+    paper_loop,
+    sdxl70,
+    spearman,
+)
 
 from locopack.distributed import launch_command
-from locopack.intervene import swap_text_states, window_replacements
 from locopack.localize import (
     CandidateCache,
     ClipScorer,
@@ -56,79 +63,6 @@ from locopack.localize.planted import ReferenceScorer, plant_window
 from locopack.localize.windows import candidate_windows, prompt_pairs
 from locopack.models import get_family, load_pipeline
 from locopack.models.twin_parts import tiny_clip_model
-
-PAIRS = [
-    PromptPair(
-        "a painting of a cat in the style of van gogh",
-        "a painting of a cat",
-        "a painting of a cat in the style of van gogh",
-        +1,
-    ),
-    PromptPair("van gogh starry night", "a starry night", "van gogh starry night", +1),
-    PromptPair(
-        "a portrait of a woman by van gogh",
-        "a portrait of a woman",
-        "a portrait of a woman by van gogh",
-        +1,
-    ),
-    PromptPair(
-        "sunflowers painted by van gogh", "sunflowers", "sunflowers painted by van gogh", +1
-    ),
-]
-
-
-class DenoiserClock:
-    """Accumulates wall time spent inside the denoiser's forward and the passes it ran (the
-    batch size of every call)."""
-
-    def __init__(self, denoiser):
-        self.seconds, self.passes, self._start = 0.0, 0, 0.0
-        denoiser.register_forward_pre_hook(self._enter)
-        denoiser.register_forward_hook(self._leave)
-
-    def reset(self):
-        self.seconds, self.passes = 0.0, 0
-
-    def _enter(self, _module, args):
-        self.passes += int(args[0].shape[0])
-        self._start = time.perf_counter()
-
-    def _leave(self, *_):
-        self.seconds += time.perf_counter() - self._start
-
-
-def paper_loop(pipe, family, pairs, scorer, windows, rung):
-    """One pipeline call per window, probe and seed; returns each window's objective per seed
-    (windows x seeds)."""
-    denoiser = getattr(pipe, family.denoiser_attr)
-    sites = [s.path for s in family.sites(denoiser)]
-    objectives = []
-    for window in windows:
-        values = np.zeros((len(pairs), len(rung.seeds)))
-        for k, pair in enumerate(pairs):
-            with torch.no_grad():
-                original = family.encode(pipe, [pair.original])[0]
-                altered = family.encode(pipe, [pair.altered])[0]
-            for j, seed in enumerate(rung.seeds):
-                replacements = window_replacements(sites, [window], original, altered)
-                generator = torch.Generator().manual_seed(seed)
-                with swap_text_states(denoiser, replacements):
-                    image = pipe(
-                        pair.original,
-                        num_inference_steps=rung.steps,
-                        guidance_scale=rung.guidance,
-                        generator=generator,
-                        output_type="pil",
-                        **size(rung),
-                        **family.call_kwargs(),
-                    ).images[0]
-                values[k, j] = pair.sign * scorer([image], [pair.reference])[0]
-        objectives.append(values.mean(axis=0))
-    return np.array(objectives)
-
-
-def size(rung) -> dict:
-    return {"height": rung.resolution, "width": rung.resolution} if rung.resolution else {}
 
 
 def per_seed(candidate, seeds: int, signs) -> np.ndarray:
@@ -149,44 +83,6 @@ def from_recipe(args) -> list[PromptPair]:
         if getattr(args, name) is None:
             setattr(args, name, getattr(settings, name))
     return prompt_pairs(recipe)
-
-
-def ranks(values) -> np.ndarray:
-    """Ranks with ties (equal to 1e-6) sharing their mean rank."""
-    values = np.round(np.asarray(values, dtype=float), 6)
-    order = np.argsort(values, kind="stable")
-    out = np.empty(len(values))
-    out[order] = np.arange(len(values))
-    for value in np.unique(values):
-        out[values == value] = out[values == value].mean()
-    return out
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (ties share their mean rank; nan when one side is constant)."""
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def sdxl70(folder: Path) -> str:
-    """The SD-XL twin with the real transformer depths (1, 2, 10): 70 sites, tiny widths."""
-    from diffusers import UNet2DConditionModel
-
-    pipe = get_family("sdxl").build_twin(0)
-    torch.manual_seed(0)
-    config = {**pipe.unet.config, "transformer_layers_per_block": (1, 2, 10)}
-    pipe.register_modules(unet=UNet2DConditionModel.from_config(config))
-    pipe.save_pretrained(folder)
-    return str(folder)
-
-
-def help_seconds() -> float:
-    """Wall time of ``locopack --help`` in a fresh process."""
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "locopack", "--help"], check=True, capture_output=True)
-    return time.perf_counter() - t0
 
 
 RECIPE = """
@@ -264,6 +160,7 @@ def arguments():
     parser.add_argument("--guidance", type=float, help="default 4.0, or the recipe's")
     parser.add_argument("--seeds", type=int, nargs="+", help="default 0 1, or the recipe's")
     parser.add_argument("--window", type=int, help="default 1, or the recipe's")
+    parser.add_argument("--probes", type=int, default=4, help="twin probes (1-10, default 4)")
     parser.add_argument("--mode", choices=[m.value for m in SweepMode], default="fast")
     parser.add_argument("--screen-resolution", type=int, help="race screening resolution")
     parser.add_argument("--paper-windows", type=int, help="time the paper loop on this many")
@@ -320,7 +217,7 @@ def timed(clock, run):
 def main() -> None:
     args = arguments()
     torch.set_num_threads(args.threads)
-    args.pairs = from_recipe(args) if args.recipe else PAIRS
+    args.pairs = from_recipe(args) if args.recipe else PAIRS[: args.probes]
     defaults = {"steps": 8, "guidance": 4.0, "seeds": [0, 1], "window": 1}
     for name, value in defaults.items():
         if getattr(args, name) is None:

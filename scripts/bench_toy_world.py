@@ -2,13 +2,17 @@
 
 For each recipe in recipes/toy/: the edited attribute's detection rate before and after, on
 the edit's prompts and on its held-out paraphrases; the other attributes' rates before and
-after (specificity), on the edit's prompts and on its preserve prompts; and the same edit
-applied at LocoGen's window, at random windows of the same size and at all sites.
+after (specificity), on the edit's prompts, on its preserve prompts and on ``--unrelated``
+captions that no part of the recipe lists (drawn as ``evidence.sample_unrelated`` draws them,
+never one of ``edit.neighbours``); and the same edit applied at LocoGen's window, at random
+windows of the same size and at all sites.  ``--no-neighbours`` drops the recipe's
+``edit.neighbours`` (what they buy).
 
 Goals: an erased attribute drops by >= 50 points; other attributes stay within 10 points; a
 fact update reaches >= 70% of images showing the new fact.
 
-    python scripts/bench_toy_world.py [--seeds 8] [--random 3] [--recipes recipes/toy/*.yaml]
+    python scripts/bench_toy_world.py [--seeds 8] [--random 3] [--unrelated 12]
+        [--recipes recipes/toy/*.yaml] [--no-neighbours]
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import torch
 from locopack.detectors import toy as tw
 from locopack.edit import compute_delta
 from locopack.localize import ClipScorer, localize
-from locopack.recipe import load_recipe
+from locopack.prompt_samples import TOY_SOURCE, draw, listed_prompts, neighbours
+from locopack.recipe import PromptSample, load_recipe
 from locopack.release.stages import load_base
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,8 +85,21 @@ def specificity(images, prompts, n_seeds) -> float:
     )
 
 
+def unrelated_captions(recipe, count: int) -> list[str]:
+    """``count`` toy captions no part of the recipe lists, its neighbours included."""
+    spec = recipe.evidence.sample_unrelated or PromptSample(count=count, source=TOY_SOURCE, seed=1)
+    spec = spec.model_copy(update={"count": count})
+    taken = listed_prompts(recipe) + neighbours(recipe)
+    return draw(recipe, spec, taken, "--unrelated")
+
+
 def bench(path: Path, args) -> None:
     recipe = load_recipe(path)
+    unrelated = unrelated_captions(recipe, args.unrelated)
+    if args.no_neighbours:
+        recipe = recipe.model_copy(
+            update={"edit": recipe.edit.model_copy(update={"neighbours": None})}
+        )
     base = load_base(recipe)
     pipe, family = base.pipe, base.family
     pipe.set_progress_bar_config(disable=True)
@@ -109,7 +127,7 @@ def bench(path: Path, args) -> None:
     header = (
         "| condition | set | edited attribute | "
         + ("new fact | " if edit.kind == "update" else "other attributes | ")
-        + "preserve prompts |"
+        + f"preserve prompts | {len(unrelated)} unrelated captions |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -125,6 +143,8 @@ def bench(path: Path, args) -> None:
                 if keep
                 else float("nan")
             )
+            drawn = generate(pipe, unrelated, seeds, steps, guidance)
+            others = specificity(drawn, unrelated, len(seeds))
             for set_name, prompts in sets.items():
                 found = rates(
                     generate(pipe, prompts, seeds, steps, guidance), prompts, len(seeds), edit
@@ -134,7 +154,10 @@ def bench(path: Path, args) -> None:
                     if edit.kind == "update"
                     else ", ".join(f"{k} {v:.0%}" for k, v in found.items() if k != "edited")
                 )
-                print(f"| {name} | {set_name} | {found['edited']:.0%} | {extra} | {kept:.0%} |")
+                print(
+                    f"| {name} | {set_name} | {found['edited']:.0%} | {extra} | {kept:.0%} "
+                    f"| {others:.0%} |"
+                )
 
 
 def main() -> None:
@@ -144,6 +167,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=8, help="images per prompt")
     parser.add_argument("--random", type=int, default=3, help="random windows to compare")
+    parser.add_argument("--unrelated", type=int, default=12, help="unlisted captions drawn")
+    parser.add_argument(
+        "--no-neighbours", action="store_true", help="drop the recipes' edit.neighbours"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -150,6 +150,7 @@ def test_timestep_broadcasts_like_the_onnx_sd_pipeline(exports):
     assert np.abs(session.run(["out_sample"], feeds)[0] - full).max() <= 1e-6
 
 
+@SLOW
 def test_edit_is_carried_into_the_export(twin_pipes, exports, tmp_path, monkeypatch):
     pipe, family = twin_pipes["sd1"]
     edited = copy.deepcopy(pipe)

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
+from ..prompt_samples import neighbours
 from .neurons import NeuronEdit, select_neurons
 from .stream import Group, record_probes, site_columns
 
@@ -98,6 +99,7 @@ def neuron_edit_for(
     attribute = [p for edit in recipe.edits for p in edit.originals()]
     neutral = [t for edit in recipe.edits for t in edit.targets_expanded()]
     neutral += list(recipe.preserve) + [p for edit in recipe.edits for p in edit.preserve]
+    neutral += neighbours(recipe)
     neutral = list(dict.fromkeys(neutral))
     if len(attribute) < 2 or len(neutral) < 2:
         raise EditError(

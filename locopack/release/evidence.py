@@ -7,7 +7,9 @@ diffusers' ``load_lora_weights``; PEFT for PixArt), never the in-memory delta:
 - ``edited``: the edit's prompts (what the edit was computed from);
 - ``held_out``: its held-out paraphrases (not used by the edit);
 - ``preserve``: its and the recipe's preserve prompts;
-- ``unrelated``: the recipe's ``evidence.unrelated`` prompts, or a few fixed ones.
+- ``unrelated``: the recipe's ``evidence.unrelated`` prompts, or a few fixed ones, and those
+  ``evidence.sample_unrelated`` draws (:mod:`locopack.prompt_samples`: prompts the recipe
+  never lists, so the edit never saw them).
 
 Each prompt is drawn with every seed of ``evidence.seeds``.  Each image is scored with CLIP
 against its own prompt ("original") and against the edit's target ("target"; for preserve and
@@ -42,6 +44,7 @@ from PIL import Image, ImageDraw
 
 from ..detectors import load_detector, rates
 from ..fingerprint import tensors_sha256
+from ..prompt_samples import sampled_unrelated
 from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
 from .attack import run_attacks
 from .charts import SUMMARY_CHART, summary_png
@@ -55,6 +58,7 @@ FORMAT = "locopack.evidence/1"
 def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
     """For each edit, the prompt sets and each prompt's target."""
     common = list(recipe.preserve)
+    unrelated = list(recipe.evidence.unrelated or UNRELATED) + sampled_unrelated(recipe)
     out = []
     for index, edit in enumerate(recipe.edits):
         targets = edit.targets_expanded()
@@ -64,7 +68,7 @@ def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
             # a held-out prompt has a target only where the edit's prompts share one
             "held_out": [(p, shared or p) for p in edit.expanded_held_out()],
             "preserve": [(p, p) for p in dict.fromkeys(list(edit.preserve) + common)],
-            "unrelated": [(p, p) for p in recipe.evidence.unrelated or UNRELATED],
+            "unrelated": [(p, p) for p in unrelated],
         }
         out.append(
             {

@@ -1,0 +1,125 @@
+"""Prompts a recipe does not list: sampled from a vocabulary or a prompt file.
+
+Two recipe settings draw them (:class:`~locopack.recipe.PromptSample`):
+
+- ``edit.neighbours``: prompts the edit keeps (added to the preserve prompts). An edit fitted
+  on a handful of prompts is free to move every direction they do not pin down, and prompts
+  nobody listed live in those directions: on the toy world, the veridia fact update kept
+  the attributes of 53% of unlisted captions' images at every site, and 100% with twelve
+  sampled neighbours (``scripts/bench_toy_world.py`` prints the figures).
+- ``evidence.sample_unrelated``: prompts the evidence draws before and after, to measure
+  specificity on prompts nobody listed.  They never include a neighbour, a preserve prompt or
+  an edited prompt, so the figure is measured on prompts the edit never saw.
+
+A source is ``toy`` (the toy world's captions, ``a {color} {shape} on a {texture}
+background``: 72 of them) or a text file beside the recipe, one prompt per line (blank lines
+and lines starting with ``#`` skipped).  A prompt that contains an edit's concept or fact is
+never drawn (it is not unrelated, and keeping it would fight the edit).  Drawing is
+deterministic: ``random.Random(seed).sample`` of the sorted candidates.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import RecipeError
+
+TOY_SOURCE = "toy"
+#: the largest prompt file read (bytes)
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+def toy_captions() -> list[str]:
+    """Every caption of the toy world's attribute template."""
+    from .detectors import toy
+
+    return [
+        f"a {color} {shape} on a {texture} background"
+        for color in toy.COLORS
+        for shape in toy.SHAPES
+        for texture in toy.TEXTURES
+    ]
+
+
+def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
+    """The candidate prompts of ``source`` (``toy`` or a file beside the recipe).
+
+    Raises:
+        RecipeError: the file cannot be read, is too large or is not UTF-8 text.
+    """
+    if source == TOY_SOURCE:
+        return toy_captions()
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = Path(recipe.source).resolve().parent / path
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise RecipeError(
+                f"{recipe.source}: {field}: expected a prompt file of at most "
+                f"{MAX_FILE_BYTES // 2**20} MB, found {path.name} of {path.stat().st_size:,} bytes"
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not UTF-8 text"
+        raise RecipeError(
+            f"{recipe.source}: {field}: expected '{TOY_SOURCE}' or a readable prompt file "
+            f"(one prompt per line, relative to the recipe), found {source!r}: {reason}"
+        ) from None
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def draw(recipe: Any, spec: Any, exclude: list[str], field: str) -> list[str]:
+    """``spec.count`` prompts of ``spec.source``, none of ``exclude`` and none containing an
+    edit's concept or fact.
+
+    Raises:
+        RecipeError: the source has fewer such prompts than ``spec.count``.
+    """
+    banned = {" ".join(p.lower().split()) for p in exclude}
+    labels = [edit.label.strip() for edit in recipe.edits]
+    concepts = [re.compile(re.escape(label), re.IGNORECASE) for label in labels]
+    candidates = sorted(
+        {
+            p
+            for p in source_prompts(recipe, spec.source, field)
+            if " ".join(p.lower().split()) not in banned and not any(c.search(p) for c in concepts)
+        }
+    )
+    if len(candidates) < spec.count:
+        raise RecipeError(
+            f"{recipe.source}: {field}.count: expected at most {len(candidates)} (the prompts "
+            f"of {spec.source!r} that name no edit's concept and no listed prompt), found "
+            f"{spec.count}; lower the count or add prompts"
+        )
+    return random.Random(spec.seed).sample(candidates, spec.count)
+
+
+def listed_prompts(recipe: Any) -> list[str]:
+    """Every prompt the recipe lists: edited, targets, held-out, preserve and the evidence's
+    unrelated prompts."""
+    out = list(recipe.preserve) + list(recipe.evidence.unrelated or [])
+    for edit in recipe.edits:
+        out += edit.originals() + edit.targets_expanded() + edit.expanded_held_out()
+        out += list(edit.preserve)
+    return out
+
+
+def neighbours(recipe: Any) -> list[str]:
+    """The preserve prompts ``edit.neighbours`` adds ([] when it is not set)."""
+    spec = recipe.edit.neighbours
+    if spec is None:
+        return []
+    return draw(recipe, spec, listed_prompts(recipe), "edit.neighbours")
+
+
+def sampled_unrelated(recipe: Any) -> list[str]:
+    """The unrelated prompts ``evidence.sample_unrelated`` adds ([] when it is not set)."""
+    spec = recipe.evidence.sample_unrelated
+    if spec is None:
+        return []
+    taken = listed_prompts(recipe) + neighbours(recipe)
+    return draw(recipe, spec, taken, "evidence.sample_unrelated")
