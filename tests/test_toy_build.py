@@ -13,6 +13,8 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from locopack.cli import cli
+from locopack.prompt_samples import sampled_unrelated
+from locopack.recipe import load_recipe
 from locopack.release.audit import audit_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +69,15 @@ def test_toy_evidence_shows_the_style_removed_and_the_rest_kept(release):
         found, asked = tw.detect(image), tw.caption_attributes(item["prompt"])
         assert found["texture"] != "stripes", item
         assert found["color"] == asked["color"], item
+
+
+def test_toy_release_keeps_prompts_nobody_listed(release):
+    recipe = load_recipe(ROOT / "recipes" / "toy" / "erase-stripes.yaml")
+    evidence = json.loads((release / "evidence.json").read_text())
+    unrelated = evidence["edits"][0]["sets"]["unrelated"]
+    assert unrelated["prompts"] == list(recipe.evidence.unrelated) + sampled_unrelated(recipe)
+    # the toy detector: share of images that show every attribute their prompt asks for
+    found = unrelated["detectors"]["toy"]
+    assert found["after"]["prompt"] >= found["before"]["prompt"] - 0.10, found
+    card = (release / "README.md").read_text()
+    assert "include 12 neighbours drawn from `toy`" in card

@@ -20,6 +20,7 @@ import torch
 from ..delta import WeightDelta, library_versions
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
+from ..prompt_samples import neighbours
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
 from .tokens import edit_prompts
@@ -148,6 +149,7 @@ def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
         "matrices": recipe.edit.matrices,
         "tokens": recipe.edit.tokens,
         "preserve_weight": recipe.edit.preserve_weight,
+        "neighbours": neighbours(recipe),
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

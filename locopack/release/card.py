@@ -225,6 +225,12 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
         f"λ = {prov['lambda']}, matrices: {prov['matrices']}, tokens: {prov['tokens']}, "
         f"preserve weight {prov['preserve_weight']}"
     )
+    kept = (
+        f" (the preserve prompts include {len(prov['neighbours'])} neighbours drawn from "
+        f"`{recipe.edit.neighbours.source}`: prompts no part of the recipe lists)"
+        if prov.get("neighbours") and recipe.edit.neighbours
+        else ""
+    )
     merged_note = (
         "The merged checkpoint in `merged/` loads with `DiffusionPipeline.from_pretrained`."
         if merged
@@ -258,7 +264,7 @@ was applied as a user loads it ({evidence["applied"]}).
 ## Edit settings
 
 - {settings}
-- {prov["columns"]} edit columns, {prov["preserve_columns"]} preserve columns
+- {prov["columns"]} edit columns, {prov["preserve_columns"]} preserve columns{kept}
 - largest relative edit error ‖W′x − Wy‖/‖Wy‖: {max(m["edit_error"] for m in errors):.2e}
 - LoRA ranks {ranks}, largest relative reconstruction error {manifest["max_relative_error"]:.1e}
 - base fingerprint `{prov["base_fingerprint"]}`; recipe sha256 `{prov["recipe_sha256"]}`
