@@ -25,7 +25,6 @@ PAIRS = [
     PromptPair(f"{subject} {by} van gogh", subject, f"{subject} {by} van gogh", +1)
     for subject, by in [
         ("a painting of a cat", "in the style of"),
-        ("a starry night", "by"),
         ("a portrait of a woman", "by"),
         ("sunflowers", "painted by"),
         ("a wheat field with crows", "by"),
@@ -36,6 +35,7 @@ PAIRS = [
         ("an almond tree in blossom", "in the style of"),
     ]
 ]
+PAIRS.insert(1, PromptPair("van gogh starry night", "a starry night", "van gogh starry night", +1))
 
 
 class DenoiserClock:
