@@ -4,9 +4,9 @@ Two recipe settings draw them (:class:`~locopack.recipe.PromptSample`):
 
 - ``edit.neighbours``: prompts the edit keeps (added to the preserve prompts). An edit fitted
   on a handful of prompts is free to move every direction they do not pin down, and prompts
-  nobody listed live in those directions: on the toy world, the veridia fact update kept
-  the attributes of 53% of unlisted captions' images at every site, and 100% with twelve
-  sampled neighbours (``scripts/bench_toy_world.py`` prints the figures).
+  nobody listed live in those directions: on the toy world (8 seeds, every site), the veridia
+  fact update kept every attribute in 53% of twelve unlisted captions' images, and in 100%
+  with twelve sampled neighbours (``scripts/bench_toy_world.py --no-neighbours`` compares).
 - ``evidence.sample_unrelated``: prompts the evidence draws before and after, to measure
   specificity on prompts nobody listed.  They never include a neighbour, a preserve prompt or
   an edited prompt, so the figure is measured on prompts the edit never saw.
@@ -56,10 +56,11 @@ def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
     if not path.is_absolute():
         path = Path(recipe.source).resolve().parent / path
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
             raise RecipeError(
                 f"{recipe.source}: {field}: expected a prompt file of at most "
-                f"{MAX_FILE_BYTES // 2**20} MB, found {path.name} of {path.stat().st_size:,} bytes"
+                f"{MAX_FILE_BYTES // 2**20} MB, found {path.name} of {size:,} bytes"
             )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -72,6 +73,17 @@ def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def normalized(prompt: str) -> str:
+    """``prompt`` lower-cased with its whitespace collapsed: how prompts are compared."""
+    return " ".join(prompt.lower().split())
+
+
+def names(prompt: str, concept: str) -> bool:
+    """Whether ``prompt`` contains ``concept`` (case-insensitive), the rule of
+    :meth:`~locopack.models.base.ModelFamily.concept_positions`."""
+    return re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE) is not None
+
+
 def draw(recipe: Any, spec: Any, exclude: list[str], field: str) -> list[str]:
     """``spec.count`` prompts of ``spec.source``, none of ``exclude`` and none containing an
     edit's concept or fact.
@@ -79,14 +91,13 @@ def draw(recipe: Any, spec: Any, exclude: list[str], field: str) -> list[str]:
     Raises:
         RecipeError: the source has fewer such prompts than ``spec.count``.
     """
-    banned = {" ".join(p.lower().split()) for p in exclude}
-    labels = [edit.label.strip() for edit in recipe.edits]
-    concepts = [re.compile(re.escape(label), re.IGNORECASE) for label in labels]
+    banned = {normalized(p) for p in exclude}
+    labels = [edit.label for edit in recipe.edits]
     candidates = sorted(
         {
             p
             for p in source_prompts(recipe, spec.source, field)
-            if " ".join(p.lower().split()) not in banned and not any(c.search(p) for c in concepts)
+            if normalized(p) not in banned and not any(names(p, label) for label in labels)
         }
     )
     if len(candidates) < spec.count:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from locopack.errors import LocopackError, RecipeError
 from locopack.filenames import ADAPTER_FILE, MERGED_DIR, NEURON_FILE, PIPELINE_INDEX
 from locopack.hub_ref import is_hub_id
+from locopack.prompt_samples import names, neighbours, normalized, sampled_unrelated
 from locopack.recipe_errors import join_problems, show
 from locopack.recipe_review import located, model_problems
 
@@ -177,33 +178,34 @@ def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:
     """Concepts present under ``tokens: concept``; pairs that change something; nothing both
     edited and preserved."""
     problems: list[str] = []
-    preserved = {_norm(p): ("preserve", k) for k, p in reversed(list(enumerate(recipe.preserve)))}
+    listed = reversed(list(enumerate(recipe.preserve)))
+    preserved = {normalized(p): ("preserve", k) for k, p in listed}
     for i, edit in reversed(list(enumerate(recipe.edits))):
-        preserved |= {_norm(p): ("edits", i, "preserve", k) for k, p in enumerate(edit.preserve)}
+        kept = enumerate(edit.preserve)
+        preserved |= {normalized(p): ("edits", i, "preserve", k) for k, p in kept}
     for i, edit in enumerate(recipe.edits):
         pairs = zip(edit.originals(), edit.targets_expanded(), strict=True)
         for j, (original, target) in enumerate(pairs):
             target_at = ("edits", i, *edit.target_field(j))
-            if recipe.edit.tokens == "concept" and not _contains(original, edit.label):
+            if recipe.edit.tokens == "concept" and not names(original, edit.label):
                 expected = f"a prompt that contains {edit.label!r} (edit.tokens is 'concept')"
                 found = f"found {show(original)}; write {{concept}} in it"
                 problems.append(at(("edits", i, "prompts", j), f"expected {expected}, {found}"))
-            if _norm(original) == _norm(target):
+            if normalized(original) == normalized(target):
                 text = f"expected a target that differs from its prompt, found {show(target)}"
                 problems.append(at(target_at, f"{text} (nothing to edit)"))
-            elif edit.removes_label and _contains(target, edit.label):
+            elif edit.removes_label and names(target, edit.label):
                 text = f"expected an anchor without the concept {edit.label!r}"
                 problems.append(at(target_at, f"{text}, found {show(target)}"))
-            if _norm(original) in preserved:
+            if normalized(original) in preserved:
                 text = f"expected prompts that no edit changes, found {show(original)}"
-                problems.append(at(preserved[_norm(original)], f"{text} (edits[{i}] edits it)"))
+                where = preserved[normalized(original)]
+                problems.append(at(where, f"{text} (edits[{i}] edits it)"))
     return list(dict.fromkeys(problems))
 
 
 def _sample_problems(recipe: Recipe) -> list[str]:
     """``edit.neighbours`` and ``evidence.sample_unrelated`` can draw their prompts."""
-    from locopack.prompt_samples import neighbours, sampled_unrelated
-
     problems = []
     for draw in (neighbours, sampled_unrelated):
         try:
@@ -211,12 +213,3 @@ def _sample_problems(recipe: Recipe) -> list[str]:
         except RecipeError as err:
             problems.append(str(err))
     return problems
-
-
-def _contains(prompt: str, concept: str) -> bool:
-    """The rule of :meth:`~locopack.models.base.ModelFamily.concept_positions`."""
-    return re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE) is not None
-
-
-def _norm(prompt: str) -> str:
-    return " ".join(prompt.lower().split())

@@ -80,9 +80,9 @@ def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> 
     ``last`` rule (the reference implementation's), otherwise every position the sites read.
 
     Padding is read too where the family does not mask it, and CLIP's padding states carry the
-    whole prompt: with only the words kept, the toy stripes erasure changed what attention
-    reads at a preserve prompt's padding by 44% (3% at its words) and its checker background
-    went with it."""
+    whole prompt: with only the words kept, the toy stripes erasure at every site kept 94% of
+    its preserve prompts' images (8 seeds; a checker background lost), with every position
+    100%."""
     if rule == "last":
         return [family.last_token_position(pipe, prompt)]
     if family.attention_mask(pipe, [prompt]) is not None:
