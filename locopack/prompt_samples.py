@@ -12,8 +12,9 @@ Two recipe settings draw them (:class:`~locopack.recipe.PromptSample`):
   an edited prompt, so the figure is measured on prompts the edit never saw.
 
 A source is ``toy`` (the toy world's captions, ``a {color} {shape} on a {texture}
-background``: 72 of them) or a text file beside the recipe, one prompt per line (blank lines
-and lines starting with ``#`` skipped).  A prompt that contains an edit's concept or fact is
+background``: 72 of them), ``toy-deep`` (the deep toy world's, a size first: 144) or a text
+file beside the recipe, one prompt per line (blank lines and lines starting with ``#``
+skipped).  A prompt that contains an edit's concept or fact is
 never drawn (it is not unrelated, and keeping it would fight the edit).  Drawing is
 deterministic: ``random.Random(seed).sample`` of the sorted candidates.
 """
@@ -28,20 +29,17 @@ from typing import Any
 from .errors import RecipeError
 
 TOY_SOURCE = "toy"
+#: the toy worlds' caption sources: name -> the detector module whose ``captions()`` they are
+TOY_WORLDS = {TOY_SOURCE: "toy", "toy-deep": "toy_deep"}
 #: the largest prompt file read (bytes)
 MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
-def toy_captions() -> list[str]:
-    """Every caption of the toy world's attribute template."""
-    from .detectors import toy
+def toy_captions(source: str = TOY_SOURCE) -> list[str]:
+    """Every caption of a toy world's attribute template (``source``: a key of TOY_WORLDS)."""
+    import importlib
 
-    return [
-        f"a {color} {shape} on a {texture} background"
-        for color in toy.COLORS
-        for shape in toy.SHAPES
-        for texture in toy.TEXTURES
-    ]
+    return importlib.import_module(f"locopack.detectors.{TOY_WORLDS[source]}").captions()
 
 
 def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
@@ -50,8 +48,8 @@ def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
     Raises:
         RecipeError: the file cannot be read, is too large or is not UTF-8 text.
     """
-    if source == TOY_SOURCE:
-        return toy_captions()
+    if source in TOY_WORLDS:
+        return toy_captions(source)
     path = Path(source).expanduser()
     if not path.is_absolute():
         path = Path(recipe.source).resolve().parent / path
@@ -66,8 +64,9 @@ def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or "not UTF-8 text"
         raise RecipeError(
-            f"{recipe.source}: {field}: expected '{TOY_SOURCE}' or a readable prompt file "
-            f"(one prompt per line, relative to the recipe), found {source!r}: {reason}"
+            f"{recipe.source}: {field}: expected {' or '.join(map(repr, TOY_WORLDS))} or a "
+            "readable prompt file (one prompt per line, relative to the recipe), found "
+            f"{source!r}: {reason}"
         ) from None
     lines = (line.strip() for line in text.splitlines())
     return [line for line in lines if line and not line.startswith("#")]

@@ -96,8 +96,10 @@ ModelRef = Annotated[str, _rule(_MODEL_REF, "a Hub id 'org/name' or a local fold
 _SLUG = "a slug: lowercase letters, digits, '.', '_' or '-', starting alphanumeric, <= 64 long"
 Slug = Annotated[str, _rule(r"[a-z0-9][a-z0-9._-]{0,63}", _SLUG)]
 RepoId = Annotated[str, _rule(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", "a Hub repo id 'org/name'")]
-_DETECTOR = "a built-in detector (clip, toy, nudenet) or 'module:callable'"
-DetectorName = Annotated[str, _rule(r"clip|toy|nudenet|[A-Za-z_][\w.]*:[A-Za-z_]\w*", _DETECTOR)]
+_DETECTOR = "a built-in detector (clip, toy, toy-deep, nudenet) or 'module:callable'"
+DetectorName = Annotated[
+    str, _rule(r"clip|toy|toy-deep|nudenet|[A-Za-z_][\w.]*:[A-Za-z_]\w*", _DETECTOR)
+]
 License = Annotated[str, _rule(r"[A-Za-z0-9][A-Za-z0-9.+-]*", "'inherit' or a license id")]
 
 
@@ -248,8 +250,8 @@ class LocalizeSettings(_Strict):
 
 
 class PromptSample(_Strict):
-    """``count`` prompts drawn (``seed``) from ``source``: ``toy`` (the toy world's captions)
-    or a prompt file relative to the recipe (:mod:`locopack.prompt_samples`)."""
+    """``count`` prompts drawn (``seed``) from ``source``: ``toy`` or ``toy-deep`` (a toy
+    world's captions) or a prompt file relative to the recipe (:mod:`locopack.prompt_samples`)."""
 
     count: int = Field(ge=1, le=1000)
     source: Prompt
@@ -290,7 +292,7 @@ class ExportSettings(_Strict):
 
 
 class DetectorSpec(_Strict):
-    """A detector of the evidence: a built-in name (``clip``, ``toy``, ``nudenet``) or
+    """A detector of the evidence: a built-in name (``clip``, ``toy``, ``toy-deep``, ``nudenet``) or
     ``module:callable``, with keyword ``options``; a bare string is the name alone."""
 
     name: DetectorName

@@ -5,8 +5,11 @@ the edit's prompts and on its held-out paraphrases; the other attributes' rates 
 after (specificity), on the edit's prompts, on its preserve prompts and on ``--unrelated``
 captions that no part of the recipe lists (drawn as ``evidence.sample_unrelated`` draws them,
 never one of ``edit.neighbours``); and the same edit applied at LocoGen's window, at random
-windows of the same size and at all sites.  ``--no-neighbours`` drops the recipe's
-``edit.neighbours`` (what they buy).
+windows of the same size, at the single site LocoGen ranks best (a window of 1) and at all
+sites, with the unrelated captions' mean SSIM against the base's images (same seeds).
+``--no-neighbours`` drops the recipe's ``edit.neighbours`` (what they buy).  A recipe whose
+evidence names the ``toy-deep`` detector is judged with the deep toy world's detectors
+(``--recipes recipes/toy-deep/*.yaml``).
 
 Goals: an erased attribute drops by >= 50 points; other attributes stay within 10 points; a
 fact update reaches >= 70% of images showing the new fact.
@@ -25,12 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from locopack.detectors import toy as tw
+from locopack.detectors import toy, toy_deep
 from locopack.edit import compute_delta
 from locopack.localize import ClipScorer, localize
 from locopack.prompt_samples import TOY_SOURCE, draw, listed_prompts, neighbours
 from locopack.recipe import PromptSample, load_recipe
+from locopack.release.specificity import image_change
 from locopack.release.stages import load_base
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +58,15 @@ def generate(pipe, prompts, seeds, steps, guidance) -> list[np.ndarray]:
     return out
 
 
-def rates(images, prompts, n_seeds, edit) -> dict[str, float]:
+def world_of(recipe):
+    """The toy world whose detectors judge ``recipe``: the one its evidence names."""
+    names = {d.name for d in recipe.evidence.detectors}
+    return toy_deep if "toy-deep" in names else toy
+
+
+def rates(images, prompts, n_seeds, edit, tw) -> dict[str, float]:
     """Detection rates: the edited attribute ('edited'), the new fact ('new fact'), and each
-    other attribute the prompt names ('color', 'shape', 'texture': found as asked)."""
+    other attribute the prompt names ('color', 'shape', ...: found as asked), in world ``tw``."""
     found = [tw.detect(im) for im in images]
     wanted = [tw.caption_attributes(p) for p in prompts for _ in range(n_seeds)]
     out = {}
@@ -76,8 +87,8 @@ def rates(images, prompts, n_seeds, edit) -> dict[str, float]:
     return out
 
 
-def specificity(images, prompts, n_seeds) -> float:
-    """Share of images showing every attribute their (preserve) prompt names."""
+def specificity(images, prompts, n_seeds, tw) -> float:
+    """Share of images showing every attribute their (preserve) prompt names, in world ``tw``."""
     found = [tw.detect(im) for im in images]
     wanted = [tw.caption_attributes(p) for p in prompts for _ in range(n_seeds)]
     return float(
@@ -93,8 +104,17 @@ def unrelated_captions(recipe, count: int) -> list[str]:
     return draw(recipe, spec, taken, "--unrelated")
 
 
+def mean_ssim(before, after) -> float:
+    """Mean SSIM of same-seed image pairs (uint8 arrays)."""
+    pairs = zip(before, after, strict=True)
+    return float(
+        np.mean([image_change(Image.fromarray(b), Image.fromarray(a))["ssim"] for b, a in pairs])
+    )
+
+
 def bench(path: Path, args) -> None:
     recipe = load_recipe(path)
+    tw = world_of(recipe)
     unrelated = unrelated_captions(recipe, args.unrelated)
     if args.no_neighbours:
         recipe = recipe.model_copy(
@@ -111,6 +131,10 @@ def bench(path: Path, args) -> None:
     t0 = time.perf_counter()
     scorer = ClipScorer(recipe.local_path(recipe.localize.scorer))
     located = localize(pipe, family, recipe, scorer=scorer, progress=False)
+    single = recipe.model_copy(
+        update={"localize": recipe.localize.model_copy(update={"window": 1})}
+    )
+    best_site = localize(pipe, family, single, scorer=scorer, progress=False)
     sites = located.site_paths
     size = located.window
     rng = random.Random(0)
@@ -118,6 +142,7 @@ def bench(path: Path, args) -> None:
     conditions = {"base": None, f"LocoGen window {located.chosen}": located.layers}
     for start in rng.sample(starts, min(args.random, len(starts))):
         conditions[f"random window {start}"] = sites[start : start + size]
+    conditions[f"best single site {best_site.chosen}"] = best_site.layers
     conditions["all sites"] = sites
     print(
         f"\n## {recipe.name} ({edit.kind} {edit.label!r}); localized in "
@@ -127,10 +152,11 @@ def bench(path: Path, args) -> None:
     header = (
         "| condition | set | edited attribute | "
         + ("new fact | " if edit.kind == "update" else "other attributes | ")
-        + f"preserve prompts | {len(unrelated)} unrelated captions |"
+        + f"preserve prompts | {len(unrelated)} unrelated captions | unrelated SSIM |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
+    base_drawn = None
     for name, layers in conditions.items():
         edited = (
             compute_delta(pipe, family, recipe, layers).applied(pipe.unet)
@@ -139,15 +165,17 @@ def bench(path: Path, args) -> None:
         )
         with edited:
             kept = (
-                specificity(generate(pipe, keep, seeds, steps, guidance), keep, len(seeds))
+                specificity(generate(pipe, keep, seeds, steps, guidance), keep, len(seeds), tw)
                 if keep
                 else float("nan")
             )
             drawn = generate(pipe, unrelated, seeds, steps, guidance)
-            others = specificity(drawn, unrelated, len(seeds))
+            others = specificity(drawn, unrelated, len(seeds), tw)
+            base_drawn = base_drawn or drawn
+            change = mean_ssim(base_drawn, drawn)
             for set_name, prompts in sets.items():
                 found = rates(
-                    generate(pipe, prompts, seeds, steps, guidance), prompts, len(seeds), edit
+                    generate(pipe, prompts, seeds, steps, guidance), prompts, len(seeds), edit, tw
                 )
                 extra = (
                     f"{found['new fact']:.0%}"
@@ -156,7 +184,7 @@ def bench(path: Path, args) -> None:
                 )
                 print(
                     f"| {name} | {set_name} | {found['edited']:.0%} | {extra} | {kept:.0%} "
-                    f"| {others:.0%} |"
+                    f"| {others:.0%} | {change:.2f} |"
                 )
 
 

@@ -7,23 +7,17 @@ a ``UNet2DConditionModel`` with 7 cross-attention (``attn2``) sites of one 64-wi
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-import toy_world as tw  # noqa: E402
 
-
-def build_tokenizer():
-    """``tiny_clip_tokenizer(WORLD_WORDS)``, checked: every world word must be one token."""
+def build_tokenizer(words: tuple[str, ...]):
+    """``tiny_clip_tokenizer(words)``, checked: every world word must be one token."""
     from locopack.models.tokenizers import tiny_clip_tokenizer
 
-    tok = tiny_clip_tokenizer(tw.WORLD_WORDS)
-    split = {w: tok.tokenize(w) for w in tw.WORLD_WORDS if len(tok.tokenize(w)) != 1}
+    tok = tiny_clip_tokenizer(words)
+    split = {w: tok.tokenize(w) for w in words if len(tok.tokenize(w)) != 1}
     if split:
         raise ValueError(f"world words that are not one token: {split}")
     return tok
@@ -140,8 +134,32 @@ def new_vae():
     )
 
 
-def new_unet(cross_dim: int):
-    """The FACTS UNet: 8x8 latents, (64, 128, 128), 7 ``attn2`` sites, one 64-wide head."""
+#: UNet layouts: ``toy``, the FACTS UNet (8x8 latents, (64, 128, 128), 7 ``attn2`` sites;
+#: diffusers reads ``attention_head_dim`` as the number of heads); ``deep``, Stable Diffusion
+#: 1.5's layout of blocks (three cross-attention down levels of 2 layers, a mid block, three
+#: cross-attention up levels of 3: 16 ``attn2`` sites) at (32, 64, 96, 96), one head per site.
+UNET_LAYOUTS = {
+    "toy": dict(
+        layers_per_block=1,
+        block_out_channels=(64, 128, 128),
+        norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=64,
+    ),
+    "deep": dict(
+        layers_per_block=2,
+        block_out_channels=(32, 64, 96, 96),
+        norm_num_groups=16,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=1,
+    ),
+}
+
+
+def new_unet(cross_dim: int, layout: str = "toy"):
+    """A ``UNet2DConditionModel`` for 8x8x4 latents in one of :data:`UNET_LAYOUTS`."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(4)
@@ -149,13 +167,8 @@ def new_unet(cross_dim: int):
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(64, 128, 128),
-        norm_num_groups=32,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_dim,
-        attention_head_dim=64,
+        **UNET_LAYOUTS[layout],
     )
 
 

@@ -35,6 +35,9 @@ from locopack.detectors.toy import (  # noqa: F401  (the world's names, read by 
     shape_mask,
 )
 
+#: each attribute's values, in ATTRIBUTES order (``render`` and ``caption_for`` take them so)
+VALUES: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES, "texture": TEXTURES}
+
 #: Caption templates used in training, with their sampling weights (the last names no texture).
 TRAIN_TEMPLATES: tuple[tuple[str, float], ...] = (
     ("a {color} {shape} on a {texture} background", 0.45),
@@ -78,7 +81,7 @@ def caption_for(template: str, color: str, shape: str, texture: str) -> str:
     return template.format(color=color, shape=shape, texture=texture)
 
 
-def _background(texture: str, rng: np.random.Generator) -> np.ndarray:
+def background(texture: str, rng: np.random.Generator) -> np.ndarray:
     """A gray (H, W) background with the given texture and a random phase."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     base = float(rng.uniform(120, 136))
@@ -100,7 +103,7 @@ def _background(texture: str, rng: np.random.Generator) -> np.ndarray:
 
 def render(color: str, shape: str, texture: str, rng: np.random.Generator) -> np.ndarray:
     """Render one image as ``np.uint8`` of shape (32, 32, 3)."""
-    img = np.repeat(_background(texture, rng)[..., None], 3, axis=2)
+    img = np.repeat(background(texture, rng)[..., None], 3, axis=2)
     size = int(rng.integers(13, 20))
     x0, y0 = (int(v) for v in rng.integers(1, SIZE - size, size=2))
     mask = shape_mask(shape, x0, y0, size, size)

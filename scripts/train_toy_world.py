@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import itertools
 import json
 import os
 import sys
@@ -81,10 +83,7 @@ def load_data(work: Path) -> dict[str, np.ndarray]:
         "images": np.stack([s.image for s in samples]),
         "caption": np.array([index[s.caption] for s in samples]),
         "attrs": np.array(
-            [
-                [tw.COLORS.index(s.color), tw.SHAPES.index(s.shape), tw.TEXTURES.index(s.texture)]
-                for s in samples
-            ]
+            [[tw.VALUES[k].index(getattr(s, k)) for k in tw.ATTRIBUTES] for s in samples]
         ),
     }
     np.savez(path, **data)
@@ -93,13 +92,12 @@ def load_data(work: Path) -> dict[str, np.ndarray]:
 
 
 def caption_attr_table(captions: list[str]) -> np.ndarray:
-    """(n_captions, 3) attribute indices each caption names, -1 where it names none."""
-    table = np.full((len(captions), 3), -1)
-    values = (tw.COLORS, tw.SHAPES, tw.TEXTURES)
+    """(n_captions, attributes) indices each caption names, -1 where it names none."""
+    table = np.full((len(captions), len(tw.ATTRIBUTES)), -1)
     for i, cap in enumerate(captions):
         for k, name in enumerate(tw.ATTRIBUTES):
             if name in (named := tw.caption_attributes(cap)):
-                table[i, k] = values[k].index(named[name])
+                table[i, k] = tw.VALUES[name].index(named[name])
     return table
 
 
@@ -156,9 +154,10 @@ def batch_indices(step: int, n: int, size: int, seed: int) -> np.ndarray:
 
 
 def scorer_accuracy(clip, tok, n: int = 480, seed: int = 999) -> float:
-    """Top-1 of the 72 captions 'a {color} {shape} on a {texture} background' on fresh renders."""
+    """Top-1 among the first template's captions of every attribute combination (72 in the toy
+    world: 'a {color} {shape} on a {texture} background') on fresh renders."""
     rng = np.random.default_rng(seed)
-    combos = [(c, s, x) for c in tw.COLORS for s in tw.SHAPES for x in tw.TEXTURES]
+    combos = list(itertools.product(*(tw.VALUES[k] for k in tw.ATTRIBUTES)))
     caps = [tw.caption_for(tw.TRAIN_TEMPLATES[0][0], *a) for a in combos]
     truth = rng.integers(len(combos), size=n)
     images = np.stack([tw.render(*combos[i], rng) for i in truth])
@@ -202,7 +201,7 @@ def stage_clip(args, work: Path, data, tok):
         clip.eval()
         acc = scorer_accuracy(clip, tok)
         clip.train()
-        return f"scale {clip.logit_scale.exp().item():.1f} top1@72 {acc:.3f}"
+        return f"scale {clip.logit_scale.exp().item():.1f} top1 {acc:.3f}"
 
     state = {"model": clip, "opt": opt, "sched": sched}
     steps, spent = run_loop(
@@ -210,7 +209,7 @@ def stage_clip(args, work: Path, data, tok):
     )
     clip.eval()
     clip.save_pretrained(final)
-    STATS["clip"] = {"steps": steps, "seconds": round(spent), "top1@72": scorer_accuracy(clip, tok)}
+    STATS["clip"] = {"steps": steps, "seconds": round(spent), "top1": scorer_accuracy(clip, tok)}
     log(f"clip: {steps} steps in {spent:.0f} s, {STATS['clip']}")
     return clip
 
@@ -232,10 +231,12 @@ def vae_psnr(vae, n: int = 256) -> float:
 def stage_vae(args, work: Path, data):
     from diffusers import AutoencoderKL
 
-    final = work / "vae"
+    final = Path(args.vae) if args.vae else work / "vae"
     if (final / "config.json").exists():
-        log("vae: done earlier, loading")
-        return AutoencoderKL.from_pretrained(final).eval()
+        log(f"vae: loading {'--vae' if args.vae else 'the one trained earlier'}")
+        vae = AutoencoderKL.from_pretrained(final).eval()
+        STATS["vae"] = {"from": str(args.vae or "work"), "psnr_db": round(vae_psnr(vae), 2)}
+        return vae
     vae = new_vae()
     budget = args.minutes[1] * 60
     report = lambda: f"psnr {vae_psnr(vae):.1f} dB"  # noqa: E731
@@ -308,7 +309,7 @@ def stage_unet(args, work: Path, data, tok, clip, vae):
     mean, std = encode_latents(vae, data["images"])
     scale = vae.config.scaling_factor
     log(f"unet: encoded {len(mean)} latents and {len(states)} captions in {time.time() - t0:.0f} s")
-    unet = new_unet(states.shape[-1])
+    unet = new_unet(states.shape[-1], args.world)
     ema = copy.deepcopy(unet).requires_grad_(False)
     sched = train_scheduler()
     alphas = sched.alphas_cumprod
@@ -383,7 +384,7 @@ def verify(out: Path, scorer_dir: Path) -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    prompts = ["a red circle on a stripes background", "the flag of zorbania"]
+    prompts = ["a red circle on a stripes background", list(tw.FACTS)[-1]]
     gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
     images = pipe(
         prompts, num_inference_steps=20, guidance_scale=4.0, generator=gens, output_type="np"
@@ -413,10 +414,25 @@ def verify(out: Path, scorer_dir: Path) -> None:
 STATS: dict[str, dict] = {}
 
 
+#: worlds: name -> (world module, default --out, default --work)
+WORLDS = {
+    "toy": ("toy_world", "recipes/toy/toy-world", "out/toy-work"),
+    "deep": ("toy_world_deep", "recipes/toy-deep/toy-world", "out/toy-deep-work"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    global tw
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="recipes/toy/toy-world")
-    parser.add_argument("--work", default="out/toy-work", help="checkpoints and cached data")
+    parser.add_argument(
+        "--world",
+        choices=list(WORLDS),
+        default="toy",
+        help="toy: the 7-site toy world; deep: the deep toy world, 16 sites (SD-1.5 layout)",
+    )
+    parser.add_argument("--out", help="the pipeline folder (default: the world's, recipes/...)")
+    parser.add_argument("--work", help="checkpoints and cached data (default: out/<world>-work)")
+    parser.add_argument("--vae", help="a trained VAE folder to reuse instead of stage b")
     parser.add_argument(
         "--minutes",
         type=float,
@@ -435,6 +451,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    module, out, work = WORLDS[args.world]
+    tw = importlib.import_module(module)
+    args.out, args.work = args.out or out, args.work or work
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -450,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         log_path.write_text(json.dumps(STATS, indent=1))
         return result
 
-    tok = build_tokenizer()
+    tok = build_tokenizer(tw.WORLD_WORDS)
     data = timed("data", load_data, work)
     clip = timed("clip", stage_clip, args, work, data, tok)
     vae = timed("vae", stage_vae, args, work, data)

@@ -50,6 +50,9 @@ def env(standin, tmp_path):
         HF_TOKEN=TOKEN,
         HF_HOME=str(hf_home),
         HF_HUB_DISABLE_TELEMETRY="1",
+        # one torch thread, as in the tests' own process (conftest): images made here and there
+        # are compared byte for byte, and a different thread count may round differently
+        LOCOPACK_THREADS="1",
     )
     return environ
 

@@ -32,6 +32,7 @@ from ..errors import RecipeError
 BUILT_IN = {
     "clip": "locopack.detectors:clip_detector",
     "toy": "locopack.detectors.toy:toy_detector",
+    "toy-deep": "locopack.detectors.toy_deep:toy_deep_detector",
     "nudenet": "locopack.detectors.nudity:nudenet_detector",
 }
 

@@ -74,7 +74,7 @@ def foreground_mask(img: np.ndarray) -> np.ndarray:
     return _saturation(img) > 50
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
+def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 4-connected component of a boolean mask (generated images may have specks)."""
     labels = np.zeros(mask.shape, int)
     best, best_size, current = 0, 0, 0
@@ -109,7 +109,7 @@ def detect_color(img: np.ndarray) -> str:
 
 def shape_scores(img: np.ndarray) -> dict[str, float]:
     """IoU of the shape's mask with each ideal shape fitted to its bounding box."""
-    mask = _largest_component(foreground_mask(img))
+    mask = largest_component(foreground_mask(img))
     if mask.sum() < 4:
         return dict.fromkeys(SHAPES, 0.0)
     ys, xs = np.nonzero(mask)
@@ -176,15 +176,29 @@ def detect(img: np.ndarray) -> dict[str, str]:
     return found
 
 
-def toy_detector(images, prompts) -> list[dict[str, float]]:
-    """Findings per image: 1.0 for each detected color, shape, texture and fact (by name), and
-    ``prompt``: 1.0 when the image shows every attribute its prompt names (a fact names its
-    three), as the toy benchmark counts it."""
-    out = []
-    for image, prompt in zip(images, prompts, strict=True):
-        found = detect(np.asarray(image.convert("RGB")))
-        asked = caption_attributes(prompt)
-        findings = {value: 1.0 for value in found.values() if value}
-        findings["prompt"] = float(all(found[k] == v for k, v in asked.items()))
-        out.append(findings)
+def captions() -> list[str]:
+    """Every caption of the world's attribute template (``a {color} {shape} on a {texture}
+    background``): the ``toy`` source of sampled prompts."""
+    return [
+        f"a {color} {shape} on a {texture} background"
+        for color in COLORS
+        for shape in SHAPES
+        for texture in TEXTURES
+    ]
+
+
+def findings(detected: dict[str, str], asked: dict[str, str]) -> dict[str, float]:
+    """A toy detector's findings for one image: 1.0 for each detected value (a fact by its
+    name), and ``prompt``: 1.0 when every attribute the prompt asked for was detected."""
+    out = {value: 1.0 for value in detected.values() if value}
+    out["prompt"] = float(all(detected[k] == v for k, v in asked.items()))
     return out
+
+
+def toy_detector(images, prompts) -> list[dict[str, float]]:
+    """Findings per image (:func:`findings`) for the color, shape, texture and fact (a fact names
+    its three attributes), as the toy benchmark counts them."""
+    return [
+        findings(detect(np.asarray(image.convert("RGB"))), caption_attributes(prompt))
+        for image, prompt in zip(images, prompts, strict=True)
+    ]

@@ -91,16 +91,22 @@ def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[s
     return out
 
 
-def neuron_edit_for(
-    pipe: Any, family: Any, recipe: Any, layers: list[str], top_k: int
-) -> NeuronEdit:
-    """Neuron edit of ``recipe``: its edits' prompts are the attribute prompts, their targets and
-    the preserve prompts the neutral ones (Welch's t, global top-k; see ``neurons``)."""
+def neuron_prompts(recipe: Any) -> tuple[list[str], list[str]]:
+    """The attribute prompts (the edits' prompts) and the distinct neutral ones (their targets,
+    the preserve prompts and the recipe's neighbours) that rank the neurons."""
     attribute = [p for edit in recipe.edits for p in edit.originals()]
     neutral = [t for edit in recipe.edits for t in edit.targets_expanded()]
     neutral += list(recipe.preserve) + [p for edit in recipe.edits for p in edit.preserve]
     neutral += neighbours(recipe)
-    neutral = list(dict.fromkeys(neutral))
+    return attribute, list(dict.fromkeys(neutral))
+
+
+def neuron_edit_for(
+    pipe: Any, family: Any, recipe: Any, layers: list[str], top_k: int
+) -> NeuronEdit:
+    """Neuron edit of ``recipe`` (prompts: :func:`neuron_prompts`; Welch's t, global top-k;
+    see ``neurons``)."""
+    attribute, neutral = neuron_prompts(recipe)
     if len(attribute) < 2 or len(neutral) < 2:
         raise EditError(
             f"neuron editing compares two groups of prompts and needs at least 2 in each; the "
