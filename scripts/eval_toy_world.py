@@ -1,5 +1,8 @@
 """Evaluate the toy-world model: prompt following (by the detectors) and the CLIP scorer.
 
+``--world deep`` evaluates the deep toy world the same way, with its four attributes (size
+too) and its facts; the counts below are the toy world's.
+
 Prompt following: images generated at DDIM 20 steps, CFG 4, from noise seeds never used in
 training or in ``train_toy_world.py``'s check, judged by ``toy_world.detect``:
 
@@ -14,13 +17,16 @@ Scorer sanity, on fresh ground-truth renders: top-1 of the right caption among t
 change only that attribute; the held-out template; the right fact name of the two.  The same
 72-way top-1 is reported on the generated images (judged against their prompts).
 
-Usage: nice -n 10 python scripts/eval_toy_world.py [--model recipes/toy/toy-world]
-       [--scorer recipes/toy/toy-clip] [--json results.json] [--grid samples.png]
+Usage: nice -n 10 python scripts/eval_toy_world.py [--world toy|deep]
+       [--model recipes/toy/toy-world] [--scorer recipes/toy/toy-clip] [--json results.json]
+       [--grid samples.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import itertools
 import json
 import os
 import sys
@@ -34,9 +40,25 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_world as tw  # noqa: E402
 
-COMBOS = [(c, s, x) for c in tw.COLORS for s in tw.SHAPES for x in tw.TEXTURES]
-FULL_TEMPLATES = [t for t, _ in tw.TRAIN_TEMPLATES if "{texture}" in t]
+#: worlds: name -> (world module, default --model, default --scorer)
+WORLDS = {
+    "toy": ("toy_world", "recipes/toy/toy-world", "recipes/toy/toy-clip"),
+    "deep": ("toy_world_deep", "recipes/toy-deep/toy-world", "recipes/toy-deep/toy-clip"),
+}
 SEED0 = 50_000  # noise seeds SEED0, SEED0 + 1, ...
+
+
+def use_world(name: str) -> None:
+    """Judge world ``name``: its module, every attribute combination, the templates naming all."""
+    global tw, COMBOS, FULL_TEMPLATES
+    tw = importlib.import_module(WORLDS[name][0])
+    COMBOS = list(itertools.product(*(tw.VALUES[k] for k in tw.ATTRIBUTES)))
+    FULL_TEMPLATES = [
+        t for t, _ in tw.TRAIN_TEMPLATES if all("{" + k + "}" in t for k in tw.ATTRIBUTES)
+    ]
+
+
+use_world("toy")
 
 
 def generate(pipe, prompts: list[str], seed0: int, cfg: float, batch: int = 16) -> np.ndarray:
@@ -100,14 +122,16 @@ def scorer_sanity(scorer: Scorer, n: int = 288, seed: int = 2024) -> dict[str, f
     result, logits = {}, {}
     for name, template in (("train", FULL_TEMPLATES[0]), ("held-out", tw.HELD_OUT_TEMPLATES[0])):
         logits[name] = scorer.logits(images, [tw.caption_for(template, *a) for a in COMBOS])
-        result[f"72-way, {name} template"] = float(np.mean(logits[name].argmax(1) == truth))
-    for k, name in enumerate(tw.ATTRIBUTES):  # vary one attribute, keep the other two right
+        result[f"{len(COMBOS)}-way, {name} template"] = float(
+            np.mean(logits[name].argmax(1) == truth)
+        )
+    for k, name in enumerate(tw.ATTRIBUTES):  # vary one attribute, keep the others right
         hits = []
         for row, i in zip(logits["train"], truth, strict=True):
             options = [
                 j
                 for j, a in enumerate(COMBOS)
-                if all(a[m] == COMBOS[i][m] for m in range(3) if m != k)
+                if all(a[m] == COMBOS[i][m] for m in range(len(a)) if m != k)
             ]
             hits.append(options[int(np.argmax(row[options]))] == i)
         result[f"{len(options)}-way {name}"] = float(np.mean(hits))
@@ -119,14 +143,18 @@ def scorer_sanity(scorer: Scorer, n: int = 288, seed: int = 2024) -> dict[str, f
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="recipes/toy/toy-world")
-    parser.add_argument("--scorer", default="recipes/toy/toy-clip")
+    parser.add_argument("--world", choices=list(WORLDS), default="toy")
+    parser.add_argument("--model", help="the pipeline folder (default: the world's)")
+    parser.add_argument("--scorer", help="the CLIP scorer folder (default: the world's)")
     parser.add_argument("--n", type=int, default=96, help="images per attribute test")
     parser.add_argument("--cfg", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--grid", help="write a PNG grid of the first generated images here")
     args = parser.parse_args(argv)
+    use_world(args.world)
+    args.model = args.model or WORLDS[args.world][1]
+    args.scorer = args.scorer or WORLDS[args.world][2]
     torch.set_num_threads(args.threads)
     from diffusers import StableDiffusionPipeline
 
@@ -141,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     results["train templates"] = accuracy(images, attrs)
     truth = [COMBOS.index(a) for a in attrs]
     caps72 = [tw.caption_for(FULL_TEMPLATES[0], *a) for a in COMBOS]
-    results["train templates"]["scorer 72-way"] = scorer.top1(images, caps72, truth)
+    results["train templates"]["scorer N-way"] = scorer.top1(images, caps72, truth)
     if args.grid:
         save_grid(images[:48], args.grid)
 
@@ -168,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of the prompt-following results and a list of the scorer checks."""
-    cols = ["color", "shape", "texture", "all", "scorer 72-way"]
+    cols = [*tw.ATTRIBUTES, "all", "scorer N-way"]
     lines = ["| prompts | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name in ("train templates", "held-out template", "facts", "facts, held-out template"):
         row = results[name]
