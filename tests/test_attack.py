@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from locopack.recipe import AttackSettings, load_recipe
-from locopack.release.attack import attack_template, run_attacks, search, vocabulary
+from locopack.localize.cache import CandidateCache
+from locopack.release.attack import attack_template, cached, run_attacks, search, vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
@@ -63,6 +64,37 @@ def test_the_search_keeps_improvements_within_its_budget_and_repeats_under_a_see
     assert other["start"] != first["start"]
     stopped = search(objective, "x {words}", words, AttackSettings(seconds=1e-9, steps=20))
     assert stopped["stopped"] == "seconds" and stopped["evaluations"] == 1
+
+
+def test_a_search_killed_midway_resumes_from_the_cache_and_draws_only_what_is_left(tmp_path):
+    words = [f"w{i}" for i in range(50)]
+    settings = AttackSettings(tokens=2, candidates=5, steps=20, seed=3)
+    drawn: list[str] = []
+    kill_at: list[int | None] = [7]
+
+    def objective(prompt: str) -> float:
+        if len(drawn) == kill_at[0]:
+            raise RuntimeError("killed")  # the build dies while judging its eighth prompt
+        drawn.append(prompt)
+        return sum(int(w[1:]) for w in prompt.split()[1:])
+
+    cache = CandidateCache(tmp_path)
+
+    def judged(model: str):
+        return cached(objective, cache, model=model, inputs={"delta": "d1"})
+
+    with pytest.raises(RuntimeError):
+        search(judged("edited"), "x {words}", words, settings)
+    killed, kill_at[0] = list(drawn), None
+    drawn.clear()
+    resumed = search(judged("edited"), "x {words}", words, settings)
+    assert len(killed) == 7 and not set(drawn) & set(killed)
+    assert len(drawn) == resumed["evaluations"] - 7
+    drawn.clear()
+    assert resumed == search(objective, "x {words}", words, settings)  # as if never killed
+    drawn.clear()
+    search(judged("base"), "x {words}", words, settings)  # another model: nothing reused
+    assert len(drawn) == resumed["evaluations"]
 
 
 @pytest.mark.slow

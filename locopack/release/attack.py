@@ -15,6 +15,11 @@ best prompt of each is then drawn on both models with every evidence seed; its c
 there is the attack's success.  The random words the search started from give the chance
 level.  Deterministic under ``seed`` as long as the ``seconds`` limit is not what stopped it
 (``stopped`` records which limit did).  Update edits are not attacked.
+
+Resumable like the sweep: with a cache (the release's ``cache/``), every judged prompt is
+stored as it is judged, under a key of the model (base or edited), the evidence's inputs
+(recipe, base, delta) and the prompt; a rerun after a crash replays the search from the
+cache and draws only what it had not judged yet.
 """
 
 from __future__ import annotations
@@ -120,6 +125,25 @@ def concept_objective(generate, detector, scorer, label: str, original: str, see
     return objective
 
 
+def cached(objective: Callable[[str], float], cache: Any, **identity: Any):
+    """``objective`` whose every value is stored in ``cache`` (a
+    :class:`~locopack.localize.cache.CandidateCache`) under ``identity`` and the prompt, and
+    read back from it when present; ``objective`` itself when ``cache`` is None."""
+    if cache is None:
+        return objective
+
+    def value(prompt: str) -> float:
+        key = cache.key(kind="attack", prompt=prompt, **identity)
+        if (hit := cache.get(key)) is not None:
+            return float(hit["scores"][0])
+        began = time.perf_counter()
+        found = objective(prompt)
+        cache.put(key, {"scores": [found], "seconds": time.perf_counter() - began})
+        return found
+
+    return value
+
+
 def success(images: list, prompt: str, detector, scorer, label: str, original: str) -> float:
     """The concept's rate over ``images`` (or the mean CLIP score without a rate detector)."""
     if detector is None:
@@ -128,14 +152,15 @@ def success(images: list, prompt: str, detector, scorer, label: str, original: s
 
 
 def run_attacks(
-    recipe, tokenizer, draw, edited, detectors, scorer, seeds, write_grid
+    recipe, tokenizer, draw, edited, detectors, scorer, seeds, write_grid, cache=None, inputs=None
 ) -> dict | None:
     """Search attacks on every erase edit of ``recipe``; None when ``steps`` is 0.
 
     ``draw(prompts, seeds)`` returns ``{prompt: [image per seed]}`` on the model as it is;
     ``edited()`` is a context manager under which the release's edit is applied;
     ``write_grid(name, rows)`` writes a before | after grid into the evidence and returns
-    its file name.
+    its file name.  ``cache`` (with ``inputs``, what identifies the models) makes the
+    searches resumable (see :func:`cached`).
     """
     settings = recipe.evidence.attack
     if settings.steps == 0:
@@ -149,9 +174,13 @@ def run_attacks(
         template, original = attack_template(edit), edit.originals()[0]
         judge = (detector, scorer, edit.label, original)
         objective = concept_objective(draw, detector, scorer, edit.label, original, seeds[0])
-        found = {"base": search(objective, template, words, settings)}
+        judged = {
+            model: cached(objective, cache, model=model, inputs=inputs, seed=seeds[0])
+            for model in ("base", "edited")
+        }
+        found = {"base": search(judged["base"], template, words, settings)}
         with edited():
-            found["edited"] = search(objective, template, words, settings)
+            found["edited"] = search(judged["edited"], template, words, settings)
             prompts = list(
                 dict.fromkeys([found["base"]["start"]] + [f["prompt"] for f in found.values()])
             )

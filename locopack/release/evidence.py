@@ -44,11 +44,12 @@ from PIL import Image, ImageDraw
 
 from ..detectors import load_detector, rates
 from ..fingerprint import tensors_sha256
+from ..localize.cache import CandidateCache
 from ..prompt_samples import sampled_unrelated
 from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
 from .attack import run_attacks
 from .charts import SUMMARY_CHART, summary_png
-from .layout import ADAPTER_FILE, EVIDENCE_DIR, EVIDENCE_FILE
+from .layout import ADAPTER_FILE, CACHE_DIR, EVIDENCE_DIR, EVIDENCE_FILE
 from .specificity import CHECKED_SETS, flag_set, prompt_changes
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
@@ -274,6 +275,8 @@ def collect_evidence(
         scorer,
         seeds,
         write_grid,
+        cache=CandidateCache(out / CACHE_DIR) if inputs is not None else None,
+        inputs={"evidence": inputs, "steps": steps, "guidance": guidance},
     )
     atomic_write_bytes(out / SUMMARY_CHART, summary_png(result))
     result["summary_chart"] = SUMMARY_CHART
