@@ -61,6 +61,7 @@ def test_the_card_says_what_the_pooled_path_and_image_sites_mean(name, releases)
     assert localization["reference_rung"]["steps"] <= localization["rung"]["steps"]
     card = (release / "README.md").read_text()
     assert "The pooled CLIP vector modulates every block and is not a site" in card
+    assert "a few joint-attention blocks" in card and "cross-attention layers" not in card
     provenance = json.loads((release / "lora_manifest.json").read_text())["provenance"]
     # the FLUX recipe's window (4 of the twin's 6 sites) always reaches single-stream blocks
     image_sites = provenance["image_sites"]

@@ -81,3 +81,4 @@ def test_toy_release_keeps_prompts_nobody_listed(release):
     assert found["after"]["prompt"] >= found["before"]["prompt"] - 0.10, found
     card = (release / "README.md").read_text()
     assert "include 12 neighbours drawn from `toy`" in card
+    assert "localized the\nattribute to a few cross-attention layers" in card

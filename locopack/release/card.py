@@ -242,7 +242,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
 {description}
 
 An edit of {base_link} made with locopack from a declarative recipe: LocoGen localized the
-attribute to a few cross-attention layers and LocoEdit changed only their key/value matrices in
+attribute to a few {_site_kind(prov)} and LocoEdit changed only their key/value matrices in
 closed form (Basu et al., *On Mechanistic Knowledge Localization in Text-to-Image Generative
 Models*, ICML 2024).
 
@@ -307,6 +307,16 @@ CLIP scores measure text-image agreement, not the absence of a concept; check th
 |---|---|
 {hashes}
 """
+
+
+def _site_kind(prov: dict) -> str:
+    """What the edited sites are called for the release's family."""
+    from ..models.registry import FAMILIES
+
+    family = FAMILIES.get(prov.get("family", ""))
+    if family is not None and family.joint_attention:
+        return "joint-attention blocks (their text key/value projections)"
+    return "cross-attention layers"
 
 
 def _text_path_notes(localization: dict | None, prov: dict) -> str:
