@@ -82,3 +82,42 @@ def test_toy_release_keeps_prompts_nobody_listed(release):
     card = (release / "README.md").read_text()
     assert "include 12 neighbours drawn from `toy`" in card
     assert "localized the\nattribute to a few cross-attention layers" in card
+
+
+def test_the_toy_benchmark_prints_the_figures_of_the_evidence(release):
+    """scripts/bench_toy_world.py, at the evidence's seeds, counts what evidence.json (and so
+    the card) reports: the edited prompts' stripes before and after, and the unrelated
+    prompts whose images show every attribute asked."""
+    import bench_toy_world as bench
+
+    from locopack.delta import WeightDelta
+    from locopack.detectors import toy
+    from locopack.release.stages import load_base
+
+    recipe = load_recipe(ROOT / "recipes" / "toy" / "erase-stripes.yaml")
+    evidence = json.loads((release / "evidence.json").read_text())
+    sets = evidence["edits"][0]["sets"]
+    pipe = load_base(recipe).pipe
+    pipe.set_progress_bar_config(disable=True)
+    edit, seeds = recipe.edits[0], evidence["seeds"]
+    prompts, unrelated = edit.originals(), sets["unrelated"]["prompts"]
+
+    def figures():
+        def draw(chosen):
+            return bench.generate(pipe, chosen, seeds, evidence["steps"], evidence["guidance"])
+
+        found = bench.rates(draw(prompts), prompts, len(seeds), edit, toy)
+        return found["edited"], bench.specificity(draw(unrelated), unrelated, len(seeds), toy)
+
+    before = figures()
+    with WeightDelta.load(release / "delta.safetensors").applied(pipe.unet):
+        after = figures()
+    card = {
+        when: (
+            sets["edited"]["detectors"]["toy"][when]["concept"],
+            sets["unrelated"]["detectors"]["toy"][when]["prompt"],
+        )
+        for when in ("before", "after")
+    }
+    assert card == {"before": pytest.approx(before), "after": pytest.approx(after)}
+    assert card["before"][0] > card["after"][0]  # a comparison that can tell them apart
