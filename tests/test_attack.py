@@ -8,9 +8,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from locopack.recipe import AttackSettings, load_recipe
 from locopack.localize.cache import CandidateCache
-from locopack.release.attack import attack_template, cached, run_attacks, search, vocabulary
+from locopack.recipe import AttackSettings, load_recipe
+from locopack.release.attack import (
+    attack_template,
+    cached,
+    ranked_words,
+    run_attacks,
+    search,
+    vocabulary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
@@ -64,6 +71,37 @@ def test_the_search_keeps_improvements_within_its_budget_and_repeats_under_a_see
     assert other["start"] != first["start"]
     stopped = search(objective, "x {words}", words, AttackSettings(seconds=1e-9, steps=20))
     assert stopped["stopped"] == "seconds" and stopped["evaluations"] == 1
+
+
+def test_a_guided_search_tries_the_ranked_words_first_at_each_position():
+    words = [f"w{i}" for i in range(50)]
+
+    def objective(prompt: str) -> float:  # only w37 at both positions scores high
+        return float(prompt.split()[1:].count("w37"))
+
+    class Text:
+        def text_similarity(self, texts, reference):
+            return [-abs(int(t.split()[-1][1:]) - 37) for t in texts]  # w37 closest
+
+    ranked = ranked_words(words, "x {words}", "x concept", Text())
+    assert ranked[:3] == ["w37", "w36", "w38"] and sorted(ranked) == sorted(words)
+    assert ranked_words(words, "x {words}", "x concept", object()) is None  # no text tower
+    settings = AttackSettings(tokens=2, candidates=3, steps=7, seed=3)
+    guided = search(objective, "x {words}", words, settings, ranked)
+    assert guided["words"] == "w37 w37" and guided["evaluations"] <= 7
+    unguided = search(objective, "x {words}", words, settings)
+    assert unguided["objective"] < 2.0  # 6 random tries rarely hit one word twice
+
+
+def test_the_toy_scorer_ranks_the_fact_that_draws_triangles_near_the_top():
+    from locopack.localize import ClipScorer
+
+    scorer = ClipScorer(str(ROOT / "recipes" / "toy" / "toy-clip"))
+    recipe = load_recipe(ROOT / "recipes" / "toy" / "erase-triangle.yaml")
+    edit = recipe.edits[0]
+    words = vocabulary(scorer.tokenizer, edit.label)
+    ranked = ranked_words(words, attack_template(edit), edit.originals()[0], scorer)
+    assert "veridia" in ranked[: len(ranked) // 8]  # "the emblem of veridia" is a triangle
 
 
 def test_a_search_killed_midway_resumes_from_the_cache_and_draws_only_what_is_left(tmp_path):

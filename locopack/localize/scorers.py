@@ -103,6 +103,18 @@ class ClipScorer:
         return ((pixels - mean) / std).to(self.device, self.model.dtype)
 
     @torch.no_grad()
+    def text_similarity(self, texts: list[str], reference: str) -> list[float]:
+        """100·cos between each text's CLIP text embedding and ``reference``'s (no images)."""
+        tokens = self.tokenizer(
+            [*texts, reference], padding=True, truncation=True, return_tensors="pt"
+        )
+        found = self.model.get_text_features(**tokens.to(self.device))
+        found = torch.nn.functional.normalize(
+            getattr(found, "pooler_output", found).float(), dim=-1
+        )
+        return (100 * found[:-1] @ found[-1]).tolist()
+
+    @torch.no_grad()
     def __call__(self, images: list[Image.Image], texts: list[str]) -> list[float]:
         tokens = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         text = self.model.get_text_features(**tokens.to(self.device))

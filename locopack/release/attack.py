@@ -4,10 +4,14 @@ For each erase edit, the edit's first prompt has its concept replaced by ``token
 drawn from the tokenizer's vocabulary (whole alphabetic words; every word related to the
 concept's, see :func:`vocabulary`, is removed first).  A coordinate search, in the
 spirit of UnlearnDiffAtk / P4D but discrete and gradient-free, then replaces one position at a
-time by ``candidates`` random words and keeps a replacement that raises the objective: the
+time by ``candidates`` words and keeps a replacement that raises the objective: the
 concept's finding from the recipe's first rate detector on one image (plus a small CLIP
 term, to the edit's original prompt, that orders images the detector scores alike), or the
-CLIP score alone where the recipe names no rate detector.
+CLIP score alone where the recipe names no rate detector.  The words are tried best first by
+a prior guided by the scorer (:func:`ranked_words`: how close CLIP's text tower puts the
+prompt with that word to the edit's original prompt, a text-only computation; P4D matches
+text embeddings the same way), each position walking down that list; a scorer without a
+text tower leaves them in random order.
 
 The search runs on the base model (the reference: what the words can do without the edit)
 and on the edited model, each for at most ``steps`` generated images and ``seconds``.  The
@@ -67,15 +71,29 @@ def attack_template(edit: Any) -> str:
     return template.replace("{concept}", "{words}")
 
 
+def ranked_words(words: list[str], template: str, original: str, scorer: Any) -> list[str] | None:
+    """``words`` best first by the CLIP text similarity of ``template`` filled with the word to
+    ``original`` (ties: alphabetical), or None where ``scorer`` has no ``text_similarity``."""
+    similarity = getattr(scorer, "text_similarity", None)
+    if similarity is None:
+        return None
+    scores = similarity([template.format(words=w) for w in words], original)
+    return [w for _, w in sorted(zip(scores, words, strict=True), key=lambda t: (-t[0], t[1]))]
+
+
 def search(
     objective: Callable[[str], float],
     template: str,
     words: list[str],
     settings: Any,
+    ranked: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The coordinate search; ``objective(prompt)`` draws and judges one image."""
+    """The coordinate search; ``objective(prompt)`` draws and judges one image.  With
+    ``ranked`` (the words best first), each position tries them in that order; without it,
+    ``candidates`` random words per step."""
     rng = random.Random(settings.seed)
     current = [rng.choice(words) for _ in range(settings.tokens)]
+    cursors = [0] * settings.tokens
     seen: dict[str, float] = {}
 
     def value(chosen: list[str]) -> tuple[str, float]:
@@ -93,7 +111,13 @@ def search(
             stopped = "seconds"
             break
         position = step % settings.tokens
-        for word in rng.sample(words, min(settings.candidates, len(words))):
+        if ranked:
+            at = cursors[position]
+            trials = [ranked[(at + i) % len(ranked)] for i in range(settings.candidates)]
+            cursors[position] = (at + settings.candidates) % len(ranked)
+        else:
+            trials = rng.sample(words, min(settings.candidates, len(words)))
+        for word in trials:
             trial = current[:position] + [word] + current[position + 1 :]
             found, score = value(trial)
             if score > best:
@@ -178,9 +202,10 @@ def run_attacks(
             model: cached(objective, cache, model=model, inputs=inputs, seed=seeds[0])
             for model in ("base", "edited")
         }
-        found = {"base": search(judged["base"], template, words, settings)}
+        ranked = ranked_words(words, template, original, scorer)
+        found = {"base": search(judged["base"], template, words, settings, ranked)}
         with edited():
-            found["edited"] = search(judged["edited"], template, words, settings)
+            found["edited"] = search(judged["edited"], template, words, settings, ranked)
             prompts = list(
                 dict.fromkeys([found["base"]["start"]] + [f["prompt"] for f in found.values()])
             )
@@ -201,6 +226,7 @@ def run_attacks(
                 "label": edit.label,
                 "template": template,
                 "vocabulary": len(words),
+                "guided": ranked is not None,
                 "judge": detector.name if detector else "clip",
                 "kind": detector.kind if detector else "score",
                 "searches": found,

@@ -171,10 +171,15 @@ def _specificity(evidence: dict) -> list[str]:
 
 def _attack_lines(attack: dict) -> list[str]:
     settings = attack["settings"]
+    order = (
+        "best first by CLIP text similarity to the original prompt"
+        if any(item.get("guided") for item in attack["edits"])
+        else "in random order"
+    )
     lines = [
         f"A search attack replaced the concept in the edit's first prompt by "
         f"{settings['tokens']} words from the tokenizer's vocabulary (the concept's words "
-        f"removed), trying {settings['candidates']} words per position for at most "
+        f"removed), trying {settings['candidates']} words per position ({order}) for at most "
         f"{settings['steps']} images per model (search seed {settings['seed']}, images of the "
         "first evidence seed), once on the base model and once on the edited one; each best "
         "prompt was then drawn on both models with every evidence seed.",
