@@ -17,7 +17,10 @@ against the base's (same seeds).  The variants examine each choice of
 - ``value-per-site``: the same number of neurons at each site instead of one global ranking;
 - ``value-all-sites``: every cross-attention site instead of LocoGen's window.
 
-LocoEdit at the window is printed beside the curve for reference.
+LocoEdit at the window is printed beside the curve for reference, and, to tell whether the
+attribute could sit in few neurons at all, how many of the window's key and value neurons hold
+90% of the squared change of their outputs (all positions) from the target prompts to the
+edit's prompts: the change an override has to undo.
 
     python scripts/bench_neurons.py [--recipe recipes/toy/erase-stripes.yaml] [--seeds 8]
         [--ks 5 10 25 50 100 200 0] [--unrelated 12]     (k = 0: every neuron of the variant)
@@ -91,6 +94,22 @@ def measure(pipe, edit, sets, seeds, steps, guidance, base_images, tw) -> str:
     return f"{found['edited']:.0%} | {others} | {kept:.0%} | {ssim:.2f}"
 
 
+@torch.no_grad()
+def concentration(pipe, family, layers, originals, targets, which: str) -> tuple[int, int]:
+    """(neurons holding 90% of the change's energy, neurons) of the ``which`` projections."""
+    denoiser = getattr(pipe, family.denoiser_attr)
+    sites = {s.path: s for s in family.sites(denoiser)}
+    states = [family.encode(pipe, prompts) for prompts in (originals, targets)]
+    energy = []
+    for path in layers:
+        site = sites[path]
+        module = denoiser.get_submodule(getattr(site, which))
+        edit, target = (module(family.site_states(denoiser, site, s)) for s in states)
+        energy.append((edit - target).double().pow(2).sum(dim=(0, 1)))
+    ranked = torch.cat(energy).sort(descending=True).values
+    return int((ranked.cumsum(0) < 0.9 * ranked.sum()).sum()) + 1, ranked.numel()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes/toy/erase-stripes.yaml")
@@ -123,6 +142,11 @@ def main() -> None:
         progress=False,
     )
     print(f"## {recipe.name}: LocoGen window {located.layers} ({time.perf_counter() - t0:.0f} s)")
+    for which in ("key", "value"):
+        held, total = concentration(
+            pipe, family, located.layers, edit.originals(), edit.targets_expanded(), which
+        )
+        print(f"90% of the {which} change from target to edit prompts: {held} of {total} neurons")
     base_images = generate(pipe, sets["unrelated"], seeds, steps, guidance)
     print("| variant | k | edited attribute | other attributes | unrelated kept | unrelated SSIM |")
     print("|---|---|---|---|---|---|")
