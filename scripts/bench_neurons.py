@@ -64,11 +64,12 @@ VARIANTS = {
 
 
 def per_site(attribute, neutral, k: int) -> NeuronEdit:
-    """``k`` neurons split evenly over the modules (the first ones take the remainder)."""
-    paths = sorted(attribute)
-    overrides = {}
-    for i, path in enumerate(paths):
-        share = k // len(paths) + (i < k % len(paths))
+    """``k`` neurons split as evenly over the modules as their widths allow."""
+    widths = {path: a.shape[1] for path, a in attribute.items()}
+    overrides, left = {}, k
+    for i, path in enumerate(sorted(widths, key=lambda p: (widths[p], p))):
+        share = min(widths[path], left // (len(widths) - i))
+        left -= share
         if share:
             one = select_neurons({path: attribute[path]}, {path: neutral[path]}, share)
             overrides.update(one.overrides)
