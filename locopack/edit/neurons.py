@@ -6,6 +6,17 @@ attribute (e.g. "... in the style of Van Gogh") and on neutral prompts; at infer
 overwritten with their mean over the neutral prompts (the neuron-level editing of Basu et al.,
 ICML 2024).
 
+What the override can and cannot do (``scripts/bench_neurons.py`` measures it): a key neuron
+set to one constant at every text position drops out of the differences between the positions'
+attention logits, whichever constant it is, so it only flattens attention; a value neuron's
+constant replaces what that channel carries from every token.  So the override removes an
+attribute only where the attribute sits in few channels.  On the toy world's stripes style it
+does not: 90% of the change from the target prompts to the edit's prompts spreads over 260 of
+the window's 448 value neurons, and overriding 200 of them (globally ranked, neutral mean)
+leaves stripes in every image; all 448 leave 8%, at a cost to color (-15 points) and to
+unlisted prompts (-33); at all 7 sites, 200 of 704 still leave every stripe.  The neutral mean beats zero (33% at all 448) and one global ranking
+beats an even split per site (same efficacy, more damage), so those stay the defaults.
+
 Stable Diffusion's cross-attention key/value projections have no bias, so a constant output cannot
 be written into the weights as it stands.  It could be, as a zeroed row of ``W`` plus a bias equal
 to the value, but that adds parameters the export formats do not expect; we represent the edit as
