@@ -10,15 +10,16 @@ What the override can and cannot do (``scripts/bench_neurons.py`` measures it): 
 set to one constant at every text position drops out of the differences between the positions'
 attention logits, whichever constant it is, so it only flattens attention; a value neuron's
 constant replaces what that channel carries from every token.  So the override removes an
-attribute only where the attribute sits in few channels.  On the toy world's stripes style it
+attribute only where a minority of the channels carries it.  On the toy world's stripes style it
 does not: 90% of the change from the target prompts to the edit's prompts spreads over 260 of
 the window's 448 value neurons, and overriding 200 of them (globally ranked, neutral mean)
 leaves stripes in every image; all 448 leave 8%, at a cost to color (-15 points) and to
 unlisted prompts (-33); at all 7 sites, 200 of 704 still leave every stripe.  On the deep toy
 world's dots style (16 sites) it does: 200 of the 1056 value neurons of all sites leave dots
 in 6% of the images, the other attributes kept (unlisted prompts 91% vs 93% before), where
-LocoGen's 3-site window, by neurons (54% at 100 of 160) or by LocoEdit (58%), does not.  The neutral mean beats zero (33% at all 448) and one global ranking
-beats an even split per site (same efficacy, more damage), so those stay the defaults.
+LocoGen's 3-site window, by neurons (54% at 100 of 160) or by LocoEdit (58%), does not.
+The neutral mean beats zero (33% at all 448) and one global ranking beats an even split per
+site (same efficacy, more damage), so those stay the defaults.
 
 Stable Diffusion's cross-attention key/value projections have no bias, so a constant output cannot
 be written into the weights as it stands.  It could be, as a zeroed row of ``W`` plus a bias equal
