@@ -27,6 +27,7 @@ from locopack.detectors.toy import (  # noqa: F401  (the world's names, read by 
     SHAPES,
     SIZE,
     TEXTURES,
+    VALUES,
     caption_attributes,
     detect,
     detect_color,
@@ -34,9 +35,6 @@ from locopack.detectors.toy import (  # noqa: F401  (the world's names, read by 
     detect_texture,
     shape_mask,
 )
-
-#: each attribute's values, in ATTRIBUTES order (``render`` and ``caption_for`` take them so)
-VALUES: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES, "texture": TEXTURES}
 
 #: Caption templates used in training, with their sampling weights (the last names no texture).
 TRAIN_TEMPLATES: tuple[tuple[str, float], ...] = (

@@ -28,6 +28,8 @@ SHAPES = ("circle", "square", "triangle")
 TEXTURES = ("plain", "stripes", "dots", "checker")
 
 ATTRIBUTES = ("color", "shape", "texture")
+#: each attribute's values, in ATTRIBUTES order
+VALUES: dict[str, tuple[str, ...]] = {"color": COLORS, "shape": SHAPES, "texture": TEXTURES}
 
 #: Made-up facts: the caption phrase and the appearance (color, shape, texture) it names.
 FACTS: dict[str, tuple[str, str, str]] = {
@@ -50,18 +52,30 @@ def shape_mask(shape: str, x0: int, y0: int, w: int, h: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def caption_attributes(caption: str) -> dict[str, str]:
-    """The attributes a caption names: a fact names all three; a word names its attribute."""
-    for fact, (color, shape, texture) in FACTS.items():
+def named_attributes(caption: str, facts: dict, values: dict) -> dict[str, str]:
+    """The attributes ``caption`` names in a toy world of ``facts`` (phrase -> appearance in
+    ``values`` order) and ``values`` (attribute -> its words): a fact names them all, a word
+    names its attribute."""
+    for fact, appearance in facts.items():
         if fact in caption:
-            return {"color": color, "shape": shape, "texture": texture}
+            return dict(zip(values, appearance, strict=True))
     words = caption.split()
     found: dict[str, str] = {}
-    for key, values in (("color", COLORS), ("shape", SHAPES), ("texture", TEXTURES)):
-        hits = [v for v in values if v in words]
+    for key, options in values.items():
+        hits = [v for v in options if v in words]
         if hits:
             found[key] = hits[0]
     return found
+
+
+def fact_shown(detected: dict[str, str], facts: dict) -> str:
+    """The fact whose appearance ``detected`` matches (attributes in the facts' order), or ''."""
+    return next((f for f, attrs in facts.items() if attrs == tuple(detected.values())), "")
+
+
+def caption_attributes(caption: str) -> dict[str, str]:
+    """The attributes a caption names: a fact names all three; a word names its attribute."""
+    return named_attributes(caption, FACTS, VALUES)
 
 
 def _saturation(img: np.ndarray) -> np.ndarray:
@@ -170,10 +184,7 @@ def detect_texture(img: np.ndarray) -> str:
 def detect(img: np.ndarray) -> dict[str, str]:
     """All three attributes, plus ``fact`` when the image matches a fact's appearance."""
     found = {"color": detect_color(img), "shape": detect_shape(img), "texture": detect_texture(img)}
-    found["fact"] = next(
-        (f for f, attrs in FACTS.items() if attrs == tuple(found[k] for k in ATTRIBUTES)), ""
-    )
-    return found
+    return found | {"fact": fact_shown(found, FACTS)}
 
 
 def captions() -> list[str]:

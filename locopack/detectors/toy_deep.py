@@ -19,9 +19,11 @@ from .toy import (
     detect_color,
     detect_shape,
     detect_texture,
+    fact_shown,
     findings,
     foreground_mask,
     largest_component,
+    named_attributes,
 )
 
 SIZES = ("small", "large")
@@ -47,16 +49,7 @@ FACTS: dict[str, tuple[str, str, str, str]] = {
 
 def caption_attributes(caption: str) -> dict[str, str]:
     """The attributes a caption names: a fact names all four; a word names its attribute."""
-    for fact, appearance in FACTS.items():
-        if fact in caption:
-            return dict(zip(ATTRIBUTES, appearance, strict=True))
-    words = caption.split()
-    found: dict[str, str] = {}
-    for key in ATTRIBUTES:
-        hits = [v for v in VALUES[key] if v in words]
-        if hits:
-            found[key] = hits[0]
-    return found
+    return named_attributes(caption, FACTS, VALUES)
 
 
 def detect_size(img: np.ndarray) -> str:
@@ -77,10 +70,7 @@ def detect(img: np.ndarray) -> dict[str, str]:
         "texture": detect_texture(img),
         "size": detect_size(img),
     }
-    found["fact"] = next(
-        (f for f, attrs in FACTS.items() if attrs == tuple(found[k] for k in ATTRIBUTES)), ""
-    )
-    return found
+    return found | {"fact": fact_shown(found, FACTS)}
 
 
 def captions() -> list[str]:
