@@ -49,3 +49,8 @@ class ResourceError(LocopackError, OSError):
 
 class FolderLockedError(LocopackError, OSError):
     """Another build is writing into the same output folder; the message names its process."""
+
+
+class SecretError(LocopackError, PermissionError):
+    """A secret of this machine (the Hub token, a credential) would reach a public release; the
+    message names the file or field and where the secret comes from, never its value."""

@@ -13,7 +13,8 @@ Two recipe settings draw them (:class:`~locopack.recipe.PromptSample`):
 
 A source is ``toy`` (the toy world's captions, ``a {color} {shape} on a {texture}
 background``: 72 of them), ``toy-deep`` (the deep toy world's, a size first: 144) or a text
-file beside the recipe, one prompt per line (blank lines and lines starting with ``#``
+file under the recipe's folder (or a folder the user allows, see
+:mod:`locopack.recipe_files`), one prompt per line (blank lines and lines starting with ``#``
 skipped).  A prompt that contains an edit's concept or fact is
 never drawn (it is not unrelated, and keeping it would fight the edit).  Drawing is
 deterministic: ``random.Random(seed).sample`` of the sorted candidates.
@@ -23,10 +24,10 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 from typing import Any
 
 from .errors import RecipeError
+from .recipe_files import prompt_file, read_regular
 
 TOY_SOURCE = "toy"
 #: the toy worlds' caption sources: name -> the detector module whose ``captions()`` they are
@@ -50,17 +51,9 @@ def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
     """
     if source in TOY_WORLDS:
         return toy_captions(source)
-    path = Path(source).expanduser()
-    if not path.is_absolute():
-        path = Path(recipe.source).resolve().parent / path
+    path = prompt_file(recipe.source, source, field)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise RecipeError(
-                f"{recipe.source}: {field}: expected a prompt file of at most "
-                f"{MAX_FILE_BYTES // 2**20} MB, found {path.name} of {size:,} bytes"
-            )
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_FILE_BYTES, f"{recipe.source}: {field}").decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or "not UTF-8 text"
         raise RecipeError(

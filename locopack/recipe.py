@@ -383,13 +383,15 @@ class Recipe(_Strict):
         return self._source
 
     def local_path(self, ref: str) -> str:
-        """``ref`` (a model or scorer reference) resolved against the recipe's folder when it
-        names a folder there and not in the working directory; otherwise ``ref`` unchanged."""
-        here = os.path.expanduser(ref)
-        beside = os.path.join(os.path.dirname(os.path.abspath(self._source)), here)
-        if not os.path.exists(here) and os.path.exists(beside):
-            return beside
-        return here if os.path.exists(here) else ref
+        """``ref`` (a model or scorer reference) as a path when it names something on disk:
+        an absolute (or ``~``) path as written, a relative one resolved against the recipe's
+        folder only, never the working directory (a ``./model`` there must not stand in for
+        the one beside the recipe); otherwise ``ref`` unchanged (a Hub id)."""
+        path = os.path.expanduser(ref)
+        if not os.path.isabs(path):
+            path = os.path.join(os.path.dirname(os.path.abspath(self._source)), path)
+        spelled_as_path = ref.startswith(("./", "../", "~", ".\\", "..\\")) or os.path.isabs(ref)
+        return path if spelled_as_path or os.path.lexists(path) else ref
 
 
 _SECTIONS = {

@@ -10,7 +10,9 @@ The schema checks each value on its own; this module checks what a build would f
   (the denoiser is built on the ``meta`` device: no weights are read);
 - under ``edit.tokens: concept`` every prompt of an edit contains its concept;
 - every prompt/target pair changes something, an erase anchor does not name the concept it
-  erases, and no prompt is both edited and preserved.
+  erases, and no prompt is both edited and preserved;
+- prompt files lie under the recipe's folder (:mod:`locopack.recipe_files`), and plug-in
+  detectors (code) are named only where the user allows code, and are detectors.
 
 Hub lookups are skipped when ``offline`` is asked for or the Hub is switched off for the process
 (``HF_HUB_OFFLINE=1``, detected once, before any request); a Hub base is then checked only for
@@ -24,11 +26,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from locopack.errors import LocopackError, RecipeError
+from locopack.errors import LocopackError, RecipeError, SecretError
 from locopack.filenames import ADAPTER_FILE, MERGED_DIR, NEURON_FILE, PIPELINE_INDEX
 from locopack.hub_ref import is_hub_id
 from locopack.prompt_samples import names, neighbours, normalized, sampled_unrelated
 from locopack.recipe_errors import join_problems, show
+from locopack.recipe_files import MAX_CONFIG_BYTES, read_regular, special_kind
 from locopack.recipe_review import located, model_problems
 
 if TYPE_CHECKING:
@@ -60,6 +63,7 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
         problems += _site_problems(recipe, base, at)
     problems += _prompt_problems(recipe, at)
     problems += _sample_problems(recipe)
+    problems += _detector_problems(recipe, at)
     if problems:
         raise RecipeError(join_problems(recipe.source, problems))
 
@@ -77,12 +81,16 @@ def _reference(
         problems.append(at(loc, f"expected {_REF}, found a URL {show(value)}; write the id only"))
         return None
     path = Path(recipe.local_path(value))
+    kind_found = special_kind(path)
+    if kind_found:
+        problems.append(at(loc, f"expected {_REF}, found {show(value)}, {kind_found}"))
+        return None
     if path.exists():
         problem, folder = _local_layout(path, kind)
         problems += [at(loc, problem.format(show(value)))] if problem else []
         return folder
     if not is_hub_id(value):
-        where = "" if Path(value).is_absolute() else " (here or beside the recipe)"
+        where = "" if Path(value).is_absolute() else " beside the recipe"
         problems.append(at(loc, f"expected {_REF}, found {show(value)}: no such folder{where}"))
         return None
     if offline:
@@ -121,7 +129,10 @@ def _clip_problem(path: Path) -> str | None:
     if not path.is_dir():
         return f"{expected}, found {{}}, a file"
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        data = read_regular(path / "config.json", MAX_CONFIG_BYTES, "config.json")
+        config = json.loads(data.decode("utf-8"))
+    except RecipeError as err:
+        return f"{expected}, found {{}} whose {err}"
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"{expected}, found {{}} without a readable config.json"
     model_type = config.get("model_type") if isinstance(config, dict) else None
@@ -205,11 +216,39 @@ def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:
 
 
 def _sample_problems(recipe: Recipe) -> list[str]:
-    """``edit.neighbours`` and ``evidence.sample_unrelated`` can draw their prompts."""
-    problems = []
-    for draw in (neighbours, sampled_unrelated):
+    """``edit.neighbours`` and ``evidence.sample_unrelated`` can draw their prompts, and
+    neither they nor the recipe's text hold a secret of this machine (a release is public)."""
+    from locopack.secret_scan import check_texts
+
+    problems, texts = [], {recipe.source: recipe.source_text}
+    for field, draw in (
+        ("edit.neighbours", neighbours),
+        ("evidence.sample_unrelated", sampled_unrelated),
+    ):
         try:
-            draw(recipe)
+            texts[f"{recipe.source}: {field}"] = "\n".join(draw(recipe))
         except RecipeError as err:
             problems.append(str(err))
+    try:
+        check_texts(texts)
+    except SecretError as err:
+        problems.append(str(err))
+    return problems
+
+
+def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
+    """Plug-in detectors (code) only where the user allows code, and only real detectors."""
+    from locopack.detectors import ALLOW_CODE_ENV, code_allowed, is_plugin, plugin_problem
+
+    problems = []
+    for k, spec in enumerate(recipe.evidence.detectors):
+        if not is_plugin(spec.name):
+            continue
+        loc = ("evidence", "detectors", k)
+        if not code_allowed():
+            hint = f"pass --allow-code (or set {ALLOW_CODE_ENV}=1) if you trust that module"
+            found = f"found {show(spec.name)}, Python code a recipe runs only when you allow it"
+            problems.append(at(loc, f"expected a built-in detector, {found}; {hint}"))
+        elif problem := plugin_problem(spec.name):
+            problems.append(at(loc, f"{problem} ({show(spec.name)})"))
     return problems

@@ -68,15 +68,18 @@ def test_a_users_detector_is_named_module_colon_callable(tmp_path, monkeypatch):
         "NOT_CALLABLE = 1\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RecipeError, match="names Python code.*--allow-code"):
+        load_detector("my_detectors:bright")
+    monkeypatch.setenv("LOCOPACK_ALLOW_CODE", "1")
     images = [Image.new("RGB", (8, 8), (v, v, v)) for v in (10, 250)]
     bright = load_detector("my_detectors:bright", {"level": 100})
     assert bright.kind == "rate"
     assert rates(bright(images, ["a", "b"]), "bright") == {"concept": 0.5}
     with pytest.raises(RecipeError, match="one findings mapping per image"):
         load_detector("my_detectors:broken")(images, ["a", "b"])
-    with pytest.raises(RecipeError, match="has no callable 'NOT_CALLABLE'"):
+    with pytest.raises(RecipeError, match="expected a function 'NOT_CALLABLE' defined at the top"):
         load_detector("my_detectors:NOT_CALLABLE")
-    with pytest.raises(RecipeError, match="cannot import no_such_module"):
+    with pytest.raises(RecipeError, match="found no module 'no_such_module'"):
         load_detector("no_such_module:find")
 
 

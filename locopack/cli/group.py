@@ -7,14 +7,19 @@ sibling modules and are added to the group by :mod:`locopack.cli`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from .. import __version__
+from ..detectors import ALLOW_CODE_ENV
 from ..errors import LocopackError
+from ..recipe_files import PROMPT_DIRS_ENV
 
 # Library chatter (e.g. transformers noting that torchvision is absent) is not for our users.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -86,8 +91,31 @@ class LocopackGroup(click.Group):
     help="Also read pickled (.bin/.ckpt) model weights [env LOCOPACK_ALLOW_PICKLE=1]. "
     "Unpickling can run arbitrary code: use it only for files you trust.",
 )
+@click.option(
+    "--allow-code",
+    is_flag=True,
+    envvar="LOCOPACK_ALLOW_CODE",
+    help="Let a recipe's plug-in detectors (evidence.detectors: module:callable) be imported "
+    "and run [env LOCOPACK_ALLOW_CODE=1]. Importing a module runs its code: use it only for "
+    "recipes and modules you trust; the card and history then name the plug-ins.",
+)
+@click.option(
+    "--prompt-dir",
+    "prompt_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also read a recipe's prompt files (edit.neighbours.source, "
+    "evidence.sample_unrelated.source) from this folder; repeatable [default: the recipe's "
+    "folder only].",
+)
 @click.pass_context
-def cli(ctx: click.Context, threads: int | None, allow_pickle: bool) -> None:
+def cli(
+    ctx: click.Context,
+    threads: int | None,
+    allow_pickle: bool,
+    allow_code: bool,
+    prompt_dirs: tuple[Path, ...],
+) -> None:
     """Localize knowledge in a text-to-image model and edit it, from a YAML recipe.
 
     \b
@@ -106,3 +134,29 @@ def cli(ctx: click.Context, threads: int | None, allow_pickle: bool) -> None:
         torch.set_num_threads(threads)
     warnings.showwarning = _show_warning
     ctx.obj = GlobalOptions(allow_pickle=allow_pickle)
+    # the library reads these two from the environment (so that the processes of
+    # `accelerate launch` see them too); set for this command only
+    scoped = {ALLOW_CODE_ENV: "1" if allow_code else None}
+    if prompt_dirs:
+        scoped[PROMPT_DIRS_ENV] = os.pathsep.join(str(p.resolve()) for p in prompt_dirs)
+    ctx.with_resource(_environment(scoped))
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables, restoring them afterwards."""
+    before = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            _set(name, value)
+        yield
+    finally:
+        for name, value in before.items():
+            _set(name, value)
+
+
+def _set(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

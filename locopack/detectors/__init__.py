@@ -9,8 +9,14 @@ and scores lie in [0, 1]; the evidence averages them into rates.  Two names are 
 - ``prompt``: how much of what the prompt asks the image shows (1.0: all of it).
 
 A recipe's ``evidence.detectors`` names them: a built-in name (:data:`BUILT_IN`) or
-``module:callable`` for the user's own (imported like any Python module, so only name code you
-trust), each with keyword ``options``.  Built in:
+``module:callable`` for the user's own, each with keyword ``options``.  A plug-in is Python code
+that the recipe makes locopack import and call, and recipes are shared like model configs, so
+plug-ins load only when the user allows code (``--allow-code`` or :data:`ALLOW_CODE_ENV`), as
+``trust_remote_code`` does in transformers; the card and the history then name them.  Before
+that, :func:`plugin_problem` checks, without importing anything, that the module is a Python
+source file outside the standard library whose top level defines the callable as a function
+taking ``(images, prompts, ...)``: ``os:system``, ``builtins:eval`` or ``json:loads`` are not
+detectors.  Built in:
 
 - ``clip``: the recipe's CLIP scorer, ``prompt`` = its score to the prompt (100·cos; a
   ``score`` detector, averaged but not a rate);
@@ -20,10 +26,15 @@ trust), each with keyword ``options``.  Built in:
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.machinery
+import os
 import statistics
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
@@ -68,14 +79,89 @@ class Detector:
         return [{str(k): float(v) for k, v in dict(f).items()} for f in found]
 
 
+#: the environment variable that allows plug-in detectors (``--allow-code`` sets it)
+ALLOW_CODE_ENV = "LOCOPACK_ALLOW_CODE"
+
+
+def code_allowed() -> bool:
+    """Whether the user allowed plug-in code (:data:`ALLOW_CODE_ENV` set to 1/true/yes)."""
+    return os.environ.get(ALLOW_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def is_plugin(name: str) -> bool:
+    """Whether the detector ``name`` is the user's code (``module:callable``), not built in."""
+    return name not in BUILT_IN
+
+
+def plugin_problem(name: str) -> str | None:
+    """Why the plug-in ``module:callable`` cannot be a detector, or None; imports nothing.
+
+    The module is looked up on ``sys.path`` without importing it or its parent packages, and
+    its source is parsed: the callable must be a top-level ``def`` with at least two
+    positional parameters (the images and their prompts).
+    """
+    module_name, _, attribute = name.partition(":")
+    spec = _find_without_import(module_name)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return f"expected an importable Python source module, found no module {module_name!r}"
+    if _in_standard_library(spec.origin):
+        return f"expected a detector module of your own, found {module_name!r} of Python itself"
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return f"expected a readable Python module, found {module_name!r} that does not parse"
+    functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    function = functions.get(attribute)
+    if function is None:
+        return f"expected a function {attribute!r} defined at the top of {module_name!r}"
+    if len(function.args.posonlyargs + function.args.args) < 2:
+        return f"expected {attribute}(images, prompts, **options), found a function of fewer"
+    return None
+
+
+def _find_without_import(module_name: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of ``module_name`` found on the path, its parents looked up, never imported."""
+    spec, search = None, None
+    for part in range(1, module_name.count(".") + 2):
+        name = ".".join(module_name.split(".")[:part])
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name, search)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        search = spec.submodule_search_locations
+    return spec
+
+
+def _in_standard_library(origin: str) -> bool:
+    path = Path(origin).resolve()
+    stdlib = {Path(sysconfig.get_path(k)).resolve() for k in ("stdlib", "platstdlib")}
+    site = {Path(sysconfig.get_path(k)).resolve() for k in ("purelib", "platlib")}
+    return any(s in path.parents for s in stdlib) and not any(s in path.parents for s in site)
+
+
 def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any = None) -> Detector:
     """The detector a recipe names: a key of :data:`BUILT_IN` or ``module:callable``.
 
     Raises:
-        RecipeError: the module cannot be imported (e.g. an extra is not installed) or holds
-            no such callable.
+        RecipeError: a plug-in while code is not allowed, or not a detector; the module
+            cannot be imported (e.g. an extra is not installed) or holds no such callable.
     """
     where = f"evidence.detectors: {name}"
+    if is_plugin(name):
+        if not code_allowed():
+            raise RecipeError(
+                f"{where}: names Python code, which a recipe runs only when you allow it: "
+                f"pass --allow-code (or set {ALLOW_CODE_ENV}=1) if you trust that module"
+            )
+        problem = plugin_problem(name)
+        if problem:
+            raise RecipeError(f"{where}: {problem}")
     module_name, _, attribute = BUILT_IN.get(name, name).partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from ..errors import ModelLayoutError, OfflineError
+from ..errors import ModelLayoutError, OfflineError, RecipeError
 from ..filenames import PIPELINE_INDEX
 from ..hub_ref import is_hub_id
+from ..recipe_files import MAX_CONFIG_BYTES, read_regular
 from .base import ModelFamily
 from .registry import family_for
 
@@ -38,7 +39,7 @@ def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any
     folder = Path(model)
     if folder.is_dir():
         path = folder / filename
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ModelLayoutError(
                 f"{path}: not found; a diffusers pipeline folder (made with save_pretrained) "
                 "has model_index.json and one subfolder per component"
@@ -63,8 +64,8 @@ def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any
             f"{model!r} is neither a local folder nor a Hub id of the form 'org/name'"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(read_regular(path, MAX_CONFIG_BYTES, str(path)).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecipeError) as err:
         raise ModelLayoutError(f"{path}: not a readable JSON file ({err})") from None
     if not isinstance(data, dict):
         raise ModelLayoutError(f"{path}: expected a JSON object")

@@ -33,10 +33,11 @@ from typing import Any
 from ..delta import WeightDelta
 from ..distributed import barrier
 from ..errors import LocopackError, ModelLayoutError
+from ..secret_scan import check_folder
 from ..storage import remove_leftovers
 from .base import LoadedBase, changed_file, load_base
 from .exports import ExportChoice, export_delta
-from .layout import BUILD_OUTPUTS, DELTA_FILE, HISTORY_FILE, RECIPE_FILE
+from .layout import BUILD_OUTPUTS, DELTA_FILE, HISTORY_FILE, RECIPE_FILE, release_files
 from .lock import build_lock
 from .resources import resource_errors
 from .stages import (
@@ -213,6 +214,7 @@ def _build(
     else:
         log.done("evidence", "complete for this recipe and delta")
     write_card(out)
+    check_folder(out, release_files(out))  # before the history seals the release
     log.done("card")
     entry = new_entry(
         recipe, delta, out, previous, base=base, adapter_tolerance=manifest["max_relative_error"]

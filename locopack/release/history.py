@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..detectors import is_plugin
 from ..errors import ExportError, HubError
 from ..storage import atomic_write_text
 from .layout import (
@@ -134,6 +135,9 @@ def new_entry(
         "files": hashed_files(folder),
         "prev": previous[-1]["hash"] if previous else None,
     }
+    plugins = [d.name for d in recipe.evidence.detectors if is_plugin(d.name)]
+    if plugins:  # code the recipe ran, allowed by the user (--allow-code)
+        entry["allowed_code"] = plugins
     entry["hash"] = entry_hash(entry)
     return entry
 

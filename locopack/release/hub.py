@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from ..errors import HubError, LocopackError
 from ..hub_ref import parse_ref
+from ..secret_scan import check_folder
 from .layout import RECIPE_FILE, release_files
 
 T = TypeVar("T")
@@ -89,6 +90,7 @@ def push(
     default_tag, title, body = _describe_release(folder, message)
     parse_ref(repo)
     files = release_files(folder)
+    check_folder(folder, files)  # nothing secret goes up, whoever wrote the files
     tag = _check_tag(tag or default_tag)
     token = token or get_token()
     api = HfApi(token=token)
