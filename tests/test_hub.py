@@ -510,8 +510,8 @@ print(json.dumps({{"files": sorted(str(p.relative_to(snap)) for p in snap.rglob(
 
 @pytest.mark.slow
 def test_a_pushed_release_names_no_path_of_the_build_machine(standin, env, tmp_path):
-    """Every pushed file — safetensors headers, JSON, the card, the history, the merged
-    checkpoint's configs — is free of the build machine's folders and user name."""
+    """Every pushed file — safetensors headers, JSON, images, the card, the history, the merged
+    checkpoint's configs — is free of the build machine's folders, user name and Hub token."""
     import getpass
 
     from click.testing import CliRunner
@@ -527,8 +527,10 @@ def test_a_pushed_release_names_no_path_of_the_build_machine(standin, env, tmp_p
     built = cli(env, *args, "--push", "org/public", "--tag", "v1")
     assert built.returncode == 0, built.stderr
     needles = sorted(
-        {str(tmp_path), str(root), str(Path.home()), f"/{getpass.getuser()}/", os.getcwd()}
-    )
+        {str(tmp_path), str(root), str(Path.home()), f"/{getpass.getuser()}/", os.getcwd(), TOKEN}
+    )  # the build ran with HF_TOKEN set: neither the token nor a path may be in any file
+    built_files = [p for p in (tmp_path / "releases" / "pub").rglob("*") if p.is_file()]
+    assert not [p for p in built_files if TOKEN.encode() in p.read_bytes()]
     pulled = python(env, FIND_PATHS.format(repo="org/public", rev="v1", needles=needles))
     assert "merged/unet/config.json" in pulled["files"] and "history.jsonl" in pulled["files"]
     assert pulled["found"] == []
