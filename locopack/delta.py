@@ -3,6 +3,8 @@
 It is the single hand-off from editing to export, model card and history: saved as one
 safetensors file whose header carries the provenance as JSON under the key ``locopack``.
 Module paths are relative to the denoiser (``unet`` or ``transformer``, named in provenance).
+The provenance holds no time: the same recipe, base and versions give the same bytes (the
+build's time is in the history entry).
 """
 
 from __future__ import annotations

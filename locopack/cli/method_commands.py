@@ -80,6 +80,11 @@ def localize(
         f"score {chosen.mean:.3f} (baseline {result.baseline.mean:.3f}, "
         f"all sites {result.all_sites.mean:.3f}); wrote {out}/localization.json"
     )
+    reused, scored = result.cache_counts()
+    click.echo(
+        f"sweep {result.timings.get('total', 0.0):.1f} s; {reused} of {scored} scores "
+        f"taken from {out}/cache"
+    )
 
 
 def _print_plan(recipe, mode: str | None, full_references: bool) -> None:

@@ -11,7 +11,6 @@ site reads a text stream of its own, collected while denoising and solved site b
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +150,6 @@ def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
         "preserve_weight": recipe.edit.preserve_weight,
         "neighbours": neighbours(recipe),
         "versions": library_versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -47,7 +47,6 @@ import contextlib
 import json
 import math
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,7 +110,6 @@ def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> di
     external = n_bytes > EXTERNAL_DATA_BYTES
     common = {"input_names": names, "output_names": [OUTPUT_NAME], "opset_version": opset}
     record: dict[str, Any] = {"external_data": external, "parameter_bytes": n_bytes}
-    started = time.perf_counter()
     with tracing(spec):
         try:
             torch.onnx.export(
@@ -146,7 +144,6 @@ def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> di
                     f"torchscript: {_error_summary(err2)}"
                 ) from err2
             record["exporter"] = "torchscript"
-    record["export_seconds"] = round(time.perf_counter() - started, 2)
     return record
 
 

@@ -14,6 +14,14 @@ from ..storage import atomic_write_bytes, atomic_write_text
 
 FORMAT = "locopack.localization/1"
 
+#: facts of one run, kept on the objects but never written: a repeated or resumed sweep (its
+#: scores taken from the cache) writes the same bytes; the build's durations go to the history
+RUN_FACTS = frozenset({"seconds", "cached", "timings"})
+
+
+def _without_run_facts(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value for key, value in items if key not in RUN_FACTS}
+
 
 @dataclass
 class Candidate:
@@ -93,9 +101,18 @@ class LocalizationResult:
         """Module paths of the chosen window's sites."""
         return self.candidates[self.chosen].window
 
+    def cache_counts(self) -> tuple[int, int]:
+        """How many of the scored entries (windows per round, reference lines) came from the
+        cache, and of how many."""
+        rounds = [c for r in self.rounds for c in r.candidates] if self.rounds else self.candidates
+        lines = [self.baseline, self.all_sites] + [c for c in [self.pooled_only] if c]
+        entries = [*rounds, *lines]
+        return sum(c.cached for c in entries), len(entries)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (the content of ``localization.json``)."""
-        data = asdict(self)
+        """JSON-ready view (the content of ``localization.json``), without the run facts
+        (:data:`RUN_FACTS`); older files that carry them still load."""
+        data = asdict(self, dict_factory=_without_run_facts)
         data["format"] = FORMAT
         data["chosen_layers"] = self.layers
         return data
