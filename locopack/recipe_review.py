@@ -13,6 +13,7 @@ import difflib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from locopack.control_chars import strip_controls
 from locopack.errors import RecipeError
 from locopack.recipe_errors import Locator, field_path, join_problems, show
 from locopack.recipe_yaml import load_yaml
@@ -76,10 +77,12 @@ def resolve_layers(recipe: Recipe, site_paths: list[str]) -> list[str] | None:
 
 
 def summarize(recipe: Recipe) -> str:
-    """A readable multi-line summary of ``recipe`` (what ``locopack validate`` prints)."""
+    """A readable multi-line summary of ``recipe`` (what ``locopack validate`` prints),
+    without the control characters and escape sequences its text may carry."""
     base, loc, ed, ex, hub = recipe.base, recipe.localize, recipe.edit, recipe.export, recipe.hub
     lines = [f"recipe    {recipe.name} (version {recipe.version}, sha256 {recipe.sha256[:12]})"]
-    lines += [f"          {recipe.description}"] if recipe.description else []
+    description = (recipe.description or "").strip().splitlines()
+    lines += [f"          {line}" for line in description]
     revision = f" @ {base.revision}" if base.revision else ""
     variant = f", variant {base.variant}" if base.variant else ""
     lines.append(f"base      {base.model}{revision} ({base.dtype}{variant})")
@@ -105,4 +108,4 @@ def summarize(recipe: Recipe) -> str:
     lines.append(f"card      license {recipe.card.license}")
     where = f"{hub.repo} ({'private' if hub.private else 'public'}, branch {hub.branch})"
     lines.append(f"hub       {where if hub.repo else 'not pushed (no hub.repo)'}")
-    return "\n".join(lines)
+    return strip_controls("\n".join(lines))

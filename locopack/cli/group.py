@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .. import __version__
+from ..control_chars import strip_controls
 from ..detectors import ALLOW_CODE_ENV
 from ..errors import LocopackError
 from ..recipe_files import PROMPT_DIRS_ENV
@@ -38,16 +39,22 @@ def quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()
 
 
+def echo(message: str, *, err: bool = False, file=None) -> None:
+    """Print ``message`` without control characters or ANSI escape sequences (recipes and
+    releases are written by anyone, and the text they carry reaches the terminal here)."""
+    click.echo(strip_controls(str(message)), err=err, file=file)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings reach the terminal as one line, like errors."""
-    click.echo(f"warning: {message}", err=True)
+    echo(f"warning: {message}", err=True)
 
 
 class UserError(click.ClickException):
     """A LocopackError on its way to the terminal: one line, exit status 1."""
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.message}", err=True, file=file)
+        echo(f"error: {self.message}", err=True, file=file)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .group import quiet_libraries
+from .group import echo, quiet_libraries
 from .options import offline_option
 
 
@@ -27,8 +27,8 @@ def validate(recipe: Path, offline: bool) -> None:
 
     loaded = load_recipe(recipe)
     preflight(loaded, offline=offline)
-    click.echo(summarize(loaded))
-    click.echo("recipe is valid")
+    echo(summarize(loaded))
+    echo("recipe is valid")
 
 
 @click.command()

@@ -14,7 +14,7 @@ import click
 
 from ..errors import LocopackError
 from ..filenames import RECIPE_FILE
-from .group import UserError, global_options, quiet_libraries
+from .group import UserError, echo, global_options, quiet_libraries
 from .options import mode_option, offline_option, out_dir, run_options
 
 
@@ -156,18 +156,18 @@ def _check_folders_free(loaded: list, out: Path | None) -> None:
 
 
 def _echo_summary(summary, out: Path) -> None:
-    click.echo(f"\nlayers: {', '.join(summary.layers)}")
+    echo(f"\nlayers: {', '.join(summary.layers)}")
     for edit in summary.evidence.get("edits", []):
         for name, item in edit["sets"].items():
             before, after = item["summary"]["before"], item["summary"]["after"]
-            click.echo(
+            echo(
                 f"  {edit['label']} / {name}: CLIP to original "
                 f"{before['original']['mean']:.2f} -> {after['original']['mean']:.2f}, "
                 f"to target {before['target']['mean']:.2f} -> {after['target']['mean']:.2f}"
             )
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
-    click.echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
-    click.echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
+    echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
+    echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
 
 
 @click.command()
@@ -233,7 +233,7 @@ def build(
     options = run_options(mode)
     if len(loaded) == 1:
         target = out_dir(out, loaded[0])
-        summary = run_build(loaded[0], target, options=options, echo=click.echo)
+        summary = run_build(loaded[0], target, options=options, echo=echo)
         if summary is not None:
             _echo_summary(summary, target)
             if push_to is not None:
@@ -244,7 +244,7 @@ def build(
     for recipe in options.processes().share(loaded):
         target = (out or Path("out")) / recipe.name
         try:
-            summary = run_build(recipe, target, options=alone, echo=click.echo)
+            summary = run_build(recipe, target, options=alone, echo=echo)
         except LocopackError as err:
             failures.append(f"{recipe.source}: {err}")
             continue
@@ -318,9 +318,9 @@ def audit(
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
-        click.echo(timeline(report))
+        echo(timeline(report))
         for check in report.checks:
-            click.echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
+            echo(f"{'ok  ' if check.ok else 'FAIL'}  {check.name}: {check.detail}")
     if not report.ok:
         failed = next(c for c in report.checks if not c.ok)
         raise UserError(f"audit failed: {failed.name}: {failed.detail}")
@@ -375,7 +375,7 @@ def _push_folder(
         folder, repo or "", private=private is not False, branch=branch, tag=tag, message=message
     )
     state = "pushed" if result.created else "already on the Hub:"
-    click.echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")
+    echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")
 
 
 COMMANDS = (export_cmd, generate, build, card, audit, push)

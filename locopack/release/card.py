@@ -19,9 +19,11 @@ from typing import Any
 
 import yaml
 
+from ..control_chars import strip_controls
 from ..errors import ExportError, LocopackError
 from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
+from . import markdown_text as md
 from .card_sections import card_images, evidence_sections
 from .layout import (
     ADAPTER_FILE,
@@ -107,7 +109,7 @@ def _limitations(evidence: dict) -> list[str]:
         for prompt, move in zip(held["prompts"], moves(held), strict=True):
             if move < 0.5 * typical:
                 notes.append(
-                    f"- *{prompt}* ({edit['label']}): moved {move:+.2f} "
+                    f"- {md.code(prompt)} ({md.inline(edit['label'])}): moved {move:+.2f} "
                     f"vs {typical:+.2f} on the edited prompts"
                 )
     return notes
@@ -175,7 +177,7 @@ def _build_card(folder: Path) -> tuple[str, dict]:
             provenance.get("family", ""),
         ],
         widget=[
-            {"text": g["prompt"], "output": {"url": g["image"]}}
+            {"text": strip_controls(g["prompt"]), "output": {"url": g["image"]}}
             for g in evidence.get("gallery", [])
         ],
     )
@@ -187,13 +189,13 @@ def _build_card(folder: Path) -> tuple[str, dict]:
 def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str:
     prov = manifest["provenance"]
     what = "\n".join(
-        f"- **{e.kind}** {e.subject} "
-        f"*{e.label}* → {', '.join(repr(t) for t in dict.fromkeys(e.targets_expanded()))} "
+        f"- **{e.kind}** {e.subject} *{md.inline(e.label)}* → "
+        f"{', '.join(md.inline(repr(t)) for t in dict.fromkeys(e.targets_expanded()))} "
         f"({len(e.prompts)} prompts)"
         for e in recipe.edits
     )
-    description = recipe.card.description or recipe.description or ""
-    layers = "\n".join(f"- `{prov['denoiser']}.{path}`" for path in edit["layers"])
+    description = md.prose(recipe.card.description or recipe.description or "")
+    layers = "\n".join(f"- {md.code(prov['denoiser'] + '.' + path)}" for path in edit["layers"])
     where = ""
     if localization:
         chosen = localization["candidates"][localization["chosen"]]
@@ -212,13 +214,15 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
     ]
     ranks = sorted({m["rank"] for m in manifest["modules"].values()})
     versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("versions", {}).items()))
-    hashes = "\n".join(f"| `{p}` | `{sha256_file(folder / p)}` |" for p in card_files(folder))
+    hashes = "\n".join(
+        f"| {md.code(p, cell=True)} | `{sha256_file(folder / p)}` |" for p in card_files(folder)
+    )
     usage_base = recipe.base.model
     hub_like = _is_hub_id(usage_base)
     base_link = (
-        f"[`{usage_base}`](https://huggingface.co/{usage_base})"
+        f"[{md.code(usage_base)}](https://huggingface.co/{usage_base})"
         if hub_like
-        else (f"`{usage_base}`")
+        else md.code(usage_base)
     )
     seeds = ", ".join(map(str, evidence.get("seeds", [evidence["seed"]])))
     settings = (
@@ -227,7 +231,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
     )
     kept = (
         f" (the preserve prompts include {len(prov['neighbours'])} neighbours drawn from "
-        f"`{recipe.edit.neighbours.source}`: prompts no part of the recipe lists)"
+        f"{md.code(recipe.edit.neighbours.source)}: prompts no part of the recipe lists)"
         if prov.get("neighbours") and recipe.edit.neighbours
         else ""
     )
@@ -237,7 +241,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
         else ""
     )
     return f"""
-# {recipe.name}
+# {md.inline(recipe.name)}
 
 {description}
 
@@ -257,7 +261,7 @@ Models*, ICML 2024).
 ## How well: before / after evidence
 
 Before and after share their seeds ({seeds}), {evidence["steps"]} steps,
-guidance {evidence["guidance"]}; CLIP score (100·cos) with `{evidence["scorer"]}`; the edit
+guidance {evidence["guidance"]}; CLIP score (100·cos) with {md.code(evidence["scorer"])}; the edit
 was applied as a user loads it ({evidence["applied"]}).
 
 {evidence_sections(evidence)}
@@ -272,14 +276,7 @@ was applied as a user loads it ({evidence["applied"]}).
 
 ## How to use
 
-```python
-import torch
-from diffusers import DiffusionPipeline
-
-pipe = DiffusionPipeline.from_pretrained("{usage_base}")
-pipe.load_lora_weights("<this repo or folder>")  # pytorch_lora_weights.safetensors
-image = pipe("{recipe.edits[0].originals()[0]}").images[0]
-```
+{_usage(usage_base, recipe.edits[0].originals()[0])}
 
 Or `locopack.apply(pipe, "<repo or folder>")`, which also checks the base model's fingerprint.
 {merged_note}
@@ -297,9 +294,7 @@ CLIP scores measure text-image agreement, not the absence of a concept; check th
 
 ## Recipe
 
-```yaml
-{recipe.source_text.rstrip()}
-```
+{md.fenced(recipe.source_text, "yaml")}
 
 ## Files
 
@@ -307,6 +302,18 @@ CLIP scores measure text-image agreement, not the absence of a concept; check th
 |---|---|
 {hashes}
 """
+
+
+def _usage(base: str, prompt: str) -> str:
+    """The "how to use" snippet; JSON string literals are Python ones, whatever they hold."""
+    return md.fenced(
+        "import torch\n"
+        "from diffusers import DiffusionPipeline\n\n"
+        f"pipe = DiffusionPipeline.from_pretrained({json.dumps(base, ensure_ascii=False)})\n"
+        'pipe.load_lora_weights("<this repo or folder>")  # pytorch_lora_weights.safetensors\n'
+        f"image = pipe({json.dumps(prompt, ensure_ascii=False)}).images[0]",
+        "python",
+    )
 
 
 def _site_kind(prov: dict) -> str:
@@ -340,7 +347,7 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
                 f"together{ratio}: what it carries of the concept is left as it was."
             )
     if prov.get("image_sites"):
-        listed = ", ".join(f"`{path}`" for path in prov["image_sites"])
+        listed = ", ".join(md.code(path) for path in prov["image_sites"])
         notes.append(
             f"The edit includes single-stream sites ({listed}), whose key/value projections "
             "also map image tokens: there it changes the image tokens' keys and values too, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 
+from . import markdown_text as md
 from .charts import SUMMARY_CHART
 
 SET_NAMES = {
@@ -61,7 +62,7 @@ def _clip_rows(evidence: dict, names: tuple[str, ...]) -> list[str]:
                 for k in ("original", "target")
             ]
             lines.append(
-                f"| {edit['label']} | {SET_NAMES.get(name, name)} | "
+                f"| {md.inline(edit['label'])} | {SET_NAMES.get(name, name)} | "
                 f"{len(item['prompts'])} | {cells[0]} | {cells[1]} |"
             )
     return lines
@@ -76,7 +77,8 @@ def _detector_rows(evidence: dict, names: tuple[str, ...]) -> list[str]:
                     continue
                 cells = " | ".join(_moves(found, k) for k in ("concept", "prompt", "target"))
                 rows.append(
-                    f"| {edit['label']} | {SET_NAMES.get(name, name)} | {detector} | {cells} |"
+                    f"| {md.inline(edit['label'])} | {SET_NAMES.get(name, name)} | "
+                    f"{md.inline(detector)} | {cells} |"
                 )
     if not rows:
         return []
@@ -89,7 +91,7 @@ def _detector_rows(evidence: dict, names: tuple[str, ...]) -> list[str]:
 
 def _grids(evidence: dict, names: tuple[str, ...]) -> list[str]:
     return [
-        f"**{e['label']}: {SET_NAMES.get(n, n)}**\n\n![{n}]({item['grid']})\n"
+        f"**{md.inline(e['label'])}: {SET_NAMES.get(n, n)}**\n\n![{n}]({item['grid']})\n"
         for e in evidence["edits"]
         for n, item in e["sets"].items()
         if n in names
@@ -130,14 +132,15 @@ def _specificity(evidence: dict) -> list[str]:
                 continue
             ssim, psnr = item["change"]["ssim"], item["change"]["psnr"]
             table.append(
-                f"| {edit['label']} | {SET_NAMES[name]} | {len(item['prompts'])} | "
+                f"| {md.inline(edit['label'])} | {SET_NAMES[name]} | {len(item['prompts'])} | "
                 f"{statistics.fmean(ssim):.3f} ({min(ssim):.3f}) | "
                 f"{statistics.fmean(psnr):.1f} | {len(item['flagged'])} |"
             )
             for prompt in item["flagged"]:
                 i = item["prompts"].index(prompt)
                 flagged.append(
-                    f"- *{prompt}* ({edit['label']}, {SET_NAMES[name]}): SSIM {ssim[i]:.3f}, "
+                    f"- {md.code(prompt)} ({md.inline(edit['label'])}, {SET_NAMES[name]}): "
+                    f"SSIM {ssim[i]:.3f}, "
                     f"PSNR {psnr[i]:.1f} dB"
                 )
             if item.get("flagged_grid"):
@@ -189,14 +192,15 @@ def _attack_lines(attack: dict) -> list[str]:
     ]
     images = []
     for item in attack["edits"]:
-        runs = [(f"`{s['prompt']}`", where, s["success"]) for where, s in item["searches"].items()]
-        runs.append((f"`{item['chance']['prompt']}`", "random start (chance)", item["chance"]))
+        runs = [(s["prompt"], where, s["success"]) for where, s in item["searches"].items()]
+        runs.append((item["chance"]["prompt"], "random start (chance)", item["chance"]))
+        label, judge = md.inline(item["label"]), md.inline(item["judge"])
         for prompt, where, rate in runs:
             lines.append(
-                f"| {item['label']} | {prompt} | {where} | {item['judge']} | "
+                f"| {label} | {md.code(prompt, cell=True)} | {where} | {judge} | "
                 f"{_value(rate['before'], item['kind'])} | {_value(rate['after'], item['kind'])} |"
             )
-        images.append(f"![attack {item['label']}]({item['grid']})\n")
+        images.append(f"![attack {label}]({item['grid']})\n")
     return [*lines, "", *images]
 
 
@@ -209,7 +213,7 @@ def _robustness(evidence: dict) -> list[str]:
         lines += [
             "The held-out paraphrases are attack prompts the edit never saw: "
             + "; ".join(
-                f"*{label}*: CLIP to the original "
+                f"*{md.inline(label)}*: CLIP to the original "
                 f"{item['summary']['before']['original']['mean']:.2f} → "
                 f"{item['summary']['after']['original']['mean']:.2f}"
                 for label, item in held
