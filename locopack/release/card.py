@@ -8,7 +8,9 @@ layers and the localization plot), how well and at what cost to other prompts
 (:mod:`.card_sections`: efficacy, specificity and robustness, each with its numbers and
 grids), how to use it, its limitations, the full recipe and the hash of every file.
 
-:func:`build_card` reads only files in the release folder and names any that is missing.
+:func:`build_card` reads only files in the release folder and names any that is missing.  Text
+from the recipe (and from what the stages derived from it: prompts found by the attack, sampled
+prompts) is shown literally, through :mod:`.markdown_text`: never as HTML, a link or an image.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..control_chars import strip_controls
+from ..detectors import is_plugin
 from ..errors import ExportError, LocopackError
 from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
@@ -262,7 +265,7 @@ Models*, ICML 2024).
 
 Before and after share their seeds ({seeds}), {evidence["steps"]} steps,
 guidance {evidence["guidance"]}; CLIP score (100·cos) with {md.code(evidence["scorer"])}; the edit
-was applied as a user loads it ({evidence["applied"]}).
+was applied as a user loads it ({evidence["applied"]}).{_plugin_note(recipe)}
 
 {evidence_sections(evidence)}
 ## Edit settings
@@ -302,6 +305,15 @@ CLIP scores measure text-image agreement, not the absence of a concept; check th
 |---|---|
 {hashes}
 """
+
+
+def _plugin_note(recipe: Any) -> str:
+    """Names the plug-in detectors (the user's code, run with ``--allow-code``), if any."""
+    plugins = [d.name for d in recipe.evidence.detectors if is_plugin(d.name)]
+    if not plugins:
+        return ""
+    names = ", ".join(md.code(name) for name in plugins)
+    return f"\nPlug-in detectors, code run with `--allow-code`: {names}."
 
 
 def _usage(base: str, prompt: str) -> str:
