@@ -48,6 +48,21 @@ def test_the_vocabulary_leaves_out_the_concept_and_its_parts():
     assert vocabulary(_Tokenizer(pieces), "stripes") == ["checker"]
 
 
+def test_an_erase_edit_without_words_to_search_is_skipped_with_why():
+    recipe = load_recipe(STRIPES)
+    # pieces that end no word, one letter, not ASCII, not alphabetic, the concept's own word
+    pieces = _Tokenizer(["re", "ip", "t</w>", "\u00e9t\u00e9</w>", "x1</w>", "stripe</w>"])
+
+    def never(*args):
+        raise AssertionError("nothing may be drawn or judged")
+
+    found = run_attacks(recipe, pieces, never, never, [], never, [0], never)
+    assert found["edits"] == []
+    (skipped,) = found["skipped"]
+    assert (skipped["edit"], skipped["label"]) == (0, "stripes")
+    assert skipped["why"].startswith("the tokenizer (_Tokenizer, 7 tokens) holds no whole word")
+
+
 def test_the_template_puts_the_words_where_the_concept_was():
     recipe = load_recipe(STRIPES)
     assert attack_template(recipe.edits[0]) == "a red circle on a {words} background"

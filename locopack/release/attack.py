@@ -18,7 +18,9 @@ and on the edited model, each for at most ``steps`` generated images and ``secon
 best prompt of each is then drawn on both models with every evidence seed; its concept rate
 there is the attack's success.  The random words the search started from give the chance
 level.  Deterministic under ``seed`` as long as the ``seconds`` limit is not what stopped it
-(``stopped`` records which limit did).  Update edits are not attacked.
+(``stopped`` records which limit did).  Update edits are not attacked, and neither is an erase
+edit whose tokenizer holds no word the search may use (a vocabulary of sub-word pieces only):
+it is recorded under ``skipped`` with the reason, for the card to say why no attack was run.
 
 Resumable like the sweep: with a cache (the release's ``cache/``), every judged prompt is
 stored as it is judged, under a key of the model (base or edited), the evidence's inputs
@@ -61,6 +63,15 @@ def vocabulary(tokenizer: Any, concept: str) -> list[str]:
             break
     words = {t.lower() for t in tokens if len(t) >= 2 and t.isascii() and t.isalpha()}
     return sorted(w for w in words if not any(_related(w, b) for b in banned))
+
+
+def no_words(tokenizer: Any, concept: str) -> str:
+    """Why :func:`vocabulary` found nothing to search with."""
+    size = len(tokenizer.get_vocab())
+    return (
+        f"the tokenizer ({type(tokenizer).__name__}, {size} tokens) holds no whole word the "
+        f"search may use (alphabetic, two letters or more, unrelated to {concept!r})"
+    )
 
 
 def attack_template(edit: Any) -> str:
@@ -178,7 +189,8 @@ def success(images: list, prompt: str, detector, scorer, label: str, original: s
 def run_attacks(
     recipe, tokenizer, draw, edited, detectors, scorer, seeds, write_grid, cache=None, inputs=None
 ) -> dict | None:
-    """Search attacks on every erase edit of ``recipe``; None when ``steps`` is 0.
+    """Search attacks on every erase edit of ``recipe``; None when ``steps`` is 0.  An edit
+    without words to search with is listed under ``skipped``, with why (see :func:`no_words`).
 
     ``draw(prompts, seeds)`` returns ``{prompt: [image per seed]}`` on the model as it is;
     ``edited()`` is a context manager under which the release's edit is applied;
@@ -190,11 +202,15 @@ def run_attacks(
     if settings.steps == 0:
         return None
     detector = next((d for d in detectors if d.kind == "rate"), None)
-    out = []
+    out, skipped = [], []
     for index, edit in enumerate(recipe.edits):
         if edit.kind != "erase":
             continue
         words = vocabulary(tokenizer, edit.label)
+        if not words:
+            why = no_words(tokenizer, edit.label)
+            skipped.append({"edit": index, "label": edit.label, "why": why})
+            continue
         template, original = attack_template(edit), edit.originals()[0]
         judge = (detector, scorer, edit.label, original)
         objective = concept_objective(draw, detector, scorer, edit.label, original, seeds[0])
@@ -240,4 +256,4 @@ def run_attacks(
                 ),
             }
         )
-    return {"settings": settings.model_dump(), "edits": out}
+    return {"settings": settings.model_dump(), "edits": out, "skipped": skipped}

@@ -221,8 +221,10 @@ def _robustness(evidence: dict) -> list[str]:
             + " (detector figures in the efficacy table).",
             "",
         ]
-    attack = evidence.get("attack")
-    if attack and attack["edits"]:
+    attack = evidence.get("attack") or {"edits": []}
+    for item in attack.get("skipped", []):  # erase edits the search had no words for
+        lines += [f"No search attack was run on *{item['label']}*: {item['why']}.", ""]
+    if attack["edits"]:
         lines += _attack_lines(attack)
         lines.append(
             "*Not shown:* a search of a few words within a small budget is a weak attack; "

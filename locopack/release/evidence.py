@@ -19,9 +19,10 @@ edit's prompts share theirs), averaged over the seeds; each detector of ``eviden
 the target); and every prompt's before/after change (SSIM, PSNR: :mod:`.specificity`), with
 the preserve and unrelated prompts that changed too much flagged.  The search attack
 (:mod:`.attack`, within ``evidence.attack``'s budget) runs in this stage too, so that its
-results are reused with the rest.  Results go to ``evidence.json``; each set's before | after
-grid (first seed), each flagged set's grid of every seed, the attack's grids and the summary
-chart (:mod:`.charts`) to ``evidence/``.
+results are reused with the rest; an erase edit it has no words for is recorded under
+``attack.skipped`` with why, never a failed build.  Results go to ``evidence.json``; each set's
+before | after grid (first seed), each flagged set's grid of every seed, the attack's grids and
+the summary chart (:mod:`.charts`) to ``evidence/``.
 
 ``evidence.json`` also records its ``inputs`` (:func:`evidence_inputs`: the recipe's hash, the
 base's fingerprint, the hashes of the delta and of the adapter's tensors, the scorer), so that
