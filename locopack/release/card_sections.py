@@ -223,7 +223,7 @@ def _robustness(evidence: dict) -> list[str]:
         ]
     attack = evidence.get("attack") or {"edits": []}
     for item in attack.get("skipped", []):  # erase edits the search had no words for
-        lines += [f"No search attack was run on *{item['label']}*: {item['why']}.", ""]
+        lines += [f"No search attack was run on *{md.inline(item['label'])}*: {item['why']}.", ""]
     if attack["edits"]:
         lines += _attack_lines(attack)
         lines.append(
