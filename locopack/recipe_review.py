@@ -37,11 +37,14 @@ def located(recipe: Recipe) -> Callable[[tuple, str], str]:
 
 def model_problems(recipe: Recipe, n_sites: int, site_paths: list[str]) -> list[str]:
     """The located problems of ``localize.window`` and ``localize.layers`` against a model's
-    ordered sites ([] if none); :func:`check_against_model` raises them."""
+    ordered sites ([] if none): a window wider than the sites, a layer that is no site, a site
+    named twice (also once by its path and once by its index); :func:`check_against_model`
+    raises them."""
     at, problems, settings = located(recipe), [], recipe.localize
     if settings.window > n_sites:
         text = f"the model has {n_sites} text-conditioning sites; expected at most {n_sites}"
         problems.append(at(("localize", "window"), f"{text}, found {settings.window}"))
+    first: dict[str, int] = {}  # site path -> where localize.layers first names it
     for i, layer in enumerate(settings.layers or []):
         if isinstance(layer, int) and layer >= len(site_paths):
             text = f"expected a site index below {len(site_paths)}, found {layer}"
@@ -50,7 +53,14 @@ def model_problems(recipe: Recipe, n_sites: int, site_paths: list[str]) -> list[
             hint = f"did you mean {close[0]!r}?" if close else f"the first is {site_paths[:1]}"
             text = f"expected a site module path of this model, found {show(layer)}; {hint}"
         else:
-            continue
+            path = site_paths[layer] if isinstance(layer, int) else layer
+            if path not in first:
+                first[path] = i
+                continue
+            text = (
+                f"expected each site once, found {show(layer)}, the site {path!r} that "
+                f"localize.layers[{first[path]}] names already; remove one"
+            )
         problems.append(at(("localize", "layers", i), text))
     return problems
 
@@ -59,8 +69,8 @@ def check_against_model(recipe: Recipe, n_sites: int, site_paths: list[str]) -> 
     """Check ``localize.window`` and ``localize.layers`` against a model's ordered sites.
 
     Raises:
-        RecipeError: if the window is wider than the model's sites, or a layer is neither one
-            of ``site_paths`` nor an index into them.
+        RecipeError: if the window is wider than the model's sites, a layer is neither one
+            of ``site_paths`` nor an index into them, or two layers name the same site.
     """
     problems = model_problems(recipe, n_sites, site_paths)
     if problems:
@@ -72,8 +82,7 @@ def resolve_layers(recipe: Recipe, site_paths: list[str]) -> list[str] | None:
     if recipe.localize.layers is None:
         return None
     check_against_model(recipe, len(site_paths), site_paths)
-    paths = [site_paths[x] if isinstance(x, int) else x for x in recipe.localize.layers]
-    return list(dict.fromkeys(paths))
+    return [site_paths[x] if isinstance(x, int) else x for x in recipe.localize.layers]
 
 
 def summarize(recipe: Recipe) -> str:

@@ -103,6 +103,14 @@ BAD = [
      "r.yaml:14: localize.window: the model has 7 text-conditioning sites", "found 8"),
     ("layer-index", sub("window: 2", "window: 1\n  layers: [9]"),
      "r.yaml:15: localize.layers[0]: expected a site index below 7", "found 9"),
+    ("layer-twice", sub("window: 2", "window: 1\n  layers: [1, 0, 0]"),
+     "r.yaml:15: localize.layers[2]: expected each site once, found 0, the site "
+     "'down_blocks.0.attentions.0.transformer_blocks.0.attn2' that localize.layers[1] names",
+     "remove one"),
+    ("layer-path-and-index", sub("window: 2", "window: 1\n  layers:\n"
+                                 "    - down_blocks.0.attentions.0.transformer_blocks.0.attn2\n"
+                                 "    - 0"),
+     "r.yaml:17: localize.layers[1]: expected each site once, found 0, the site", "[0] names"),
     ("concept-missing", sub("a blue square with {concept}", "a blue square with dots"),
      "r.yaml:9: edits[0].prompts[1]: expected a prompt that contains 'stripes'", "{concept}"),
     ("target-equals-prompt", sub("a blue square with plain", "a blue square with stripes"),
