@@ -45,6 +45,7 @@ from pydantic_core import PydanticCustomError
 from locopack.errors import RecipeError
 from locopack.recipe_checks import preflight  # noqa: F401
 from locopack.recipe_errors import line_of, show, validation_message
+from locopack.recipe_requirements import Requirements
 from locopack.recipe_review import check_against_model, resolve_layers, summarize  # noqa: F401
 from locopack.recipe_yaml import load_yaml, read_text
 
@@ -150,6 +151,14 @@ class EraseEdit(_EditMixin, _Strict):
     target: str | list[str]
     preserve: list[Prompt] = []
     held_out: list[Template] = []
+    requirements: Requirements = Field(default_factory=Requirements)
+
+    @field_validator("requirements")
+    @classmethod
+    def _no_new_fact(cls, value: Requirements) -> Requirements:
+        if value.target_shown not in (None, False):
+            raise _expected("no target_shown in an erase's requirements (only an update has one)")
+        return value
 
     @field_validator("target", mode="before")
     @classmethod
@@ -199,6 +208,7 @@ class UpdateEdit(_EditMixin, _Strict):
     targets: list[Prompt] = Field(min_length=1)
     preserve: list[Prompt] = []
     held_out: list[Template] = []
+    requirements: Requirements = Field(default_factory=Requirements)
 
     @field_validator("targets")
     @classmethod

@@ -64,6 +64,7 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
     problems += _prompt_problems(recipe, at)
     problems += _sample_problems(recipe)
     problems += _detector_problems(recipe, at)
+    problems += _requirement_problems(recipe, at)
     if problems:
         raise RecipeError(join_problems(recipe.source, problems))
 
@@ -251,4 +252,33 @@ def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
             problems.append(at(loc, f"expected a built-in detector, {found}; {hint}"))
         elif problem := plugin_problem(spec.name):
             problems.append(at(loc, f"{problem} ({show(spec.name)})"))
+    return problems
+
+
+def _requirement_problems(recipe: Recipe, at: Callable) -> list[str]:
+    """Each stated requirement can be judged: its detector is one of the evidence's and gives
+    rates; an attack bar needs an erase and an attack that runs."""
+    named = [d.name for d in recipe.evidence.detectors]
+    rates = [n for n in named if n != "clip"]  # CLIP gives scores, not rates
+    problems = []
+    for i, edit in enumerate(recipe.edits):
+        wanted, loc = edit.requirements, ("edits", i, "requirements")
+        if wanted.detector is not None and wanted.detector not in rates:
+            found = f"found {show(wanted.detector)}"
+            if wanted.detector in named:
+                found += " (it gives CLIP scores, not rates)"
+            text = f"expected one of the evidence's rate detectors {rates}, {found}"
+            problems.append(at((*loc, "detector"), f"{text}; add it to evidence.detectors"))
+        judged_by_detector = wanted.stated() & {"concept_left", "target_shown", "prompt_kept"}
+        if judged_by_detector and not rates:
+            for name in sorted(judged_by_detector):
+                text = "expected a rate detector in evidence.detectors to judge it, found"
+                problems.append(at((*loc, name), f"{text} {named} (e.g. add toy or nudenet)"))
+        if "attack_success" in wanted.stated():
+            if edit.kind != "erase":
+                text = "expected no attack bar on an update (the attack runs on erasures)"
+                problems.append(at((*loc, "attack_success"), text))
+            elif recipe.evidence.attack.steps == 0:
+                text = "expected an attack to judge it, found evidence.attack.steps: 0"
+                problems.append(at((*loc, "attack_success"), text))
     return problems
