@@ -124,10 +124,30 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
 def save_tensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
 ) -> Path:
-    """Save tensors as safetensors with string metadata, atomically."""
+    """Save tensors as safetensors with string metadata, atomically; the same tensors and
+    metadata give the same bytes."""
     with atomic_file(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _sort_header(tmp)
     return Path(path)
+
+
+def _sort_header(path: Path) -> None:
+    """Sort the keys of a safetensors file's JSON header in place: safetensors writes the
+    metadata in hash order, which changes from one process to the next.  The sorted header
+    has the same characters (both writers are compact JSON), so the tensors do not move."""
+    with path.open("r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        blob = text.encode("utf-8").ljust(size)  # safetensors pads with spaces, to 8 bytes
+        if len(blob) != size:
+            raise ExportError(
+                f"{path}: the header safetensors wrote grows when sorted ({len(blob)} bytes, "
+                f"not {size}); use safetensors 0.8, or report it"
+            )
+        handle.seek(8)
+        handle.write(blob)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

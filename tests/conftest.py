@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -15,6 +16,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 FAMILY_NAMES = ("sd1", "sd2", "sdxl", "if", "pixart")
+TOY_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "toy" / "erase-stripes.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -41,3 +43,18 @@ def twin_pipes(twin_dirs):
     from locopack.models import load_pipeline
 
     return {name: load_pipeline(str(path)) for name, path in twin_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def toy_release(tmp_path_factory):
+    """The toy world's stripes erase (``TOY_RECIPE``), built once by ``locopack build`` (about
+    a minute); tests only read it."""
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    out = tmp_path_factory.mktemp("toy") / "erase-stripes"
+    command = ["--threads", "1", "build", str(TOY_RECIPE), "--out", str(out)]
+    result = CliRunner().invoke(cli, command)
+    assert result.exit_code == 0, result.output
+    return out

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from locopack.cli import cli
 from locopack.prompt_samples import sampled_unrelated
 from locopack.recipe import load_recipe
 from locopack.release.audit import audit_folder
@@ -24,22 +22,9 @@ import toy_world as tw  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    out = tmp_path_factory.mktemp("toy") / "erase-stripes"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--threads",
-            "1",
-            "build",
-            str(ROOT / "recipes" / "toy" / "erase-stripes.yaml"),
-            "--out",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def release(toy_release):
+    return toy_release  # built once per session (conftest), shared with test_reproducible
 
 
 def test_toy_release_has_card_adapter_history_and_evidence(release):

@@ -217,7 +217,13 @@ def _build(
     check_folder(out, release_files(out))  # before the history seals the release
     log.done("card")
     entry = new_entry(
-        recipe, delta, out, previous, base=base, adapter_tolerance=manifest["max_relative_error"]
+        recipe,
+        delta,
+        out,
+        previous,
+        base=base,
+        adapter_tolerance=manifest["max_relative_error"],
+        seconds=summary.seconds,
     )
     write_history(out, [*previous, entry])
     log.done("history")

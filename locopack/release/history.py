@@ -2,7 +2,10 @@
 
 ``history.jsonl`` holds one JSON object per applied recipe: the recipe text and hash, the base
 model and its fingerprint, library versions, the hashes of the localization result and of the
-delta's tensors, the sha256 of every output file, the time, and the previous entry's hash.
+delta's tensors, the sha256 of every output file, the time, the seconds each stage of the
+build took, and the previous entry's hash.  The time and the seconds are kept here only: every
+other file of a release holds none, so two builds of the same recipe on the same base with the
+same versions give the same bytes, and so does a build resumed after a crash.
 Each entry's ``hash`` is the SHA-256 of its canonical JSON without that field, so editing,
 reordering or dropping a line breaks the chain.  A recipe whose base is an already edited
 merged checkpoint (which carries its own ``history.jsonl``) continues that chain.
@@ -103,9 +106,11 @@ def new_entry(
     *,
     base: Any,
     adapter_tolerance: float | None,
+    seconds: dict[str, float],
 ) -> dict[str, Any]:
     """The entry recording ``recipe`` applied to ``base`` (a
-    :class:`~locopack.release.base.LoadedBase`), for the files now in ``folder``.
+    :class:`~locopack.release.base.LoadedBase`), for the files now in ``folder``, built in
+    ``seconds`` per stage (those reused from an interrupted build took about none).
 
     The base is recorded as the recipe names it, plus where it is relative to ``folder`` (a
     local base) or the Hub commit that was loaded: never an absolute local path."""
@@ -114,6 +119,7 @@ def new_entry(
         "format": FORMAT,
         "index": len(previous),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": {stage: round(s, 1) for stage, s in seconds.items()},
         "recipe_name": recipe.name,
         "recipe_sha256": recipe.sha256,
         "recipe_text": recipe.source_text,
