@@ -88,7 +88,7 @@ def resolve_layers(recipe: Recipe, site_paths: list[str]) -> list[str] | None:
 def summarize(recipe: Recipe) -> str:
     """A readable multi-line summary of ``recipe`` (what ``locopack validate`` prints),
     without the control characters and escape sequences its text may carry."""
-    base, loc, ed, ex, hub = recipe.base, recipe.localize, recipe.edit, recipe.export, recipe.hub
+    base, loc, ed, hub = recipe.base, recipe.localize, recipe.edit, recipe.hub
     lines = [f"recipe    {recipe.name} (version {recipe.version}, sha256 {recipe.sha256[:12]})"]
     description = (recipe.description or "").strip().splitlines()
     lines += [f"          {line}" for line in description]
@@ -112,9 +112,55 @@ def summarize(recipe: Recipe) -> str:
         lines.append(f"          {loc.mode} mode, scorer {loc.scorer}")
     solve = f"matrices {ed.matrices}, tokens {ed.tokens}, preserve weight {ed.preserve_weight}"
     lines.append(f"edit      lambda {ed.lam}, {solve}")
-    kinds = [k for k in ("adapter", "kohya", "merged", "onnx") if getattr(ex, k)] or ["nothing"]
-    lines.append(f"export    {', '.join(kinds)} (max rank {ex.max_rank}, energy {ex.energy})")
+    lines += _export_lines(recipe)
     lines.append(f"card      license {recipe.card.license}")
     where = f"{hub.repo} ({'private' if hub.private else 'public'}, branch {hub.branch})"
     lines.append(f"hub       {where if hub.repo else 'not pushed (no hub.repo)'}")
     return strip_controls("\n".join(lines))
+
+
+def _export_lines(recipe: Recipe) -> list[str]:
+    """The exports and the files ``build`` writes for them, decided as the build decides them
+    (:class:`~locopack.export.formats.ExportChoice`) for the base's family where its configs
+    are on this machine."""
+    from locopack.export.formats import ExportChoice, no_kohya
+    from locopack.filenames import KOHYA_FILE
+
+    ex, family = recipe.export, _base_family(recipe)
+    choice = ExportChoice.from_recipe(ex, family)
+    kinds = ", ".join(choice.formats()) or "nothing"
+    lines = [f"export    {kinds} (max rank {ex.max_rank}, energy {ex.energy})"]
+    lines += [f"          build writes {', '.join(choice.files(family)) or 'no export file'}"]
+    if family is None and choice.kohya:
+        why = "the base's configs are not on this machine to tell its family"
+        lines.append(f"          {KOHYA_FILE} only for a Stable Diffusion UNet base ({why})")
+    elif family is not None and ex.kohya and not choice.kohya:
+        lines.append(f"          no kohya file: {no_kohya(family)}")
+    return lines
+
+
+def _base_family(recipe: Recipe):
+    """The family of the recipe's base from its configs on this machine (a local pipeline
+    folder or release, or a Hub model in the local cache; nothing is downloaded), or None."""
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    from locopack.errors import LocopackError
+    from locopack.filenames import MERGED_DIR, PIPELINE_INDEX
+    from locopack.hub_ref import is_hub_id
+    from locopack.models.loading import model_layout
+
+    ref = recipe.local_path(recipe.base.model)
+    folders = [ref, os.path.join(ref, MERGED_DIR)]
+    if not os.path.exists(ref) and is_hub_id(ref):
+        names = (PIPELINE_INDEX, f"{MERGED_DIR}/{PIPELINE_INDEX}")
+        found = [try_to_load_from_cache(ref, n, revision=recipe.base.revision) for n in names]
+        folders = [os.path.dirname(f) for f in found if isinstance(f, str)]
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, PIPELINE_INDEX)):
+            try:
+                return model_layout(folder)[0]
+            except (LocopackError, OSError):
+                return None
+    return None

@@ -1,6 +1,7 @@
 """The stages after export (evidence with its attack, card, history) on every family's twin,
-each with its own tokenizer; and a tokenizer of sub-word pieces only, which leaves the attack
-nothing to search with: the card and evidence.json say so, and the build finishes."""
+each with its own tokenizer, and the exports exactly as `validate` announced them; and a
+tokenizer of sub-word pieces only, which leaves the attack nothing to search with: the card
+and evidence.json say so, and the build finishes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from locopack.cli import cli
+from locopack.filenames import ADAPTER_FILE, KOHYA_FILE, MANIFEST_FILE, MERGED_DIR, ONNX_DIR
 from locopack.models.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 from locopack.release.audit import audit_folder
 
@@ -73,6 +75,12 @@ def _build(root: Path, family: str, model: str) -> Path:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_stage_after_export_runs_on_each_twin(twins, family):
     release = _build(twins, family, f"tiny-{family}")
+    summary = _run("validate", str(twins / f"tiny-{family}.yaml"))
+    (announced,) = [line for line in summary.splitlines() if "build writes" in line]
+    exports = {ADAPTER_FILE, MANIFEST_FILE, KOHYA_FILE, f"{MERGED_DIR}/", f"{ONNX_DIR}/"}
+    written = {p.name + "/" * p.is_dir() for p in release.iterdir()} & exports
+    assert set(announced.split("build writes ")[1].split(", ")) == written
+    assert (KOHYA_FILE in written) == (family in ("sd1", "sd2", "sdxl"))
     evidence = json.loads((release / "evidence.json").read_text())
     (attack,) = evidence["attack"]["edits"]
     assert attack["vocabulary"] > 0 and evidence["attack"]["skipped"] == []

@@ -184,3 +184,31 @@ def test_comfyui_patch_of_the_flux_adapter_gives_the_merged_weights(releases):
         assert up.shape[0] == rows
         patched = base.get_submodule(module).weight + up @ down
         torch.testing.assert_close(patched, merged.get_submodule(module).weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_export_refuses_a_format_the_family_lacks_before_writing_anything(
+    name, releases, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    import locopack.models
+    from locopack.cli import cli
+
+    _, _, delta = releases[name]
+    delta.save(tmp_path / "delta.safetensors")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the base is loaded only once every format is possible")
+
+    monkeypatch.setattr(locopack.models, "load_pipeline", never)
+    out = tmp_path / "out"
+    ask = ["export", str(tmp_path / "delta.safetensors"), "--kohya", "--merged", "--onnx"]
+    result = CliRunner().invoke(cli, [*ask, "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    family = get_family(name)
+    assert line.startswith("error: kohya format: kohya LoRA files exist for Stable Diffusion")
+    assert f"not for {family.pretty_name} ({name}); nothing was written" in line
+    assert "export without kohya" in line
+    assert not out.exists()

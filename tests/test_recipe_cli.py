@@ -235,3 +235,32 @@ def test_valid_recipe_prints_summary(tmp_path: Path):
     assert (code, err) == (0, "")
     assert "remove-van-gogh" in out and "erase style 'Van Gogh'" in out
     assert out.rstrip().endswith("recipe is valid")
+
+
+@pytest.mark.parametrize(("family", "kohya"), [("sd1", True), ("sd3", False), ("flux", False)])
+def test_the_summary_names_the_files_build_writes_for_the_family(tmp_path, family, kohya):
+    from locopack.models import get_family
+
+    get_family(family).save_twin(tmp_path / "base")
+    path = tmp_path / "recipe.yaml"
+    text = sub("runwayml/stable-diffusion-v1-5", "./base")
+    hub = "hub:\n  repo: someone/remove-van-gogh\n"
+    path.write_text(sub(hub, "  merged: true\n  onnx: true\n", text), encoding="utf-8")
+    code, out, err = run_cli("validate", "--offline", str(path))
+    assert (code, err) == (0, ""), err
+    files = ["pytorch_lora_weights.safetensors", "lora_manifest.json"]
+    files += ["lora_kohya.safetensors"] if kohya else []
+    files += ["merged/", f"onnx/{get_family(family).denoiser_attr}/"]
+    assert f"          build writes {', '.join(files)}\n" in out
+    kinds = "adapter, kohya, merged, onnx" if kohya else "adapter, merged, onnx"
+    assert f"export    {kinds} (max rank 64" in out
+    if not kohya:
+        assert "no kohya file: kohya LoRA files exist for Stable Diffusion UNets only" in out
+
+
+def test_the_summary_says_when_the_family_and_so_the_kohya_file_is_not_known(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(VALID, encoding="utf-8")  # a Hub base, not in the (empty) local cache
+    code, out, err = run_cli("validate", "--offline", str(path))
+    assert (code, err) == (0, "")
+    assert "lora_kohya.safetensors only for a Stable Diffusion UNet base (the base's configs" in out

@@ -5,38 +5,13 @@ checkpoint and an ONNX denoiser.  ``locopack build`` and ``locopack export`` bot
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from ..export.formats import ExportChoice
 from .base import LoadedBase
 from .layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
-
-
-@dataclass(frozen=True)
-class ExportChoice:
-    """What to export from a delta: the adapter always, and any of kohya, merged, ONNX."""
-
-    max_rank: int = 64
-    energy: float = 0.99999999
-    adapter: bool = True
-    kohya: bool = False
-    merged: bool = False
-    onnx: bool = False
-
-    @classmethod
-    def from_recipe(cls, settings: Any, family: Any) -> ExportChoice:
-        """The recipe's ``export`` section for a base of ``family``: ``kohya`` (on by default)
-        only where kohya files exist for the family."""
-        return cls(
-            settings.max_rank,
-            settings.energy,
-            settings.adapter,
-            settings.kohya and family.kohya_metadata is not None,
-            settings.merged,
-            settings.onnx,
-        )
 
 
 def export_delta(
@@ -45,18 +20,27 @@ def export_delta(
     """Write the exports of ``delta`` into ``out``: the diffusers/PEFT adapter (+ manifest),
     a kohya file, a merged checkpoint and an ONNX denoiser, as ``choice`` asks.
 
-    ``base`` (needed for merged and ONNX) must be the model the delta was made for.
+    ``base`` (needed for merged and ONNX) must be the model the delta was made for.  Every
+    format is checked against the delta's family (and ONNX against the denoiser's inputs)
+    before anything is written.
 
     Returns:
         {what: path} of everything written, plus ``manifest`` for the adapter.
 
     Raises:
-        ExportError: kohya asked for a family without kohya files, or merged/ONNX without a base.
+        ExportError: a format the family cannot have (kohya for a family without kohya files,
+            ONNX for a denoiser whose inputs it cannot carry), or merged/ONNX without a base;
+            nothing is written then.
     """
     from ..export import write_adapter, write_kohya, write_merged
 
     if (choice.merged or choice.onnx) and base is None:
         raise ExportError("a merged or ONNX export needs the base model the delta was made for")
+    choice.check(_delta_family(delta))
+    if choice.onnx:
+        from ..export.onnx_tracing import trace_spec
+
+        trace_spec(base.pipe, base.family)  # refuses a denoiser ONNX cannot carry
     written: dict[str, Any] = {}
     out.mkdir(parents=True, exist_ok=True)
     if choice.adapter:
@@ -90,6 +74,7 @@ def run_export(
     The base model (needed for merged and ONNX) is the one the delta records (a relative
     location is resolved against the delta's folder) unless ``model`` names another folder or
     Hub id; it must be the model the delta was made for (its fingerprint), unless ``force``.
+    A format the delta's family cannot have is refused before the base is loaded.
     It is loaded and checked before anything is written.
     """
     from ..delta import WeightDelta
@@ -97,6 +82,7 @@ def run_export(
     from ..models import load_pipeline
 
     delta = WeightDelta.load(delta_path)
+    choice.check(_delta_family(delta))
     base = None
     if choice.merged or choice.onnx:
         prov = delta.provenance
@@ -114,6 +100,13 @@ def run_export(
         check_base_model(pipe, family, prov, delta_path, force)
         base = LoadedBase(pipe, family, source, revision)
     return export_delta(delta, out, choice, base)
+
+
+def _delta_family(delta: Any) -> Any:
+    """The family the delta's provenance names."""
+    from ..models import get_family
+
+    return get_family(str(delta.provenance.get("family")))
 
 
 def _onnx_record(delta: Any) -> dict[str, Any]:
