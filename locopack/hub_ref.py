@@ -1,15 +1,18 @@
 """The one rule for what names a Hub repository: ``ORG/NAME`` with an optional ``@REVISION``.
 
 Used by the recipe schema, model loading, the card and the Hub client alike, so that a string
-is a Hub reference everywhere or nowhere.
+is a Hub reference everywhere or nowhere.  :func:`hub_unreachable` is the one rule for "the Hub
+could not be reached", whatever library's error says so.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 from typing import Any
 
-from .errors import HubError
+from .errors import HubError, OfflineError
 
 _NAME = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
 REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
@@ -44,3 +47,28 @@ def is_hub_ref(ref: Any) -> bool:
 def is_hub_id(ref: Any) -> bool:
     """True when ``ref`` reads as a plain repo id ``ORG/NAME`` (no revision)."""
     return is_hub_ref(ref) and "@" not in ref
+
+
+#: errors that mean no connection at all (refused, reset, no route, no name), by type or by the
+#: class names httpx, httpcore and urllib3 give them; an HTTP error status is an answer, not one
+_NO_CONNECTION = (ConnectionError, socket.gaierror)
+_NO_CONNECTION_NAMES = {"ConnectError", "ConnectTimeout", "NetworkError", "ProxyError"}
+_NO_CONNECTION_NAMES |= {"NewConnectionError", "NameResolutionError", "ConnectTimeoutError"}
+
+
+def hub_unreachable(err: BaseException, what: str) -> OfflineError | None:
+    """The :class:`OfflineError` for ``err`` when it, or an error it came from, says that no
+    connection could be made (whatever ``HF_HUB_OFFLINE`` says); None otherwise.  ``what``
+    names the stage or thing that needed the Hub."""
+    found, seen = err, 0
+    while found is not None and seen < 8:
+        names = {cls.__name__ for cls in type(found).__mro__}
+        if isinstance(found, _NO_CONNECTION) or names & _NO_CONNECTION_NAMES:
+            cause = (str(found).splitlines() or [type(found).__name__])[0][:100]
+            endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+            return OfflineError(
+                f"offline: {what}: cannot reach the Hub at {endpoint} ({cause}); check the "
+                "network, or set HF_HUB_OFFLINE=1 to use only what is in the local cache"
+            )
+        found, seen = found.__cause__ or found.__context__, seen + 1
+    return None

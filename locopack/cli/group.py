@@ -72,13 +72,22 @@ def global_options() -> GlobalOptions:
 
 
 class LocopackGroup(click.Group):
-    """The command group; turns library errors into :class:`UserError`."""
+    """The command group; turns library errors into :class:`UserError`, and so the errors
+    that mean the Hub is out of reach or the machine ran short, wherever they escaped
+    (:func:`~locopack.release.resources.as_user_error`)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except LocopackError as err:
             raise UserError(str(err)) from None
+        except Exception as err:
+            from ..release.resources import as_user_error
+
+            translated = as_user_error(err, ctx.invoked_subcommand or "")
+            if translated is None:
+                raise
+            raise UserError(str(translated)) from None
 
 
 @click.group(cls=LocopackGroup, context_settings={"help_option_names": ["-h", "--help"]})

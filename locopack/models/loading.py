@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 
 from ..errors import ModelLayoutError, OfflineError, RecipeError
 from ..filenames import PIPELINE_INDEX
-from ..hub_ref import is_hub_id
+from ..hub_ref import hub_unreachable, is_hub_id
 from ..recipe_files import MAX_CONFIG_BYTES, read_regular
 from .base import ModelFamily
 from .registry import family_for
@@ -56,7 +56,7 @@ def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any
                     f"{model}: the Hub is switched off (HF_HUB_OFFLINE=1) and {filename} is not "
                     "in the local cache; fetch the model once online, or name a local folder"
                 ) from None
-            raise ModelLayoutError(
+            raise hub_unreachable(err, f"{model}: {filename}") or ModelLayoutError(
                 f"{model}: cannot fetch {filename} from the Hub: {err}"
             ) from None
     else:
@@ -72,9 +72,43 @@ def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any
     return data
 
 
+#: where a pipeline component keeps its configuration, by a part of its class name; any other
+#: component (a model) keeps it in config.json
+_COMPONENT_FILES = {
+    "Scheduler": ("scheduler_config.json",),
+    "Tokenizer": ("tokenizer_config.json", "tokenizer.json"),
+    "ImageProcessor": ("preprocessor_config.json",),
+    "FeatureExtractor": ("preprocessor_config.json",),
+}
+
+
+def _check_components(folder: Path, index: dict[str, Any]) -> None:
+    """Refuse a pipeline folder that lacks a component its ``model_index.json`` lists, or the
+    component's configuration: diffusers would quietly build a default one in its place (an
+    empty tokenizer, a text encoder of another shape) that fails much later."""
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or None in entry:
+            continue
+        kind = str(entry[-1])
+        wanted = next((f for part, f in _COMPONENT_FILES.items() if part in kind), ("config.json",))
+        if not any((folder / name / file).is_file() for file in wanted):
+            raise ModelLayoutError(
+                f"{folder / name}: {PIPELINE_INDEX} lists the {name} component ({kind}), but "
+                f"{name}/{' or '.join(wanted)} is missing; restore that folder as "
+                "save_pretrained writes it, or download the model again"
+            )
+
+
 def model_layout(model: str, revision: str | None = None) -> tuple[type[ModelFamily], str, dict]:
-    """The family, denoiser attribute and denoiser config of ``model`` (configs only)."""
+    """The family, denoiser attribute and denoiser config of ``model`` (configs only).
+
+    Raises:
+        ModelLayoutError: an unsupported family, or a local folder without a component (or its
+            configuration) that its ``model_index.json`` lists.
+    """
     index = _read_json(model, PIPELINE_INDEX, revision)
+    if Path(model).is_dir():
+        _check_components(Path(model), index)
     pipeline_class = str(index.get("_class_name", "?"))
     attr = "unet" if "unet" in index else "transformer" if "transformer" in index else None
     if attr is None:
@@ -128,6 +162,9 @@ def load_pipeline(
             use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError, SafetensorError) as err:
+        offline = hub_unreachable(err, model)
+        if offline is not None:
+            raise offline from None
         damaged = _damaged_file(str(err))
         if damaged:
             raise ModelLayoutError(

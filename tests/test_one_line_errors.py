@@ -1,0 +1,137 @@
+"""Failures that used to end in a traceback: each is now one line ``error: ...``, exit 1.
+
+The Hub out of reach, a pipeline folder missing a part, a file size or memory limit, a
+read-only output folder, settings the model cannot run, unknown detector options, and paths
+too long for the file system.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from locopack.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TWIN_RECIPE = (ROOT / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
+
+
+def _one_line(result) -> str:
+    """The single ``error:`` line of a failed command (exit 1, no traceback)."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def _one_line_of(process: subprocess.CompletedProcess) -> str:
+    assert process.returncode == 1, process.stderr[-3000:]
+    assert "Traceback" not in process.stderr, process.stderr[-3000:]
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, process.stderr[-3000:]
+    return errors[0]
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli, ["--threads", "1", *args])
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory) -> Path:
+    """A tiny SD-1.x twin and its scorer (``locopack twin sd1``)."""
+    root = tmp_path_factory.mktemp("one-line")
+    result = _invoke("twin", "sd1", str(root / "twin"))
+    assert result.exit_code == 0, result.output
+    return root / "twin"
+
+
+def _recipe(folder: Path, base: Path, scorer: Path, extra: str = "", **replace: str) -> Path:
+    """The twin recipe on ``base``, with ``extra`` YAML appended and lines replaced."""
+    text = TWIN_RECIPE.replace("./out/tiny-sd1/scorer", str(scorer))
+    text = text.replace("./out/tiny-sd1", str(base))
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = folder / "recipe.yaml"
+    path.write_text(text + extra)
+    return path
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- the Hub out of reach ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("localize", "--plan", str(ROOT / "recipes" / "examples" / "sd35-remove-van-gogh.yaml")),
+        ("layers", "nobody-here/no-model"),
+    ],
+    ids=["localize-plan", "layers"],
+)
+def test_no_network_is_one_line_whatever_hf_hub_offline_says(tmp_path, args):
+    # HF_ENDPOINT is read when huggingface_hub is imported: a fresh process, pointed at a port
+    # nobody listens on, with HF_HUB_OFFLINE unset (the tests' conftest sets it)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path)}
+    process = subprocess.run(
+        [sys.executable, "-m", "locopack", "--threads", "1", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    line = _one_line_of(process)
+    assert line.startswith("error: offline: "), line
+    assert "cannot reach the Hub at http://127.0.0.1:" in line
+    assert "set HF_HUB_OFFLINE=1" in line
+
+
+# --- a pipeline folder missing a part ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("removed", "named"),
+    [
+        ("tokenizer", "tokenizer/tokenizer_config.json or tokenizer.json is missing"),
+        ("text_encoder/config.json", "text_encoder/config.json is missing"),
+    ],
+)
+@pytest.mark.parametrize("command", [("validate",), ("localize", "--plan")])
+def test_a_pipeline_missing_a_part_is_named(twin, tmp_path, removed, named, command):
+    # diffusers builds a default part in its place: an empty tokenizer (OverflowError on
+    # max_length at the first prompt) or a text encoder of the default shape (size mismatch)
+    base = tmp_path / "base"
+    shutil.copytree(twin, base, ignore=shutil.ignore_patterns("scorer"))
+    target = base / removed
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    recipe = _recipe(tmp_path, base, twin / "scorer")
+    line = _one_line(_invoke(*command, str(recipe)))
+    part = base / removed.split("/")[0]
+    assert f"base.model: expected a model of a supported family: {part}: " in line
+    assert named in line and "download the model again" in line
+
+
+# --- paths too long ------------------------------------------------------------------------
+
+
+def test_a_path_too_long_for_the_file_system_is_one_line(twin, tmp_path):
+    recipe = _recipe(tmp_path, tmp_path / ("b" * 300), twin / "scorer")
+    line = _one_line(_invoke("validate", str(recipe)))
+    assert line.startswith("error: path too long for the file system: ")
+    assert "(locopack validate); shorten it" in line
+    assert len(line) < 400  # the path is shortened in the middle
