@@ -212,3 +212,19 @@ def test_export_refuses_a_format_the_family_lacks_before_writing_anything(
     assert f"not for {family.pretty_name} ({name}); nothing was written" in line
     assert "export without kohya" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux", "sdxl", "pixart"])
+def test_the_onnx_docstring_states_each_family_kinds_real_inputs(name):
+    from locopack.export import onnx
+    from locopack.export.onnx_tracing import trace_spec
+
+    family = get_family(name)
+    inputs = list(trace_spec(family.build_twin(0), family).inputs)
+    bullets = onnx.__doc__.split("\n* ")
+    kind = "Joint attention" if family.joint_attention else "PixArt" if name == "pixart" else "UNet"
+    (bullet,) = [b for b in bullets if b.startswith(kind)]
+    shared = ("sample", "timestep", "encoder_hidden_states")  # PixArt's bullet: "the UNet's three"
+    assert all(f"``{i}``" in bullet for i in inputs if name != "pixart" or i not in shared)
+    assert family.joint_attention == ("pooled_projections" in inputs)
+    assert f"<out_dir>/{family.denoiser_attr}/model.onnx" in onnx.__doc__

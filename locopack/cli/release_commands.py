@@ -26,7 +26,11 @@ from .options import mode_option, offline_option, out_dir, run_options
     show_default=True,
     help="diffusers/PEFT LoRA: pytorch_lora_weights.safetensors + lora_manifest.json.",
 )
-@click.option("--kohya", is_flag=True, help="kohya LoRA file for ComfyUI / AUTOMATIC1111.")
+@click.option(
+    "--kohya",
+    is_flag=True,
+    help="kohya LoRA file for ComfyUI / AUTOMATIC1111 (Stable Diffusion UNets only).",
+)
 @click.option("--merged", is_flag=True, help="Full pipeline folder with the edit merged (merged/).")
 @click.option("--onnx", is_flag=True, help="Edited denoiser as ONNX (onnx/; needs [onnx] extra).")
 @click.option("--max-rank", default=64, show_default=True, help="Largest LoRA rank per module.")
@@ -51,7 +55,11 @@ def export_cmd(
     force: bool,
     out: Path,
 ) -> None:
-    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference."""
+    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference.
+
+    Every format asked for is checked against the delta's model family first: one it cannot
+    have is refused, naming it, before anything is written.
+    """
     from ..release.exports import ExportChoice, run_export
 
     quiet_libraries()

@@ -7,25 +7,35 @@ be exported by any tool (e.g. optimum) or reused from an existing ONNX conversio
 Layout, as diffusers' ``OnnxStableDiffusionPipeline`` and optimum read it::
 
     <out_dir>/unet/model.onnx            UNet families (sd1, sd2, sdxl, if)
-    <out_dir>/transformer/model.onnx     PixArt (the folder is named after the pipeline attribute)
+    <out_dir>/transformer/model.onnx     PixArt, SD3, FLUX (the folder is the pipeline attribute)
     <out_dir>/<same>/model.onnx.data     only when the weights pass ~1.8 GB (protobuf's 2 GB cap)
     <out_dir>/<same>/onnx_export.json    opset, exporter, inputs/outputs, measured ORT-vs-torch diff
 
-Inputs, all with a dynamic leading ``batch`` axis (height, width and text length are fixed at
-export time: the config's ``sample_size`` and the family's prompt length):
+Inputs, all with a dynamic leading ``batch`` axis; every other size is fixed at export time
+(the image size and the family's prompt length L):
 
-* ``sample`` (B, C, H, W) float, ``timestep`` (B,) float32, ``encoder_hidden_states`` (B, L, D);
-* SD-XL adds ``text_embeds`` (B, P) and ``time_ids`` (B, 6) -- the UNet's ``added_cond_kwargs``;
-* PixArt adds ``encoder_attention_mask`` (B, L) int64 (1 keeps a token; the pipeline always
-  passes the T5 padding mask, so it is a required input -- feed ones to attend everywhere), and
-  ``resolution`` (B, 2) / ``aspect_ratio`` (B, 1) only for transformers that use them
-  (``sample_size == 128``, the 1024-px models); otherwise both are ``None`` as in the pipeline.
+* UNets: ``sample`` (B, C, H, W) float (H, W: the config's ``sample_size``), ``timestep`` (B,)
+  float32, ``encoder_hidden_states`` (B, L, D); SD-XL adds ``text_embeds`` (B, P) and
+  ``time_ids`` (B, 6) -- the UNet's ``added_cond_kwargs``.  DeepFloyd IF stage I's
+  ``encoder_hidden_states`` are the raw T5 states (the UNet's ``encoder_hid_proj`` is inside the
+  graph; 6 output channels).
+* PixArt: the UNet's three, plus ``encoder_attention_mask`` (B, L) int64 (1 keeps a token; the
+  pipeline always passes the T5 padding mask, so it is a required input -- feed ones to attend
+  everywhere), and ``resolution`` (B, 2) / ``aspect_ratio`` (B, 1) only for transformers that
+  use them (``sample_size == 128``, the 1024-px models); otherwise both are ``None`` as in the
+  pipeline.
+* Joint attention (SD3, FLUX): ``sample``, ``timestep`` (B,) float32 in [0, 1000) (the
+  scheduler's; for FLUX the graph divides it by 1000, as its pipeline does),
+  ``encoder_hidden_states`` (B, L, D) and ``pooled_projections`` (B, P), the pooled CLIP
+  vector.  SD3: ``sample`` is (B, C, H, W) at the config's ``sample_size``; L is CLIP's 77
+  tokens then T5's.  FLUX: ``sample`` is the packed latents (B, tokens, C) at the pipeline's
+  default size (2 x 2 latent pixels a token); L is T5's alone; ``guidance`` (B,) float32 is
+  added for guidance-distilled transformers (``guidance_embeds``: FLUX.1-dev, not schnell);
+  the text and image position ids depend on the sizes only and are constants of the graph.
 
 The output is ``out_sample``.  ``timestep`` may also be fed with shape (1,) for any batch, as
-``OnnxStableDiffusionPipeline`` does.  DeepFloyd IF stage I exports like the SD UNets (its
-``encoder_hidden_states`` are the raw T5 states; the UNet's ``encoder_hid_proj`` is inside the
-graph; 6 output channels).  UNets that need other inputs (class labels, image embeddings) and
-transformers other than PixArt raise :class:`ExportError`.
+``OnnxStableDiffusionPipeline`` does.  UNets that need other inputs (class labels, image
+embeddings) and transformers other than PixArt, SD3 and FLUX raise :class:`ExportError`.
 
 Choices worth knowing:
 
