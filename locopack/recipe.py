@@ -102,6 +102,9 @@ DetectorName = Annotated[
     str, _rule(r"clip|toy|toy-deep|nudenet|[A-Za-z_][\w.]*:[A-Za-z_]\w*", _DETECTOR)
 ]
 License = Annotated[str, _rule(r"[A-Za-z0-9][A-Za-z0-9.+-]*", "'inherit' or a license id")]
+#: a random seed: torch.Generator.manual_seed takes any 64-bit value, and a seed must also fit
+#: the signed 64-bit integers of JSON readers and tensors; 2**64 would fail at the first image
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class _Strict(BaseModel):
@@ -247,7 +250,7 @@ class LocalizeSettings(_Strict):
     prompts_per_edit: int = Field(4, ge=1)
     steps: int = Field(20, ge=1, le=1000)
     guidance: float = Field(7.5, ge=0)
-    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     scorer: ModelRef = "openai/clip-vit-large-patch14"
     mode: Literal["fast", "full"] = "fast"
     resolution: int | None = Field(None, ge=8, multiple_of=8)
@@ -265,7 +268,7 @@ class PromptSample(_Strict):
 
     count: int = Field(ge=1, le=1000)
     source: Prompt
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 class EditSettings(_Strict):
@@ -280,7 +283,7 @@ class EditSettings(_Strict):
     # joint-attention families (SD3, FLUX) only: the latents (seeds) and the points of the
     # localization's denoising run (0 = first step, 1 = last) at which the sites' key/value
     # inputs are collected; and whether sites that also map image tokens may be edited
-    seeds: list[Annotated[int, Field(ge=0)]] = Field([0, 1], min_length=1)
+    seeds: list[Seed] = Field([0, 1], min_length=1)
     timesteps: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.5, 1.0], min_length=1)
     allow_image_sites: bool = False
 
@@ -324,7 +327,7 @@ class AttackSettings(_Strict):
     candidates: int = Field(4, ge=1)
     steps: int = Field(8, ge=0)
     seconds: float = Field(60.0, gt=0)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
 
 class EvidenceSettings(_Strict):
@@ -336,7 +339,7 @@ class EvidenceSettings(_Strict):
     budgets the search attack."""
 
     detectors: list[DetectorSpec] = Field(default_factory=lambda: [DetectorSpec(name="clip")])
-    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
+    seeds: list[Seed] | None = Field(None, min_length=1)
     unrelated: list[Prompt] | None = Field(None, min_length=1)
     sample_unrelated: PromptSample | None = None
     ssim_threshold: float = Field(0.8, gt=0, le=1)

@@ -217,6 +217,25 @@ def test_single_seed_becomes_a_list():
     assert recipe.localize.seeds == [3]
 
 
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ("evidence: {seeds: [%d]}", "evidence.seeds[0]"),
+        ("localize: {seeds: %d}", "localize.seeds[0]"),
+        ("edit: {seeds: [0, %d]}", "edit.seeds[1]"),
+        ("evidence: {attack: {seed: %d}}", "evidence.attack.seed"),
+        ("edit: {neighbours: {count: 2, source: toy, seed: %d}}", "edit.neighbours.seed"),
+    ],
+)
+def test_seeds_are_bounded_to_64_bit_signed_integers(section, field):
+    # 2**64 passed the schema and failed at the first image (torch: "Overflow when unpacking")
+    assert parse_recipe(MINIMAL + section % (2**63 - 1) + "\n")
+    for seed in (2**63, 2**64):
+        with pytest.raises(RecipeError) as info:
+            parse_recipe(MINIMAL + section % seed + "\n", "s.yaml")
+        assert str(info.value) == f"s.yaml:6: {field}: expected a value < {2**63}, found {seed}"
+
+
 def test_lambda_is_the_yaml_key_and_lam_is_unknown():
     with pytest.raises(RecipeError) as info:
         parse_recipe(MINIMAL + "edit:\n  lam: 0.2\n", "l.yaml")
