@@ -223,7 +223,8 @@ def _robustness(evidence: dict) -> list[str]:
         ]
     attack = evidence.get("attack") or {"edits": []}
     for item in attack.get("skipped", []):  # erase edits the search had no words for
-        lines += [f"No search attack was run on *{md.inline(item['label'])}*: {item['why']}.", ""]
+        label, why = md.inline(item["label"]), md.inline(item["why"])
+        lines += [f"No search attack was run on *{label}*: {why}.", ""]
     if attack["edits"]:
         lines += _attack_lines(attack)
         lines.append(
