@@ -238,14 +238,23 @@ def _sample_problems(recipe: Recipe) -> list[str]:
 
 
 def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
-    """Plug-in detectors (code) only where the user allows code, and only real detectors."""
-    from locopack.detectors import ALLOW_CODE_ENV, code_allowed, is_plugin, plugin_problem
+    """Plug-in detectors (code) only where the user allows code, and only real detectors;
+    options that every detector's function takes."""
+    from locopack.detectors import (
+        ALLOW_CODE_ENV,
+        code_allowed,
+        is_plugin,
+        options_problem,
+        plugin_problem,
+    )
 
     problems = []
     for k, spec in enumerate(recipe.evidence.detectors):
+        loc = ("evidence", "detectors", k)
+        if problem := options_problem(spec.name, spec.options):
+            problems.append(at((*loc, "options"), problem))
         if not is_plugin(spec.name):
             continue
-        loc = ("evidence", "detectors", k)
         if not code_allowed():
             hint = f"pass --allow-code (or set {ALLOW_CODE_ENV}=1) if you trust that module"
             found = f"found {show(spec.name)}, Python code a recipe runs only when you allow it"

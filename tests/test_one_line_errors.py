@@ -7,6 +7,7 @@ too long for the file system.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -135,3 +136,76 @@ def test_a_path_too_long_for_the_file_system_is_one_line(twin, tmp_path):
     assert line.startswith("error: path too long for the file system: ")
     assert "(locopack validate); shorten it" in line
     assert len(line) < 400  # the path is shortened in the middle
+
+
+# --- detector options ------------------------------------------------------------------------
+
+
+def test_an_unknown_detector_option_is_refused_before_any_image(twin, tmp_path):
+    from locopack.detectors import load_detector
+    from locopack.errors import RecipeError
+
+    extra = "evidence:\n  detectors: [clip, {name: toy, options: {bogus: 1}}]\n"
+    recipe = _recipe(tmp_path, twin, twin / "scorer", extra)
+    line = _one_line(_invoke("validate", str(recipe)))
+    assert f"{recipe}:" in line and "evidence.detectors[1].options: unknown option 'bogus'" in line
+    assert "toy (it takes no options); remove it" in line
+    # the build checks its detectors before any stage: never a TypeError after the edit
+    with pytest.raises(RecipeError, match="unknown option 'treshold' for nudenet .*threshold"):
+        load_detector("nudenet", {"treshold": 0.3})
+    assert load_detector("toy", {}).options == {}
+
+
+# --- limits of the machine -------------------------------------------------------------------
+
+
+def _limited_build(recipe: Path, out: Path, limit: int, size: int) -> subprocess.CompletedProcess:
+    """``locopack build`` in a process under the resource ``limit`` of ``size``."""
+    import resource
+    import signal
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(limit, (size, size))
+
+    command = [sys.executable, "-m", "locopack", "--threads", "1", "build", str(recipe)]
+    return subprocess.run(
+        [*command, "--out", str(out)],
+        preexec_fn=limited,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_file_size_limit_names_the_stage(twin, tmp_path):
+    import resource
+
+    # explicit layers: no sweep; the first file over 8 KiB is the edit's delta (about 10 KiB),
+    # where safetensors used to raise "SafetensorError: File too large"
+    recipe = _recipe(tmp_path, twin, twin / "scorer", **{"  mode: fast": "  layers: [0, 1]"})
+    line = _one_line_of(_limited_build(recipe, tmp_path / "out", resource.RLIMIT_FSIZE, 8192))
+    assert line.startswith("error: file size limit reached while writing "), line
+    assert "(the edit stage): raise it (ulimit -f unlimited)" in line
+
+
+def test_a_read_only_output_folder_is_one_line(twin, tmp_path, monkeypatch):
+    import locopack.release.lock
+
+    # a finished release on a read-only mount: its lock file exists but cannot be opened for
+    # writing.  As root no chmod stops a write and a read-only mount needs privileges, so the
+    # lock's open fails the way it does there (EROFS)
+    class ReadOnlyLock(locopack.release.lock.FileLock):
+        def acquire(self, *args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system", self.lock_file)
+
+    monkeypatch.setattr(locopack.release.lock, "FileLock", ReadOnlyLock)
+    out = tmp_path / "release"
+    (out / "cache").mkdir(parents=True)
+    (out / locopack.release.lock.LOCK_FILE).touch()
+    recipe = _recipe(tmp_path, twin, twin / "scorer")
+    for command in ("build", "edit"):
+        line = _one_line(_invoke(command, str(recipe), "--out", str(out)))
+        assert line.startswith(f"error: read-only file system for {out}/cache/.build.lock ")
+        assert "the folder cannot be written; pass another --out" in line

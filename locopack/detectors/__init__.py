@@ -145,6 +145,41 @@ def _in_standard_library(origin: str) -> bool:
     return any(s in path.parents for s in stdlib) and not any(s in path.parents for s in site)
 
 
+def options_problem(name: str, options: dict[str, Any]) -> str | None:
+    """Why the detector ``name`` cannot be called with ``options``, or None: an option its
+    function has no keyword parameter for (and no ``**options``), or a required one missing.
+    The parameters are read from the module's source, so nothing is imported or called; where
+    the function cannot be found that way, :func:`plugin_problem` or :func:`load_detector`
+    says why."""
+    module_name, _, attribute = BUILT_IN.get(name, name).partition(":")
+    spec = _find_without_import(module_name)
+    if spec is None or not spec.origin:
+        return None
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    defs = (n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+    function = next((n for n in defs if n.name == attribute), None)
+    if function is None or function.args.kwarg is not None:
+        return None
+    args = function.args
+    positional = args.args[max(0, 2 - len(args.posonlyargs)) :]  # after images, prompts
+    bound = {"scorer"} if name == "clip" else set()  # the recipe's scorer, passed by locopack
+    takes = [a.arg for a in positional + args.kwonlyargs if a.arg not in bound]
+    given = [str(key) for key in options]
+    unknown = [key for key in given if key not in takes]
+    if unknown:
+        known = f"its options are {', '.join(takes)}" if takes else "it takes no options"
+        return f"unknown option {unknown[0]!r} for {name} ({known}); remove it or fix its name"
+    required = positional[: len(positional) - len(args.defaults)]
+    required += [a for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None]
+    missing = [a.arg for a in required if a.arg not in given and a.arg not in bound]
+    if missing:
+        return f"{name} needs the option {missing[0]!r}; add it under options"
+    return None
+
+
 def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any = None) -> Detector:
     """The detector a recipe names: a key of :data:`BUILT_IN` or ``module:callable``.
 
@@ -171,6 +206,9 @@ def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any 
     function = getattr(module, attribute, None)
     if not callable(function):
         raise RecipeError(f"{where}: {module_name} has no callable {attribute!r}")
+    problem = options_problem(name, dict(options or {}))
+    if problem:
+        raise RecipeError(f"{where}: {problem}")
     options = dict(options or {})
     if name == "clip":
         options["scorer"] = scorer
