@@ -276,7 +276,9 @@ class EditSettings(_Strict):
 
     lam: float = Field(0.1, alias="lambda", gt=0)
     matrices: Literal["key", "value", "both"] = "both"
-    tokens: Literal["concept", "last", "all", "sequence"] = "last"
+    #: which token rows form the edit's columns (:mod:`locopack.edit.tokens`); ``cover`` reaches
+    #: the concept in every encoder's part of the text sequence, ``last`` one token of the first
+    tokens: Literal["cover", "last", "concept", "all", "sequence"] = "cover"
     preserve_weight: float = Field(1.0, ge=0)
     #: prompts nobody listed that the edit keeps too (added to the preserve prompts)
     neighbours: PromptSample | None = None

@@ -8,7 +8,7 @@ import torch
 
 from locopack.edit import compute_delta, edit_errors
 from locopack.edit.stream import denoising_steps, record_probes
-from locopack.edit.tokens import edit_prompts
+from locopack.edit.tokens import edit_prompts, part_pairs
 from locopack.errors import EditError, RecipeError
 from locopack.models.flux import Flux
 from locopack.models.sd3 import StableDiffusion3
@@ -150,6 +150,63 @@ def test_preserve_prompts_move_less_than_the_bound(name, edited):
     for module in delta.deltas:
         drift, edit = moved[id(prompts.preserve)][module], moved[id(prompts.originals)][module]
         assert drift < 0.1 and edit > 10 * drift, (module, drift, edit)
+
+
+ERASE = """
+version: 1
+name: erase-van-gogh
+base: {{model: ./x}}
+edits:
+  - kind: erase
+    attribute: style
+    concept: van gogh
+    prompts: ["a painting of a cat in the style of {{concept}}", "{{concept}} starry night"]
+    target: "a painting"
+    preserve: ["a photo of a dog", "a red car on a street"]
+localize: {{steps: 3, guidance: {guidance}, resolution: 16}}
+edit: {{lambda: 0.01, tokens: {tokens}, seeds: [0], timesteps: [0, 1]}}
+"""
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_cover_moves_the_concepts_rows_of_every_encoder_to_the_targets(name, edited):
+    """The edited sites' keys/values at the concept's CLIP and T5 rows of the original prompts,
+    against the unedited model's at the aligned rows of the target: the gap left after the edit,
+    relative to the gap before.  Measured (at the solve's probes): ``cover`` leaves 0.10-0.16
+    on SD3 (the 64-d twin is crowded: 20 edit and 372 preserve columns), 0.02-0.03 on FLUX;
+    ``last`` leaves 0.99-1.24 of SD3's T5 gap and 0.79-0.99 of FLUX's."""
+    pipe, family = edited[name][:2]
+    sites = [s.path for s in family.sites(pipe.transformer)][:3]
+    left = {}
+    for tokens in ("last", "cover"):
+        recipe = parse_recipe(ERASE.format(guidance=GUIDANCE[name], tokens=tokens), "e.yaml")
+        delta = compute_delta(pipe, family, recipe, sites)
+        prompts = edit_prompts(pipe, family, recipe)
+        probes = record_probes(pipe, family, prompts.originals, recipe)
+        by_part: dict[str, list] = {}
+        for k, (original, target) in enumerate(
+            zip(prompts.originals, prompts.targets, strict=True)
+        ):
+            for part, pairs in part_pairs(family, pipe, original, target, "concept", "van gogh"):
+                by_part.setdefault(part.name, []).extend(
+                    (k, part.start + i, part.start + j) for i, j in pairs
+                )
+        for part, rows in by_part.items():
+            x, y = [(k, i) for k, i, _ in rows], [(k, j) for k, _, j in rows]
+            target = _outputs(pipe, family, recipe, prompts.targets, probes, y)
+            before = _outputs(pipe, family, recipe, prompts.originals, probes, x)
+            with delta.applied(pipe.transformer):
+                after = _outputs(pipe, family, recipe, prompts.originals, probes, x)
+            left[tokens, part] = [
+                float((after[m] - target[m]).norm() / (before[m] - target[m]).norm())
+                for m in delta.deltas
+            ]
+    assert {part for _, part in left} == ({"CLIP", "T5"} if name == "sd3" else {"T5"})
+    for (tokens, part), gaps in left.items():
+        if tokens == "cover":
+            assert max(gaps) < 0.25, (part, gaps)
+        elif part == "T5":
+            assert min(gaps) > 0.7, (part, gaps)
 
 
 def test_flux_single_block_sites_need_the_opt_in(edited):

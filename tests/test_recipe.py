@@ -139,7 +139,7 @@ def test_defaults():
     assert (loc.window, loc.prompts_per_edit, loc.steps, loc.guidance) == (1, 4, 20, 7.5)
     assert (loc.seeds, loc.mode, loc.resolution, loc.layers) == ([0], "fast", None, None)
     assert loc.scorer == "openai/clip-vit-large-patch14"
-    assert (ed.lam, ed.matrices, ed.tokens, ed.preserve_weight) == (0.1, "both", "last", 1.0)
+    assert (ed.lam, ed.matrices, ed.tokens, ed.preserve_weight) == (0.1, "both", "cover", 1.0)
     assert (ex.adapter, ex.max_rank, ex.energy, ex.kohya, ex.merged, ex.onnx) == (
         True,
         64,

@@ -22,7 +22,7 @@ from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from ..prompt_samples import neighbours
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
-from .tokens import edit_prompts
+from .tokens import EditPrompts, edit_prompts
 
 _MATRICES = {"key": (0,), "value": (1,), "both": (0, 1)}
 
@@ -52,9 +52,12 @@ class EditStates:
 
 
 @torch.no_grad()
-def collect_states(pipe: Any, family: Any, recipe: Any) -> EditStates:
-    """Encode every edit's prompts and targets and pick the token pairs of ``edit.tokens``."""
-    prompts = edit_prompts(pipe, family, recipe)
+def collect_states(
+    pipe: Any, family: Any, recipe: Any, prompts: EditPrompts | None = None
+) -> EditStates:
+    """Encode every edit's prompts and targets (``prompts``: as :func:`edit_prompts` picks
+    them, the token pairs of ``edit.tokens``)."""
+    prompts = prompts or edit_prompts(pipe, family, recipe)
     return EditStates(
         originals=family.encode(pipe, prompts.originals),
         targets=family.encode(pipe, prompts.targets),
@@ -71,7 +74,8 @@ def compute_delta(
     """Solve LocoEdit for the key and/or value matrices of ``layers`` (site module paths).
 
     Returns:
-        A :class:`WeightDelta` with one ΔW per edited projection and the edit's provenance.
+        A :class:`WeightDelta` with one ΔW per edited projection and the edit's provenance
+        (``token_rows``: which positions of which encoder each edit prompt's columns read).
 
     Raises:
         EditError: a layer is not a site of the model, or the solve is not finite.
@@ -92,8 +96,8 @@ def compute_delta(
             for module in _modules(site, settings.matrices)
         }
 
+    prompts = edit_prompts(pipe, family, recipe)
     if family.joint_attention:
-        prompts = edit_prompts(pipe, family, recipe)
         chosen = [sites[path] for path in layers]
         deltas, extra = joint_deltas(pipe, family, recipe, chosen, prompts, solve)
         counts = {
@@ -101,7 +105,7 @@ def compute_delta(
             "preserve_columns": extra.pop("preserve_columns"),
         }
     else:
-        states = collect_states(pipe, family, recipe)
+        states = collect_states(pipe, family, recipe, prompts)
         counts = {"columns": len(states.pairs), "preserve_columns": len(states.preserve_at)}
         deltas, extra = {}, {}
         shared: EditSystem | None = None
@@ -121,6 +125,7 @@ def compute_delta(
                 system = shared
             deltas.update(solve(site, system))
     provenance = _provenance(pipe, family, recipe, layers, fingerprint) | counts | extra
+    provenance["token_rows"] = prompts.rows
     return WeightDelta(deltas, provenance)
 
 

@@ -1,16 +1,25 @@
 """Which token states form the edit's columns X (originals) and Y (targets).
 
-Three rules (recipe ``edit.tokens``):
+The text sequence the sites read may join several encoders' tokens: SD3/SD3.5 hold CLIP's 77
+positions, then T5's (:meth:`~locopack.models.base.ModelFamily.text_parts`).  A rule picks
+positions in each part, counted within the part and paired within it.  Five rules (recipe
+``edit.tokens``):
 
-- ``last``: the last token before end-of-text of the original and of the target prompt (what
-  the reference implementation of LocoEdit does).
-- ``concept``: the concept's tokens in the original prompt, each paired with its aligned
-  token in the target prompt.
-- ``all``: every non-padding token of the original, each paired with its aligned token.
+- ``cover`` (the default): in every part, the concept's tokens in the original prompt, each
+  paired with its aligned token in the target, and the last token before end-of-text paired
+  with the target's.  A prompt that does not name the concept (or a part that truncates it
+  away) gives its last token alone.  With one part and a prompt that ends in the concept this
+  is ``last`` plus the concept's other tokens.
+- ``last``: the last token before end-of-text of the original and of the target prompt, in the
+  first part only (what the reference implementation of LocoEdit does; on SD3 the CLIP token,
+  and the concept's T5 tokens are not edited).
+- ``concept``: the concept's tokens in every part, each paired with its aligned token.
+- ``all``: every non-padding token of every part, each paired with its aligned token.
 - ``sequence``: every position the denoiser attends to, padding included: the non-padding
-  tokens as under ``all``, then padding position ``n_o + k`` paired with ``n_t + k``.  With
-  CLIP's causal text encoder the padding states carry the whole prompt, so an edit that must
-  also change them (a fact update, whose prompt has no single concept token) needs this rule.
+  tokens as under ``all``, then padding position ``n_o + k`` paired with ``n_t + k`` (within
+  each part).  With CLIP's causal text encoder the padding states carry the whole prompt, so an
+  edit that must also change them (a fact update, whose prompt has no single concept token)
+  needs this rule.
 
 Preserve prompts (the recipe's, each edit's and ``edit.neighbours``) keep every position the
 sites read, whatever the rule but ``last`` (:func:`preserve_positions`).
@@ -18,17 +27,22 @@ sites read, whatever the rule but ``last`` (:func:`preserve_positions`).
 Alignment is a diff of the two token sequences (:func:`align`): tokens in common keep their
 partner; a replaced span maps proportionally onto its replacement (``van gogh`` -> ``a
 painter``); a deleted span maps to the target token just before the deletion.
+
+Which positions of which part each edit prompt contributed is recorded
+(:attr:`EditPrompts.rows`, the delta's ``token_rows``; the model card prints them).
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..models.base import TextPart
 from ..prompt_samples import neighbours
 
-TokenRule = Literal["concept", "last", "all", "sequence"]
+TokenRule = Literal["cover", "last", "concept", "all", "sequence"]
 
 
 def align(original: list[int], target: list[int]) -> list[int]:
@@ -54,25 +68,88 @@ def align(original: list[int], target: list[int]) -> list[int]:
     return mapping
 
 
+#: pairs one part contributes: (part, original, target, concept) -> [(i in original, j)]
+PartRule = Callable[[TextPart, str, str, str], list[tuple[int, int]]]
+
+
+def _last(part: TextPart, original: str, target: str, concept: str) -> list[tuple[int, int]]:
+    return [(part.last_token(original), part.last_token(target))]
+
+
+def _aligned(part: TextPart, original: str, target: str) -> list[int]:
+    return align(part.token_ids(original), part.token_ids(target))
+
+
+def _concept(part: TextPart, original: str, target: str, concept: str) -> list[tuple[int, int]]:
+    mapping = _aligned(part, original, target)
+    return [(i, mapping[i]) for i in part.concept_positions(original, concept)]
+
+
+def _cover(part: TextPart, original: str, target: str, concept: str) -> list[tuple[int, int]]:
+    mapping = _aligned(part, original, target)
+    pairs = {i: mapping[i] for i in part.find(original, concept)}
+    pairs.update(_last(part, original, target, concept))
+    return sorted(pairs.items())
+
+
+def _all(part: TextPart, original: str, target: str, concept: str) -> list[tuple[int, int]]:
+    return list(enumerate(_aligned(part, original, target)))
+
+
+def _sequence(part: TextPart, original: str, target: str, concept: str) -> list[tuple[int, int]]:
+    n_o, n_t = len(part.token_ids(original)), len(part.token_ids(target))
+    padding = [(i, min(part.length - 1, i - n_o + n_t)) for i in range(n_o, part.length)]
+    return _all(part, original, target, concept) + padding
+
+
+_RULES: dict[str, PartRule] = {
+    "cover": _cover,
+    "last": _last,
+    "concept": _concept,
+    "all": _all,
+    "sequence": _sequence,
+}
+
+
+def part_pairs(
+    family: Any, pipe: Any, original: str, target: str, rule: TokenRule, concept: str
+) -> list[tuple[TextPart, list[tuple[int, int]]]]:
+    """Per part of the text sequence, the position pairs (in original, in target; counted
+    within the part) whose states form the edit's columns; ``last`` reads the first part only.
+
+    Raises:
+        ModelLayoutError: under ``concept``, a part lacks the concept.
+    """
+    parts = family.text_parts(pipe)
+    if rule == "last":
+        parts = parts[:1]
+    return [(part, _RULES[rule](part, original, target, concept)) for part in parts]
+
+
 def edit_pairs(
     family: Any, pipe: Any, original: str, target: str, rule: TokenRule, concept: str
 ) -> list[tuple[int, int]]:
-    """Position pairs (in original, in target) whose states form the edit's columns."""
-    if rule == "last":
-        return [
-            (family.last_token_position(pipe, original), family.last_token_position(pipe, target))
-        ]
-    ids_o, ids_t = family.token_ids(pipe, original), family.token_ids(pipe, target)
-    mapping = align(ids_o, ids_t)
-    if rule == "all":
-        return list(enumerate(mapping))
-    if rule == "sequence":
-        length = family.max_length(pipe)
-        padding = [
-            (i, min(length - 1, i - len(ids_o) + len(ids_t))) for i in range(len(ids_o), length)
-        ]
-        return list(enumerate(mapping)) + padding
-    return [(i, mapping[i]) for i in family.concept_positions(pipe, original, concept)]
+    """Position pairs (in original, in target; in the whole sequence) whose states form the
+    edit's columns."""
+    return _in_sequence(part_pairs(family, pipe, original, target, rule, concept))
+
+
+def _in_sequence(found: list[tuple[TextPart, list[tuple[int, int]]]]) -> list[tuple[int, int]]:
+    return [(part.start + i, part.start + j) for part, pairs in found for i, j in pairs]
+
+
+def _rows(prompt: str, found: list[tuple[TextPart, list[tuple[int, int]]]]) -> dict[str, Any]:
+    """The provenance of one edit prompt's columns: per part, its positions (counted within
+    the part) and which of them is the last token before end-of-text."""
+    parts = []
+    for part, pairs in found:
+        positions = [i for i, _ in pairs]
+        entry: dict[str, Any] = {"encoder": part.name, "positions": positions}
+        last = part.last_token(prompt)
+        if last in positions:
+            entry["last"] = last
+        parts.append(entry)
+    return {"prompt": prompt, "parts": parts}
 
 
 def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> list[int]:
@@ -99,21 +176,24 @@ class EditPrompts:
     pairs: list[tuple[int, int, int]]  # (prompt, position in original, position in target)
     preserve: list[str]
     preserve_at: list[tuple[int, int]]  # (prompt, position)
+    #: per original prompt, the positions of each part it contributed (:func:`_rows`)
+    rows: list[dict[str, Any]]
 
 
 def edit_prompts(pipe: Any, family: Any, recipe: Any) -> EditPrompts:
     """Every edit's prompts and targets, the preserve prompts, and the token pairs of
     ``edit.tokens``."""
     rule = recipe.edit.tokens
-    originals, targets, pairs = [], [], []
+    originals, targets, pairs, rows = [], [], [], []
     preserve = list(recipe.preserve)
     for edit in recipe.edits:
         for original, target in zip(edit.originals(), edit.targets_expanded(), strict=True):
             index = len(originals)
             originals.append(original)
             targets.append(target)
-            found = edit_pairs(family, pipe, original, target, rule, edit.label)
-            pairs += [(index, i, j) for i, j in found]
+            found = part_pairs(family, pipe, original, target, rule, edit.label)
+            pairs += [(index, i, j) for i, j in _in_sequence(found)]
+            rows.append(_rows(original, found))
         preserve += list(edit.preserve)
     preserve = list(dict.fromkeys(preserve + neighbours(recipe)))
     preserve_at = [
@@ -121,4 +201,4 @@ def edit_prompts(pipe: Any, family: Any, recipe: Any) -> EditPrompts:
         for k, prompt in enumerate(preserve)
         for pos in preserve_positions(family, pipe, prompt, rule)
     ]
-    return EditPrompts(originals, targets, pairs, preserve, preserve_at)
+    return EditPrompts(originals, targets, pairs, preserve, preserve_at, rows)

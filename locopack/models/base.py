@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,30 +65,69 @@ def unet_execution_order(path: str) -> tuple:
     return (_BLOCK_RANK.get(head, 3), natural_key(path))
 
 
-def token_positions(
-    tokenizer: Any, text: str, concept: str, max_length: int, prompt: str | None = None
-) -> list[int]:
+def token_positions(tokenizer: Any, text: str, concept: str, max_length: int) -> list[int]:
     """Positions of ``concept``'s tokens (case-insensitive, first match) when ``tokenizer``
-    tokenizes ``text`` (the pipeline's form of ``prompt``) to at most ``max_length`` tokens.
-
-    Raises:
-        ModelLayoutError: the concept does not occur in the text, or is truncated away.
-    """
-    prompt = text if prompt is None else prompt
+    tokenizes ``text`` to at most ``max_length`` tokens; empty when the concept does not occur
+    in the text or lies beyond the limit."""
     match = re.search(re.escape(concept.strip()), text, flags=re.IGNORECASE)
     if match is None:
-        raise ModelLayoutError(f"concept {concept!r} does not occur in prompt {prompt!r}")
+        return []
     enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
-    positions = [
+    return [
         i
         for i, (start, end) in enumerate(enc.offset_mapping)
         if end > start and start < match.end() and end > match.start()
     ]
-    if not positions:
+
+
+def _unchanged(prompt: str) -> str:
+    return prompt
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """One encoder's part of the text sequence the sites read: positions ``start`` to
+    ``start + length - 1`` hold the states of ``tokenizer``'s tokens of a prompt (after
+    ``preprocess``, the pipeline's own change to the prompt).  Positions within a part count
+    from its first token (0: the start token where the tokenizer adds one)."""
+
+    name: str
+    start: int
+    length: int
+    tokenizer: Any
+    preprocess: Callable[[str], str] = _unchanged
+
+    def token_ids(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` in this part, without padding."""
+        text = self.preprocess(prompt)
+        return self.tokenizer(text, truncation=True, max_length=self.length).input_ids
+
+    def last_token(self, prompt: str) -> int:
+        """Position of the last token before end-of-text."""
+        ids = self.token_ids(prompt)
+        eos = self.tokenizer.eos_token_id
+        return max(ids.index(eos) - 1, 0) if eos in ids else len(ids) - 1
+
+    def find(self, prompt: str, concept: str) -> list[int]:
+        """Positions of ``concept``'s tokens in ``prompt`` (case-insensitive, first match);
+        empty when it does not occur or lies beyond this part's length."""
+        return token_positions(self.tokenizer, self.preprocess(prompt), concept, self.length)
+
+    def concept_positions(self, prompt: str, concept: str) -> list[int]:
+        """:meth:`find`, refusing a concept it does not find.
+
+        Raises:
+            ModelLayoutError: the concept does not occur in the prompt, or is truncated away.
+        """
+        found = self.find(prompt, concept)
+        if found:
+            return found
+        if re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE) is None:
+            raise ModelLayoutError(f"concept {concept!r} does not occur in prompt {prompt!r}")
         raise ModelLayoutError(
-            f"concept {concept!r} in prompt {prompt!r} lies beyond the {max_length}-token limit"
+            f"concept {concept!r} in prompt {prompt!r} lies beyond the {self.length}-token "
+            f"limit of {self.name}"
         )
-    return positions
 
 
 class ModelFamily(ABC):
@@ -103,6 +143,8 @@ class ModelFamily(ABC):
     denoiser_attr: ClassVar[str] = "unet"
     #: names of the key and value projections inside a site
     projections: ClassVar[tuple[str, str]] = ("to_k", "to_v")
+    #: the text encoder whose tokens the text sequence holds (one part; see :meth:`text_parts`)
+    encoder_name: ClassVar[str] = "CLIP"
     #: whether text also reaches the denoiser outside the sites (pooled embeddings)
     has_pooled_text_path: ClassVar[bool] = False
     #: whether each block reads the text through a text stream of its own, updated block by
@@ -202,41 +244,46 @@ class ModelFamily(ABC):
         return None
 
     @classmethod
-    def token_ids(cls, pipe: Any, prompt: str) -> list[int]:
-        """Token ids of ``prompt`` as the pipeline tokenizes it, without padding."""
-        tok = cls.tokenizer(pipe)
-        return tok(
-            cls.preprocess(prompt), truncation=True, max_length=cls.max_length(pipe)
-        ).input_ids
-
-    @classmethod
     def max_length(cls, pipe: Any) -> int:
         """Sequence length of the site states."""
         return cls.tokenizer(pipe).model_max_length
 
     @classmethod
+    def text_parts(cls, pipe: Any) -> list[TextPart]:
+        """The parts of the text sequence, one per encoder with positions of its own, in
+        sequence order; most families have one (:attr:`encoder_name`'s tokens)."""
+        return [
+            TextPart(cls.encoder_name, 0, cls.max_length(pipe), cls.tokenizer(pipe), cls.preprocess)
+        ]
+
+    @classmethod
+    def token_ids(cls, pipe: Any, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` in the first part of the text sequence, without padding."""
+        return cls.text_parts(pipe)[0].token_ids(prompt)
+
+    @classmethod
     def concept_positions(cls, pipe: Any, prompt: str, concept: str) -> list[int]:
-        """Positions of ``concept``'s tokens inside ``prompt`` (case-insensitive, first match).
+        """Positions of ``concept``'s tokens inside ``prompt`` (case-insensitive, first match)
+        in every part of the text sequence, in sequence order.
 
         Raises:
-            ModelLayoutError: the concept does not occur in the prompt, or is truncated away.
+            ModelLayoutError: the concept does not occur in the prompt, or a part truncates it
+                away.
         """
-        return token_positions(
-            cls.tokenizer(pipe), cls.preprocess(prompt), concept, cls.max_length(pipe), prompt
-        )
+        return [
+            part.start + i
+            for part in cls.text_parts(pipe)
+            for i in part.concept_positions(prompt, concept)
+        ]
 
     @classmethod
     def last_token_position(cls, pipe: Any, prompt: str) -> int:
-        """Position of the last token before end-of-text."""
-        tok = cls.tokenizer(pipe)
-        ids = cls.token_ids(pipe, prompt)
-        if tok.eos_token_id in ids:
-            return max(ids.index(tok.eos_token_id) - 1, 0)
-        return len(ids) - 1
+        """Position of the last token before end-of-text in the first part."""
+        return cls.text_parts(pipe)[0].last_token(prompt)
 
     @classmethod
     def content_positions(cls, pipe: Any, prompt: str) -> list[int]:
-        """All non-padding positions (start, words and end-of-text)."""
+        """All non-padding positions (start, words and end-of-text) of the first part."""
         return list(range(len(cls.token_ids(pipe, prompt))))
 
     # ---- twins -------------------------------------------------------------------------------

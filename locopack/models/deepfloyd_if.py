@@ -25,6 +25,7 @@ class DeepFloydIF(LowercasedPrompts, ModelFamily):
     name: ClassVar[str] = "if"
     pretty_name: ClassVar[str] = "DeepFloyd IF (stage I)"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("IFPipeline",)
+    encoder_name: ClassVar[str] = "T5"
     projections: ClassVar[tuple[str, str]] = ("add_k_proj", "add_v_proj")
     has_pooled_text_path: ClassVar[bool] = True
 

@@ -33,6 +33,7 @@ class Flux(JointAttentionFamily):
     name: ClassVar[str] = "flux"
     pretty_name: ClassVar[str] = "FLUX.1"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline",)
+    encoder_name: ClassVar[str] = "T5"
     #: double-stream and single-stream blocks of the tiny twin
     twin_layers: ClassVar[tuple[int, int]] = (3, 3)
     block_lists: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (

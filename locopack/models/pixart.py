@@ -23,6 +23,7 @@ class PixArt(LowercasedPrompts, ModelFamily):
     name: ClassVar[str] = "pixart"
     pretty_name: ClassVar[str] = "PixArt-alpha/sigma"
     pipeline_classes: ClassVar[tuple[str, ...]] = tuple(_MAX_SEQUENCE)
+    encoder_name: ClassVar[str] = "T5"
     denoiser_attr: ClassVar[str] = "transformer"
 
     @classmethod

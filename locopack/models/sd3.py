@@ -6,7 +6,8 @@ projected by ``context_embedder``; every ``JointTransformerBlock`` then reads it
 stream through ``attn.add_k_proj``/``add_v_proj`` (24 sites in SD3.5 Medium, 38 in Large).  The
 last block is ``context_pre_only`` (it outputs no text) but its text keys/values still count.
 SD3.5's ``attn2`` (``dual_attention_layers``) attends over image tokens only: not a site.  The
-two CLIP pooled vectors, concatenated, enter ``temb`` and modulate every block.
+two CLIP pooled vectors, concatenated, enter ``temb`` and modulate every block.  So the text
+sequence has two parts (:meth:`StableDiffusion3.text_parts`): a concept has tokens in both.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from diffusers import (
     StableDiffusion3Pipeline,
 )
 
-from ..errors import ModelLayoutError
-from .base import token_positions
+from .base import TextPart
 from .joint_attention import JointAttentionFamily
 from .twin_parts import tiny_clip_text, tiny_t5, tiny_vae
 
@@ -62,13 +62,14 @@ class StableDiffusion3(JointAttentionFamily):
         return pipe.tokenizer.model_max_length + cls.t5_length
 
     @classmethod
-    def concept_positions(cls, pipe: Any, prompt: str, concept: str) -> list[int]:
-        """The concept's CLIP positions, then its T5 positions (offset by CLIP's length)."""
-        clip = super().concept_positions(pipe, prompt, concept)
-        if pipe.tokenizer_3 is None:
-            raise ModelLayoutError("this SD3 pipeline has no T5 tokenizer (tokenizer_3)")
-        t5 = token_positions(pipe.tokenizer_3, prompt, concept, cls.t5_length)
-        return clip + [pipe.tokenizer.model_max_length + i for i in t5]
+    def text_parts(cls, pipe: Any) -> list[TextPart]:
+        """CLIP's positions (both CLIP encoders' states, concatenated per position), then T5's;
+        a pipeline without T5 (``tokenizer_3`` None) feeds zeros there: no part."""
+        clip = pipe.tokenizer.model_max_length
+        parts = [TextPart("CLIP", 0, clip, pipe.tokenizer)]
+        if pipe.tokenizer_3 is not None:
+            parts.append(TextPart("T5", clip, cls.t5_length, pipe.tokenizer_3))
+        return parts
 
     @classmethod
     def build_twin(cls, seed: int = 0) -> StableDiffusion3Pipeline:

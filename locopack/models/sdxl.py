@@ -4,7 +4,8 @@ Two CLIP text encoders; their penultimate states are concatenated (768 + 1280 = 
 by ``attn2`` of every transformer block (70 sites in the base model).  The second encoder's
 pooled, projected embedding also enters the UNet through ``add_embedding`` together with the
 size/crop ``time_ids``: that path is not a site, so intervening on every site does not fully
-turn one prompt into another.
+turn one prompt into another.  The two encoders share token positions (their states are
+concatenated per position), so the text sequence is one CLIP part.
 """
 
 from __future__ import annotations

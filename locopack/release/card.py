@@ -189,6 +189,23 @@ def _build_card(folder: Path) -> tuple[str, dict]:
     return str(card), data.to_dict()
 
 
+def token_rows_text(parts: list[dict[str, Any]]) -> str:
+    """One edit prompt's ``token_rows`` (:mod:`locopack.edit.tokens`) in words: ``CLIP 1-2 and
+    4 (last: 4), T5 0-1 and 3 (last: 3)``."""
+    words = []
+    for part in parts:
+        runs: list[list[int]] = []
+        for i in part["positions"]:
+            if runs and i == runs[-1][-1] + 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        spans = [f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs]
+        last = f" (last: {part['last']})" if "last" in part else ""
+        words.append(f"{md.inline(part['encoder'])} {' and '.join(spans)}{last}")
+    return ", ".join(words)
+
+
 def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str:
     prov = manifest["provenance"]
     what = "\n".join(
@@ -210,6 +227,9 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
             f"all sites altered {everything['mean']:.2f}).\n\n"
             "![localization](localization.png)\n"
         )
+        from .select_sites import trail_table  # the editable selection's trail, if any
+
+        where += trail_table(localization)
     where += _text_path_notes(localization, prov)
     errors = edit["modules"].values()
     limitations = _limitations(evidence) or [
@@ -238,6 +258,11 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
         if prov.get("neighbours") and recipe.edit.neighbours
         else ""
     )
+    rows = "; ".join(
+        f"{md.code(r['prompt'])}: {token_rows_text(r['parts'])}" for r in prov.get("token_rows", [])
+    )
+    if rows:
+        rows = f"\n- edited token rows (positions within each encoder's tokens): {rows}"
     merged_note = (
         "The merged checkpoint in `merged/` loads with `DiffusionPipeline.from_pretrained`."
         if merged
@@ -271,7 +296,7 @@ was applied as a user loads it ({evidence["applied"]}).{_plugin_note(recipe)}
 ## Edit settings
 
 - {settings}
-- {prov["columns"]} edit columns, {prov["preserve_columns"]} preserve columns{kept}
+- {prov["columns"]} edit columns, {prov["preserve_columns"]} preserve columns{kept}{rows}
 - largest relative edit error ‖W′x − Wy‖/‖Wy‖: {max(m["edit_error"] for m in errors):.2e}
 - LoRA ranks {ranks}, largest relative reconstruction error {manifest["max_relative_error"]:.1e}
 - base fingerprint `{prov["base_fingerprint"]}`; recipe sha256 `{prov["recipe_sha256"]}`
