@@ -61,6 +61,7 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
     _reference(recipe, ("localize", "scorer"), "scorer", at, offline, problems)
     if base is not None:
         problems += _site_problems(recipe, base, at)
+        problems += _sampling_problems(recipe, base, at)
     problems += _prompt_problems(recipe, at)
     problems += _sample_problems(recipe)
     problems += _detector_problems(recipe, at)
@@ -184,6 +185,27 @@ def _site_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
         return [at(("base", "model"), f"expected a model of a supported family: {err}")]
     sites = [s.path for s in family.sites(denoiser)]
     return model_problems(recipe, len(sites), sites)
+
+
+def _sampling_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
+    """``localize.steps`` and ``localize.resolution`` against what the base's scheduler and
+    VAE can do (:func:`~locopack.models.loading.sampling_limits`, configs only)."""
+    from locopack.models.loading import sampling_limits
+
+    revision = recipe.base.revision if is_hub_id(model) else None
+    try:
+        limits = sampling_limits(model, revision)
+    except (LocopackError, OSError, ValueError):
+        return []  # the family check names what is wrong with the model
+    problems, settings = [], recipe.localize
+    if limits.max_steps is not None and settings.steps > limits.max_steps:
+        expected = f"at most {limits.max_steps} (what this model's scheduler can take)"
+        problems.append(at(("localize", "steps"), f"expected {expected}, found {settings.steps}"))
+    unit, size = limits.resolution_unit, settings.resolution
+    if size is not None and (size < unit or size % unit):
+        expected = f"a multiple of {unit} (this model's VAE scale factor times its patch size)"
+        problems.append(at(("localize", "resolution"), f"expected {expected}, found {size}"))
+    return problems
 
 
 def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:

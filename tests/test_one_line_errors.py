@@ -209,3 +209,36 @@ def test_a_read_only_output_folder_is_one_line(twin, tmp_path, monkeypatch):
         line = _one_line(_invoke(command, str(recipe), "--out", str(out)))
         assert line.startswith(f"error: read-only file system for {out}/cache/.build.lock ")
         assert "the folder cannot be written; pass another --out" in line
+
+
+# --- settings the model cannot run -----------------------------------------------------------
+
+
+def test_more_steps_than_the_scheduler_can_take_are_refused(twin, tmp_path):
+    # the twin's PNDM scheduler: 1000 trained timesteps, leading spacing, steps_offset 1; at
+    # 1000 steps its first timestep is 1000, and the first step raised an IndexError
+    recipe = _recipe(tmp_path, twin, twin / "scorer", **{"  steps: 4": "  steps: 1000"})
+    line = _one_line(_invoke("validate", str(recipe)))
+    assert line.startswith(f"error: {recipe}:")
+    assert "localize.steps: expected at most 999 (what this model's scheduler can take)" in line
+    recipe = _recipe(tmp_path, twin, twin / "scorer", **{"  steps: 4": "  steps: 999"})
+    assert _invoke("validate", str(recipe)).exit_code == 0
+
+
+def test_a_resolution_the_vae_and_patches_cannot_draw_is_refused(twin, tmp_path):
+    import json
+
+    # the configs of a model whose VAE scales by 16 (five blocks); validate reads no weights
+    base = tmp_path / "base"
+    shutil.copytree(twin, base, ignore=shutil.ignore_patterns("scorer"))
+    config = json.loads((base / "vae" / "config.json").read_text())
+    config["block_out_channels"] = [8] * 5
+    (base / "vae" / "config.json").write_text(json.dumps(config))
+    for size in (8, 24):
+        extra = {"  mode: fast": f"  mode: fast\n  resolution: {size}"}
+        recipe = _recipe(tmp_path, base, twin / "scorer", **extra)
+        line = _one_line(_invoke("validate", str(recipe)))
+        expected = "expected a multiple of 16 (this model's VAE scale factor times its patch size)"
+        assert f"localize.resolution: {expected}, found {size}" in line
+    recipe = _recipe(tmp_path, base, twin / "scorer", **{"  mode: fast": "  resolution: 32"})
+    assert _invoke("validate", str(recipe)).exit_code == 0

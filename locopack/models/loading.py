@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,60 @@ def model_layout(model: str, revision: str | None = None) -> tuple[type[ModelFam
         raise ModelLayoutError(f"{model}: model_index.json names no unet or transformer")
     config = _read_json(model, f"{attr}/config.json", revision)
     return family_for(pipeline_class, config), attr, config
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """What a model's pipeline can draw, from its configs.
+
+    Attributes:
+        max_steps: the most denoising steps its scheduler can take (None: no scheduler).
+        resolution_unit: image sizes must be a multiple of this (the VAE's scale factor times
+            the denoiser's patch size), so at least this.
+    """
+
+    max_steps: int | None
+    resolution_unit: int
+
+
+#: denoisers whose pipeline packs latents into patches of this size beyond ``patch_size``
+_PACKED = {"FluxTransformer2DModel": 2}
+
+
+def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
+    """The :class:`SamplingLimits` of ``model`` (configs only, no weights)."""
+    index = _read_json(model, PIPELINE_INDEX, revision)
+    _, attr, config = model_layout(model, revision)
+    patch = int(config.get("patch_size") or 1) * _PACKED.get(str(config.get("_class_name")), 1)
+    factor = 1
+    if isinstance(index.get("vae"), list) and None not in index["vae"]:
+        vae = _read_json(model, "vae/config.json", revision)
+        factor = 2 ** (len(vae.get("block_out_channels") or [0]) - 1)
+    steps = None
+    if isinstance(index.get("scheduler"), list) and None not in index["scheduler"]:
+        steps = _max_steps(_read_json(model, "scheduler/scheduler_config.json", revision))
+    return SamplingLimits(steps, factor * patch)
+
+
+def _max_steps(config: dict[str, Any]) -> int:
+    """The most steps a scheduler of ``config`` takes: ``num_train_timesteps``, less where its
+    spacing would step past the last trained timestep (``leading`` spacing with
+    ``steps_offset: 1`` at 1000 of 1000 steps: an IndexError in the first step)."""
+    import diffusers
+
+    trained = int(config.get("num_train_timesteps") or 1000)
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    scheduler = cls.from_config(config) if cls is not None else None
+    if scheduler is None or not hasattr(scheduler, "alphas_cumprod"):
+        return trained  # flow matching: timesteps are not indices
+    for steps in range(trained, max(trained - 8, 0), -1):
+        try:
+            scheduler.set_timesteps(steps)
+        except (ValueError, IndexError):
+            continue
+        if 0 <= int(scheduler.timesteps.max()) < trained:
+            return steps
+    return trained - int(config.get("steps_offset") or 0) - 1
 
 
 def load_denoiser_layout(model: str, revision: str | None = None):
