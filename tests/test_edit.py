@@ -75,7 +75,7 @@ def test_token_rules_pick_the_documented_positions(tokens, twin_pipes):
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
-@pytest.mark.parametrize("tokens", ["last", "concept", "all"])
+@pytest.mark.parametrize("tokens", ["cover", "last", "concept", "all"])
 def test_every_family_and_rule_lands_edits_on_their_targets(name, tokens, twin_pipes):
     pipe, family = twin_pipes[name]
     recipe = _recipe("./x", tokens=tokens, lam=1e-3, preserve=False)
