@@ -6,6 +6,10 @@ file or folder that looks complete; it may leave the hidden siblings themselves
 :func:`remove_leftovers` clears once no write can be under way.  Weights are read with
 safetensors only; a truncated or corrupted file becomes an
 :class:`~locopack.errors.ExportError` naming it.
+
+No write goes through a symbolic link inside a folder that a command holds (:func:`confined`,
+entered by the folder's lock): a link there could point anywhere, so the write would land
+outside the folder.  The module imports no torch, so that the lock stays cheap to import.
 """
 
 from __future__ import annotations
@@ -18,16 +22,53 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .errors import ExportError
 
+if TYPE_CHECKING:
+    import torch
+
 #: the hidden siblings an interrupted :func:`atomic_file` or :func:`atomic_dir` leaves behind
 _LEFTOVER = re.compile(r"\..+\.(\w+\.tmp|old)")
+#: the folders held by this process (:func:`confined`); a list, as a folder may be held twice
+_CONFINED: list[Path] = []
+
+
+@contextlib.contextmanager
+def confined(folder: str | os.PathLike) -> Iterator[None]:
+    """While the block runs, refuse every atomic write under ``folder`` whose path passes
+    through a symbolic link inside it.  ``folder`` itself may be a link (the user named it).
+    Process-wide, not per thread: the writers of a build may run in worker threads.
+    """
+    root = Path(os.path.abspath(folder))
+    _CONFINED.append(root)
+    try:
+        yield
+    finally:
+        _CONFINED.remove(root)
+
+
+def _refuse_links(path: Path) -> None:
+    """Raise when ``path`` or a folder on the way to it is a link inside a confined folder.
+
+    Raises:
+        ExportError: naming the link.
+    """
+    target = Path(os.path.abspath(path))
+    for root in _CONFINED:
+        if not target.is_relative_to(root):
+            continue
+        step = root
+        for part in target.relative_to(root).parts:
+            step = step / part
+            if step.is_symlink():
+                raise ExportError(
+                    f"{step}: a symbolic link inside {root}; locopack never writes through one "
+                    "(it could point anywhere): replace it with a real file or folder, or remove it"
+                )
 
 
 def current_umask() -> int:
@@ -41,6 +82,7 @@ def current_umask() -> int:
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` that replaces it only if the block succeeds."""
     path = Path(path)
+    _refuse_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -81,6 +123,7 @@ def _take_umask(folder: Path) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` only when the block succeeds."""
     path = Path(path)
+    _refuse_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -126,6 +169,8 @@ def save_tensors(
 ) -> Path:
     """Save tensors as safetensors with string metadata, atomically; the same tensors and
     metadata give the same bytes."""
+    from safetensors.torch import save_file
+
     with atomic_file(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         _sort_header(tmp)

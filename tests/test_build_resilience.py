@@ -140,7 +140,8 @@ def test_a_second_build_into_the_same_folder_fails_at_once(world, tmp_path):
         assert first.poll() is None, "the first build ended before the second was refused"
         assert second.returncode == 1, second.stderr
         assert "Traceback" not in second.stderr
-        assert f"another build is writing into this folder (pid {first.pid} " in second.stderr
+        held = f"another command is writing into this folder (locopack build, pid {first.pid} "
+        assert held in second.stderr
         print(f"the second build was refused in {seconds:.1f} s")
         first.wait(timeout=BUILD_TIMEOUT)
     finally:

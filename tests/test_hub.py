@@ -98,19 +98,46 @@ def inspect(env, repo: str, rev: str = "main") -> dict:
 
 
 def make_release(folder: Path, recipe: str = RECIPE_V1, seed: int = 0, merged: bool = True):
+    """A release that passes the audit, made without a model: a seeded delta and its adapter,
+    a card, merged/ configs, a local cache and a history entry recording every file."""
+    import torch
+
+    from locopack.delta import WeightDelta
+
     folder.mkdir(parents=True)
-    rng = __import__("random").Random(seed)
-    (folder / "recipe.yaml").write_text(recipe)
     (folder / "README.md").write_text("---\nlicense: mit\ntags: [locopack]\n---\n# a release\n")
-    (folder / WEIGHTS).write_bytes(rng.randbytes(2 * 1024 * 1024))  # goes through LFS
-    (folder / "lora_manifest.json").write_text(json.dumps({"seed": seed}))
-    (folder / "history.jsonl").write_text('{"step": "edit"}\n')
+    gen = torch.Generator().manual_seed(seed)
+    up, down = torch.randn(64, 4, generator=gen), torch.randn(4, 32, generator=gen)
     if merged:
         (folder / "merged" / "unet").mkdir(parents=True)
         (folder / "merged" / "model_index.json").write_text("{}")
         (folder / "merged" / "unet" / "config.json").write_text('{"sample_size": 8}')
     (folder / "cache").mkdir()
     (folder / "cache" / "window.json").write_text("{}")  # stays local
+    delta = WeightDelta({"mid.attn2.to_k": up @ down}, {"denoiser": "unet", "sites": ["mid"]})
+    return seal(folder, recipe, delta)
+
+
+def seal(folder: Path, recipe: str, delta) -> Path:
+    """Write ``recipe``, ``delta`` and its adapter into ``folder``, then a history entry
+    (what the audit reads of one) recording every file there."""
+    from locopack.export import write_adapter
+    from locopack.release.history import entry_hash, write_history
+    from locopack.release.layout import hashed_files
+
+    (folder / "recipe.yaml").write_text(recipe)
+    delta.save(folder / "delta.safetensors")
+    manifest = write_adapter(delta, folder, max_rank=64, energy=0.99999999)
+    entry = {
+        "index": 0,
+        "prev": None,
+        "recipe_name": __import__("yaml").safe_load(recipe)["name"],
+        "recipe_text": recipe,
+        "delta_sha256": delta.sha256(),
+        "adapter_tolerance": manifest["max_relative_error"],
+        "files": hashed_files(folder),
+    }
+    write_history(folder, [{**entry, "hash": entry_hash(entry)}])
     return folder
 
 
@@ -151,8 +178,9 @@ def test_push_uploads_one_tagged_commit_that_downloads_byte_identical(standin, e
 
     pushed = standin.requests[before:]
     assert [r["status"] for r in pushed if r["path"] == "/api/models/org/one/commit/main"] == [200]
-    (upload,) = [r for r in pushed if r["method"] == "PUT"]
-    assert upload["path"].startswith("/lfs-upload/") and not upload["auth"]
+    uploads = [r for r in pushed if r["method"] == "PUT"]  # the delta and the adapter
+    assert len(uploads) == 2
+    assert all(r["path"].startswith("/lfs-upload/") and not r["auth"] for r in uploads)
     assert standin.commit("org/one", head)["files"][WEIGHTS]["lfs"]
 
 
@@ -173,8 +201,8 @@ def test_a_second_version_adds_a_commit_and_a_tag_and_drops_stale_files(standin,
     again = cli(env, "push", str(v2), "--repo", "org/two")  # the same release: a no-op
     assert again.returncode == 0 and "already on the Hub" in again.stdout
 
-    (v2 / WEIGHTS).write_bytes(b"other weights, same recipe")
-    clash = cli(env, "push", str(v2), "--repo", "org/two")
+    other = make_release(tmp_path / "v2-other", RECIPE_V2, seed=2, merged=False)
+    clash = cli(env, "push", str(other), "--repo", "org/two")  # other weights, same recipe
     assert clash.returncode == 1 and f"tag '{tag2}' already names commit" in clash.stderr
     assert "--tag" in clash.stderr
     assert len(inspect(env, "org/two")["commits"]) == 3
@@ -193,6 +221,30 @@ def test_a_branch_gets_the_commit_and_a_bad_tag_is_refused_before_upload(standin
     assert seen["tags"] == {"v1": seen["branches"]["dev/x"]}
     assert seen["commits"][0][0] == seen["branches"]["dev/x"] != seen["branches"]["main"]
     assert len(seen["commits"]) == 2 and WEIGHTS in seen["files"]
+
+
+def test_a_release_that_fails_its_audit_is_not_pushed(standin, env, tmp_path):
+    folder = make_release(tmp_path / "release")
+    card = (folder / "README.md").read_text()
+    (folder / "README.md").write_text(card + "edited after the build\n")
+    (folder / "payload.txt").write_text("added after the build")
+    before = len(standin.requests)
+    done = cli(env, "push", str(folder), "--repo", "org/audited")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+    assert (
+        "not pushed, the release fails its audit (files: README.md: sha256 differs" in done.stderr
+    )
+    (folder / "README.md").write_text(card)
+    (folder / "payload.txt").unlink()
+    (tmp_path / "secret.txt").write_text("kept beside the release")
+    (folder / "notes.txt").symlink_to("../secret.txt")
+    done = cli(env, "push", str(folder), "--repo", "org/audited")
+    assert done.returncode == 1
+    assert "fails its audit (files: notes.txt: a symbolic link (to ../secret.txt)" in done.stderr
+    assert standin.requests[before:] == []  # nothing was sent, not even the repo's creation
+    (folder / "notes.txt").unlink()
+    assert cli(env, "push", str(folder), "--repo", "org/audited").returncode == 0
+    assert "notes.txt" not in inspect(env, "org/audited")["files"]
 
 
 def test_a_wrong_token_is_one_line_and_exit_1(env, tmp_path):
@@ -230,13 +282,14 @@ def test_commit_500s_are_retried_with_backoff(standin, env, tmp_path):
 
 def test_a_connection_reset_is_retried(standin, env, tmp_path):
     folder = make_release(tmp_path / "release")
+    before = len(standin.requests)
     standin.fail("lfs_upload", "reset")
     standin.fail("commit", "reset")
     out = python(env, PUSH.format(folder=str(folder), repo="org/reset"))
     assert "commit" in out, out
     assert out["sleeps"] == [0.5]  # the commit reset; the LFS reset the client retries itself
-    puts = [r["status"] for r in standin.requests if r["method"] == "PUT"]
-    assert puts[-2:] == ["reset", 200]
+    puts = [r["status"] for r in standin.requests[before:] if r["method"] == "PUT"]
+    assert sorted(puts, key=str) == [200, 200, "reset"]  # two files, one upload retried
     seen = inspect(env, "org/reset")
     assert seen["sha256"][WEIGHTS] == hashes(folder)[WEIGHTS][0]
 
@@ -369,7 +422,6 @@ print(json.dumps({{"diff": (a - b).abs().max().item(), "edit": (b - base).abs().
 @pytest.mark.slow  # ~20 s: a fresh interpreter imports torch and diffusers
 def test_apply_from_the_hub_reproduces_the_local_adapter(standin, env, tmp_path):
     from locopack.edit import compute_delta
-    from locopack.export import write_adapter
     from locopack.models import get_family, load_pipeline
     from locopack.recipe import parse_recipe
 
@@ -378,8 +430,8 @@ def test_apply_from_the_hub_reproduces_the_local_adapter(standin, env, tmp_path)
     sites = [s.path for s in family.sites(pipe.unet)]
     delta = compute_delta(pipe, family, parse_recipe(APPLY_RECIPE, "r.yaml"), sites[1:3])
     folder = tmp_path / "release"
-    write_adapter(delta, folder, max_rank=64, energy=0.99999999)
-    (folder / "recipe.yaml").write_text(APPLY_RECIPE)
+    folder.mkdir()
+    seal(folder, APPLY_RECIPE, delta)
     done = cli(env, "push", str(folder), "--repo", "org/applied", "--tag", "v1")
     assert done.returncode == 0, done.stderr
     out = python(env, APPLY.format(twin=str(twin), ref="org/applied@v1", folder=str(folder)))

@@ -357,9 +357,9 @@ def test_a_build_of_another_recipe_replaces_the_old_outputs(workspace, tmp_path)
     out = _copy(workspace, tmp_path)
     assert (out / "merged").is_dir()
     recipe = _write_recipe(workspace, str(workspace / "twin"), "replaced")  # no merged export
-    result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
+    result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out), "--replace"])
     assert result.exit_code == 0, result.output
-    assert "held a build of another recipe" in result.output
+    assert "of the release of recipe 'first' (--replace)" in result.output
     assert not (out / "merged").exists()
     assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == ["replaced"]
     assert audit_folder(out).ok

@@ -204,6 +204,14 @@ def _echo_summary(summary, out: Path) -> None:
     help="With --push: visibility of a repo it creates [default: the recipe's hub.private].",
 )
 @click.option("--tag", default=None, help="With --push: the tag [default: <name>-<hash[:12]>].")
+@click.option(
+    "--replace",
+    "replace_release",
+    is_flag=True,
+    help="When the output folder holds the release of another recipe, remove exactly the files "
+    "its history recorded, then build (without it, such a folder is refused).  A file no "
+    "build recorded, or changed since, is never removed: it stops the build, named.",
+)
 @offline_option
 def build(
     recipes: tuple[Path, ...],
@@ -212,12 +220,15 @@ def build(
     push_to: str | None,
     private: bool | None,
     tag: str | None,
+    replace_release: bool,
     offline: bool,
 ) -> None:
     """Recipe in, release out: localize, edit, export, evidence, card, history (, push).
 
     RECIPES: one recipe, several, or folders of recipes.  Rerun after a crash to continue:
-    finished stages and localization windows are reused.  Under `accelerate launch`, one
+    finished stages and localization windows are reused.  A folder holding another recipe's
+    release is refused unless --replace; a symbolic link in the folder always is.  Under
+    `accelerate launch`, one
     recipe's localization sweep is shared by all processes; several recipes are spread over
     the processes, each built exactly as when built alone.
     """
@@ -241,7 +252,7 @@ def build(
     options = run_options(mode)
     if len(loaded) == 1:
         target = out_dir(out, loaded[0])
-        summary = run_build(loaded[0], target, options=options, echo=echo)
+        summary = run_build(loaded[0], target, options=options, echo=echo, replace=replace_release)
         if summary is not None:
             _echo_summary(summary, target)
             if push_to is not None:
@@ -252,7 +263,7 @@ def build(
     for recipe in options.processes().share(loaded):
         target = (out or Path("out")) / recipe.name
         try:
-            summary = run_build(recipe, target, options=alone, echo=echo)
+            summary = run_build(recipe, target, options=alone, echo=echo, replace=replace_release)
         except LocopackError as err:
             failures.append(f"{recipe.source}: {err}")
             continue
@@ -266,8 +277,12 @@ def build(
 def card(outdir: Path) -> None:
     """Rebuild OUTDIR/README.md (the model card) from an output folder, computing nothing."""
     from ..release.card import write_card
+    from ..release.lock import build_lock
 
-    path = write_card(outdir)
+    if not outdir.is_dir():  # the lock would create it
+        raise UserError(f"{outdir}: no such folder")
+    with build_lock(outdir, command="card"):
+        path = write_card(outdir)
     click.echo(f"wrote {path}")
 
 
@@ -310,7 +325,8 @@ def audit(
     if reproduce:
         quiet_libraries()
     folder = Path(release)
-    if not folder.exists():
+    snapshot = not folder.exists()  # a download: the Hub client's links into its cache
+    if snapshot:
         from ..release.hub import resolve_release
 
         if not is_hub_ref(release):
@@ -318,6 +334,7 @@ def audit(
         folder = resolve_release(release)
     report = audit_folder(
         folder,
+        snapshot=snapshot,
         reproduce=Reproduce(reproduce) if reproduce else None,
         base=base,
         scorer=scorer,

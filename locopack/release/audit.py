@@ -4,8 +4,9 @@ Checks, each reported by name with the file or history entry it concerns:
 
 1. ``history.jsonl`` parses; each entry's hash matches its content and links to the previous
    entry (editing, reordering or dropping a line breaks this);
-2. every file recorded by the last entry exists with the recorded sha256, and no unrecorded
-   file sits beside them;
+2. every file recorded by the last entry exists with the recorded sha256, no unrecorded
+   file sits beside them, and the folder holds no symbolic link (a release holds regular files
+   and folders only: a link is never listed, uploaded or written through);
 3. ``delta.safetensors`` holds the tensors whose hash the entry recorded, and the adapter
    reproduces that delta within the recorded tolerance;
 4. a base that is the merged checkpoint of an earlier release (the chain's previous entry)
@@ -41,6 +42,7 @@ from .layout import (
     PIPELINE_INDEX,
     RECIPE_FILE,
     hashed_files,
+    links,
     recorded_base,
 )
 from .reproduce import Reproduce
@@ -137,9 +139,20 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
     return report.add("history chain", True, f"{len(entries)} entries")
 
 
-def _check_files(report: AuditReport, folder: Path, entry: dict[str, Any]) -> bool:
+def _check_files(
+    report: AuditReport, folder: Path, entry: dict[str, Any], snapshot: bool = False
+) -> bool:
+    linked = {} if snapshot else links(folder)
+    if linked:
+        name, target = next(iter(linked.items()))
+        return report.add(
+            "files",
+            False,
+            f"{name}: a symbolic link (to {target}); a release holds regular files and folders "
+            "only",
+        )
     recorded = entry.get("files", {})
-    actual = hashed_files(folder)
+    actual = hashed_files(folder, snapshot=snapshot)
     for name, digest in sorted(recorded.items()):
         if name not in actual:
             return report.add("files", False, f"{name}: recorded but missing")
@@ -273,18 +286,20 @@ def audit_folder(
     base: str | None = None,
     scorer: str | None = None,
     allow_pickle: bool = False,
+    snapshot: bool = False,
 ) -> AuditReport:
     """Audit the release in ``folder``; see the module docstring.
 
     ``base``/``scorer``: where the base model and the CLIP scorer are, when not where the
-    history records them relative to the release.
+    history records them relative to the release.  ``snapshot``: ``folder`` is a snapshot of
+    the Hub client's cache, whose files are links into its blob store.
     """
     folder = Path(folder)
     report = AuditReport(str(folder))
     if not _check_chain(report, folder):
         return report
     last = report.entries[-1]
-    _check_files(report, folder, last)
+    _check_files(report, folder, last, snapshot)
     delta = _check_delta_and_adapter(report, folder, last)
     base = base or recorded_base(last, folder)
     _check_base(report, base)

@@ -23,21 +23,29 @@ the path (:mod:`.resources`); what was finished is kept for the rerun.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..delta import WeightDelta
-from ..distributed import barrier
-from ..errors import LocopackError, ModelLayoutError
+from ..distributed import gather
+from ..errors import ExportError, LocopackError, ModelLayoutError
 from ..secret_scan import check_folder
 from ..storage import remove_leftovers
 from .base import LoadedBase, changed_file, load_base
 from .exports import ExportChoice, export_delta
-from .layout import BUILD_OUTPUTS, DELTA_FILE, HISTORY_FILE, RECIPE_FILE, release_files
+from .layout import (
+    DELTA_FILE,
+    HISTORY_FILE,
+    MERGED_DIR,
+    RECIPE_FILE,
+    release_files,
+    sha256_file,
+)
 from .lock import build_lock
 from .resources import resource_errors
 from .stages import (
@@ -88,9 +96,11 @@ class _StageLog:
         self.current = STAGES[following] if following < len(STAGES) else "finish"
 
 
-def _tidy(out: Path, recipe: Any, killed: dict[str, Any], echo: Callable[[str], Any]) -> None:
+def _tidy(
+    out: Path, recipe: Any, killed: dict[str, Any], echo: Callable[[str], Any], replace: bool
+) -> None:
     """Before the build: say that a killed build is resumed, remove what interrupted writes
-    left, and the outputs of a build of another recipe."""
+    left, and check what else the folder holds (:func:`_clear_another_build`)."""
     if killed:
         echo(
             f"{out}: resuming the build (pid {killed.get('pid')}, started "
@@ -99,23 +109,66 @@ def _tidy(out: Path, recipe: Any, killed: dict[str, Any], echo: Callable[[str], 
     left = remove_leftovers(out)
     if left:
         echo(f"{out}: removed {len(left)} temporary file(s) of interrupted writes")
-    _clear_another_build(out, recipe, echo)
+    _clear_another_build(out, recipe, echo, replace)
 
 
-def _clear_another_build(out: Path, recipe: Any, echo: Callable[[str], Any]) -> None:
-    """Remove the outputs of a build of another recipe in ``out``, so that none of them (an
-    old merged checkpoint, extra evidence) is hashed, described or released with this one."""
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def _clear_another_build(out: Path, recipe: Any, echo: Callable[[str], Any], replace: bool) -> None:
+    """Make sure that nothing in ``out`` but this recipe's own outputs becomes part of its
+    release (an old merged checkpoint, extra evidence, a file of the user's).
+
+    A folder with the files of another recipe's release is refused unless ``replace``; then
+    exactly the files that release's history recorded are removed (a file the user added, or
+    changed since, is never removed: it stops the build, named).  A folder holding files no
+    build recorded is refused.  ``cache/`` and hidden files stay: they are never released.
+
+    Raises:
+        ExportError: naming the files, and what to do.
+    """
+    from .history import read_history
+
+    present = release_files(out)
     copy = out / RECIPE_FILE
-    if not copy.is_file() or copy.read_text(encoding="utf-8") == recipe.source_text:
-        return
-    stale = [name for name in BUILD_OUTPUTS if (out / name).exists()]
-    for name in stale:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        else:
-            (out / name).unlink()
-    if stale:
-        echo(f"{out} held a build of another recipe: removed its {', '.join(stale)}")
+    if not present or (copy.is_file() and copy.read_text(encoding="utf-8") == recipe.source_text):
+        return  # a new folder, or this recipe's own build to resume
+    last = (read_history(out / HISTORY_FILE) or [{}])[-1]
+    recorded = last.get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        raise ExportError(
+            f"{out}: holds files that no {HISTORY_FILE} records ({_names(present)}); nothing "
+            "was removed: move them out of the folder, or build into another --out"
+        )
+    history = {HISTORY_FILE, f"{MERGED_DIR}/{HISTORY_FILE}"}
+    earlier = f"the release of recipe {last.get('recipe_name')!r}"
+    foreign = [
+        name
+        for name in present
+        if name not in history and recorded.get(name) != sha256_file(out / name)
+    ]
+    if foreign:
+        raise ExportError(
+            f"{out}: holds {earlier} and files it did not record, or that changed since "
+            f"({_names(foreign)}); nothing was removed: move those out of the folder, or build "
+            "into another --out"
+        )
+    if not replace:
+        raise ExportError(
+            f"{out}: holds {earlier} ({len(present)} files); pass --replace to remove exactly "
+            "its recorded files first, or build into another --out"
+        )
+    for name in present:
+        (out / name).unlink()
+    for folder in sorted({p for n in present for p in Path(n).parents[:-1]}, reverse=True):
+        with contextlib.suppress(OSError):  # a folder that still holds a local file stays
+            (out / folder).rmdir()
+    kept = sorted(p.name for p in out.iterdir())
+    echo(
+        f"{out}: removed the {len(present)} files of {earlier} (--replace)"
+        + (f"; kept {', '.join(kept)}, which is never released" if kept else "")
+    )
 
 
 def _reusable_delta(path: Path, recipe: Any, base: LoadedBase) -> WeightDelta | None:
@@ -151,26 +204,39 @@ def run_build(
     *,
     options: RunOptions = DEFAULT_OPTIONS,
     echo: Callable[[str], Any] = print,
+    replace: bool = False,
 ) -> BuildSummary | None:
     """Build the release of ``recipe`` into ``out``; see the module docstring.
+
+    ``replace``: remove the files of another recipe's release in ``out`` first (exactly those
+    its history recorded); without it such a folder is refused.
 
     The processes of ``options.group`` share the localization sweep; only the main one holds
     the folder's lock, goes on to the later stages and returns a summary, the others return
     None.
 
     Raises:
-        FolderLockedError: another build is writing into ``out``.
+        FolderLockedError: another command is writing into ``out``.
+        ExportError: ``out`` holds a symbolic link, another recipe's release (without
+            ``replace``), or files no build recorded.
         ResourceError: the disk filled up, a file could not be written, or memory ran out.
         LocopackError: any other failure of a stage, in its own words.
     """
     group = options.processes()
-    options = replace(options, progress=options.progress and group.is_main, group=group)
+    options = dataclasses.replace(options, progress=options.progress and group.is_main, group=group)
     summary = BuildSummary(out)
     log = _StageLog(summary, echo)
     with resource_errors(out, lambda: log.current), build_lock(out, group) as killed:
+        refused = None
         if group.is_main:
-            _tidy(out, recipe, killed, echo)
-        barrier(group)  # nothing is written before the main process has tidied up
+            try:
+                _tidy(out, recipe, killed, echo, replace)
+            except ExportError as err:
+                refused = str(err)
+        # nothing is written before the main process has tidied up; all stop if it refused
+        refused = gather(group, refused)[0]
+        if refused:
+            raise ExportError(refused)
         return _build(recipe, out, options, summary, log)
 
 

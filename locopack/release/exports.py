@@ -12,6 +12,7 @@ from ..errors import ExportError
 from ..export.formats import ExportChoice
 from .base import LoadedBase
 from .layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
+from .lock import build_lock, check_free
 
 
 def export_delta(
@@ -75,12 +76,17 @@ def run_export(
     location is resolved against the delta's folder) unless ``model`` names another folder or
     Hub id; it must be the model the delta was made for (its fingerprint), unless ``force``.
     A format the delta's family cannot have is refused before the base is loaded.
-    It is loaded and checked before anything is written.
+    It is loaded and checked before anything is written; the writing holds ``out``'s lock
+    (:mod:`.lock`), as a build does.
+
+    Raises:
+        FolderLockedError: another command is writing into ``out``.
     """
     from ..delta import WeightDelta
     from ..fingerprint import check_base_model
     from ..models import load_pipeline
 
+    check_free(out)  # before the base is loaded; the lock is taken to write
     delta = WeightDelta.load(delta_path)
     choice.check(_delta_family(delta))
     base = None
@@ -99,7 +105,8 @@ def run_export(
         )
         check_base_model(pipe, family, prov, delta_path, force)
         base = LoadedBase(pipe, family, source, revision)
-    return export_delta(delta, out, choice, base)
+    with build_lock(out, command="export"):
+        return export_delta(delta, out, choice, base)
 
 
 def _delta_family(delta: Any) -> Any:

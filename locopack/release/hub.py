@@ -1,6 +1,10 @@
 """Push release folders to the Hugging Face Hub and pull them back (``locopack push``,
 ``locopack.apply(pipe, "org/name@tag")``).
 
+A push uploads only a release that passes ``audit`` (without ``--reproduce``): a file edited
+or added after the build, or a symbolic link, stops it before anything is sent, and there is no
+override.  What goes up is then exactly the files the history records, plus the history.
+
 A push is one commit: the whole release folder goes up through ``HfApi.create_commit`` with every
 file as one operation.  ``HfApi.upload_folder`` is not used on purpose: with ``hf_xet``
 installed it streams large folders in several commits, and a half-pushed release must never be
@@ -79,8 +83,9 @@ def push(
         :class:`PushResult` with the repo URL, the commit id and the tag.
 
     Raises:
-        HubError: no recipe.yaml, authentication failure, a tag that names other files, or any
-            other Hub failure (one line; the token never appears in it).
+        HubError: no recipe.yaml, a release that fails the audit, authentication failure, a
+            tag that names other files, or any other Hub failure (one line; the token never
+            appears in it).
         RecipeError: the folder's recipe.yaml is invalid.
     """
     from huggingface_hub import HfApi
@@ -89,6 +94,7 @@ def push(
     folder = Path(folder)
     default_tag, title, body = _describe_release(folder, message)
     parse_ref(repo)
+    _check_audit(folder)
     files = release_files(folder)
     check_folder(folder, files)  # nothing secret goes up, whoever wrote the files
     tag = _check_tag(tag or default_tag)
@@ -129,6 +135,19 @@ def push(
             "that commit"
         ) from None
     return PushResult(url, commit, tag)
+
+
+def _check_audit(folder: Path) -> None:
+    """Refuse a release that fails the audit, before anything is sent."""
+    from .audit import audit_folder
+
+    report = audit_folder(folder)
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        raise HubError(
+            f"{folder}: not pushed, the release fails its audit ({failed.name}: {failed.detail});"
+            " run `locopack audit` on it, then rebuild it or undo the change"
+        )
 
 
 def _check_tag(tag: str) -> str:

@@ -7,6 +7,14 @@ before/after evidence, the model card and the hash-chained history.  The card, t
 the Hub push and the audit all take the files of a release from :func:`release_files`, so
 they can never disagree about what was released.
 
+A release folder holds regular files and folders only.  A symbolic link in it could point
+anywhere (a secret beside the folder, a folder elsewhere that a build would write into), so
+:func:`release_files` never lists one nor looks inside a linked folder, :func:`refuse_links`
+stops every command that writes into the folder, and the audit fails on one.  The folder
+itself may be a link the user named: only what lies inside it is checked.  The one exception
+is a snapshot of the Hub client's cache, whose files are its links into its own blob store
+(``snapshot=True``; only the audit of a downloaded release reads one).
+
 The names themselves are defined in :mod:`locopack.filenames` (the core packages write some
 of these files) and re-exported here; the release side imports every name from this module.
 """
@@ -15,9 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExportError
 from ..filenames import (
     ADAPTER_FILE,
     CACHE_DIR,
@@ -40,26 +50,8 @@ from ..filenames import (
 )
 from ..hub_ref import is_hub_id
 
-#: what a build writes, besides the recipe copy and the cache (whose entries are keyed by recipe)
-BUILD_OUTPUTS = (
-    LOCALIZATION_FILE,
-    LOCALIZATION_PLOT,
-    DELTA_FILE,
-    EDIT_FILE,
-    ADAPTER_FILE,
-    MANIFEST_FILE,
-    KOHYA_FILE,
-    MERGED_DIR,
-    ONNX_DIR,
-    EVIDENCE_DIR,
-    EVIDENCE_FILE,
-    CARD_FILE,
-    HISTORY_FILE,
-)
-
 __all__ = [
     "ADAPTER_FILE",
-    "BUILD_OUTPUTS",
     "CACHE_DIR",
     "CARD_FILE",
     "DELTA_FILE",
@@ -79,8 +71,10 @@ __all__ = [
     "RECIPE_FILE",
     "hashed_files",
     "is_local_only",
+    "links",
     "locate",
     "recorded_base",
+    "refuse_links",
     "relative_location",
     "release_files",
     "sha256_file",
@@ -94,26 +88,63 @@ def is_local_only(relative: Path) -> bool:
     return not parts or parts[0] == CACHE_DIR or any(p.startswith(".") for p in parts)
 
 
-def release_files(folder: Path) -> list[str]:
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every path under ``folder``, never looking inside a linked folder."""
+    for root, dirs, files in os.walk(folder):  # os.walk lists a linked folder, never enters it
+        for name in dirs + files:
+            yield Path(root, name)
+
+
+def release_files(folder: Path, *, snapshot: bool = False) -> list[str]:
     """Every file of the release in ``folder``: posix paths relative to it, sorted.
 
     This is what a push uploads, what the history hashes (less the history files themselves),
-    what the card lists (less the card and the history) and what the audit expects.
+    what the card lists (less the card and the history) and what the audit expects.  Regular
+    files only: links are never part of a release (see the module docstring), unless
+    ``snapshot`` says ``folder`` is a snapshot of the Hub client's cache.
     """
     found = []
-    for path in folder.rglob("*"):
+    for path in _walk(folder):
         relative = path.relative_to(folder)
-        if not is_local_only(relative) and path.is_file():
+        regular = path.is_file() and (snapshot or not path.is_symlink())
+        if regular and not is_local_only(relative):
             found.append(relative)
     return [path.as_posix() for path in sorted(found)]
 
 
-def hashed_files(folder: Path) -> dict[str, str]:
+def links(folder: Path) -> dict[str, str]:
+    """{relative posix path: where it points} of every symbolic link inside ``folder``,
+    whether or not it belongs to the release (the ``cache/`` too)."""
+    return {
+        path.relative_to(folder).as_posix(): os.readlink(path)
+        for path in sorted(_walk(folder))
+        if path.is_symlink()
+    }
+
+
+def refuse_links(folder: Path) -> None:
+    """Raise when ``folder`` holds a symbolic link (nothing may be written into it then).
+
+    Raises:
+        ExportError: naming the links and their targets.
+    """
+    found = links(folder) if folder.is_dir() else {}
+    if found:
+        shown = ", ".join(f"{name} -> {target}" for name, target in list(found.items())[:5])
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        raise ExportError(
+            f"{folder}: holds symbolic links ({shown}{more}); a release folder holds regular "
+            "files and folders only, and locopack never writes through a link: replace each "
+            "with the file or folder itself, or remove it"
+        )
+
+
+def hashed_files(folder: Path, *, snapshot: bool = False) -> dict[str, str]:
     """{relative path: sha256} of the release's files except the history files, which record
-    these hashes and so cannot contain their own."""
+    these hashes and so cannot contain their own (``snapshot``: see :func:`release_files`)."""
     return {
         name: sha256_file(folder / name)
-        for name in release_files(folder)
+        for name in release_files(folder, snapshot=snapshot)
         if Path(name).name != HISTORY_FILE
     }
 

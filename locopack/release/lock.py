@@ -1,16 +1,22 @@
 """One writer per output folder: the build lock.
 
-A build holds an OS file lock (``filelock``: ``flock`` on Unix, ``LockFileEx`` on Windows) on
-``cache/.build.lock`` in its output folder for as long as it runs.  The operating system
-drops the lock when the process ends, however it ends, so a lock left by a killed build is
-simply taken over by the next one; there is nothing to break by hand.  Beside the lock, the
-holder writes its pid, host and start time to ``cache/.build-holder``, which a second build
-reads to say who holds the folder.  Both lie in the folder that never leaves the machine
-(see :func:`~locopack.release.layout.is_local_only`), so they never become part of the
-release; the lock file stays there after the build, as ``flock`` needs.
+Every command that writes into an output folder holds it: ``build``, ``localize``, ``edit``,
+``neurons``, ``export`` and ``card``.  A command holds an OS file lock (``filelock``: ``flock``
+on Unix, ``LockFileEx`` on Windows) on ``cache/.build.lock`` in its output folder for as long
+as it runs.  The operating system drops the lock when the process ends, however it ends, so a
+lock left by a killed build is simply taken over by the next one; there is nothing to break by
+hand.  Beside the lock, the holder writes its command, pid, host and start time to
+``cache/.build-holder``, which a second command reads to say who holds the folder.  Both lie in
+the folder that never leaves the machine (see
+:func:`~locopack.release.layout.is_local_only`), so they never become part of the release; the
+lock file stays there after the build, as ``flock`` needs.
 
 Under ``accelerate launch`` the processes of one build share the folder: only the main
 process takes the lock, and it tells the others whether it got it (see :func:`build_lock`).
+
+Before it takes the lock, a command refuses a folder that holds a symbolic link, and while it
+holds the lock no write under the folder goes through one
+(:func:`~locopack.release.layout.refuse_links`, :func:`~locopack.storage.confined`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from filelock import FileLock, Timeout
 from ..distributed import ProcessGroup, gather
 from ..errors import FolderLockedError
 from ..filenames import CACHE_DIR
+from ..storage import confined
+from .layout import refuse_links
 
 LOCK_FILE = f"{CACHE_DIR}/.build.lock"
 #: who holds the lock: pid, host and start time of the build (JSON)
@@ -46,8 +54,11 @@ def _holder(folder: Path) -> dict[str, Any]:
 
 def _describe(holder: dict[str, Any]) -> str:
     if not holder:
-        return "a build that has not yet said which process it is"
-    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+        return "a command that has not yet said which process it is"
+    return (
+        f"locopack {holder.get('command', 'build')}, pid {holder.get('pid')} on "
+        f"{holder.get('host')}, started {holder.get('started')}"
+    )
 
 
 def _take(folder: Path) -> tuple[FileLock | None, str | None]:
@@ -57,8 +68,8 @@ def _take(folder: Path) -> tuple[FileLock | None, str | None]:
         lock.acquire(timeout=0)
     except Timeout:
         return None, (
-            f"{folder}: another build is writing into this folder ({_describe(_holder(folder))});"
-            " wait for it to finish, or build into another --out"
+            f"{folder}: another command is writing into this folder "
+            f"({_describe(_holder(folder))}); wait for it to finish, or write into another --out"
         )
     return lock, None
 
@@ -79,21 +90,26 @@ def check_free(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def build_lock(folder: Path, group: ProcessGroup | None = None) -> Iterator[dict[str, Any]]:
-    """Hold ``folder``'s build lock for the block.
+def build_lock(
+    folder: Path, group: ProcessGroup | None = None, *, command: str = "build"
+) -> Iterator[dict[str, Any]]:
+    """Hold ``folder``'s build lock for the block, as the locopack ``command`` named.
 
     The main process of ``group`` takes the lock and records itself as the holder; every
     process of the group then learns the outcome, so all of them fail together when another
-    build holds the folder.
+    command holds the folder.  No write under ``folder`` goes through a link meanwhile.
 
     Yields:
         What the previous holder recorded when its build ended without releasing the lock
         (it was killed), else ``{}``.
 
     Raises:
-        FolderLockedError: another build holds the lock; the message names its pid and start.
+        FolderLockedError: another command holds the lock; the message names it, its pid and
+            start.
+        ExportError: ``folder`` holds a symbolic link (every process sees it: nothing shared).
     """
     group = group or ProcessGroup()
+    refuse_links(folder)  # before the lock file: a linked cache/ would put it elsewhere
     (folder / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
     lock, refused = _take(folder) if group.is_main else (None, None)
     refused = gather(group, refused)[0]
@@ -103,14 +119,15 @@ def build_lock(folder: Path, group: ProcessGroup | None = None) -> Iterator[dict
         killed = _holder(folder) if lock is not None else {}
         if lock is not None:
             me = {
+                "command": command,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             }
-            # one short write, read only by a build refused the lock; the module stays free of
-            # torch (storage.py), so that a refused build fails before any heavy import
+            # one short write, read only by a command refused the lock
             (folder / HOLDER_FILE).write_text(json.dumps(me) + "\n", encoding="utf-8")
-        yield killed
+        with confined(folder):
+            yield killed
     finally:
         if lock is not None:
             with contextlib.suppress(OSError):  # no stale holder once the lock is free
