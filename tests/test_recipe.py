@@ -289,7 +289,8 @@ def test_check_against_model_accepts_paths_and_indices():
     recipe = _with_layers(f"[2, {SITES[0]}]", window=3)
     check_against_model(recipe, len(SITES), SITES)
     assert resolve_layers(recipe, SITES) == [SITES[2], SITES[0]]
-    assert resolve_layers(_with_layers(f"[0, {SITES[0]}]"), SITES) == [SITES[0]]
+    with pytest.raises(RecipeError, match=r"localize\.layers\[1\]: expected each site once"):
+        resolve_layers(_with_layers(f"[0, {SITES[0]}]"), SITES)  # one site, by index and path
     assert resolve_layers(parse_recipe(MINIMAL), SITES) is None
 
 
