@@ -244,7 +244,9 @@ Edit = Annotated[EraseEdit | UpdateEdit, Field(discriminator="kind")]
 
 
 class LocalizeSettings(_Strict):
-    """LocoGen sweep settings; explicit ``layers`` skip the sweep."""
+    """LocoGen sweep settings; explicit ``layers`` skip the sweep.  ``select``: ``score`` edits
+    LocoGen's best window; ``editable`` checks that window's edit against the edits'
+    efficacy requirements and widens it until they hold (:mod:`locopack.localize.editable`)."""
 
     window: int = Field(1, ge=1)
     prompts_per_edit: int = Field(4, ge=1)
@@ -253,6 +255,7 @@ class LocalizeSettings(_Strict):
     seeds: list[Seed] = Field([0], min_length=1)
     scorer: ModelRef = "openai/clip-vit-large-patch14"
     mode: Literal["fast", "full"] = "fast"
+    select: Literal["score", "editable"] = "score"
     resolution: int | None = Field(None, ge=8, multiple_of=8)
     layers: list[Annotated[Any, AfterValidator(_layer_ref)]] | None = Field(None, min_length=1)
 

@@ -3,7 +3,8 @@
 One point per window (its mean over probes and seeds) with its spread (± one standard
 deviation), the window's sites named on the x axis, the baseline (no site altered), all-sites
 (and, for joint-attention transformers, pooled-only) reference lines, and the chosen window
-marked in red.  Points rather than bars: the scores are CLIP scores far from zero, and a bar
+marked in red; with ``select: editable`` the windows whose sites are edited are shaded.
+Points rather than bars: the scores are CLIP scores far from zero, and a bar
 axis that starts at the lowest score gives that window no height at all.
 
 Figures are drawn on matplotlib's object API with the Agg canvas: no pyplot, no global state,
@@ -100,6 +101,7 @@ def localization_png(result: Any, width: float = 8.0, height: float = 4.2) -> by
         lines.append((result.pooled_only, "#c87800", "pooled only"))
     for cand, colour, name in lines:
         axes.axhline(cand.mean, color=colour, linestyle="--", linewidth=1.2, label=name)
+    _mark_selected(axes, result)
     every = len(candidates) <= EVERY_SITE_UP_TO
     axes.set_xticks(
         xs,
@@ -113,8 +115,13 @@ def localization_png(result: Any, width: float = 8.0, height: float = 4.2) -> by
     )
     axes.set_ylabel("CLIP score (100·cos), mean ± std")
     finalists = "finalists blue, " if result.mode == "fast" else ""
+    edited = (
+        f"; edited: {len(result.selected)} of {len(result.site_paths)} sites, shaded"
+        if result.selected
+        else ""
+    )
     axes.set_title(
-        f"LocoGen: {len(candidates)} windows ({result.mode} mode; {finalists}chosen red)",
+        f"LocoGen: {len(candidates)} windows ({result.mode} mode; {finalists}chosen red){edited}",
         fontsize=10,
     )
     axes.grid(axis="y", alpha=0.3)
@@ -122,3 +129,15 @@ def localization_png(result: Any, width: float = 8.0, height: float = 4.2) -> by
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _mark_selected(axes: Any, result: Any) -> None:
+    """Shade the windows that ``select: editable`` edits (every site of them selected), and
+    say in the legend how many sets its trail tried."""
+    if not result.selected:
+        return
+    selected = set(result.selected)
+    inside = [i for i, c in enumerate(result.candidates) if set(c.window) <= selected]
+    for n, x in enumerate(inside):
+        label = f"edited (editable; {len(result.trail or [])} sets tried)" if n == 0 else None
+        axes.axvspan(x - 0.5, x + 0.5, color="#f0a030", alpha=0.25, linewidth=0, label=label)

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import RecipeError
 from ..filenames import LOCALIZATION_FILE, LOCALIZATION_PLOT
 from ..storage import atomic_write_bytes, atomic_write_text
+from .editable import TrailStep
 
 FORMAT = "locopack.localization/1"
 
@@ -76,6 +77,11 @@ class LocalizationResult:
     ``screening`` keeps every window's screening scores and ``rounds`` every round of the
     race (fast mode).  The reference lines are scored at ``reference_rung`` (cheap settings
     unless full ones were asked for).
+
+    With ``select: editable`` (:mod:`.editable`), ``trail`` holds every set of sites tried
+    and what its edit's check measured, ``check`` how the checks were drawn and judged, and
+    ``selected`` the sites kept, which :attr:`layers` then returns.  Files written before
+    these fields existed load with ``select: score``.
     """
 
     candidates: list[Candidate]
@@ -95,11 +101,15 @@ class LocalizationResult:
     pooled_only: Candidate | None = None
     timings: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    select: str = "score"
+    trail: list[TrailStep] | None = None
+    check: dict[str, Any] | None = None
+    selected: list[str] | None = None
 
     @property
     def layers(self) -> list[str]:
-        """Module paths of the chosen window's sites."""
-        return self.candidates[self.chosen].window
+        """Module paths of the sites to edit: the selected ones, else the chosen window's."""
+        return self.selected or self.candidates[self.chosen].window
 
     def cache_counts(self) -> tuple[int, int]:
         """How many of the scored entries (windows per round, reference lines) came from the
@@ -148,6 +158,8 @@ class LocalizationResult:
                 data["screening"] = [Candidate(**c) for c in data["screening"]]
             if data.get("rounds") is not None:
                 data["rounds"] = [Round.from_dict(r) for r in data["rounds"]]
+            if data.get("trail") is not None:
+                data["trail"] = [TrailStep.from_dict(t) for t in data["trail"]]
             chosen = data.get("chosen")
             if type(chosen) is not int or not 0 <= chosen < len(data["candidates"]):
                 raise ValueError(

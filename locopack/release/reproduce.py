@@ -5,7 +5,9 @@ Two depths, and the report always says which one ran:
 - ``full`` (the default): LocoGen runs again, with the recipe's settings and the mode the
   release recorded, on the recorded base and scorer; every window score must match the
   release's ``localization.json`` within :data:`SCORE_TOLERANCE` and the same window must be
-  chosen.  Then LocoEdit runs at that window and the delta must match.  This verifies the layer
+  chosen; a release made with ``localize.select: editable`` repeats its whole trail of checks
+  (the same sets tried, the same outcomes, each measurement within the tolerance).  Then
+  LocoEdit runs at that window and the delta must match.  This verifies the layer
   choice as well as the edit.  A recipe that names its layers explicitly has no sweep to
   repeat, and the report says so.
 - ``quick``: only LocoEdit runs again, at the window the release recorded.
@@ -112,11 +114,22 @@ def _relocalize(recipe: Any, base: Any, folder: Path, scorer_source: str | None)
         ),
         default=0.0,
     )
+    trail = ""
+    if recorded.select == "editable":  # the whole trail of checks, from the same window
+        from .select_sites import select_sites, trail_matches
+
+        again = select_sites(base.pipe, base.family, recipe, again, scorer)
+        same_trail, off = trail_matches(recorded, again, SCORE_TOLERANCE)
+        worst = max(worst, off)
+        matches = "matches" if same_trail else "differs"
+        trail = f"; the editable trail ({len(again.trail)} sets) {matches}"
+    else:
+        same_trail = True
     same_window = again.layers == recorded.layers
-    ok = same_window and worst <= SCORE_TOLERANCE
+    ok = same_window and same_trail and worst <= SCORE_TOLERANCE
     detail = (
         f"LocoGen ({recorded.mode} mode) chose {'the same' if same_window else 'another'} window "
-        f"({', '.join(again.layers)}); largest score difference {worst:.1e} "
+        f"({', '.join(again.layers)}){trail}; largest score difference {worst:.1e} "
         f"(tolerance {SCORE_TOLERANCE:.0e})"
     )
     return ("reproduce localization", ok, detail), again.layers

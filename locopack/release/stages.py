@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,11 +174,49 @@ def layers_or_localize(
     localization: Path | None = None,
     options: RunOptions = DEFAULT_OPTIONS,
 ) -> list[str]:
-    """The sites to edit (see :func:`choose_layers`), running LocoGen when none is given."""
+    """The sites to edit (see :func:`choose_layers`), running LocoGen when none is given, and
+    with ``localize.select: editable`` the checks that widen its window
+    (:mod:`.select_sites`)."""
     chosen = choose_layers(recipe, base.site_paths, layers, localization, base.fingerprint)
     if chosen is None:
-        chosen = run_localize(recipe, out, base=base, options=options).layers
+        scorer = scorer_for(recipe, base.pipe.device)
+        result = run_localize(recipe, out, base=base, options=options, scorer=scorer)
+        if recipe.localize.select == "editable":
+            result = select_editable(recipe, base, out, result, scorer, options)
+        chosen = result.layers
     return chosen
+
+
+def select_editable(recipe, base, out, result, scorer, options=DEFAULT_OPTIONS):
+    """Check LocoGen's window against the efficacy requirements and widen it until they hold;
+    rewrites ``localization.json``/``.png`` with the trail and prints each part's seconds."""
+    from ..distributed import barrier
+    from ..localize import CandidateCache
+    from ..localize.editable import trail_summary
+    from .layout import CACHE_DIR
+    from .select_sites import select_sites
+
+    group = options.processes()
+    result = select_sites(
+        base.pipe,
+        base.family,
+        recipe,
+        result,
+        scorer,
+        cache=CandidateCache(out / CACHE_DIR),
+        fingerprint=base.fingerprint,
+    )
+    if group.is_main:
+        result.save(out)
+    barrier(group)
+    if options.progress:
+        parts = {"sweep": result.timings.get("total", 0.0)}
+        parts |= {k.split(": ")[1]: v for k, v in result.timings.items() if ": " in k}
+        total = sum(parts.values()) or 1.0
+        shares = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in parts.items())
+        summary = trail_summary(result.trail, result.layers, len(result.site_paths))
+        print(f"localize (select: editable): {summary}; {shares}", file=sys.stderr)
+    return result
 
 
 def run_neurons(
