@@ -172,7 +172,7 @@ def _limited_build(recipe: Path, out: Path, limit: int, size: int) -> subprocess
     return subprocess.run(
         [*command, "--out", str(out)],
         preexec_fn=limited,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")},
         capture_output=True,
         text=True,
         timeout=600,
@@ -242,3 +242,26 @@ def test_a_resolution_the_vae_and_patches_cannot_draw_is_refused(twin, tmp_path)
         assert f"localize.resolution: {expected}, found {size}" in line
     recipe = _recipe(tmp_path, base, twin / "scorer", **{"  mode: fast": "  resolution: 32"})
     assert _invoke("validate", str(recipe)).exit_code == 0
+
+
+@pytest.mark.slow
+def test_a_memory_limit_is_one_line_naming_the_stage(twin, tmp_path):
+    import resource
+
+    # under an address-space limit the failure takes many forms: MemoryError, a shared library
+    # that cannot be mapped, torch's allocator, oneDNN's "could not create a primitive"; at
+    # 1.0 GiB it came while loading, at 1.2 GiB in the evidence (1.4 GiB was enough).  Lower,
+    # or with OMP_NUM_THREADS=1, OpenBLAS may give up inside a BLAS call and end the process
+    # itself ("Memory allocation still failed after 10 retries"): nothing in Python can catch it
+    recipe = _recipe(tmp_path, twin, twin / "scorer", **{"  mode: fast": "  layers: [0, 1]"})
+    failed = 0
+    for gib in (1.0, 1.2):
+        out = tmp_path / f"out-{gib}"
+        process = _limited_build(recipe, out, resource.RLIMIT_AS, int(gib * 2**30))
+        if process.returncode == 0:
+            continue
+        line = _one_line_of(process)
+        assert line.startswith("error: out of memory in "), line
+        assert "raise the memory limit (ulimit -v)" in line
+        failed += 1
+    assert failed, "no limit was low enough to make the build fail"

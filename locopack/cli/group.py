@@ -21,6 +21,7 @@ from ..control_chars import strip_controls
 from ..detectors import ALLOW_CODE_ENV
 from ..errors import LocopackError
 from ..recipe_files import PROMPT_DIRS_ENV
+from ..release.resources import as_user_error
 
 # Library chatter (e.g. transformers noting that torchvision is absent) is not for our users.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -81,9 +82,7 @@ class LocopackGroup(click.Group):
             return super().invoke(ctx)
         except LocopackError as err:
             raise UserError(str(err)) from None
-        except Exception as err:
-            from ..release.resources import as_user_error
-
+        except Exception as err:  # as_user_error is imported beforehand: memory may be short
             translated = as_user_error(err, ctx.invoked_subcommand or "")
             if translated is None:
                 raise

@@ -27,9 +27,10 @@ from ..hub_ref import hub_unreachable
 _RERUN = "then rerun the same command: the finished stages are kept"
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 _NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
-#: what allocation failures say when they arrive as text (torch, dlopen under a memory limit)
+#: what allocation failures say when they arrive as text: torch, dlopen and oneDNN (whose
+#: convolutions report a failed allocation as a primitive it could not create) under a limit
 _NO_MEMORY = ("can't allocate memory", "cannot allocate memory", "out of memory", "bad_alloc")
-_NO_MEMORY += ("failed to map segment",)
+_NO_MEMORY += ("failed to map segment", "could not create a primitive")
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:
