@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from locopack.errors import LocopackError, RecipeError, SecretError
+from locopack.errors import LocopackError, ModelLayoutError, RecipeError, SecretError
 from locopack.filenames import ADAPTER_FILE, MERGED_DIR, NEURON_FILE, PIPELINE_INDEX
 from locopack.hub_ref import is_hub_id
 from locopack.prompt_samples import names, neighbours, normalized, sampled_unrelated
@@ -60,10 +60,10 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
     base = _reference(recipe, ("base", "model"), "pipeline", at, offline, problems)
     _reference(recipe, ("localize", "scorer"), "scorer", at, offline, problems)
     if base is not None:
-        problems += _site_problems(recipe, base, at)
+        problems += _site_problems(recipe, base, at) + _variant_problems(recipe, base, at)
         problems += _sampling_problems(recipe, base, at)
     problems += _prompt_problems(recipe, at)
-    problems += _sample_problems(recipe)
+    problems += _sample_problems(recipe, at)
     problems += _detector_problems(recipe, at)
     problems += _requirement_problems(recipe, at)
     if problems:
@@ -184,7 +184,43 @@ def _site_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
     except (LocopackError, OSError, ValueError) as err:
         return [at(("base", "model"), f"expected a model of a supported family: {err}")]
     sites = [s.path for s in family.sites(denoiser)]
-    return model_problems(recipe, len(sites), sites)
+    problems = model_problems(recipe, len(sites), sites)
+    length = recipe.base.max_sequence_length
+    try:  # as the build sets the family up (release.base.recipe_family)
+        if length is not None:
+            family.with_t5_length(length)
+    except ModelLayoutError as err:
+        text = f"expected a T5 length this model takes, found {length}: {err}"
+        problems.append(at(("base", "max_sequence_length"), text))
+    return problems
+
+
+def _variant_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
+    """``base.variant`` names weights the local pipeline folder ``model`` holds, as diffusers
+    picks them: every component folder with a file whose second dot-part starts with the
+    variant must hold its weights under that exact name, and at least one does."""
+    variant, folder = recipe.base.variant, Path(model)
+    if variant is None or not folder.is_dir():
+        return []
+    try:
+        index = json.loads(read_regular(folder / PIPELINE_INDEX, MAX_CONFIG_BYTES, PIPELINE_INDEX))
+        parts = [folder / name for name in index if (folder / name).is_dir()]
+        names = {part.name: [p.name for p in part.iterdir()] for part in parts}
+    except (RecipeError, OSError, ValueError, TypeError, AttributeError):
+        return []  # the folder's problem is reported by the site checks
+    exact = re.compile(
+        rf"[^.]+\.{re.escape(variant)}(-\d{{5}}-of-\d{{5}})?\.(safetensors|bin)"
+        rf"|[^.]+\.(safetensors|bin)\.index\.{re.escape(variant)}\.json"
+    )
+    claimed = [
+        k for k, v in names.items() if any(f"{n}.".split(".")[1].startswith(variant) for n in v)
+    ]
+    broken = [k for k in claimed if not any(exact.fullmatch(n) for n in names[k])]
+    if claimed and not broken:
+        return []
+    where = f"{', '.join(broken)} without them" if broken else "no component with them"
+    text = f"expected a variant whose weights (<name>.{variant}.safetensors) the model holds"
+    return [at(("base", "variant"), f"{text}, found {show(variant)}: {where}")]
 
 
 def _sampling_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
@@ -238,25 +274,35 @@ def _prompt_problems(recipe: Recipe, at: Callable) -> list[str]:
     return list(dict.fromkeys(problems))
 
 
-def _sample_problems(recipe: Recipe) -> list[str]:
+_SAMPLES = ("edit.neighbours", "evidence.sample_unrelated")
+
+
+def _sample_problems(recipe: Recipe, at: Callable) -> list[str]:
     """``edit.neighbours`` and ``evidence.sample_unrelated`` can draw their prompts, and
     neither they nor the recipe's text hold a secret of this machine (a release is public)."""
     from locopack.secret_scan import check_texts
 
     problems, texts = [], {recipe.source: recipe.source_text}
-    for field, draw in (
-        ("edit.neighbours", neighbours),
-        ("evidence.sample_unrelated", sampled_unrelated),
-    ):
+    for field, draw in zip(_SAMPLES, (neighbours, sampled_unrelated), strict=True):
         try:
             texts[f"{recipe.source}: {field}"] = "\n".join(draw(recipe))
         except RecipeError as err:
-            problems.append(str(err))
+            problems.append(_with_line(str(err), recipe.source, at))
     try:
         check_texts(texts)
     except SecretError as err:
-        problems.append(str(err))
+        problems.append(_with_line(str(err), recipe.source, at))
     return problems
+
+
+def _with_line(message: str, source: str, at: Callable) -> str:
+    """``message`` (``<file>: <field>[.count]: <text>``, from drawing prompts) placed at its
+    line: at ``count``, or at the field's ``source`` (the file it reads); others unchanged."""
+    for field in _SAMPLES:
+        key, colon, text = message.removeprefix(f"{source}: {field}").partition(": ")
+        if message.startswith(f"{source}: {field}") and colon and key in ("", ".count"):
+            return at((*field.split("."), key.lstrip(".") or "source"), text)
+    return message
 
 
 def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:

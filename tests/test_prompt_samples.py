@@ -92,7 +92,7 @@ def test_a_prompt_file_beside_the_recipe_is_read_without_comments(tmp_path):
         (
             "{count: 2, source: nowhere.txt}",
             "null",
-            "edit.neighbours: expected 'toy' or 'toy-deep' or a readable",
+            "edit.neighbours.source: expected 'toy' or 'toy-deep' or a readable",
         ),
         ("{count: 60, source: toy}", "null", "edit.neighbours.count: expected at most 51"),
         (

@@ -249,7 +249,7 @@ def test_a_recipe_or_prompt_file_holding_the_hub_token_is_refused(tmp_path, monk
     (tmp_path / "prompts.txt").write_text(f"a red square {FAKE_TOKEN}\n")
     path = write(tmp_path, neighbours_from("prompts.txt"))
     code, out, err = run_cli("validate", "--offline", str(path))
-    assert_reported(code, out, err, ["edit.neighbours: holds", "HF_TOKEN"])
+    assert_reported(code, out, err, ["edit.neighbours.source: holds", "HF_TOKEN"])
     assert FAKE_TOKEN not in out + err
 
 

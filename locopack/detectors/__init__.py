@@ -118,9 +118,24 @@ def plugin_problem(name: str) -> str | None:
     function = functions.get(attribute)
     if function is None:
         return f"expected a function {attribute!r} defined at the top of {module_name!r}"
+    if any(attribute in _bound_names(node) for node in tree.body[tree.body.index(function) + 1 :]):
+        return f"expected {attribute!r} to stay a function, found it bound again after its def"
     if len(function.args.posonlyargs + function.args.args) < 2:
         return f"expected {attribute}(images, prompts, **options), found a function of fewer"
     return None
+
+
+def _bound_names(statement: ast.stmt) -> set[str]:
+    """The names a top-level statement other than a ``def`` binds (assignments, imports,
+    classes)."""
+    if isinstance(statement, ast.Import | ast.ImportFrom):
+        return {(a.asname or a.name).split(".")[0] for a in statement.names}
+    if isinstance(statement, ast.ClassDef):
+        return {statement.name}
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+        return set()
+    stored = (n for n in ast.walk(statement) if isinstance(n, ast.Name))
+    return {n.id for n in stored if isinstance(n.ctx, ast.Store | ast.Del)}
 
 
 def _find_without_import(module_name: str) -> importlib.machinery.ModuleSpec | None:
@@ -203,6 +218,9 @@ def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any 
     except ImportError as err:
         extra = f"; install it with pip install 'locopack[{name}]'" if name == "nudenet" else ""
         raise RecipeError(f"{where}: cannot import {module_name} ({err}){extra}") from None
+    except (Exception, SystemExit) as err:  # the module's own code failed as it was imported
+        found = f"{module_name} raising {type(err).__name__}: {err}"
+        raise RecipeError(f"{where}: expected a module that imports, found {found}") from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise RecipeError(f"{where}: {module_name} has no callable {attribute!r}")

@@ -92,7 +92,7 @@ def _check_components(folder: Path, index: dict[str, Any]) -> None:
             continue
         kind = str(entry[-1])
         wanted = next((f for part, f in _COMPONENT_FILES.items() if part in kind), ("config.json",))
-        if not any((folder / name / file).is_file() for file in wanted):
+        if not any(os.path.lexists(folder / name / file) for file in wanted):  # read later
             raise ModelLayoutError(
                 f"{folder / name}: {PIPELINE_INDEX} lists the {name} component ({kind}), but "
                 f"{name}/{' or '.join(wanted)} is missing; restore that folder as "
