@@ -327,7 +327,7 @@ def audit(
     folder = Path(release)
     snapshot = not folder.exists()  # a download: the Hub client's links into its cache
     if snapshot:
-        from ..release.hub import resolve_release
+        from ..release.pull import resolve_release
 
         if not is_hub_ref(release):
             raise click.UsageError(f"{release}: neither a folder nor a Hub ref ORG/NAME[@REV]")

@@ -1,5 +1,5 @@
-"""Push release folders to the Hugging Face Hub and pull them back (``locopack push``,
-``locopack.apply(pipe, "org/name@tag")``).
+"""Push release folders to the Hugging Face Hub (``locopack push``; pulling is :mod:`.pull`,
+and :func:`resolve_release` is re-exported here).
 
 A push uploads only a release that passes ``audit`` (without ``--reproduce``): a file edited
 or added after the build, or a symbolic link, stops it before anything is sent, and there is no
@@ -33,17 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import HubError, LocopackError
+from ..errors import HubError
 from ..hub_ref import parse_ref
 from ..secret_scan import check_folder
+from .hub_calls import with_retries
 from .layout import RECIPE_FILE, release_files
+from .pull import resolve_release
 
 T = TypeVar("T")
 
 KEEP_REMOTE = frozenset({".gitattributes"})
-BACKOFF_START = 0.5
-BACKOFF_MAX = 8.0
-_AUTH_HINT = "check HF_TOKEN or `hf auth login`"
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def push(
     api = HfApi(token=token)
 
     def call(step: str, fn: Callable[[], T]) -> T:
-        return _with_retries(fn, step, repo, retries=retries, sleep=sleep, token=token)
+        return with_retries(fn, step, repo, retries=retries, sleep=sleep, token=token)
 
     url = str(
         call("create the repo", lambda: api.create_repo(repo, private=private, exist_ok=True))
@@ -238,158 +237,4 @@ def _git_oid(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def resolve_release(
-    ref: str,
-    allow_patterns: list[str] | None = None,
-    *,
-    token: str | None = None,
-    retries: int = 3,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Path:
-    """Download (or find in the local Hub cache) the release ``ORG/NAME[@REVISION]``.
-
-    Args:
-        ref: the release; the revision is a branch, tag or commit [default: main].
-        allow_patterns: only files matching these glob patterns [default: all].
-
-    Returns:
-        The local snapshot folder.
-
-    Raises:
-        HubError: ``ref`` is malformed, names no repo or revision (or one the token cannot
-            read), or the Hub cannot be reached and no cached copy exists.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import get_token
-
-    repo, revision = parse_ref(ref)
-    secret = token or get_token()  # only to scrub it from error text
-    path = _with_retries(
-        lambda: snapshot_download(
-            repo, revision=revision, allow_patterns=allow_patterns, token=token or None
-        ),
-        "download",
-        ref,
-        retries=retries,
-        sleep=sleep,
-        token=secret,
-    )
-    return Path(path)
-
-
-def _with_retries(
-    fn: Callable[[], T],
-    step: str,
-    what: str,
-    *,
-    retries: int,
-    sleep: Callable[[float], None],
-    token: str | None,
-) -> T:
-    """``fn()``, retried on transient failures; any failure becomes a one-line HubError."""
-    delay = BACKOFF_START
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except LocopackError:
-            raise
-        except Exception as err:  # the client raises HTTP, OS, value and runtime errors
-            kind = _classify(err)
-            if kind == "transient" and attempt < retries:
-                sleep(delay)
-                delay = min(2 * delay, BACKOFF_MAX)
-                continue
-            raise _hub_error(step, what, err, kind, attempt + 1, token) from None
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _chain(err: BaseException):
-    seen: set[int] = set()
-    todo = [err]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__]
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    kinds: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for name in ("httpx2", "httpx"):
-        try:
-            lib = __import__(name)
-        except ImportError:
-            continue
-        kinds += [lib.NetworkError, lib.TimeoutException, lib.RemoteProtocolError]
-    return tuple(kinds)
-
-
-def _classify(err: BaseException) -> str:
-    """'auth', 'missing', 'transient' or 'other'."""
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    transport = _transport_errors()
-    for e in _chain(err):
-        if isinstance(e, HfHubHTTPError) and e.response is not None:
-            status = e.response.status_code
-            if isinstance(e, (RepositoryNotFoundError, RevisionNotFoundError)):
-                return "missing"
-            if status in (401, 403):
-                return "auth"
-            if isinstance(e, RemoteEntryNotFoundError) or status == 404:
-                return "missing"
-            if status >= 500 or status in (408, 429):
-                return "transient"
-            return "other"
-        if isinstance(e, transport):
-            return "transient"
-    return "other"
-
-
-def _hub_error(
-    step: str, what: str, err: BaseException, kind: str, attempts: int, token: str | None
-) -> HubError:
-    if step == "download":
-        if kind in ("missing", "auth"):
-            return HubError(
-                f"{what}: no such repo or revision on the Hub (if it is private, {_AUTH_HINT})"
-            )
-        detail = _one_line(err, token)
-        if kind == "transient":
-            return HubError(f"{what}: cannot reach the Hub after {attempts} attempts: {detail}")
-        return HubError(f"{what}: download failed: {detail}")
-    if kind == "auth":
-        return HubError(f"authentication failed for {what}: {_AUTH_HINT}")
-    detail = _one_line(err, token)
-    tries = f" after {attempts} attempts" if attempts > 1 else ""
-    nothing = (
-        "; the Hub made no commit and the local folder is unchanged" if step == "commit" else ""
-    )
-    return HubError(f"push to {what}: {step} failed{tries}: {detail}{nothing}")
-
-
-def _one_line(err: BaseException, token: str | None) -> str:
-    """The error's text on one line, at most 300 characters, with the token scrubbed."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    http = next((e for e in _chain(err) if isinstance(e, HfHubHTTPError)), None)
-    if http is not None and http.response is not None:
-        server = " ".join((http.server_message or "").split())
-        text = f"HTTP {http.response.status_code}" + (f": {server}" if server else "")
-    else:
-        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    text = _scrub(text or type(err).__name__, token)
-    return text if len(text) <= 300 else text[:299] + "…"
-
-
-def _scrub(text: str, token: str | None) -> str:
-    if token:
-        text = text.replace(token, "***")
-    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text))
+__all__ = ["KEEP_REMOTE", "PushResult", "push", "resolve_release"]

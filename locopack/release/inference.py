@@ -110,7 +110,7 @@ def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = Fa
     """
     family = detect_family(pipe)
     if not Path(source).exists():
-        from .hub import resolve_release
+        from .pull import resolve_release
 
         if is_hub_ref(source):
             wanted = [ADAPTER_FILE, NEURON_FILE, MANIFEST_FILE, RECIPE_FILE, CARD_FILE]
@@ -140,7 +140,7 @@ def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str |
         HubError: a Hub reference that cannot be found or downloaded.
     """
     from ..models.loading import model_layout
-    from .hub import resolve_release
+    from .pull import resolve_release
 
     adapter_only = (
         "a locopack release without a merged checkpoint; pass its base model as the model and "
