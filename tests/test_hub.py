@@ -634,3 +634,66 @@ def test_a_joint_attention_release_is_pushed_pulled_and_applied(standin, env, tm
     assert out["diff"] <= 1e-6 and out["edit"] > 1e-4  # the same images, and the edit is real
     audited = cli(env, "audit", ref)
     assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+COMMIT_MESSAGES = """
+import json
+from huggingface_hub import HfApi
+print(json.dumps([c.message for c in HfApi().list_repo_commits({repo!r})]))
+"""
+
+
+@pytest.mark.slow
+def test_a_release_missing_its_requirements_is_built_but_not_published(standin, env, tmp_path):
+    """Exit status 3 and a card that says what was missed; push refuses it; --allow-unmet on
+    build and push publishes it and the card, the history and the commit message say so;
+    a card edited to "meets" fails the audit."""
+    from click.testing import CliRunner
+
+    from locopack.cli import cli as locopack_cli
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "recipes" / "toy" / "erase-stripes.yaml").read_text()
+    text = text.replace("    held_out:", "    requirements: {ssim: 0.999}\n    held_out:", 1)
+    text = text.replace("localize:\n", "localize:\n  layers: [0, 1, 2, 3]\n", 1)  # its window
+    (tmp_path / "toy-world").symlink_to(root / "recipes" / "toy" / "toy-world")
+    (tmp_path / "toy-clip").symlink_to(root / "recipes" / "toy" / "toy-clip")
+    (tmp_path / "strict.yaml").write_text(text)
+    out = tmp_path / "strict"
+    args = ["--threads", "1", "build", str(tmp_path / "strict.yaml"), "--out", str(out)]
+    built = CliRunner().invoke(locopack_cli, args)
+    assert built.exit_code == 3, built.output
+    assert "does not meet its requirements (preserve SSIM (stripes): 0.9" in built.output
+    card = (out / "README.md").read_text()
+    assert "## Requirements\n\n**Does not meet its requirements**: preserve SSIM" in card
+    assert "--allow-unmet`: its publisher" not in card
+    entry = read_history(out / "history.jsonl")[-1]
+    assert entry["requirements"]["met"] is False
+    assert entry["requirements"]["allowed_unmet"] is False
+    audited = cli(env, "audit", str(out))  # an honest "not met" audits
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert "requirements: NOT met (the card says so)" in audited.stdout
+
+    refused = cli(env, "push", str(out), "--repo", "org/strict")
+    assert refused.returncode == 1 and "does not meet its requirements" in refused.stderr
+    refused = cli(env, "push", str(out), "--repo", "org/strict", "--allow-unmet")
+    assert refused.returncode == 1 and "rebuild it with --allow-unmet first" in refused.stderr
+    assert not standin._repo_dir("org/strict").exists()  # nothing was sent
+
+    allowed = CliRunner().invoke(locopack_cli, [*args, "--allow-unmet"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "evidence: reused" in allowed.output
+    assert "built with `--allow-unmet`: its publisher" in (out / "README.md").read_text()
+    assert read_history(out / "history.jsonl")[-1]["requirements"]["allowed_unmet"] is True
+    pushed = cli(env, "push", str(out), "--repo", "org/strict", "--allow-unmet")
+    assert pushed.returncode == 0, pushed.stderr
+    messages = python(env, COMMIT_MESSAGES.format(repo="org/strict"))
+    assert any("NOT met, published with --allow-unmet: preserve SSIM" in m for m in messages)
+
+    card = (out / "README.md").read_text()
+    (out / "README.md").write_text(
+        card.replace("**Does not meet its requirements**", "**Meets its requirements**")
+    )
+    audited = cli(env, "audit", str(out))
+    assert audited.returncode == 1
+    assert "FAIL  requirements: README.md states '**Meets its requirements**" in audited.stdout

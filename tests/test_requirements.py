@@ -10,7 +10,8 @@ import pytest
 from locopack.errors import RecipeError
 from locopack.recipe import load_recipe, parse_recipe
 from locopack.recipe_checks import preflight
-from locopack.release.verdict import describe, judge, verdict_line
+from locopack.release.card_verdict import verdict_line
+from locopack.release.verdict import describe, judge
 
 ROOT = Path(__file__).resolve().parent.parent
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
@@ -71,7 +72,7 @@ def test_a_missed_requirement_is_named_with_its_figures():
     assert section["unmet"] == [
         "held-out efficacy (stripes): 58% > 10%",
         "preserve prompts kept (stripes): lost 25 points > 10 points",
-        "preserve SSIM (stripes): 0.45 < 0.60",
+        "preserve SSIM (stripes): 0.450 < 0.600",
     ]
     assert verdict_line(section).startswith("**Does not meet its requirements**: held-out")
 
@@ -87,22 +88,22 @@ def test_stated_thresholds_replace_defaults_and_false_turns_one_off():
 def test_a_stated_requirement_that_cannot_be_judged_is_not_met():
     text = with_requirements(STRIPES, "{attack_success: 0.1}")
     section = judge(parse_recipe(text, str(STRIPES)), evidence(0.0, 0.0))
-    assert section["unmet"] == ["attack success (stripes): not judged, no attack was run for this edit"]
+    assert section["unmet"] == [
+        "attack success (stripes): not judged, no attack was run for this edit"
+    ]
 
 
 def test_an_update_needs_its_new_fact_shown():
     recipe = load_recipe(QUORVIA)
     bad = evidence(0.0, 0.0)
-    bad["edits"][0]["sets"]["edited"]["detectors"]["toy-deep"] = bad["edits"][0]["sets"][
-        "edited"
-    ]["detectors"].pop("toy")
+    bad["edits"][0]["sets"]["edited"]["detectors"]["toy-deep"] = bad["edits"][0]["sets"]["edited"][
+        "detectors"
+    ].pop("toy")
     for name in ("held_out", "preserve", "unrelated"):
         found = bad["edits"][0]["sets"][name]["detectors"]
         found["toy-deep"] = found.pop("toy")
     bad["edits"][0]["sets"]["edited"]["detectors"]["toy-deep"]["after"]["target"] = 0.0
-    assert judge(recipe, bad)["unmet"] == [
-        "new fact shown (the seal of quorvia): 0% < 90%"
-    ]
+    assert judge(recipe, bad)["unmet"] == ["new fact shown (the seal of quorvia): 0% < 90%"]
 
 
 def test_with_clip_alone_only_ssim_is_judged_and_the_rest_is_listed():

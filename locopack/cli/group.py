@@ -58,6 +58,16 @@ class UserError(click.ClickException):
         echo(f"error: {self.message}", err=True, file=file)
 
 
+#: the exit status of a build whose release misses its recipe's requirements
+UNMET_EXIT = 3
+
+
+class UnmetError(UserError):
+    """A release that misses its requirements: one line, exit status :data:`UNMET_EXIT`."""
+
+    exit_code = UNMET_EXIT
+
+
 @dataclass(frozen=True)
 class GlobalOptions:
     """The group's options, handed to every command through the click context."""

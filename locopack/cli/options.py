@@ -23,6 +23,16 @@ offline_option = click.option(
 )
 
 
+#: ``--allow-unmet``: publish a release that misses its recipe's requirements
+allow_unmet_option = click.option(
+    "--allow-unmet",
+    is_flag=True,
+    help="Let a release that misses its recipe's requirements be published (build: exit 0 and "
+    "the card and history say it was allowed; push: upload such a release, which must have "
+    "been built with --allow-unmet, and say so in the commit message).",
+)
+
+
 def out_dir(out: Path | None, recipe) -> Path:
     """``--out``, or ``out/<recipe name>``."""
     return out if out is not None else Path("out") / recipe.name

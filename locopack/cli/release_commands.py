@@ -14,8 +14,8 @@ import click
 
 from ..errors import LocopackError
 from ..filenames import RECIPE_FILE
-from .group import UserError, echo, global_options, quiet_libraries
-from .options import mode_option, offline_option, out_dir, run_options
+from .group import UnmetError, UserError, echo, global_options, quiet_libraries
+from .options import allow_unmet_option, mode_option, offline_option, out_dir, run_options
 
 
 @click.command("export")
@@ -176,6 +176,26 @@ def _echo_summary(summary, out: Path) -> None:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
     echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
     echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
+    verdict = summary.requirements
+    if verdict["met"]:
+        judged = sum(1 for item in verdict["items"] if item["met"] is not None)
+        echo(f"requirements: met ({judged} checks)")
+    else:
+        echo("requirements: NOT met: " + "; ".join(verdict["unmet"]))
+
+
+def _unmet(summary, out: Path, allow_unmet: bool) -> UnmetError | None:
+    """The error a build ends with when its release misses its requirements, unless allowed."""
+    if summary.requirements["met"]:
+        return None
+    if allow_unmet:
+        echo(f"warning: {out} misses its requirements; built with --allow-unmet, as its card says")
+        return None
+    return UnmetError(
+        f"{out} does not meet its requirements ({'; '.join(summary.requirements['unmet'])}); "
+        "it is built but must not be published: change the recipe, or rebuild with "
+        "--allow-unmet to publish it anyway (the card and history then say so)"
+    )
 
 
 @click.command()
@@ -212,6 +232,7 @@ def _echo_summary(summary, out: Path) -> None:
     "its history recorded, then build (without it, such a folder is refused).  A file no "
     "build recorded, or changed since, is never removed: it stops the build, named.",
 )
+@allow_unmet_option
 @offline_option
 def build(
     recipes: tuple[Path, ...],
@@ -221,9 +242,14 @@ def build(
     private: bool | None,
     tag: str | None,
     replace_release: bool,
+    allow_unmet: bool,
     offline: bool,
 ) -> None:
     """Recipe in, release out: localize, edit, export, evidence, card, history (, push).
+
+    A release that misses its recipe's requirements is built, and its card says what it
+    missed, but the command exits with status 3 and `--push` uploads nothing, unless
+    --allow-unmet.
 
     RECIPES: one recipe, several, or folders of recipes.  Rerun after a crash to continue:
     finished stages and localization windows are reused.  A folder holding another recipe's
@@ -252,24 +278,45 @@ def build(
     options = run_options(mode)
     if len(loaded) == 1:
         target = out_dir(out, loaded[0])
-        summary = run_build(loaded[0], target, options=options, echo=echo, replace=replace_release)
+        summary = run_build(
+            loaded[0],
+            target,
+            options=options,
+            echo=echo,
+            replace=replace_release,
+            allow_unmet=allow_unmet,
+        )
         if summary is not None:
             _echo_summary(summary, target)
+            unmet = _unmet(summary, target, allow_unmet)
+            if unmet:
+                raise unmet
             if push_to is not None:
-                _push_folder(target, push_to or None, private, tag=tag)
+                _push_folder(target, push_to or None, private, tag=tag, allow_unmet=allow_unmet)
         return
-    failures = []
+    failures, misses = [], []
     alone = replace(options, group=ProcessGroup())
     for recipe in options.processes().share(loaded):
         target = (out or Path("out")) / recipe.name
         try:
-            summary = run_build(recipe, target, options=alone, echo=echo, replace=replace_release)
+            summary = run_build(
+                recipe,
+                target,
+                options=alone,
+                echo=echo,
+                replace=replace_release,
+                allow_unmet=allow_unmet,
+            )
         except LocopackError as err:
             failures.append(f"{recipe.source}: {err}")
             continue
         _echo_summary(summary, target)
+        unmet = _unmet(summary, target, allow_unmet)
+        misses += [f"{recipe.source}: {unmet.message}"] if unmet else []
     if failures:
-        raise UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures))
+        raise UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures + misses))
+    if misses:
+        raise UnmetError(f"{len(misses)} release(s) miss their requirements:\n" + "\n".join(misses))
 
 
 @click.command()
@@ -362,6 +409,7 @@ def audit(
 @click.option("--branch", default=None, help="Branch to commit to [default: recipe's hub.branch].")
 @click.option("--tag", default=None, help="Tag of the commit [default: <recipe name>-<hash[:12]>].")
 @click.option("--message", default=None, help="Extra text for the commit title.")
+@allow_unmet_option
 def push(
     folder: Path,
     repo: str | None,
@@ -369,13 +417,16 @@ def push(
     branch: str | None,
     tag: str | None,
     message: str | None,
+    allow_unmet: bool,
 ) -> None:
     """Upload the release FOLDER to the Hugging Face Hub as one tagged commit.
 
     The token comes from HF_TOKEN or `hf auth login`.  Files on the branch that FOLDER no
-    longer has are removed in the same commit, so the tag names exactly this release.
+    longer has are removed in the same commit, so the tag names exactly this release.  A
+    release that fails `locopack audit`, or misses its recipe's requirements, is refused
+    (the latter unless built and pushed with --allow-unmet).
     """
-    _push_folder(folder, repo, private, branch, tag, message)
+    _push_folder(folder, repo, private, branch, tag, message, allow_unmet)
 
 
 def _push_folder(
@@ -385,6 +436,7 @@ def _push_folder(
     branch: str | None = None,
     tag: str | None = None,
     message: str | None = None,
+    allow_unmet: bool = False,
 ) -> None:
     """Push a release; unset settings come from its recipe's ``hub`` section."""
     from ..recipe import load_recipe
@@ -397,7 +449,13 @@ def _push_folder(
         if not repo:
             raise click.UsageError("no repo: pass --repo ORG/NAME or set hub.repo in the recipe")
     result = push_release(
-        folder, repo or "", private=private is not False, branch=branch, tag=tag, message=message
+        folder,
+        repo or "",
+        private=private is not False,
+        branch=branch,
+        tag=tag,
+        message=message,
+        allow_unmet=allow_unmet,
     )
     state = "pushed" if result.created else "already on the Hub:"
     echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")

@@ -14,7 +14,10 @@ Checks, each reported by name with the file or history entry it concerns:
    or altered copy is named even where the fingerprint (site weights only) cannot see it;
 5. a merged checkpoint equals base + delta for every edited tensor and the base elsewhere,
    where the base model can be reached;
-6. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
+6. the verdict on the recipe's requirements that ``evidence.json`` and the card state is the
+   one the evidence gives (:func:`~locopack.release.card_verdict.check_verdict`); an honest
+   "not met" passes, a card edited to "meets" fails;
+7. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
    same localization and the same delta (see :mod:`locopack.release.reproduce`).
 
 The base and the CLIP scorer are found where the history records them relative to the
@@ -33,6 +36,7 @@ from safetensors import SafetensorError
 
 from ..errors import LocopackError
 from ..hub_ref import is_hub_id
+from .card_verdict import check_verdict
 from .history import entry_hash, read_history
 from .layout import (
     ADAPTER_FILE,
@@ -300,6 +304,7 @@ def audit_folder(
         return report
     last = report.entries[-1]
     _check_files(report, folder, last, snapshot)
+    report.add("requirements", *check_verdict(folder))
     delta = _check_delta_and_adapter(report, folder, last)
     base = base or recorded_base(last, folder)
     _check_base(report, base)

@@ -73,6 +73,11 @@ class BuildSummary:
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
+    @property
+    def requirements(self) -> dict[str, Any]:
+        """The verdict on the recipe's requirements (``evidence.json``'s section)."""
+        return self.evidence.get("requirements") or {"met": True, "unmet": [], "items": []}
+
 
 class _StageLog:
     """Times the stages, reports each as done or reused, and knows which one is running."""
@@ -205,11 +210,14 @@ def run_build(
     options: RunOptions = DEFAULT_OPTIONS,
     echo: Callable[[str], Any] = print,
     replace: bool = False,
+    allow_unmet: bool = False,
 ) -> BuildSummary | None:
     """Build the release of ``recipe`` into ``out``; see the module docstring.
 
     ``replace``: remove the files of another recipe's release in ``out`` first (exactly those
-    its history recorded); without it such a folder is refused.
+    its history recorded); without it such a folder is refused.  ``allow_unmet``: the release
+    is meant to be published even if it misses its requirements; the card and the history
+    say so.  Either way the summary's ``requirements`` holds the verdict.
 
     The processes of ``options.group`` share the localization sweep; only the main one holds
     the folder's lock, goes on to the later stages and returns a summary, the others return
@@ -237,11 +245,16 @@ def run_build(
         refused = gather(group, refused)[0]
         if refused:
             raise ExportError(refused)
-        return _build(recipe, out, options, summary, log)
+        return _build(recipe, out, options, summary, log, allow_unmet)
 
 
 def _build(
-    recipe: Any, out: Path, options: RunOptions, summary: BuildSummary, log: _StageLog
+    recipe: Any,
+    out: Path,
+    options: RunOptions,
+    summary: BuildSummary,
+    log: _StageLog,
+    allow_unmet: bool,
 ) -> BuildSummary | None:
     from .card import write_card
     from .evidence import check_detectors, collect_evidence, evidence_inputs, reusable_evidence
@@ -279,7 +292,7 @@ def _build(
         log.done("evidence")
     else:
         log.done("evidence", "complete for this recipe and delta")
-    write_card(out)
+    write_card(out, allowed_unmet=allow_unmet)
     check_folder(out, release_files(out))  # before the history seals the release
     log.done("card")
     entry = new_entry(
@@ -290,6 +303,8 @@ def _build(
         base=base,
         adapter_tolerance=manifest["max_relative_error"],
         seconds=summary.seconds,
+        requirements=summary.requirements,
+        allowed_unmet=allow_unmet,
     )
     write_history(out, [*previous, entry])
     log.done("history")

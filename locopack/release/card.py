@@ -28,6 +28,7 @@ from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
 from . import markdown_text as md
 from .card_sections import card_images, evidence_sections
+from .card_verdict import requirements_section
 from .layout import (
     ADAPTER_FILE,
     CARD_FILE,
@@ -118,15 +119,16 @@ def _limitations(evidence: dict) -> list[str]:
     return notes
 
 
-def build_card(folder: Path) -> tuple[str, dict]:
-    """The card's text and metadata for the release in ``folder``.
+def build_card(folder: Path, allowed_unmet: bool | None = None) -> tuple[str, dict]:
+    """The card's text and metadata for the release in ``folder``; ``allowed_unmet``: it was
+    built with ``--allow-unmet`` [default: as its history's last entry says].
 
     Raises:
         ExportError: a file the card describes is missing or does not hold what the stage
             that writes it writes; the message names it.
     """
     try:
-        return _build_card(folder)
+        return _build_card(folder, allowed_unmet)
     except LocopackError:
         raise
     except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError) as err:
@@ -137,7 +139,7 @@ def build_card(folder: Path) -> tuple[str, dict]:
         ) from None
 
 
-def _build_card(folder: Path) -> tuple[str, dict]:
+def _build_card(folder: Path, allowed_unmet: bool | None) -> tuple[str, dict]:
     from huggingface_hub import ModelCard, ModelCardData
 
     from ..recipe import load_recipe
@@ -184,7 +186,12 @@ def _build_card(folder: Path) -> tuple[str, dict]:
             for g in evidence.get("gallery", [])
         ],
     )
+    if allowed_unmet is None:
+        allowed_unmet = _recorded_allow_unmet(folder)
     body = _body(recipe, folder, edit, evidence, manifest, localization, merged)
+    title, _, rest = body.partition("\n\n")  # the verdict comes right after the title
+    verdict = requirements_section(evidence, allowed_unmet)
+    body = f"{title}\n\n{verdict}\n{rest}" if verdict else body
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     return str(card), data.to_dict()
 
@@ -393,9 +400,20 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
     return "".join(f"\n{note}\n" for note in notes)
 
 
-def write_card(folder: Path) -> Path:
-    """Build the card and write ``README.md`` atomically."""
-    text, _ = build_card(Path(folder))
+def _recorded_allow_unmet(folder: Path) -> bool:
+    """Whether the history's last entry says the release was built with ``--allow-unmet``."""
+    from .history import read_history
+
+    try:
+        entries = read_history(folder / HISTORY_FILE)
+    except LocopackError:
+        return False
+    return bool(entries and entries[-1].get("requirements", {}).get("allowed_unmet"))
+
+
+def write_card(folder: Path, allowed_unmet: bool | None = None) -> Path:
+    """Build the card and write ``README.md`` atomically (see :func:`build_card`)."""
+    text, _ = build_card(Path(folder), allowed_unmet)
     return atomic_write_text(Path(folder) / CARD_FILE, text)
 
 

@@ -52,6 +52,7 @@ from .attack import run_attacks
 from .charts import SUMMARY_CHART, summary_png
 from .layout import ADAPTER_FILE, CACHE_DIR, EVIDENCE_DIR, EVIDENCE_FILE
 from .specificity import CHECKED_SETS, flag_set, prompt_changes
+from .verdict import judge
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"
@@ -109,6 +110,7 @@ def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] |
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     complete = all(isinstance(i, str) and (release / i).is_file() for i in images)
+    complete = complete and "requirements" in found  # evidence older than requirements: redrawn
     return found if complete and found.get("inputs") == inputs else None
 
 
@@ -279,6 +281,7 @@ def collect_evidence(
         cache=CandidateCache(out / CACHE_DIR) if inputs is not None else None,
         inputs={"evidence": inputs, "steps": steps, "guidance": guidance},
     )
+    result["requirements"] = judge(recipe, result)
     atomic_write_bytes(out / SUMMARY_CHART, summary_png(result))
     result["summary_chart"] = SUMMARY_CHART
     atomic_write_text(out / EVIDENCE_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")

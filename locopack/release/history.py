@@ -107,10 +107,14 @@ def new_entry(
     base: Any,
     adapter_tolerance: float | None,
     seconds: dict[str, float],
+    requirements: dict[str, Any] | None = None,
+    allowed_unmet: bool = False,
 ) -> dict[str, Any]:
     """The entry recording ``recipe`` applied to ``base`` (a
     :class:`~locopack.release.base.LoadedBase`), for the files now in ``folder``, built in
-    ``seconds`` per stage (those reused from an interrupted build took about none).
+    ``seconds`` per stage (those reused from an interrupted build took about none); with the
+    verdict on its ``requirements`` (the evidence's section) and whether the build was told to
+    release it anyway (``--allow-unmet``).
 
     The base is recorded as the recipe names it, plus where it is relative to ``folder`` (a
     local base) or the Hub commit that was loaded: never an absolute local path."""
@@ -141,6 +145,12 @@ def new_entry(
         "files": hashed_files(folder),
         "prev": previous[-1]["hash"] if previous else None,
     }
+    if requirements is not None:
+        entry["requirements"] = {
+            "met": requirements["met"],
+            "unmet": requirements["unmet"],
+            "allowed_unmet": bool(allowed_unmet and not requirements["met"]),
+        }
     plugins = [d.name for d in recipe.evidence.detectors if is_plugin(d.name)]
     if plugins:  # code the recipe ran, allowed by the user (--allow-code)
         entry["allowed_code"] = plugins

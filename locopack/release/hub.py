@@ -26,6 +26,7 @@ never writes or prints it, and scrubs it from any error text it passes on.  Tran
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from ..errors import HubError
 from ..hub_ref import parse_ref
 from ..secret_scan import check_folder
 from .hub_calls import with_retries
-from .layout import RECIPE_FILE, release_files
+from .layout import EVIDENCE_FILE, HISTORY_FILE, RECIPE_FILE, release_files
 from .pull import resolve_release
 
 T = TypeVar("T")
@@ -66,6 +67,7 @@ def push(
     token: str | None = None,
     retries: int = 3,
     sleep: Callable[[float], None] = time.sleep,
+    allow_unmet: bool = False,
 ) -> PushResult:
     """Upload the release in ``folder`` to the model repo ``repo`` as one tagged commit.
 
@@ -77,12 +79,16 @@ def push(
         message: extra text for the commit title, after ``locopack <name> <hash>``.
         token: Hub token [default: ``HF_TOKEN`` or the stored login].
         retries: retries of each Hub call on transient failures; ``sleep`` waits between them.
+        allow_unmet: upload a release that misses its recipe's requirements; it must have been
+            built with ``--allow-unmet`` (so that its card and history say so), and the commit
+            message says so too.
 
     Returns:
         :class:`PushResult` with the repo URL, the commit id and the tag.
 
     Raises:
-        HubError: no recipe.yaml, a release that fails the audit, authentication failure, a
+        HubError: no recipe.yaml, a release that fails the audit or misses its requirements
+            (without ``allow_unmet``), authentication failure, a
             tag that names other files, or any other Hub failure (one line; the token never
             appears in it).
         RecipeError: the folder's recipe.yaml is invalid.
@@ -94,6 +100,7 @@ def push(
     default_tag, title, body = _describe_release(folder, message)
     parse_ref(repo)
     _check_audit(folder)
+    body += _requirements_note(folder, allow_unmet)
     files = release_files(folder)
     check_folder(folder, files)  # nothing secret goes up, whoever wrote the files
     tag = _check_tag(tag or default_tag)
@@ -147,6 +154,34 @@ def _check_audit(folder: Path) -> None:
             f"{folder}: not pushed, the release fails its audit ({failed.name}: {failed.detail});"
             " run `locopack audit` on it, then rebuild it or undo the change"
         )
+
+
+def _requirements_note(folder: Path, allow_unmet: bool) -> str:
+    """What the commit message says about the requirements; refuses a release that misses
+    them unless it was built, and is pushed, with ``--allow-unmet``."""
+    from .history import read_history
+
+    try:
+        found = json.loads((folder / EVIDENCE_FILE).read_text(encoding="utf-8"))
+        section = found["requirements"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "requirements: not recorded (a release made before requirements)\n"
+    if section["met"]:
+        return "requirements: met\n"
+    misses = "; ".join(section["unmet"])
+    entries = read_history(folder / HISTORY_FILE)
+    built_allowing = bool(entries) and entries[-1].get("requirements", {}).get("allowed_unmet")
+    if not allow_unmet:
+        raise HubError(
+            f"{folder}: not pushed, the release does not meet its requirements ({misses}); "
+            "to publish it anyway, build it with --allow-unmet and push with --allow-unmet"
+        )
+    if not built_allowing:
+        raise HubError(
+            f"{folder}: not pushed, the release misses its requirements ({misses}) and its card "
+            "does not say it was released anyway: rebuild it with --allow-unmet first"
+        )
+    return f"requirements: NOT met, published with --allow-unmet: {misses}\n"
 
 
 def _check_tag(tag: str) -> str:

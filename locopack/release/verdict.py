@@ -5,7 +5,7 @@
 each with its measured value, its threshold and whether it is met.  A requirement the recipe
 states but the evidence cannot judge (say, an attack that found no word to try) counts as
 not met; a default one that cannot be judged (no rate detector) is listed as not judged.  The
-card opens with :func:`verdict_line`, and ``audit`` recomputes the section and compares.
+card opens with it (:mod:`.card_verdict`), and ``audit`` recomputes the section and compares.
 See :mod:`locopack.recipe_requirements` for the requirements and their defaults.
 """
 
@@ -126,7 +126,7 @@ def _item(index, label, name, where, measured, threshold, why) -> dict[str, Any]
 def _value(name: str, value: float) -> str:
     if name == "prompt_kept":
         return f"{value:.0f} points" if value >= 0 else f"+{-value:.0f} points"
-    return f"{value:.2f}" if name == "ssim" else f"{100 * value:.0f}%"
+    return f"{value:.3f}" if name == "ssim" else f"{100 * value:.0f}%"
 
 
 def describe(item: dict[str, Any]) -> str:
@@ -141,11 +141,3 @@ def describe(item: dict[str, Any]) -> str:
     if item["requirement"] == "prompt_kept":
         measured = f"lost {measured}"
     return f"{head}: {measured} {sign[item['met'], item['rule']]} {threshold}"
-
-
-def verdict_line(section: dict[str, Any]) -> str:
-    """The card's first line about the requirements."""
-    if section["met"]:
-        judged = sum(1 for i in section["items"] if i["met"] is not None)
-        return f"**Meets its requirements** ({judged} checks; table below)."
-    return "**Does not meet its requirements**: " + "; ".join(section["unmet"]) + "."
