@@ -155,3 +155,25 @@ def test_validate_refuses_requirements_it_could_not_judge(recipe_text, fragment)
     with pytest.raises(RecipeError) as info:
         preflight(parse_recipe(recipe_text, str(STRIPES)), offline=True)
     assert fragment in str(info.value)
+
+
+def test_the_summary_chart_marks_each_bound_bar_at_its_threshold():
+    from locopack.release.charts import efficacy_bars, robustness_bars, specificity_bars
+
+    text = with_requirements(STRIPES, "{concept_left: 0.05, attack_success: 0.2}")
+    found = evidence(0.0, 0.5, kept=0.75, attack={"before": 1.0, "after": 0.25})
+    for index, edit in enumerate(found["edits"]):
+        edit.update(kind="erase", label="stripes", edit=index, success_score=["original", -1])
+    found["attack"]["edits"][0].update(
+        label="stripes",
+        kind="rate",
+        chance={"before": 0.0, "after": 0.0},
+        searches={"base": {"success": {"before": 1.0}}, "edited": {"success": {"after": 0.25}}},
+    )
+    found["requirements"] = judge(parse_recipe(text, str(STRIPES)), found)
+    assert [bar[3] for bar in efficacy_bars(found)[1]] == [0.05, 0.05]
+    preserve, unrelated = specificity_bars(found)
+    assert preserve[4:] == (pytest.approx(0.9), 0.6) and unrelated[4:] == (pytest.approx(0.9), 0.6)
+    assert [bar[3] for bar in robustness_bars(found)] == [0.05, 0.2, None]
+    del found["requirements"]  # evidence made before requirements: no marks
+    assert [bar[3] for bar in efficacy_bars(found)[1]] == [None, None]
