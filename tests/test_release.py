@@ -395,3 +395,13 @@ def test_a_release_folder_as_base_means_its_merged_checkpoint(workspace, tmp_pat
     ]
     report = audit_folder(out, reproduce=Reproduce.QUICK)
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_the_card_names_plugin_detectors_the_user_allowed(workspace, tmp_path):
+    out = _copy(workspace, tmp_path)
+    before, _ = build_card(out)
+    assert "Plug-in detectors" not in before
+    recipe = (out / "recipe.yaml").read_text()
+    (out / "recipe.yaml").write_text(recipe + "evidence:\n  detectors: [clip, my_pkg.det:find]\n")
+    text, _ = build_card(out)
+    assert "Plug-in detectors, code run with `--allow-code`: `my_pkg.det:find`." in text
