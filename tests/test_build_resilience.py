@@ -177,7 +177,7 @@ def test_resource_failures_are_recognized_in_every_form(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(world, tmp_path, monkeypatch):
-    import locopack.storage
+    import safetensors.torch
 
     out = _resumable_copy(world, tmp_path, "delta.safetensors", "history.jsonl")
 
@@ -188,7 +188,7 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(world, tmp_path, mon
         )
 
     with monkeypatch.context() as patch:
-        patch.setattr(locopack.storage, "save_file", full)
+        patch.setattr(safetensors.torch, "save_file", full)  # storage imports it when saving
         line = _one_error_line(_build(out / "recipe.yaml", out))
     assert f"disk full while writing {out} (the edit stage)" in line
     assert "rerun the same command" in line

@@ -23,15 +23,17 @@ def test_help_lists_every_command_and_teaches_a_session():
 
 
 def test_readme_twin_example(tmp_path, monkeypatch):
-    """`locopack twin sd1 out/tiny-sd1` then `locopack edit recipes/twin/...` (README)."""
+    """`locopack twin sd1 recipes/twin/out/tiny-sd1` then `locopack edit recipes/twin/...`
+    (README): the recipe's ``./out/tiny-sd1`` is beside the recipe, not in the working folder."""
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "recipes" / "twin" / "sd1-erase-van-gogh.yaml"
     recipe.parent.mkdir(parents=True)
     shutil.copy(ROOT / "recipes" / "twin" / "sd1-erase-van-gogh.yaml", recipe)
     runner = CliRunner()
-    result = runner.invoke(cli, ["--threads", "1", "twin", "sd1", "out/tiny-sd1"])
+    twin = "recipes/twin/out/tiny-sd1"
+    result = runner.invoke(cli, ["--threads", "1", "twin", "sd1", twin])
     assert result.exit_code == 0, result.output
-    again = runner.invoke(cli, ["twin", "sd1", "out/tiny-sd1"])
+    again = runner.invoke(cli, ["twin", "sd1", twin])
     assert again.exit_code == 2 and "--force" in again.output
 
     result = runner.invoke(cli, ["edit", str(recipe)])

@@ -360,7 +360,9 @@ def test_export_command_writes_what_it_is_asked_and_checks_the_base(releases, tm
         "lora_manifest.json",
         "lora_kohya.safetensors",
         "merged",
+        "cache",  # the folder's lock, held while writing; never part of a release
     }
+    assert {p.name for p in (out / "cache").iterdir()} <= {".build.lock", ".build-holder"}
     merged, _ = load_pipeline(str(out / "merged"))
     base, family = load_pipeline(str(twin_dirs["sd1"]))
     with delta.applied(base.unet):

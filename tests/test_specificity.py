@@ -72,5 +72,5 @@ def test_the_specificity_check_flags_a_damaging_edits_preserve_prompts(tmp_path)
     card = (out / "README.md").read_text()
     assert "Prompts whose images changed beyond the threshold" in card
     for prompt in preserve["flagged"]:
-        assert f"- *{prompt}*" in card
+        assert f"- `{prompt}`" in card  # recipe text is shown literally, as code
     assert preserve["flagged_grid"] in card
