@@ -3,9 +3,9 @@
 (a) paper-style: one pipeline call per candidate window per probe and seed (batch 1, CFG), the
     text encoded by the pipeline on every call, every window at full settings;
 (b) locopack: text states computed once, candidates batched into one denoiser call, and (by
-    default) fast mode: a race, every window screened at a fraction of the steps on two
-    probe/seed samples, the windows not clearly worse re-scored at growing budgets, at most two
-    at full settings (locopack.localize.race).
+    default) fast mode: a race, every window screened at a fraction of the steps on every
+    probe, the windows not clearly worse re-scored at more steps, at most two at full settings
+    (locopack.localize.race).
 
 Prints denoiser passes (counted by a hook: one image through one step, CFG counts two) and wall
 times of both and their ratios, the share of time inside the denoiser, whether the chosen
@@ -25,6 +25,12 @@ times the paper loop on K evenly spaced windows and scales it to all (it is line
     python scripts/bench_localize.py --twin sdxl70 --window 10 --steps 10 --paper-windows 8
     python scripts/bench_localize.py --recipe recipes/toy/erase-triangle.yaml
     python scripts/bench_localize.py --procs 2     # 1 vs N processes under accelerate launch
+    python scripts/bench_localize.py --sweep --seeds 0 1 2 3 --steps 10
+
+``--sweep``: fast against full mode on the planted twins of :data:`PLANTINGS` (both layouts,
+windows planted at several depths): per planting, both choices, whether they agree and both
+modes' denoiser passes; last, the 70-site twin's fast passes against the paper loop's (timed
+on one window, scaled to all).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +157,61 @@ def processes(args, model: str, scorer: str, tmp: Path) -> None:
     )
 
 
+#: (twin, window size, first site of the planted window): SD-1.5's 16 sites and SD-XL's 70,
+#: each at a down, middle and up depth
+PLANTINGS = [
+    ("sd1", 2, 0),
+    ("sd1", 2, 7),
+    ("sd1", 2, 14),
+    ("sdxl70", 10, 14),
+    ("sdxl70", 10, 30),
+    ("sdxl70", 10, 45),
+]
+
+
+def plantings(args) -> None:
+    """Fast vs full mode on every planting of :data:`PLANTINGS`; prints one row each."""
+    print(
+        f"{len(args.pairs)} probes x {len(args.seeds)} seeds, {args.steps} steps, "
+        f"CFG {args.guidance}, {args.threads} thread(s), leak {args.leak}"
+    )
+    print(
+        f"{'twin':>7}{'m':>4}{'planted':>8}{'full':>6}{'fast':>6}  agree"
+        f"{'full passes':>13}{'fast passes':>13}{'ratio':>8}"
+    )
+    agreed, paper_ratio = 0, None
+    for twin, window, planted in PLANTINGS:
+        args.twin, args.window, args.planted = twin, window, planted
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe, family, scorer, _ = load(args, Path(tmp))
+        clock = DenoiserClock(getattr(pipe, family.denoiser_attr))
+        rung = Rung(args.steps, args.guidance, tuple(args.seeds), None)
+        runs = {}
+        for mode in ("full", "fast"):
+            engine = Sweep(pipe, family, args.pairs, scorer, batch=args.batch, progress=False)
+            runs[mode] = timed(clock, partial(run_sweep, engine, window, rung, mode))
+        (full, *_, full_passes), (fast, *_, fast_passes) = runs["full"], runs["fast"]
+        agreed += full.chosen == fast.chosen
+        print(
+            f"{twin:>7}{window:>4}{planted:>8}{full.chosen:>6}{fast.chosen:>6}  "
+            f"{'yes' if full.chosen == fast.chosen else 'NO ':5}"
+            f"{full_passes:13,}{fast_passes:13,}{full_passes / fast_passes:7.1f}x"
+        )
+        if twin == "sdxl70" and planted == 30:
+            sites = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
+            windows = candidate_windows(sites, window)
+            clock.reset()
+            paper_loop(pipe, family, args.pairs, scorer, windows[planted : planted + 1], rung)
+            paper_ratio = (clock.passes * len(windows), fast_passes)
+    print(f"fast equals full on {agreed} of {len(PLANTINGS)} plantings")
+    if paper_ratio:
+        paper, fast = paper_ratio
+        print(
+            f"70-site twin, planted 30: paper loop {paper:,.0f} passes (1 window timed, x61), "
+            f"fast {fast:,}: {paper / fast:.1f}x fewer"
+        )
+
+
 def arguments():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", help="take model, scorer, probes and settings from it")
@@ -173,6 +235,9 @@ def arguments():
         type=int,
         default=0,
         help="instead: time the full sweep with 1 and N accelerate processes",
+    )
+    parser.add_argument(
+        "--sweep", action="store_true", help="instead: fast vs full on the planted twins"
     )
     return parser.parse_args()
 
@@ -225,6 +290,9 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, value)
     pairs = args.pairs
+    if args.sweep:
+        plantings(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.procs:

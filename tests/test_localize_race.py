@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from locopack.localize import Rung, SweepMode, passes, plan_sweep
+from locopack.localize import PromptPair, Rung, SweepMode, passes, plan_sweep, run_sweep
 from locopack.localize.race import (
     FINAL_KEEP,
     MIN_RACE_WINDOWS,
+    SPEND,
     budgets,
     clearly_worse,
     round_caps,
-    spread,
     survivors,
 )
+from locopack.localize.result import Candidate
 from locopack.localize.run import ladder, reference_rung
 from locopack.recipe import parse_recipe
 
@@ -43,16 +44,24 @@ def test_the_cap_keeps_the_best_by_mean_and_one_sample_drops_nothing():
     assert not clearly_worse(np.array([[0.0], [5.0]])).any()
 
 
-def test_rounds_grow_to_the_full_budget():
+def test_two_samples_drop_nothing():
+    # two probes on which the second window is worse by almost the same amount: the spread of
+    # the differences is near zero, so a two-sample bound would call it clearly worse
+    assert not clearly_worse(np.array([[0.0, 0.0], [0.20, 0.21]])).any()
+    assert clearly_worse(np.array([[0.0, 0.0, 0.0], [0.20, 0.21, 0.22]])).tolist() == [0, 1]
+
+
+def test_rounds_grow_to_the_full_budget_and_every_round_draws_every_probe():
     rounds = budgets(steps=20, probes=4, seeds=2)
-    assert [(b.steps, len(b.probes), b.seeds) for b in rounds] == [
-        (4, 2, 1),
-        (10, 4, 1),
-        (20, 4, 2),
+    assert [(b.steps, b.probes, b.seeds) for b in rounds] == [
+        (4, (0, 1, 2, 3), 1),
+        (10, (0, 1, 2, 3), 1),
+        (20, (0, 1, 2, 3), 2),
     ]
     costs = [b.cost(20, 4, 2) for b in rounds]
     assert costs == sorted(costs) and costs[-1] == 1
-    assert spread(2, 8) == (0, 4)  # one probe of each of two edits of four
+    # with two probes, two seeds make the three samples a window may be dropped on
+    assert [(b.probes, b.seeds) for b in budgets(10, 2, 4)[:-1]] == [((0, 1), 2)] * 2
 
 
 def test_too_few_steps_or_samples_screen_nothing():
@@ -67,13 +76,49 @@ def test_few_windows_are_never_screened():
     assert len(ladder("full", 100, rung, 4)) == 1
 
 
-def test_each_round_spends_at_most_half_the_round_before():
-    rounds = budgets(steps=50, probes=10, seeds=1)
-    caps = round_caps(61, rounds, 50, 10, 1)
-    spend = [cap * b.cost(50, 10, 1) for cap, b in zip(caps, rounds, strict=True)]
-    assert caps[0] == 61 and caps[-1] == FINAL_KEEP
-    assert all(s <= spend[0] / 2**r + 1e-9 for r, s in enumerate(spend[:-1]))
-    assert sum(spend[:-1]) <= 2 * spend[0]
+def test_each_round_spends_at_most_a_share_of_the_round_before():
+    rounds = budgets(steps=50, probes=10, seeds=4)
+    caps = round_caps(61, rounds, 50, 10, 4)
+    spend = [cap * b.cost(50, 10, 4) for cap, b in zip(caps, rounds, strict=True)]
+    assert caps[0] == 61 and caps[-1] == FINAL_KEEP and len(rounds) == 3
+    assert all(s <= spend[0] * SPEND**r + 1e-9 for r, s in enumerate(spend[:-1]))
+    assert sum(spend[:-1]) <= spend[0] / (1 - SPEND)
+
+
+class ProbeSweep:
+    """A stand-in for :class:`~locopack.localize.sweep.Sweep` whose scores come from a table:
+    every window scores 0 on every probe, except window 5, which controls the attribute of
+    probe 1 alone, and window 6, a little better than the rest on every probe.  Lower is
+    better (erase probes), more steps sharpen every effect."""
+
+    site_paths = [f"site.{i}" for i in range(12)]
+    pairs = [PromptPair(f"a {k}", f"b {k}", f"a {k}", +1) for k in range(4)]
+    pooled_window = None
+
+    def value(self, window: list[str], probe: int, seed: int, steps: int) -> float:
+        site = int(window[0].split(".")[1]) if len(window) == 1 else -1
+        effect = {5: (0.1, -3.0, 0.1, 0.1), 6: (-0.2, -0.2, -0.21, -0.2)}.get(site, (0,) * 4)
+        return effect[probe] * (1 + steps / 10) + 0.001 * seed
+
+    def score(self, windows, rung, label="", probes=None):
+        probes = range(len(self.pairs)) if probes is None else probes
+        return [
+            Candidate.from_scores(
+                window,
+                [self.value(window, k, seed, rung.steps) for k in probes for seed in rung.seeds],
+                [self.pairs[k].sign for k in probes for _ in rung.seeds],
+            )
+            for window in windows
+        ]
+
+
+def test_the_race_keeps_the_window_that_differs_on_one_probe():
+    rung = Rung(10, 4.0, (0, 1, 2, 3), None)
+    full = run_sweep(ProbeSweep(), 1, rung, SweepMode.FULL)
+    fast = run_sweep(ProbeSweep(), 1, rung, SweepMode.FAST)
+    assert full.chosen == 5
+    assert fast.rounds[0].probes == [0, 1, 2, 3]  # the decisive probe 1 is screened
+    assert fast.chosen == full.chosen and 5 in fast.finalists
 
 
 def test_modes_accept_their_names():
@@ -109,7 +154,8 @@ def test_the_plan_counts_passes_from_the_configs():
     full_refs = 2 * passes(1, 4, Rung(10, 7.5, (0,), None))
     assert plan.windows == 61
     assert plan.full_passes == 61 * 4 * 50 * 2 + full_refs
-    assert plan.mode_passes < plan.full_passes / 5
+    # one seed: the race's first round draws every probe at a fifth of the steps
+    assert plan.full_passes / 4 < plan.mode_passes < plan.full_passes / 3
     assert "61 windows" in str(plan) and "about" in str(plan)
     small = plan_sweep(parse_recipe(RECIPE.format(window=4), "plan.yaml"), 7)
     assert small.mode_passes == small.full_passes

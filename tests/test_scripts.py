@@ -37,3 +37,13 @@ def test_bench_localize_takes_model_probes_and_settings_from_a_recipe():
     )
     assert header in out, out
     assert "the screening pass alone would choose" in out
+
+
+@pytest.mark.slow
+def test_bench_localize_sweeps_plantings_of_both_layouts():
+    out = _bench_localize("--sweep", "--steps", "5", "--seeds", "0", "--probes", "2")
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["sd1"], ["sdxl70"])]
+    assert {row[0] for row in rows} == {"sd1", "sdxl70"} and len(rows) >= 6
+    assert all(row[5] == "yes" for row in rows), out  # fast chooses what full chooses
+    assert f"fast equals full on {len(rows)} of {len(rows)} plantings" in out
+    assert "70-site twin, planted 30: paper loop" in out

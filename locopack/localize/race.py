@@ -2,20 +2,28 @@
 
 Scoring every window at full settings costs windows x probes x seeds x steps denoiser passes
 (61 windows on SD-XL).  The race scores every window at a cheap budget (a fifth of the steps,
-two probe/seed samples), then re-scores only the windows whose objective is *not clearly
-worse* than the best one at a growing budget, and ends with at most :data:`FINAL_KEEP` windows
-at full settings; the chosen window is the best of that last round.
+every probe, the fewest seeds that give :data:`MIN_SAMPLES` samples), then re-scores only the
+windows whose objective is *not clearly worse* than the best one at more steps, and ends with
+at most :data:`FINAL_KEEP` windows at full settings; the chosen window is the best of that last
+round.
+
+Every round draws every probe.  Windows that overlap the right one can differ mainly on one
+probe (the one whose attribute those few sites carry); a round that screened a subset of the
+probes could drop full mode's choice on the probes it did not draw, and it did on planted
+twins.  Cheapness comes from steps and seeds, never from probes.
 
 "Clearly worse" is a confidence bound on paired differences: every window of a round sees the
 same probes and seeds, so for window ``i`` and the round's best window ``b`` the per-sample
 differences ``d = sign*score_i - sign*score_b`` cancel what probes and seeds share; ``i`` is
-dropped when ``mean(d) - Z * sd(d) / sqrt(k) > 0``.  A window indistinguishable from the best
-is kept however many there are, except that each round may spend at most half of what the
-round before it could, when more windows survive the best by mean go on.  Successive halving
-(Jamieson & Talwalkar 2016) gives every round the same budget; halving it instead bounds the
-whole race at twice its first round plus the finalists, whatever the number of rounds, and
-with the few samples of an early round the bound drops few windows, so an equal budget would
-let the cap, not the evidence, decide how many go on at several times the cost.
+dropped when ``mean(d) - Z * sd(d) / sqrt(k) > 0``, and never on fewer than
+:data:`MIN_SAMPLES` samples: from two, ``sd(d)`` has one degree of freedom and is often near
+zero, so a bound from two samples drops windows on chance.  A window indistinguishable from the
+best is kept however many there are, except that each round may spend at most :data:`SPEND`
+of what the round before it could, when more windows survive the best by mean go on.
+Successive halving (Jamieson & Talwalkar 2016) gives every round the same budget; shrinking it
+instead bounds the whole race at 4/3 of its first round plus the finalists, whatever the
+number of rounds.  The first round, which now sees every probe, holds most of the evidence;
+later rounds sort out, among the few close windows, what more steps change.
 
 The bound covers the spread over probes and seeds, not the bias of fewer steps: a window can
 rank lower at 4 steps than at 20.  With fewer than :data:`MIN_RACE_WINDOWS` windows the race
@@ -35,12 +43,15 @@ MIN_RACE_WINDOWS = 8
 #: windows scored at full settings at the end of a race (at most)
 FINAL_KEEP = 2
 #: share of the steps in the screening rounds, at least MIN_STEPS (one step scores the first
-#: estimate of the image, which ranks windows poorly); samples (probe x seed) double every round
+#: estimate of the image, which ranks windows poorly); every round draws every probe
 STEP_FRACTIONS = (0.2, 0.5)
 MIN_STEPS = 2
-FIRST_SAMPLES = 2
+#: no window is dropped on fewer probe x seed samples than this (module docstring)
+MIN_SAMPLES = 3
 #: a window is clearly worse when its mean difference to the best exceeds Z standard errors
 Z = 2.0
+#: each round may spend at most this share of what the round before it could
+SPEND = 0.25
 
 
 @dataclass(frozen=True)
@@ -67,29 +78,19 @@ def screening_steps(steps: int, fraction: float) -> int:
     return min(steps, max(MIN_STEPS, math.ceil(steps * fraction)))
 
 
-def spread(count: int, total: int) -> tuple[int, ...]:
-    """``count`` probe indices spread evenly over ``total`` (so every edit of a joint recipe
-    is represented: its probes are consecutive)."""
-    return tuple(i * total // count for i in range(count))
-
-
 def budgets(steps: int, probes: int, seeds: int) -> list[Budget]:
-    """The race's rounds for a full setting, cheapest first, the full budget last; only the
-    full budget when no screening round would be cheaper than half of it or fewer than two
-    samples make a round (no spread can be estimated from one)."""
+    """The race's rounds for a full setting, cheapest first, the full budget last.  Every
+    round draws every probe; the screening rounds use the fewest seeds that give
+    :data:`MIN_SAMPLES` samples (or all of them).  Only the full budget when no screening
+    round would cost at most half of it, or the full budget holds a single sample."""
     full = Budget(steps, tuple(range(probes)), seeds)
-    rounds, samples = [], FIRST_SAMPLES
+    used_seeds = min(seeds, math.ceil(MIN_SAMPLES / probes))
+    rounds = []
     for fraction in STEP_FRACTIONS:
-        k = min(samples, probes * seeds)
-        used_seeds = min(seeds, math.ceil(k / probes))
-        budget = Budget(
-            screening_steps(steps, fraction),
-            spread(min(probes, math.ceil(k / used_seeds)), probes),
-            used_seeds,
-        )
-        if budget.cost(steps, probes, seeds) < 0.5 and k >= 2 and budget not in rounds:
+        budget = Budget(screening_steps(steps, fraction), full.probes, used_seeds)
+        cheap = budget.cost(steps, probes, seeds) <= 0.5 and probes * seeds > 1
+        if cheap and budget not in rounds:
             rounds.append(budget)
-        samples *= 2
     return [*rounds, full]
 
 
@@ -100,7 +101,7 @@ def clearly_worse(samples: np.ndarray) -> np.ndarray:
     k = samples.shape[1]
     best = int(np.argmin(samples.mean(axis=1)))
     diff = samples - samples[best]
-    if k < 2:
+    if k < MIN_SAMPLES:
         return np.zeros(len(samples), dtype=bool)
     bound = diff.mean(axis=1) - Z * diff.std(axis=1, ddof=1) / math.sqrt(k)
     return bound > 0
@@ -117,13 +118,13 @@ def survivors(samples: np.ndarray, cap: int) -> list[int]:
 
 
 def round_caps(windows: int, rounds: list[Budget], steps: int, probes: int, seeds: int):
-    """The most windows each round may score: all in the first, then as many as half the
-    previous round's allowance buys at the round's budget, :data:`FINAL_KEEP` at full
-    settings."""
+    """The most windows each round may score: all in the first, then as many as
+    :data:`SPEND` of the previous round's allowance buys at the round's budget,
+    :data:`FINAL_KEEP` at full settings."""
     allowance = windows * rounds[0].cost(steps, probes, seeds)
     caps = [windows]
     for budget in rounds[1:]:
-        allowance /= 2
+        allowance *= SPEND
         cap = max(FINAL_KEEP, int(allowance / budget.cost(steps, probes, seeds)))
         caps.append(min(caps[-1], cap))
     caps[-1] = min(caps[-1], FINAL_KEEP) if len(rounds) > 1 else windows

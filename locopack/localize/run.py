@@ -33,9 +33,9 @@ class SweepMode(str, Enum):
     """How many windows are scored at full settings.
 
     ``full``: every window (the paper's sweep).  ``fast``: a race, every window screened at
-    a fraction of the steps on two probe/seed samples, the ones not clearly worse than the
-    best re-scored at growing budgets, at most two at full settings; with fewer than eight
-    windows every window is scored at full settings, as in ``full``.
+    a fraction of the steps on every probe, the ones not clearly worse than the best
+    re-scored at more steps, at most two at full settings; with fewer than eight windows
+    every window is scored at full settings, as in ``full``.
     """
 
     FULL = "full"
