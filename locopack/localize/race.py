@@ -10,7 +10,9 @@ round.
 Every round draws every probe.  Windows that overlap the right one can differ mainly on one
 probe (the one whose attribute those few sites carry); a round that screened a subset of the
 probes could drop full mode's choice on the probes it did not draw, and it did on planted
-twins.  Cheapness comes from steps and seeds, never from probes.
+twins.  Cheapness comes from steps and seeds, never from probes: with one seed the first round
+costs a fifth of a full sweep and the race saves about 3.5x; SD-XL's 61 windows at 4 probes x 4
+seeds and 10 steps take 1,888 passes at most, 10.3x fewer than full mode's 19,520.
 
 "Clearly worse" is a confidence bound on paired differences: every window of a round sees the
 same probes and seeds, so for window ``i`` and the round's best window ``b`` the per-sample
@@ -22,7 +24,7 @@ best is kept however many there are, except that each round may spend at most :d
 of what the round before it could, when more windows survive the best by mean go on.
 Successive halving (Jamieson & Talwalkar 2016) gives every round the same budget; shrinking it
 instead bounds the whole race at 4/3 of its first round plus the finalists, whatever the
-number of rounds.  The first round, which now sees every probe, holds most of the evidence;
+number of rounds.  The first round, which sees every probe, holds most of the evidence;
 later rounds sort out, among the few close windows, what more steps change.
 
 The bound covers the spread over probes and seeds, not the bias of fewer steps: a window can
