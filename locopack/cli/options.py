@@ -50,8 +50,8 @@ mode_option = click.option(
     "mode",
     default=None,
     callback=lambda ctx, param, value: None if value is None else ("fast" if value else "full"),
-    help="Race the windows with growing budgets, keeping only those not clearly worse "
-    "(fast), or score every window at full settings (full) [default: the recipe's "
+    help="Race the windows: every probe at growing steps and seeds, keeping those not clearly "
+    "worse (fast), or score every window at full settings (full) [default: the recipe's "
     "localize.mode].",
 )
 
