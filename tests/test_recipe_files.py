@@ -276,3 +276,11 @@ def test_a_release_file_holding_a_secret_is_named(tmp_path, monkeypatch):
     check_folder(tmp_path, ["ok.json"])
     with pytest.raises(SecretError, match=r"evidence/a\.png: holds the environment variable HF"):
         check_folder(tmp_path, ["ok.json", "evidence/a.png"])
+
+
+def test_a_secret_across_a_read_chunks_seam_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    seam = (1 << 24) - len(FAKE_TOKEN) // 2  # the file is read 16 MiB at a time
+    (tmp_path / "merged.safetensors").write_bytes(b"\0" * seam + FAKE_TOKEN.encode() + b"\0")
+    with pytest.raises(SecretError, match=r"merged\.safetensors: holds"):
+        check_folder(tmp_path, ["merged.safetensors"])

@@ -176,10 +176,11 @@ def _echo_summary(summary, out: Path) -> None:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
     echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
     echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
+    from ..release.verdict import judged_count
+
     verdict = summary.requirements
     if verdict["met"]:
-        judged = sum(1 for item in verdict["items"] if item["met"] is not None)
-        echo(f"requirements: met ({judged} checks)")
+        echo(f"requirements: met ({judged_count(verdict)} checks)")
     else:
         echo("requirements: NOT met: " + "; ".join(verdict["unmet"]))
 

@@ -106,16 +106,9 @@ def plugin_problem(name: str) -> str | None:
         return f"expected an importable Python source module, found no module {module_name!r}"
     if _in_standard_library(spec.origin):
         return f"expected a detector module of your own, found {module_name!r} of Python itself"
-    try:
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+    tree, function = _source_function(spec.origin, attribute)
+    if tree is None:
         return f"expected a readable Python module, found {module_name!r} that does not parse"
-    functions = {
-        node.name: node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
-    function = functions.get(attribute)
     if function is None:
         return f"expected a function {attribute!r} defined at the top of {module_name!r}"
     if any(attribute in _bound_names(node) for node in tree.body[tree.body.index(function) + 1 :]):
@@ -123,6 +116,18 @@ def plugin_problem(name: str) -> str | None:
     if len(function.args.posonlyargs + function.args.args) < 2:
         return f"expected {attribute}(images, prompts, **options), found a function of fewer"
     return None
+
+
+def _source_function(origin: str, attribute: str) -> tuple[ast.Module | None, Any]:
+    """The parsed module at ``origin`` and its (last) top-level ``def attribute``; None for
+    either that is not there (the file does not parse, or no such function)."""
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None, None
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    named = [n for n in defs if n.name == attribute]
+    return tree, named[-1] if named else None  # the last one is what an import binds
 
 
 def _bound_names(statement: ast.stmt) -> set[str]:
@@ -170,12 +175,7 @@ def options_problem(name: str, options: dict[str, Any]) -> str | None:
     spec = _find_without_import(module_name)
     if spec is None or not spec.origin:
         return None
-    try:
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-        return None
-    defs = (n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
-    function = next((n for n in defs if n.name == attribute), None)
+    _, function = _source_function(spec.origin, attribute)
     if function is None or function.args.kwarg is not None:
         return None
     args = function.args

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import LocopackError
 from . import markdown_text as md
 from .layout import CARD_FILE, EVIDENCE_FILE, RECIPE_FILE
-from .verdict import describe
+from .verdict import describe, judged_count
 
 HEADING = "## Requirements"
 ALLOWED_UNMET = (
@@ -56,7 +56,7 @@ def requirements_section(evidence: dict[str, Any], allowed_unmet: bool) -> str:
 def verdict_line(section: dict[str, Any]) -> str:
     """The card's first line about the requirements (recipe text in it escaped)."""
     if section["met"]:
-        judged = sum(1 for i in section["items"] if i["met"] is not None)
+        judged = judged_count(section)
         unjudged = f", {len(section['not_judged'])} not judged" if section["not_judged"] else ""
         return f"**Meets its requirements** ({judged} checks{unjudged}; table below)."
     unmet = "; ".join(md.inline(text) for text in section["unmet"])
@@ -104,5 +104,5 @@ def check_verdict(folder: Path) -> tuple[bool, str]:
     if found != expected:
         return False, f"{CARD_FILE} states {found!r}, the evidence gives {expected!r}"
     if judged["met"]:
-        return True, f"met ({sum(1 for i in judged['items'] if i['met'] is not None)} checks)"
+        return True, f"met ({judged_count(judged)} checks)"
     return True, "NOT met (the card says so): " + "; ".join(judged["unmet"])

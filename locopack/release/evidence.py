@@ -147,7 +147,7 @@ def _grids(item: dict[str, Any]) -> list[str]:
 BATCH = 8
 
 
-def _generate(pipe, family, prompts, seeds, steps, guidance, resolution) -> dict[str, list]:
+def generate_images(pipe, family, prompts, seeds, steps, guidance, resolution) -> dict[str, list]:
     """Every prompt drawn with every seed: {prompt: [image per seed]}; the seeds of several
     prompts share a call (prompt-major, as the pipeline orders a batch)."""
     size = {"height": resolution, "width": resolution} if resolution else {}
@@ -225,7 +225,7 @@ def collect_evidence(
     every = sorted({p for item in plan for pairs in item["sets"].values() for p, _ in pairs})
 
     def draw(prompts: list[str], seeds: list[int]) -> dict[str, list]:
-        return _generate(pipe, family, prompts, seeds, steps, guidance, settings.resolution)
+        return generate_images(pipe, family, prompts, seeds, steps, guidance, settings.resolution)
 
     def write_grid(stem: str, rows: list) -> str:
         name = f"{EVIDENCE_DIR}/{stem}.png"

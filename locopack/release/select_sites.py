@@ -33,12 +33,11 @@ import torch
 from ..detectors import load_detector, rates
 from ..localize.cache import CandidateCache
 from ..localize.editable import TrailStep, nested_sets, smallest_meeting
+from .evidence import generate_images
 from .verdict import judging_detector
 
 #: images per prompt in a check
 CHECK_SEEDS = 4
-#: images per pipeline call
-BATCH = 8
 EFFICACY = ("concept_left", "target_shown")
 CLIP_SHARE = "clip share"
 
@@ -200,27 +199,16 @@ class EfficacyCheck:
     @torch.no_grad()
     def _draw(self, prompts: list[str]) -> dict[str, list]:
         """Every prompt with every check seed: {prompt: [PIL image per seed]}."""
-        clock = time.perf_counter()
-        seeds = self.settings["seeds"]
-        resolution = self.settings["resolution"]
-        size = {"height": resolution, "width": resolution} if resolution else {}
-        per_call = max(1, BATCH // len(seeds))
-        images = {}
-        for start in range(0, len(prompts), per_call):
-            chunk = prompts[start : start + per_call]
-            device = self.pipe.device
-            generators = [torch.Generator(device).manual_seed(s) for _ in chunk for s in seeds]
-            drawn = self.pipe(
-                chunk,
-                num_images_per_prompt=len(seeds),
-                num_inference_steps=self.settings["steps"],
-                guidance_scale=self.settings["guidance"],
-                generator=generators,
-                **size,
-                **self.family.call_kwargs(),
-            ).images
-            for i, prompt in enumerate(chunk):
-                images[prompt] = drawn[i * len(seeds) : (i + 1) * len(seeds)]
+        clock, settings = time.perf_counter(), self.settings
+        images = generate_images(
+            self.pipe,
+            self.family,
+            prompts,
+            settings["seeds"],
+            settings["steps"],
+            settings["guidance"],
+            settings["resolution"],
+        )
         self.seconds["images"] += time.perf_counter() - clock
         return images
 

@@ -141,3 +141,8 @@ def describe(item: dict[str, Any]) -> str:
     if item["requirement"] == "prompt_kept":
         measured = f"lost {measured}"
     return f"{head}: {measured} {sign[item['met'], item['rule']]} {threshold}"
+
+
+def judged_count(section: dict[str, Any]) -> int:
+    """How many of the section's items were measured (met or missed, not "not judged")."""
+    return sum(1 for item in section["items"] if item["met"] is not None)
