@@ -150,6 +150,9 @@ class ModelFamily(ABC):
     #: whether each block reads the text through a text stream of its own, updated block by
     #: block (SD3, FLUX): the sites' inputs are then not what :meth:`encode` returns
     joint_attention: ClassVar[bool] = False
+    #: whether the sites are the blocks of a text-only refiner before a single joint stream
+    #: (Z-Image): their inputs depend on the prompt alone (:mod:`locopack.models.text_refiner`)
+    refines_text: ClassVar[bool] = False
     #: header entries of a kohya LoRA file for this family (``ss_base_model_version`` as kohya
     #: sd-scripts writes it, which AUTOMATIC1111 reads); None: no kohya file exists for it
     kohya_metadata: ClassVar[dict[str, str] | None] = None

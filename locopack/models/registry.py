@@ -13,6 +13,7 @@ from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
 from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
+from .z_image import ZImage
 
 #: Every supported family by registry name, in the order they are tried.
 FAMILIES: dict[str, type[ModelFamily]] = {
@@ -25,6 +26,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         PixArt,
         StableDiffusion3,
         Flux,
+        ZImage,
     )
 }
 

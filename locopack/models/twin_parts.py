@@ -104,3 +104,25 @@ def tiny_clip_model(seed: int = 0):
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     return model.eval(), tokenizer
+
+
+def tiny_qwen3(seed: int, hidden: int = 32):
+    """A 2-layer Qwen3 text model and a tiny chat tokenizer (Z-Image's encoder type)."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    from .tokenizers import tiny_chat_tokenizer
+
+    tokenizer = tiny_chat_tokenizer()
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return Qwen3Model(config).eval(), tokenizer
