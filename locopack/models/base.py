@@ -153,6 +153,8 @@ class ModelFamily(ABC):
     #: whether the sites are the blocks of a text-only refiner before a single joint stream
     #: (Z-Image): their inputs depend on the prompt alone (:mod:`locopack.models.text_refiner`)
     refines_text: ClassVar[bool] = False
+    #: why no ONNX export of this family's denoiser exists (None: the tracer handles it)
+    onnx_refusal: ClassVar[str | None] = None
     #: header entries of a kohya LoRA file for this family (``ss_base_model_version`` as kohya
     #: sd-scripts writes it, which AUTOMATIC1111 reads); None: no kohya file exists for it
     kohya_metadata: ClassVar[dict[str, str] | None] = None

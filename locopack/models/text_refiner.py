@@ -50,6 +50,10 @@ class TextRefinerFamily(ModelFamily):
     input_projection: ClassVar[str] = "cap_embedder.1"
     #: the main stream's block list, whose projections map image rows too (not sites)
     shared_blocks: ClassVar[str] = "layers"
+    onnx_refusal: ClassVar[str | None] = (
+        "its transformer takes a Python list of per-prompt tensors of different lengths, "
+        "which the ONNX tracer cannot take as inputs"
+    )
 
     @classmethod
     def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
