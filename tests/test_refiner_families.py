@@ -307,3 +307,54 @@ def test_onnx_is_refused_in_one_line_before_anything_is_written(name, releases, 
         ExportError, match=r"^onnx format: no ONNX export for .*nothing was written"
     ):
         ExportChoice(onnx=True).check(get_family(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_neuron_activations_are_what_the_refiner_emits_in_the_pipeline(name, twins):
+    """The mean activation of a refiner site is the mean, over the prompt's padded text rows,
+    of what its value projection emits in the pipeline's own transformer call."""
+    from locopack.edit.activations import projection_activations
+
+    _, pipe, family = twins[name]
+    site = family.sites(pipe.transformer)[1]
+    prompts = [PROMPT, "a photo of a cat"]
+    seen = []
+    hook = pipe.transformer.get_submodule(site.value).register_forward_hook(
+        lambda _m, _i, out: seen.append(out)
+    )
+    try:
+        pipe(list(prompts), num_inference_steps=1, guidance_scale=0.0, output_type="latent", **SIZE)
+    finally:
+        hook.remove()
+    rows = family.text_rows([len(t) for t in family.encode_texts(pipe, prompts)])
+    expected = torch.stack([seen[0][k, :n].mean(dim=0) for k, n in enumerate(rows)])
+    found = projection_activations(pipe, family, prompts, [site.path], "value")
+    torch.testing.assert_close(found[site.value], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layers_cli_lists_the_sites_in_firing_order_with_their_kind(name, twins):
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    folder, pipe, family = twins[name]
+    listed = json.loads(CliRunner().invoke(cli, ["layers", str(folder), "--json"]).output)
+    assert listed["family"] == name and not listed["pooled_text_path"]
+    fired: list[str] = []
+    handles = [
+        pipe.transformer.get_submodule(site["key"]).register_forward_hook(
+            lambda _m, _i, _o, path=site["path"]: fired.append(path)
+        )
+        for site in listed["sites"]
+    ]
+    try:
+        _generate(pipe, PROMPT)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert fired == [site["path"] for site in listed["sites"]]
+    assert {site["kind"] for site in listed["sites"]} == {"text-only"}
+    table = CliRunner().invoke(cli, ["layers", str(folder)]).output
+    assert table.count(", text-only") == len(fired)
+    assert "shared with image rows) and cap_embedder.1 are not sites" in table

@@ -33,9 +33,15 @@ class Site:
     #: only the text rows of their outputs are the site, and a weight edit is not text-only
     text_only: bool = True
 
+    @property
+    def kind(self) -> str:
+        """What the site's projections read, in words: ``text-only`` or ``shared with image
+        rows``."""
+        return "text-only" if self.text_only else "shared with image rows"
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        return asdict(self)
+        """JSON-ready view (with :attr:`kind`)."""
+        return asdict(self) | {"kind": self.kind}
 
 
 def site_projection(attn: torch.nn.Module, name: str) -> torch.nn.Linear | None:

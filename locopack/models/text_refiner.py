@@ -75,9 +75,7 @@ class TextRefinerFamily(ModelFamily):
                     f"{cls.pretty_name} layout"
                 )
             found.append(
-                Site(
-                    i, path, f"{path}.to_k", f"{path}.to_v", key.in_features, key.out_features
-                )
+                Site(i, path, f"{path}.to_k", f"{path}.to_v", key.in_features, key.out_features)
             )
         if not found:
             raise ModelLayoutError(

@@ -97,8 +97,8 @@ CHAT_TEMPLATE = (
 
 def tiny_chat_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS):
     """A word-level tokenizer with ``words`` (and ``user``/``assistant``) as tokens, unknown
-    words as ``<unk>`` (case-insensitive), Qwen's special tokens and :data:`CHAT_TEMPLATE`; no start or end token
-    is added, as Qwen's tokenizers add none."""
+    words as ``<unk>`` (case-insensitive), Qwen's special tokens and :data:`CHAT_TEMPLATE`;
+    no start or end token is added, as Qwen's tokenizers add none."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
