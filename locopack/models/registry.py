@@ -8,6 +8,7 @@ from ..errors import ModelLayoutError
 from .base import ModelFamily
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
+from .lumina2 import Lumina2
 from .pixart import PixArt
 from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
@@ -27,6 +28,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         StableDiffusion3,
         Flux,
         ZImage,
+        Lumina2,
     )
 }
 

@@ -48,6 +48,9 @@ class TextRefinerFamily(ModelFamily):
     attention_attr: ClassVar[str] = "attention"
     #: the text input projection (not a site; named in messages and the card)
     input_projection: ClassVar[str] = "cap_embedder.1"
+    #: whether the refiner masks the rows past a prompt's own (a swap may then substitute a
+    #: prompt of another length, its mask with it); else the prompts must fill equal rows
+    masks_text: ClassVar[bool] = False
     #: the main stream's block list, whose projections map image rows too (not sites)
     shared_blocks: ClassVar[str] = "layers"
     onnx_refusal: ClassVar[str | None] = (
@@ -111,9 +114,9 @@ class TextRefinerFamily(ModelFamily):
 
     @classmethod
     @abstractmethod
-    def conditional_rows(cls, batch: int, n: int) -> range:
-        """The rows of a pipeline's transformer batch that hold its ``n`` conditional
-        samples (``batch`` is ``n``, or ``2n`` under classifier-free guidance)."""
+    def call_texts(cls, args: tuple, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        """Each sample's text rows, (L_i, D) without padding, in a transformer call with
+        ``args``/``kwargs`` as the pipeline makes it."""
 
     @classmethod
     def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:

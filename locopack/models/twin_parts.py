@@ -19,17 +19,20 @@ from transformers import (
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
-def tiny_vae(seed: int, latent_channels: int = 4, **config) -> AutoencoderKL:
-    """A two-level VAE (scale factor 2) with ``latent_channels`` latent channels; ``config``
-    adds config values (e.g. the ``shift_factor`` that SD3 and FLUX decode with)."""
+def tiny_vae(
+    seed: int, latent_channels: int = 4, levels: tuple[int, ...] = (8, 16), **config
+) -> AutoencoderKL:
+    """A VAE with a level per entry of ``levels`` (its channels; two levels by default: scale
+    factor 2) and ``latent_channels`` latent channels; ``config`` adds config values (e.g. the
+    ``shift_factor`` that SD3 and FLUX decode with)."""
     torch.manual_seed(seed)
     return AutoencoderKL(
         **config,
-        block_out_channels=(8, 16),
+        block_out_channels=levels,
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * len(levels),
+        up_block_types=("UpDecoderBlock2D",) * len(levels),
         latent_channels=latent_channels,
         norm_num_groups=4,
         layers_per_block=1,
@@ -126,3 +129,25 @@ def tiny_qwen3(seed: int, hidden: int = 32):
     )
     torch.manual_seed(seed)
     return Qwen3Model(config).eval(), tokenizer
+
+
+def tiny_gemma2(seed: int, hidden: int = 32):
+    """A 2-layer Gemma-2 text model and a tiny word-level tokenizer (Lumina-2's encoder)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    from .tokenizers import tiny_chat_tokenizer
+
+    tokenizer = tiny_chat_tokenizer()
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return Gemma2Model(config).eval(), tokenizer

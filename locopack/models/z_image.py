@@ -92,8 +92,8 @@ class ZImage(TextRefinerFamily):
         return [n + (-n) % ROW_MULTIPLE for n in lengths]
 
     @classmethod
-    def conditional_rows(cls, batch: int, n: int) -> range:
-        return range(n)  # [conditional; unconditional]
+    def call_texts(cls, args: tuple, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+        return list(args[2] if len(args) > 2 else kwargs["cap_feats"])
 
     @classmethod
     def build_twin(cls, seed: int = 0) -> ZImagePipeline:
