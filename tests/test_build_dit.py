@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from locopack.cli import cli
@@ -29,6 +30,7 @@ BUILDS = {
     "sd3": "export:\n  merged: true\n",
     "flux": "",
     "z-image": "export:\n  merged: true\n",
+    "lumina2": "",
 }
 
 
@@ -82,14 +84,18 @@ def test_the_card_says_what_the_pooled_path_and_image_sites_mean(name, releases)
 def test_evidence_is_drawn_at_the_recipe_resolution(releases):
     from PIL import Image
 
-    for release in releases.values():
+    for name, release in releases.items():
         evidence = json.loads((release / "evidence.json").read_text())
         image = Image.open(release / evidence["gallery"][0]["image"])
-        assert image.size == (16, 16)
+        side = yaml.safe_load(
+            (ROOT / "recipes" / "twin" / f"{name}-erase-van-gogh.yaml").read_text()
+        )
+        assert image.size == (side["localize"]["resolution"],) * 2
 
 
-def test_the_card_says_the_text_refiner_sites_are_text_only(releases):
-    release = releases["z-image"]
+@pytest.mark.parametrize("name", ["z-image", "lumina2"])
+def test_the_card_says_the_text_refiner_sites_are_text_only(name, releases):
+    release = releases[name]
     localization = json.loads((release / "localization.json").read_text())
     assert localization["pooled_only"] is None  # no pooled text path
     assert all(path.startswith("context_refiner.") for path in localization["site_paths"])
