@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 
 import locopack
 from locopack.edit import compute_delta
@@ -23,7 +22,7 @@ from locopack.models import detect_family, get_family, load_denoiser_layout, loa
 from locopack.models.text_refiner import prefix_io
 from locopack.recipe import parse_recipe
 
-from .test_export_dit import _comfy_loads
+from .test_export_dit import _comfy_loads, check_adapter_equals_merged
 from .test_models_dit import REAL_LAYOUTS
 
 NAMES = ("z-image", "lumina2")
@@ -274,17 +273,7 @@ def _denoise(pipe):
 @pytest.mark.parametrize("name", NAMES)
 def test_adapter_loaded_by_the_family_pipeline_equals_the_merged_checkpoint(name, releases):
     twin, folder, _ = releases[name]
-    with_adapter = DiffusionPipeline.from_pretrained(str(twin))
-    assert type(with_adapter).__name__ == get_family(name).pipeline_classes[0]
-    with_adapter.load_lora_weights(str(folder))  # plain diffusers, as a user would
-    applied, _ = load_pipeline(str(twin))
-    assert locopack.apply(applied, folder).kind == "adapter"
-    merged = DiffusionPipeline.from_pretrained(str(folder / "merged"))
-    base = DiffusionPipeline.from_pretrained(str(twin))
-    a, p, m, b = (_denoise(x) for x in (with_adapter, applied, merged, base))
-    assert (a - m).abs().max() <= 1e-5
-    assert (p - m).abs().max() <= 1e-5
-    assert (m - b).abs().max() > 1e-4  # the edit does change the outputs
+    check_adapter_equals_merged(name, twin, folder, _denoise, changed=1e-4)
 
 
 # ComfyUI's map for Z-Image (comfyanonymous/ComfyUI, comfy/lora.py: model_lora_keys_unet maps

@@ -25,8 +25,7 @@ import torch
 from ..delta import WeightDelta
 from ..models.base import Site
 from ..models.text_refiner import prefix_io
-from .closed_form import EditSystem, edit_report
-from .joint import SiteSolver
+from .joint import SiteSolver, ordered_errors, solve_in_order
 from .tokens import EditPrompts
 
 
@@ -72,24 +71,9 @@ def refiner_deltas(
     Returns:
         ``(deltas, provenance entries)``: the column counts.
     """
-    settings = recipe.edit
     sites = sorted(sites, key=lambda site: site.index)
     columns = RefinerColumns(pipe, family, prompts)
-    targets = columns.targets_at(sites)
-    deltas: dict[str, torch.Tensor] = {}
-    preserve = None
-    for site in sites:
-        with WeightDelta(dict(deltas)).applied(pipe.transformer):
-            x, p = columns.edited_at([site])
-        preserve = None if p is None else p[site.path]
-        system = EditSystem.build(
-            x[site.path], targets[site.path], settings.lam, preserve, settings.preserve_weight
-        )
-        deltas.update(solve(site, system))
-    return deltas, {
-        "columns": len(columns.x_picks),
-        "preserve_columns": 0 if preserve is None else int(preserve.shape[1]),
-    }
+    return solve_in_order(pipe.transformer, columns, sites, recipe.edit, solve)
 
 
 @torch.no_grad()
@@ -98,19 +82,5 @@ def refiner_errors(
 ) -> dict[str, dict]:
     """Per edited matrix, :func:`~locopack.edit.closed_form.edit_report` on the columns the
     solve used (each site's inputs with every edit upstream applied)."""
-    transformer = pipe.transformer
     columns = RefinerColumns(pipe, family, prompts)
-    targets = columns.targets_at(sites)
-    before, _ = columns.edited_at(sites)
-    with delta.applied(transformer):
-        x, p = columns.edited_at(sites)
-    by_module = {m: site for site in sites for m in (site.key, site.value)}
-    report = {}
-    for module, d in delta.deltas.items():
-        path = by_module[module].path
-        weight = transformer.get_submodule(module).weight
-        preserve = None if p is None else p[path]
-        entry = edit_report(weight, d, x[path], targets[path], preserve)
-        entry["error_before"] = edit_report(weight, d, before[path], targets[path])["error_before"]
-        report[module] = entry
-    return report
+    return ordered_errors(pipe.transformer, columns, sites, delta)

@@ -24,7 +24,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2T
 from .base import TextPart
 from .flux import FLUX_VAE_LATENTS
 from .text_refiner import TextRefinerFamily
-from .twin_parts import tiny_gemma2, tiny_vae
+from .twin_parts import tiny_chat_text, tiny_vae
 
 
 class Lumina2(TextRefinerFamily):
@@ -102,7 +102,7 @@ class Lumina2(TextRefinerFamily):
     def build_twin(cls, seed: int = 0) -> Lumina2Pipeline:
         """Lumina-2's layout (patch 2, grouped key/value heads, masked text refiner, joint
         stream, 3-axis RoPE) at width 32 with ``twin_layers`` refiner and main blocks."""
-        text_encoder, tokenizer = tiny_gemma2(seed + 1, hidden=32)
+        text_encoder, tokenizer = tiny_chat_text(seed + 1, "gemma2")
         torch.manual_seed(seed)
         transformer = Lumina2Transformer2DModel(
             sample_size=8,

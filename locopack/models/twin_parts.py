@@ -109,45 +109,28 @@ def tiny_clip_model(seed: int = 0):
     return model.eval(), tokenizer
 
 
-def tiny_qwen3(seed: int, hidden: int = 32):
-    """A 2-layer Qwen3 text model and a tiny chat tokenizer (Z-Image's encoder type)."""
-    from transformers import Qwen3Config, Qwen3Model
+def tiny_chat_text(seed: int, kind: str, hidden: int = 32):
+    """A 2-layer decoder text model of ``kind`` (``qwen3``: Z-Image's encoder type, ``gemma2``:
+    Lumina-2's) and a tiny word-level tokenizer with a chat template."""
+    from transformers import Gemma2Config, Gemma2Model, Qwen3Config, Qwen3Model
 
     from .tokenizers import tiny_chat_tokenizer
 
+    config_class, model_class, kv_heads = {
+        "qwen3": (Qwen3Config, Qwen3Model, 2),
+        "gemma2": (Gemma2Config, Gemma2Model, 1),
+    }[kind]
     tokenizer = tiny_chat_tokenizer()
-    config = Qwen3Config(
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
-        num_key_value_heads=2,
+        num_key_value_heads=kv_heads,
         head_dim=hidden // 2,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    return Qwen3Model(config).eval(), tokenizer
-
-
-def tiny_gemma2(seed: int, hidden: int = 32):
-    """A 2-layer Gemma-2 text model and a tiny word-level tokenizer (Lumina-2's encoder)."""
-    from transformers import Gemma2Config, Gemma2Model
-
-    from .tokenizers import tiny_chat_tokenizer
-
-    tokenizer = tiny_chat_tokenizer()
-    config = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=hidden // 2,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return Gemma2Model(config).eval(), tokenizer
+    return model_class(config).eval(), tokenizer

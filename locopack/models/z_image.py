@@ -24,7 +24,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTra
 from .base import TextPart
 from .flux import FLUX_VAE_LATENTS
 from .text_refiner import TextRefinerFamily
-from .twin_parts import tiny_qwen3, tiny_vae
+from .twin_parts import tiny_chat_text, tiny_vae
 
 #: Z-Image pads each prompt's text rows to a multiple of this (``SEQ_MULTI_OF``)
 ROW_MULTIPLE = 32
@@ -99,7 +99,7 @@ class ZImage(TextRefinerFamily):
     def build_twin(cls, seed: int = 0) -> ZImagePipeline:
         """Z-Image's layout (patch 2, x/text refiners, joint stream, 3-axis RoPE) at width 32
         with ``twin_layers`` refiner and main blocks."""
-        text_encoder, tokenizer = tiny_qwen3(seed + 1, hidden=32)
+        text_encoder, tokenizer = tiny_chat_text(seed + 1, "qwen3")
         torch.manual_seed(seed)
         transformer = ZImageTransformer2DModel(
             all_patch_size=(2,),
