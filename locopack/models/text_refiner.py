@@ -1,4 +1,4 @@
-"""What the single-stream transformers with a text refiner (Z-Image) share.
+"""What the single-stream transformers with a text refiner (Z-Image, Lumina-2) share.
 
 These models have no projection that reads only text inside their main stream: image and text
 tokens are concatenated and every block maps both with the same ``to_q``/``to_k``/``to_v``.

@@ -112,7 +112,7 @@ class ZImage(TextRefinerFamily):
             n_kv_heads=2,
             cap_feat_dim=text_encoder.config.hidden_size,
             axes_dims=[4, 6, 6],
-            axes_lens=[1024, 64, 64],
+            axes_lens=[1024, 512, 512],
         )
         # diffusers initializes the pad tokens to zero; random ones make them matter as in
         # the trained model
