@@ -33,6 +33,7 @@ import torch
 
 from .errors import ModelLayoutError
 from .intervene import replace_conditional, swap_text_states, window_replacements
+from .intervene_refiner import swap_refined_text
 from .models.base import Site
 
 #: the name a window gives the pooled text path of a joint-attention transformer (not a site)
@@ -200,14 +201,20 @@ def swap_windows(
 
     ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt, its
     (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`, and a window
-    that names :data:`POOLED` the altered prompt's pooled vector ``altered_pooled`` (P,); the
-    others :func:`~locopack.intervene.swap_text_states` of the per-site states.
+    that names :data:`POOLED` the altered prompt's pooled vector ``altered_pooled`` (P,);
+    text-refiner families (Z-Image) :func:`~locopack.intervene_refiner.swap_refined_text` of
+    the prompts' real tokens (``*_mask``); the others
+    :func:`~locopack.intervene.swap_text_states` of the per-site states.
 
     Raises:
         ModelLayoutError: a window names :data:`POOLED` in a family without that path, or
             without ``altered_pooled``.
     """
     pooled = [POOLED in window for window in windows]
+    if family.refines_text and not any(pooled):
+        return swap_refined_text(
+            family, denoiser, windows, original[original_mask], altered[altered_mask]
+        )
     if any(pooled) and (not family.joint_attention or altered_pooled is None):
         raise ModelLayoutError(
             f"a window names the pooled path, which {family.pretty_name} cannot swap here"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from locopack.cli import cli
@@ -24,6 +25,15 @@ def _run(*args: str) -> str:
     return result.output
 
 
+#: {family: what its build appends to the twin recipe}
+BUILDS = {
+    "sd3": "export:\n  merged: true\n",
+    "flux": "",
+    "z-image": "export:\n  merged: true\n",
+    "lumina2": "",
+}
+
+
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
     """{family: release folder}, each built from its twin recipe in a folder where the
@@ -32,7 +42,7 @@ def releases(tmp_path_factory):
     found = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        for name, extra in (("sd3", "export:\n  merged: true\n"), ("flux", "")):
+        for name, extra in BUILDS.items():
             _run("twin", name, f"out/tiny-{name}")
             recipe = root / f"{name}.yaml"
             source = ROOT / "recipes" / "twin" / f"{name}-erase-van-gogh.yaml"
@@ -42,12 +52,12 @@ def releases(tmp_path_factory):
     return found
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", list(BUILDS))
 def test_the_twin_release_audits(name, releases):
     release = releases[name]
     report = audit_folder(release)
     assert report.ok, report.to_dict()
-    assert ("merged" in {c.name for c in report.checks}) == (name == "sd3")
+    assert ("merged" in {c.name for c in report.checks}) == bool(BUILDS[name])
     for mode in (Reproduce.QUICK, Reproduce.FULL):
         report = audit_folder(release, reproduce=mode)
         assert report.ok, report.to_dict()
@@ -74,7 +84,22 @@ def test_the_card_says_what_the_pooled_path_and_image_sites_mean(name, releases)
 def test_evidence_is_drawn_at_the_recipe_resolution(releases):
     from PIL import Image
 
-    for release in releases.values():
+    for name, release in releases.items():
         evidence = json.loads((release / "evidence.json").read_text())
         image = Image.open(release / evidence["gallery"][0]["image"])
-        assert image.size == (16, 16)
+        side = yaml.safe_load(
+            (ROOT / "recipes" / "twin" / f"{name}-erase-van-gogh.yaml").read_text()
+        )
+        assert image.size == (side["localize"]["resolution"],) * 2
+
+
+@pytest.mark.parametrize("name", ["z-image", "lumina2"])
+def test_the_card_says_the_text_refiner_sites_are_text_only(name, releases):
+    release = releases[name]
+    localization = json.loads((release / "localization.json").read_text())
+    assert localization["pooled_only"] is None  # no pooled text path
+    assert all(path.startswith("context_refiner.") for path in localization["site_paths"])
+    card = (release / "README.md").read_text()
+    assert "a few text refiner blocks" in card and "cross-attention layers" not in card
+    assert "The sites are text-only" in card and "also map image tokens" not in card
+    assert "pooled CLIP vector" not in card

@@ -63,6 +63,51 @@ REAL_LAYOUTS = {
             "pooled_projection_dim": 768,
         },
     ),
+    # Tongyi-MAI/Z-Image-Turbo (model_index.json and transformer/config.json)
+    "Tongyi-MAI/Z-Image-Turbo": (
+        "ZImagePipeline",
+        {
+            "_class_name": "ZImageTransformer2DModel",
+            "all_f_patch_size": [1],
+            "all_patch_size": [2],
+            "axes_dims": [32, 48, 48],
+            "axes_lens": [1536, 512, 512],
+            "cap_feat_dim": 2560,
+            "dim": 3840,
+            "in_channels": 16,
+            "n_heads": 30,
+            "n_kv_heads": 30,
+            "n_layers": 30,
+            "n_refiner_layers": 2,
+            "norm_eps": 1e-05,
+            "qk_norm": True,
+            "rope_theta": 256.0,
+            "t_scale": 1000.0,
+        },
+    ),
+    # Alpha-VLLM/Lumina-Image-2.0 (model_index.json and transformer/config.json)
+    "Alpha-VLLM/Lumina-Image-2.0": (
+        "Lumina2Pipeline",
+        {
+            "_class_name": "Lumina2Transformer2DModel",
+            "axes_dim_rope": [32, 32, 32],
+            "axes_lens": [300, 512, 512],
+            "cap_feat_dim": 2304,
+            "ffn_dim_multiplier": None,
+            "hidden_size": 2304,
+            "in_channels": 16,
+            "multiple_of": 256,
+            "norm_eps": 1e-05,
+            "num_attention_heads": 24,
+            "num_kv_heads": 8,
+            "num_layers": 26,
+            "num_refiner_layers": 2,
+            "out_channels": None,
+            "patch_size": 2,
+            "sample_size": 128,
+            "scaling_factor": 1.0,
+        },
+    ),
 }
 
 

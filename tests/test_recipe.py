@@ -470,4 +470,6 @@ def test_example_recipes_fit_the_real_models_they_name():
         for suggested in re.findall(r"# layers: \[(.+?)\]", recipe.source_text):
             for layer in suggested.split(", "):
                 assert layer in sites, (path.name, layer)
-    assert len(named) == 4  # SD-1.5, SD-XL, SD3.5 Medium, FLUX.1-schnell
+    from tests.test_models_dit import REAL_LAYOUTS
+
+    assert named == set(REAL_UNETS) | set(REAL_LAYOUTS)  # every published layout is named

@@ -27,6 +27,9 @@ EXAMPLE_HUB_IDS = (
     "stabilityai/stable-diffusion-xl-base-1.0",
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
 )
+EXAMPLE_HUB_IDS = tuple(
+    sorted(EXAMPLE_HUB_IDS + ("Tongyi-MAI/Z-Image-Turbo", "Alpha-VLLM/Lumina-Image-2.0"))
+)
 
 GOOD = f"""\
 version: 1

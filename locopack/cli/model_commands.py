@@ -57,12 +57,18 @@ def layers(model: str, revision: str | None, as_json: bool) -> None:
         return
     click.echo(f"{model}: {family.pretty_name} ({family.name}), {len(sites)} sites")
     width = max(len(s.path) for s in sites)
-    click.echo(f"{'#':>3}  {'site':<{width}}  key/value")
+    click.echo(f"{'#':>3}  {'site':<{width}}  key/value, kind")
     for s in sites:
         proj = f"{s.key.rsplit('.', 1)[1]}/{s.value.rsplit('.', 1)[1]}"
-        click.echo(f"{s.index:>3}  {s.path:<{width}}  {proj} {s.in_features} -> {s.out_features}")
+        dims = f"{s.in_features} -> {s.out_features}"
+        click.echo(f"{s.index:>3}  {s.path:<{width}}  {proj} {dims}, {s.kind}")
     if family.has_pooled_text_path:
         click.echo("note: text also enters through a pooled embedding that is not a site")
+    if family.refines_text:
+        click.echo(
+            f"note: the sites are text refiner blocks; the {family.shared_blocks}.* projections "
+            f"(shared with image rows) and {family.input_projection} are not sites"
+        )
 
 
 @click.command()
@@ -73,7 +79,7 @@ def layers(model: str, revision: str | None, as_json: bool) -> None:
 def twin(family_name: str, directory: Path, seed: int, force: bool) -> None:
     """Build a tiny seeded twin of FAMILY into DIRECTORY.
 
-    FAMILY: sd1, sd2, sdxl, if, pixart, sd3 or flux.
+    FAMILY: sd1, sd2, sdxl, if, pixart, sd3, flux, z-image or lumina2.
 
     Twins have random weights and the family's real block layout at tiny width: they test
     every code path offline in seconds, but draw noise, not pictures.  A tiny random CLIP

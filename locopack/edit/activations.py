@@ -9,7 +9,9 @@ activations are taken while denoising (:mod:`locopack.edit.stream`, at the recip
 ``edit.seeds`` x ``edit.timesteps``) and averaged over those probes too.  There the override
 makes sense at double-stream (joint) blocks, whose ``add_k_proj``/``add_v_proj`` emit text
 rows only; FLUX's single-stream ``to_k``/``to_v`` emit the image tokens' rows as well, which a
-constant override would flatten, so those sites are refused.
+constant override would flatten, so those sites are refused.  Text-refiner sites (Z-Image)
+read the prompt alone: their activations come from running the text prefix on each prompt,
+averaged over its text rows (the refiner's padding rows included).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
+from ..models.text_refiner import prefix_io
 from ..prompt_samples import neighbours
 from .neurons import NeuronEdit, select_neurons
 from .stream import Group, record_probes, site_columns
@@ -48,6 +51,11 @@ def projection_activations(
     """
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = {s.path: s for s in family.sites(denoiser)}
+    if family.refines_text:  # refiner sites read the prompt alone, padded rows included
+        texts = family.encode_texts(pipe, prompts)
+        modules = [getattr(sites[p], which) for p in layers for which in _MATRICES[matrices]]
+        found = prefix_io(family, denoiser, texts, modules, outputs=True)
+        return {m: torch.stack([rows.float().mean(dim=0) for rows in found[m]]) for m in modules}
     if family.joint_attention:
         return _joint_activations(
             pipe, family, prompts, [sites[p] for p in layers], matrices, recipe

@@ -6,7 +6,8 @@ recipe-wide) the columns of P.  Sites that read the same states share one factor
 (:class:`~locopack.edit.closed_form.EditSystem`); a family that normalizes the text per site
 (DeepFloyd IF) gets one system per site.  In the joint-attention transformers (SD3, FLUX) every
 site reads a text stream of its own, collected while denoising and solved site by site
-(:mod:`locopack.edit.joint`).
+(:mod:`locopack.edit.joint`); in text-refiner transformers (Z-Image) every site reads the
+refiner stream, computed from the prompt and solved site by site (:mod:`locopack.edit.refiner`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from ..prompt_samples import neighbours
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
+from .refiner import refiner_deltas, refiner_errors
 from .tokens import EditPrompts, edit_prompts
 
 _MATRICES = {"key": (0,), "value": (1,), "both": (0, 1)}
@@ -97,9 +99,10 @@ def compute_delta(
         }
 
     prompts = edit_prompts(pipe, family, recipe)
-    if family.joint_attention:
+    if family.joint_attention or family.refines_text:
         chosen = [sites[path] for path in layers]
-        deltas, extra = joint_deltas(pipe, family, recipe, chosen, prompts, solve)
+        solver = refiner_deltas if family.refines_text else joint_deltas
+        deltas, extra = solver(pipe, family, recipe, chosen, prompts, solve)
         counts = {
             "columns": extra.pop("columns"),
             "preserve_columns": extra.pop("preserve_columns"),
@@ -166,9 +169,12 @@ def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = family.sites(denoiser)
     by_path = {site.key: site for site in sites} | {site.value: site for site in sites}
-    if family.joint_attention:
+    if family.joint_attention or family.refines_text:
         edited = list({by_path[module].path: by_path[module] for module in delta.deltas}.values())
+        edited.sort(key=lambda site: site.index)
         prompts = edit_prompts(pipe, family, recipe)
+        if family.refines_text:
+            return refiner_errors(pipe, family, edited, prompts, delta)
         return joint_errors(pipe, family, recipe, edited, prompts, delta)
     states = collect_states(pipe, family, recipe)
     report = {}

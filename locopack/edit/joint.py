@@ -88,6 +88,34 @@ def _checked(sites: list[Site], recipe: Any, family: Any) -> list[Site]:
 
 
 @torch.no_grad()
+def solve_in_order(
+    transformer: torch.nn.Module, columns: Any, sites: list[Site], settings: Any, solve: SiteSolver
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Solve ``sites`` (in execution order) one by one, each on the X and P that ``columns``
+    (``targets_at``/``edited_at``) collects with the deltas of the sites before it applied,
+    and Y from the unedited model.
+
+    Returns:
+        The deltas and the column counts (``columns``, ``preserve_columns``; every site's).
+    """
+    targets = columns.targets_at(sites)
+    deltas: dict[str, torch.Tensor] = {}
+    for site in sites:
+        with WeightDelta(dict(deltas)).applied(transformer):
+            x, p = columns.edited_at([site])
+        preserve = None if p is None else p[site.path]
+        system = EditSystem.build(
+            x[site.path], targets[site.path], settings.lam, preserve, settings.preserve_weight
+        )
+        deltas.update(solve(site, system))
+    counts = {
+        "columns": int(system.x.shape[1]),
+        "preserve_columns": 0 if preserve is None else int(preserve.shape[1]),
+    }
+    return deltas, counts
+
+
+@torch.no_grad()
 def joint_deltas(
     pipe: Any, family: Any, recipe: Any, sites: list[Site], prompts: EditPrompts, solve: SiteSolver
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -103,19 +131,9 @@ def joint_deltas(
     sites = _checked(sites, recipe, family)
     settings = recipe.edit
     columns = JointColumns(pipe, family, recipe, prompts)
-    targets = columns.targets_at(sites)
-    deltas: dict[str, torch.Tensor] = {}
-    for site in sites:
-        with WeightDelta(dict(deltas)).applied(pipe.transformer):
-            x, p = columns.edited_at([site])
-        preserve = None if p is None else p[site.path]
-        system = EditSystem.build(
-            x[site.path], targets[site.path], settings.lam, preserve, settings.preserve_weight
-        )
-        deltas.update(solve(site, system))
+    deltas, counts = solve_in_order(pipe.transformer, columns, sites, settings, solve)
     return deltas, {
-        "columns": int(system.x.shape[1]),
-        "preserve_columns": 0 if preserve is None else int(preserve.shape[1]),
+        **counts,
         "collection": {
             "seeds": list(settings.seeds),
             "timesteps": list(settings.timesteps),
@@ -135,9 +153,18 @@ def joint_errors(
     """Per edited matrix, :func:`~locopack.edit.closed_form.edit_report` on the columns the
     solve used (each site's inputs with every edit upstream applied; an edit does not reach its
     own site's inputs), with the layer's bias in the size of the outputs."""
-    transformer = pipe.transformer
     sites = sorted(sites, key=lambda site: site.index)
     columns = JointColumns(pipe, family, recipe, prompts)
+    return ordered_errors(pipe.transformer, columns, sites, delta)
+
+
+@torch.no_grad()
+def ordered_errors(
+    transformer: torch.nn.Module, columns: Any, sites: list[Site], delta: WeightDelta
+) -> dict[str, dict]:
+    """:func:`~locopack.edit.closed_form.edit_report` per edited matrix of ``sites`` (in
+    execution order) on the columns :func:`solve_in_order` used, with the layer's bias (if
+    any) in the size of the outputs."""
     targets = columns.targets_at(sites)
     before, _ = columns.edited_at(sites)
     with delta.applied(transformer):

@@ -85,3 +85,8 @@ class ExportChoice:
                 f"kohya format: {why}; nothing was written: export without kohya (the "
                 "diffusers/PEFT adapter is this family's LoRA format)"
             )
+        if self.onnx and family.onnx_refusal:
+            raise ExportError(
+                f"onnx format: no ONNX export for {family.pretty_name} ({family.name}): "
+                f"{family.onnx_refusal}; nothing was written: export without onnx"
+            )

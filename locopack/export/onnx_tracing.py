@@ -167,6 +167,8 @@ def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
 
 def trace_spec(pipe: Any, family: type[ModelFamily]) -> TraceSpec:
     denoiser = getattr(pipe, family.denoiser_attr)
+    if family.onnx_refusal:
+        raise _unsupported(family, family.onnx_refusal)
     if family.joint_attention:
         return _joint_spec(pipe, family, denoiser)
     cfg, dtype = denoiser.config, denoiser.dtype

@@ -33,9 +33,15 @@ class Site:
     #: only the text rows of their outputs are the site, and a weight edit is not text-only
     text_only: bool = True
 
+    @property
+    def kind(self) -> str:
+        """What the site's projections read, in words: ``text-only`` or ``shared with image
+        rows``."""
+        return "text-only" if self.text_only else "shared with image rows"
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view."""
-        return asdict(self)
+        """JSON-ready view (with :attr:`kind`)."""
+        return asdict(self) | {"kind": self.kind}
 
 
 def site_projection(attn: torch.nn.Module, name: str) -> torch.nn.Linear | None:
@@ -150,6 +156,11 @@ class ModelFamily(ABC):
     #: whether each block reads the text through a text stream of its own, updated block by
     #: block (SD3, FLUX): the sites' inputs are then not what :meth:`encode` returns
     joint_attention: ClassVar[bool] = False
+    #: whether the sites are the blocks of a text-only refiner before a single joint stream
+    #: (Z-Image): their inputs depend on the prompt alone (:mod:`locopack.models.text_refiner`)
+    refines_text: ClassVar[bool] = False
+    #: why no ONNX export of this family's denoiser exists (None: the tracer handles it)
+    onnx_refusal: ClassVar[str | None] = None
     #: header entries of a kohya LoRA file for this family (``ss_base_model_version`` as kohya
     #: sd-scripts writes it, which AUTOMATIC1111 reads); None: no kohya file exists for it
     kohya_metadata: ClassVar[dict[str, str] | None] = None

@@ -134,7 +134,7 @@ class SamplingLimits:
 
 
 #: denoisers whose pipeline packs latents into patches of this size beyond ``patch_size``
-_PACKED = {"FluxTransformer2DModel": 2}
+_PACKED = {"FluxTransformer2DModel": 2, "ZImageTransformer2DModel": 2}
 
 
 def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:

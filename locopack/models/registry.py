@@ -8,11 +8,13 @@ from ..errors import ModelLayoutError
 from .base import ModelFamily
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
+from .lumina2 import Lumina2
 from .pixart import PixArt
 from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
 from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
+from .z_image import ZImage
 
 #: Every supported family by registry name, in the order they are tried.
 FAMILIES: dict[str, type[ModelFamily]] = {
@@ -25,6 +27,8 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         PixArt,
         StableDiffusion3,
         Flux,
+        ZImage,
+        Lumina2,
     )
 }
 

@@ -85,3 +85,35 @@ def tiny_t5_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS) -> T5Toke
     pieces += [("▁" + word, -1.0) for word in dict.fromkeys(words)]
     pieces += [(ch, -5.0) for ch in string.ascii_letters + string.digits + ".,'-!?"]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=77)
+
+
+#: a chat template of the Qwen form (``<|im_start|>role\ncontent<|im_end|>\n``), as the
+#: pipelines that prompt a chat model (Z-Image) apply it
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_chat_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS):
+    """A word-level tokenizer with ``words`` (and ``user``/``assistant``) as tokens, unknown
+    words as ``<unk>`` (case-insensitive), Qwen's special tokens and :data:`CHAT_TEMPLATE`;
+    no start or end token is added, as Qwen's tokenizers add none."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for word in [*dict.fromkeys(words), "user", "assistant"]:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+    )

@@ -19,17 +19,20 @@ from transformers import (
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
-def tiny_vae(seed: int, latent_channels: int = 4, **config) -> AutoencoderKL:
-    """A two-level VAE (scale factor 2) with ``latent_channels`` latent channels; ``config``
-    adds config values (e.g. the ``shift_factor`` that SD3 and FLUX decode with)."""
+def tiny_vae(
+    seed: int, latent_channels: int = 4, levels: tuple[int, ...] = (8, 16), **config
+) -> AutoencoderKL:
+    """A VAE with a level per entry of ``levels`` (its channels; two levels by default: scale
+    factor 2) and ``latent_channels`` latent channels; ``config`` adds config values (e.g. the
+    ``shift_factor`` that SD3 and FLUX decode with)."""
     torch.manual_seed(seed)
     return AutoencoderKL(
         **config,
-        block_out_channels=(8, 16),
+        block_out_channels=levels,
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * len(levels),
+        up_block_types=("UpDecoderBlock2D",) * len(levels),
         latent_channels=latent_channels,
         norm_num_groups=4,
         layers_per_block=1,
@@ -104,3 +107,30 @@ def tiny_clip_model(seed: int = 0):
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     return model.eval(), tokenizer
+
+
+def tiny_chat_text(seed: int, kind: str, hidden: int = 32):
+    """A 2-layer decoder text model of ``kind`` (``qwen3``: Z-Image's encoder type, ``gemma2``:
+    Lumina-2's) and a tiny word-level tokenizer with a chat template."""
+    from transformers import Gemma2Config, Gemma2Model, Qwen3Config, Qwen3Model
+
+    from .tokenizers import tiny_chat_tokenizer
+
+    config_class, model_class, kv_heads = {
+        "qwen3": (Qwen3Config, Qwen3Model, 2),
+        "gemma2": (Gemma2Config, Gemma2Model, 1),
+    }[kind]
+    tokenizer = tiny_chat_tokenizer()
+    config = config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=kv_heads,
+        head_dim=hidden // 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return model_class(config).eval(), tokenizer

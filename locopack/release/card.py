@@ -360,6 +360,14 @@ def _usage(base: str, prompt: str) -> str:
     )
 
 
+def _refines_text(prov: dict) -> bool:
+    """Whether the release's family has text refiner sites (Z-Image)."""
+    from ..models.registry import FAMILIES
+
+    family = FAMILIES.get(prov.get("family", ""))
+    return family is not None and family.refines_text
+
+
 def _site_kind(prov: dict) -> str:
     """What the edited sites are called for the release's family."""
     from ..models.registry import FAMILIES
@@ -367,6 +375,8 @@ def _site_kind(prov: dict) -> str:
     family = FAMILIES.get(prov.get("family", ""))
     if family is not None and family.joint_attention:
         return "joint-attention blocks (their text key/value projections)"
+    if family is not None and family.refines_text:
+        return "text refiner blocks (their key/value projections, which read text only)"
     return "cross-attention layers"
 
 
@@ -390,6 +400,12 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
                 "On this model the pooled path moves the images more than all the sites "
                 f"together{ratio}: what it carries of the concept is left as it was."
             )
+    if _refines_text(prov):
+        notes.append(
+            "The sites are text-only: the blocks that refine the text before it joins the "
+            "image tokens in one stream. That stream's projections map image and text rows "
+            "with the same weights; they are not sites, and the edit leaves them unchanged."
+        )
     if prov.get("image_sites"):
         listed = ", ".join(md.code(path) for path in prov["image_sites"])
         notes.append(
