@@ -147,6 +147,8 @@ class ModelFamily(ABC):
     encoder_name: ClassVar[str] = "CLIP"
     #: whether text also reaches the denoiser outside the sites (pooled embeddings)
     has_pooled_text_path: ClassVar[bool] = False
+    #: whether LocoGen swaps the pooled text path alone as a reference line (SD3, FLUX.1)
+    pooled_reference: ClassVar[bool] = False
     #: whether each block reads the text through a text stream of its own, updated block by
     #: block (SD3, FLUX): the sites' inputs are then not what :meth:`encode` returns
     joint_attention: ClassVar[bool] = False
@@ -303,6 +305,19 @@ class ModelFamily(ABC):
     def call_kwargs(cls) -> dict[str, Any]:
         """Extra arguments locopack passes to every pipeline call of this family."""
         return {}
+
+    @classmethod
+    def guided(cls, guidance: float) -> bool:
+        """Whether the pipeline runs classifier-free guidance at ``guidance`` (two denoiser
+        passes per image and step)."""
+        return guidance > 1
+
+    @classmethod
+    def denoiser_passes(cls, images: int, guidance: float, swapped: bool) -> int:
+        """Denoiser passes (one image through one step) of one denoising step of a pipeline
+        call drawing ``images`` images; ``swapped``: LocoGen alters some site in the call
+        (free here: the altered states are fed in place of the original ones)."""
+        return images * (2 if cls.guided(guidance) else 1)
 
     @classmethod
     def with_t5_length(cls, length: int) -> type[ModelFamily]:

@@ -46,6 +46,12 @@ class Flux(JointAttentionFamily):
         return "https://huggingface.co/black-forest-labs/FLUX.1-schnell"
 
     @classmethod
+    def guided(cls, guidance: float) -> bool:
+        """FLUX.1's ``guidance_scale`` is an input of the distilled model (FLUX.1-dev), not
+        classifier-free guidance: one pass per image and step."""
+        return False
+
+    @classmethod
     def tokenizer(cls, pipe: Any) -> Any:
         """T5's tokenizer: the text states are T5's alone."""
         return pipe.tokenizer_2

@@ -34,6 +34,7 @@ class JointAttentionFamily(ModelFamily):
     denoiser_attr: ClassVar[str] = "transformer"
     projections: ClassVar[tuple[str, str]] = ("add_k_proj", "add_v_proj")
     has_pooled_text_path: ClassVar[bool] = True
+    pooled_reference: ClassVar[bool] = True
     joint_attention: ClassVar[bool] = True
     #: T5 tokens of the text states (the pipeline's ``max_sequence_length``)
     t5_length: ClassVar[int] = 256
@@ -114,3 +115,10 @@ class JointAttentionFamily(ModelFamily):
     @classmethod
     def call_kwargs(cls) -> dict[str, Any]:
         return {"max_sequence_length": cls.t5_length}
+
+    @classmethod
+    def denoiser_passes(cls, images: int, guidance: float, swapped: bool) -> int:
+        """A call that alters some site also runs the altered text stream alongside, on the
+        whole batch of every transformer call (:mod:`locopack.intervene_joint`)."""
+        passes = super().denoiser_passes(images, guidance, swapped)
+        return 2 * passes if swapped else passes

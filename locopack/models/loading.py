@@ -152,6 +152,19 @@ def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
     return SamplingLimits(steps, factor * patch)
 
 
+def load_scheduler(model: str, revision: str | None = None) -> Any:
+    """The scheduler of ``model`` built from its config alone (None: no scheduler, or one of
+    a class diffusers does not know)."""
+    import diffusers
+
+    index = _read_json(model, PIPELINE_INDEX, revision)
+    if not isinstance(index.get("scheduler"), list) or None in index["scheduler"]:
+        return None
+    config = _read_json(model, "scheduler/scheduler_config.json", revision)
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    return cls.from_config(config) if cls is not None else None
+
+
 def _max_steps(config: dict[str, Any]) -> int:
     """The most steps a scheduler of ``config`` takes: ``num_train_timesteps``, less where its
     spacing would step past the last trained timestep (``leading`` spacing with
@@ -184,6 +197,22 @@ def load_denoiser_layout(model: str, revision: str | None = None):
     with torch.device("meta"):
         denoiser = cls.from_config(config)
     return family, denoiser
+
+
+def weights_missing(model: str, revision: str | None, denoiser_attr: str) -> str | None:
+    """Why the denoiser weights of ``model`` cannot be read without a download (a local
+    folder without them, a Hub model not in the local cache); None when they are here."""
+    folder = Path(model)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(model, revision=revision, local_files_only=True))
+        except Exception:  # no cached snapshot of any kind
+            return f"{model} is not in the local Hub cache"
+    if not any((folder / denoiser_attr).glob("*.safetensors")):
+        return f"{model}: no {denoiser_attr}/*.safetensors on this machine"
+    return None
 
 
 def load_pipeline(
