@@ -135,6 +135,8 @@ class SamplingLimits:
 
 #: denoisers whose pipeline packs latents into patches of this size beyond ``patch_size``
 _PACKED = {"FluxTransformer2DModel": 2}
+#: denoisers whose pipeline refuses image sizes that are not a multiple of this
+_SIZE_UNIT = {"SanaTransformer2DModel": 32}
 
 
 def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
@@ -149,7 +151,8 @@ def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
     steps = None
     if isinstance(index.get("scheduler"), list) and None not in index["scheduler"]:
         steps = _max_steps(_read_json(model, "scheduler/scheduler_config.json", revision))
-    return SamplingLimits(steps, factor * patch)
+    unit = max(factor * patch, _SIZE_UNIT.get(str(config.get("_class_name")), 1))
+    return SamplingLimits(steps, unit)
 
 
 def load_scheduler(model: str, revision: str | None = None) -> Any:

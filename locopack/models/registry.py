@@ -9,6 +9,7 @@ from .base import ModelFamily
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
 from .pixart import PixArt
+from .sana import Sana
 from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
 from .sd3 import StableDiffusion3
@@ -25,6 +26,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         PixArt,
         StableDiffusion3,
         Flux,
+        Sana,
     )
 }
 
