@@ -63,6 +63,28 @@ REAL_LAYOUTS = {
             "pooled_projection_dim": 768,
         },
     ),
+    # Efficient-Large-Model/Sana_1600M_1024px_diffusers (diffusers' defaults are its values)
+    "Efficient-Large-Model/Sana_1600M_1024px_diffusers": (
+        "SanaPipeline",
+        {
+            "_class_name": "SanaTransformer2DModel",
+            "attention_bias": False,
+            "attention_head_dim": 32,
+            "caption_channels": 2304,
+            "cross_attention_dim": 2240,
+            "cross_attention_head_dim": 112,
+            "in_channels": 32,
+            "mlp_ratio": 2.5,
+            "norm_elementwise_affine": False,
+            "norm_eps": 1e-06,
+            "num_attention_heads": 70,
+            "num_cross_attention_heads": 20,
+            "num_layers": 20,
+            "out_channels": 32,
+            "patch_size": 1,
+            "sample_size": 32,
+        },
+    ),
 }
 
 

@@ -19,7 +19,7 @@ from locopack.recipe import parse_recipe
 ROOT = Path(__file__).resolve().parents[1]
 #: families whose twins conftest builds once per session; the others are built here
 SESSION = ("sd1", "sdxl", "if", "pixart")
-BUILT = ("sd3", "flux")
+BUILT = ("sd3", "flux", "sana")
 
 RECIPE = """
 version: 1
@@ -73,7 +73,7 @@ def test_the_plan_counts_every_pass_a_hook_on_the_denoiser_counts(
     name, guidance, batch, twin_pipes, built_pipes
 ):
     pipe, family = built_pipes[name] if name in BUILT else twin_pipes[name]
-    resolution = 64 if name == "if" else 16
+    resolution = {"if": 64, "sana": 32}.get(name, 16)
     recipe = parse_recipe(RECIPE.format(guidance=guidance, resolution=resolution), "plan.yaml")
     sites = len(family.sites(getattr(pipe, family.denoiser_attr)))
     plan = plan_sweep(recipe, family, sites, batch=batch, scheduler=pipe.scheduler)

@@ -79,7 +79,8 @@ def test_layers_lists_the_sites_in_the_order_their_hooks_fire(sana_dir, sana_pip
         for handle in handles:
             handle.remove()
     assert fired == [m for site in listed["sites"] for m in (site["key"], site["value"])]
-    assert [s["path"] for s in listed["sites"]] == [f"transformer_blocks.{i}.attn2" for i in range(4)]
+    paths = [f"transformer_blocks.{i}.attn2" for i in range(4)]
+    assert [s["path"] for s in listed["sites"]] == paths
 
 
 def test_encode_is_what_every_site_reads_and_the_concept_is_found(sana_pipe):
@@ -182,3 +183,19 @@ def test_the_twin_recipe_builds_and_audits_with_a_full_reproduction(tmp_path):
         "error: ONNX export is not supported for SANA models: no ONNX inputs defined for "
         "SanaTransformer2DModel"
     )
+
+
+def test_the_real_layout_has_twenty_text_only_sites(tmp_path):
+    from locopack.models import load_denoiser_layout
+
+    from .test_models_dit import REAL_LAYOUTS
+
+    pipeline_class, config = REAL_LAYOUTS["Efficient-Large-Model/Sana_1600M_1024px_diffusers"]
+    (tmp_path / "transformer").mkdir()
+    index = {"_class_name": pipeline_class, "transformer": ["diffusers", config["_class_name"]]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(config))
+    family, denoiser = load_denoiser_layout(str(tmp_path))
+    sites = family.sites(denoiser)
+    assert family.name == "sana" and len(sites) == 20 and all(s.text_only for s in sites)
+    assert {(s.in_features, s.out_features) for s in sites} == {(2240, 2240)}
