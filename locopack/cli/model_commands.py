@@ -74,7 +74,7 @@ def twin(family_name: str, directory: Path, seed: int, force: bool) -> None:
     """Build a tiny seeded twin of FAMILY into DIRECTORY.
 
     FAMILY: sd1, sd2, sdxl, if, pixart, sd3, flux
-    or sana.
+    or sana, chroma.
 
     Twins have random weights and the family's real block layout at tiny width: they test
     every code path offline in seconds, but draw noise, not pictures.  A tiny random CLIP

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily
+from .chroma import Chroma
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
 from .pixart import PixArt
@@ -27,6 +28,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         StableDiffusion3,
         Flux,
         Sana,
+        Chroma,
     )
 }
 
