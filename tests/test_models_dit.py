@@ -63,6 +63,24 @@ REAL_LAYOUTS = {
             "pooled_projection_dim": 768,
         },
     ),
+    # lodestones/Chroma1-HD (diffusers' defaults are its values)
+    "lodestones/Chroma1-HD": (
+        "ChromaPipeline",
+        {
+            "_class_name": "ChromaTransformer2DModel",
+            "approximator_hidden_dim": 5120,
+            "approximator_layers": 5,
+            "approximator_num_channels": 64,
+            "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56],
+            "in_channels": 64,
+            "joint_attention_dim": 4096,
+            "num_attention_heads": 24,
+            "num_layers": 19,
+            "num_single_layers": 38,
+            "patch_size": 1,
+        },
+    ),
     # Efficient-Large-Model/Sana_1600M_1024px_diffusers (diffusers' defaults are its values)
     "Efficient-Large-Model/Sana_1600M_1024px_diffusers": (
         "SanaPipeline",

@@ -19,7 +19,7 @@ from locopack.recipe import parse_recipe
 ROOT = Path(__file__).resolve().parents[1]
 #: families whose twins conftest builds once per session; the others are built here
 SESSION = ("sd1", "sdxl", "if", "pixart")
-BUILT = ("sd3", "flux", "sana")
+BUILT = ("sd3", "flux", "sana", "chroma")
 
 RECIPE = """
 version: 1
@@ -65,6 +65,7 @@ CASES = [(n, 3.0, 8) for n in SESSION + BUILT] + [
     ("sd3", 1.0, 2),
     ("flux", 3.0, 2),
     ("sd1", 3.0, 2),
+    ("chroma", 1.0, 8),
 ]
 
 

@@ -470,4 +470,5 @@ def test_example_recipes_fit_the_real_models_they_name():
         for suggested in re.findall(r"# layers: \[(.+?)\]", recipe.source_text):
             for layer in suggested.split(", "):
                 assert layer in sites, (path.name, layer)
-    assert len(named) == 5  # SD-1.5, SD-XL, SD3.5 Medium, FLUX.1-schnell, SANA 1.6B
+    # SD-1.5, SD-XL, SD3.5 Medium, FLUX.1-schnell, SANA 1.6B, Chroma1-HD
+    assert len(named) == 6
