@@ -258,9 +258,10 @@ def swap_windows(
     sites of ``windows[b]`` and the original everywhere else.
 
     ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt and
-    Chroma, its (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`, and a window
-    that names :data:`POOLED` the altered prompt's pooled vector ``altered_pooled`` (P,); the
-    others :func:`~locopack.intervene.swap_text_states` of the per-site states.
+    Chroma, its (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`,
+    and a window that names :data:`POOLED` the altered prompt's pooled vector
+    ``altered_pooled`` (P,); the others :func:`~locopack.intervene.swap_text_states` of the
+    per-site states.
 
     Raises:
         ModelLayoutError: a window names :data:`POOLED` in a family without that path, or

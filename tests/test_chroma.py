@@ -134,7 +134,8 @@ def test_the_swap_leaves_the_negative_call_alone_and_nothing_moves_without_a_cha
     assert same.pooled_window is None  # no pooled path to swap alone
     paths = same.site_paths
     plain = _generate(pipe, family, PROMPT, n=3)
-    for image, reference in zip(same._images(0, [[], paths, paths[2:4]], 0, rung), plain):
+    swapped = same._images(0, [[], paths, paths[2:4]], 0, rung)
+    for image, reference in zip(swapped, plain, strict=True):
         np.testing.assert_array_equal(np.asarray(image), np.asarray(reference))
     outputs = []
     handle = pipe.transformer.register_forward_hook(lambda _m, _a, out: outputs.append(out[0]))

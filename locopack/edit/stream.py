@@ -14,8 +14,9 @@ reads the same input) while the real transformer runs:
   Where the negative prompt's call is apart (Chroma), the first call of a step is the
   conditional one.  The run stops after the last of them.
 - **columns** (:func:`site_columns`): the transformer is called on every probe with a group's
-  text arguments (states; pooled vectors or a text mask where the family has them); the hook keeps the input rows at the chosen (prompt, token
-  position) pairs and the call stops as soon as the last wanted site has fired.  In FLUX's
+  text arguments (states; pooled vectors or a text mask where the family has them); the hook
+  keeps the input rows at the chosen (prompt, token position) pairs and the call stops as
+  soon as the last wanted site has fired.  In FLUX's
   single-stream blocks the input is ``[text; image]``: text positions index its text rows.
 
 The probes are recorded once, on the model as it is: an edit upstream moves a later site's
