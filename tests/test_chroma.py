@@ -1,54 +1,33 @@
 """Chroma (FLUX.1's layout, T5 alone, the negative prompt's call apart): sites in the order
 hooks fire, the text arguments the transformer receives, a swap that leaves the negative
 prompt's call alone, planted windows found in full and fast mode, the adapter through
-``ChromaPipeline``'s own ``load_lora_weights`` equal to the merged checkpoint, and the twin
-recipe built and audited."""
+``ChromaPipeline``'s own ``load_lora_weights`` equal to the merged checkpoint, the published
+layout, and the twin recipe built and audited."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from diffusers import ChromaPipeline, DiffusionPipeline
 
-import locopack
-from locopack.cli import cli
-from locopack.edit import compute_delta
-from locopack.export import write_adapter, write_merged
 from locopack.localize import Rung, Sweep, localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, planted_text_window
 from locopack.localize.windows import PromptPair
-from locopack.models import get_family, load_denoiser_layout, load_pipeline
-from locopack.recipe import parse_recipe
+from locopack.models import get_family, load_pipeline
 
+from .family_checks import (
+    adapter_equals_merged,
+    listed_sites_fire_in_order,
+    real_layout,
+    recipe,
+    twin_recipe_builds_and_audits,
+)
 from .test_models_dit import REAL_LAYOUTS
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a painting of a dog in the style of van gogh"
 SIZE = {"height": 16, "width": 16}
 #: T5 tokens of the tests (the pipeline's default, 512, only costs time here)
 LENGTH = 24
-
-RECIPE = """
-version: 1
-name: planted-chroma
-base: {{model: {model}}}
-edits:
-  - kind: erase
-    attribute: style
-    concept: van gogh
-    prompts: ["a painting of a cat in the style of {{concept}}", "{{concept}} starry night"]
-    target: "a photo of a red car"
-    preserve: ["a photo of a cat"]
-localize: {{window: 1, steps: {steps}, guidance: 3.0, seeds: [0], prompts_per_edit: 2,
-           scorer: ./unused, mode: {mode}, resolution: 16}}
-edit: {{lambda: 0.1, matrices: both, tokens: cover, seeds: [0], timesteps: [0.0, 1.0],
-       allow_image_sites: true}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +40,6 @@ def chroma_pipe(chroma_dir):
     pipe, family = load_pipeline(str(chroma_dir))
     pipe.set_progress_bar_config(disable=True)
     return pipe, family.with_t5_length(LENGTH)
-
-
-def _recipe(model, mode="full", steps=2):
-    return parse_recipe(RECIPE.format(model=model, mode=mode, steps=steps), "planted.yaml")
 
 
 def _generate(pipe, family, prompt, n=1, guidance=3.0, steps=2):
@@ -81,25 +56,10 @@ def _generate(pipe, family, prompt, n=1, guidance=3.0, steps=2):
 
 
 def test_layers_lists_the_sites_in_the_order_their_hooks_fire(chroma_dir, chroma_pipe):
-    result = CliRunner().invoke(cli, ["layers", str(chroma_dir), "--json"])
-    assert result.exit_code == 0, result.output
-    listed = json.loads(result.output)
-    assert listed["family"] == "chroma" and not listed["pooled_text_path"]
     pipe, family = chroma_pipe
-    fired: list[str] = []
-    handles = [
-        pipe.transformer.get_submodule(module).register_forward_hook(
-            lambda _m, _i, _o, module=module: fired.append(module)
-        )
-        for site in listed["sites"]
-        for module in (site["key"], site["value"])
-    ]
-    try:
-        _generate(pipe, family, PROMPT, guidance=1.0, steps=1)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert fired == [m for site in listed["sites"] for m in (site["key"], site["value"])]
+    run = lambda: _generate(pipe, family, PROMPT, guidance=1.0, steps=1)  # noqa: E731
+    listed = listed_sites_fire_in_order(chroma_dir, pipe, run)
+    assert listed["family"] == "chroma" and not listed["pooled_text_path"]
     assert [s["text_only"] for s in listed["sites"]] == [True] * 3 + [False] * 3
 
 
@@ -160,12 +120,12 @@ def test_a_planted_single_site_window_is_found(start, mode, chroma_dir):
     pipe = family.build_twin(seed=0)
     pipe.set_progress_bar_config(disable=True)
     steps = 5 if mode == "fast" else 2
-    recipe = _recipe(chroma_dir, mode, steps)
+    planted = recipe(chroma_dir, steps=steps, mode=mode)
     with planted_text_window(pipe, family, start, 1) as paths:
-        originals = [p.original for p in prompt_pairs(recipe)]
+        originals = [p.original for p in prompt_pairs(planted)]
         scorer = ReferenceScorer(pipe, family, originals, steps, 3.0, resolutions=(16,))
         result = localize(
-            pipe, family, recipe, scorer=scorer, progress=False, batch=9, full_references=True
+            pipe, family, planted, scorer=scorer, progress=False, batch=9, full_references=True
         )
     assert result.layers == [paths[start]] and result.mode == mode
     assert result.pooled_only is None
@@ -174,8 +134,7 @@ def test_a_planted_single_site_window_is_found(start, mode, chroma_dir):
     assert chosen.mean == pytest.approx(result.all_sites.mean, abs=0.01) and chosen.mean < -0.02
 
 
-def _denoise(pipe):
-    transformer = pipe.transformer
+def _denoise(transformer):
     gen = torch.Generator().manual_seed(0)
     return transformer(
         hidden_states=torch.randn(2, 16, transformer.config.in_channels, generator=gen),
@@ -187,34 +146,15 @@ def _denoise(pipe):
     )[0]
 
 
-@torch.no_grad()
 def test_the_adapter_loaded_by_chroma_pipeline_equals_the_merged_checkpoint(chroma_dir, tmp_path):
-    pipe, family = load_pipeline(str(chroma_dir))
-    pipe.set_progress_bar_config(disable=True)
-    family = family.with_t5_length(LENGTH)
-    sites = [s.path for s in family.sites(pipe.transformer)]
-    delta = compute_delta(pipe, family, _recipe(chroma_dir), sites[1:4])  # one single-stream
-    write_adapter(delta, tmp_path, max_rank=64, energy=0.99999999)
-    write_merged(pipe, family, delta, tmp_path / "merged")
-    with_adapter = DiffusionPipeline.from_pretrained(str(chroma_dir))
-    assert isinstance(with_adapter, ChromaPipeline)
-    with_adapter.load_lora_weights(str(tmp_path))  # FluxLoraLoaderMixin, as a user would
-    applied, _ = load_pipeline(str(chroma_dir))
-    assert locopack.apply(applied, tmp_path).kind == "adapter"
-    merged = DiffusionPipeline.from_pretrained(str(tmp_path / "merged"))
-    a, p, m, b = (_denoise(x) for x in (with_adapter, applied, merged, pipe))
-    assert (a - m).abs().max() <= 1e-5
-    assert (p - m).abs().max() <= 1e-5
-    assert (m - b).abs().max() > 1e-3  # the edit does change the outputs
+    family = get_family("chroma").with_t5_length(LENGTH)
+    sites = [s.path for s in family.sites(load_pipeline(str(chroma_dir))[0].transformer)]
+    # two double-stream sites and a single-stream one (opted in); FluxLoraLoaderMixin loads it
+    adapter_equals_merged(chroma_dir, tmp_path, family, sites[1:4], recipe(chroma_dir), _denoise)
 
 
 def test_the_real_layout_is_flux_without_the_pooled_path(tmp_path):
-    pipeline_class, config = REAL_LAYOUTS["lodestones/Chroma1-HD"]
-    (tmp_path / "transformer").mkdir()
-    index = {"_class_name": pipeline_class, "transformer": ["diffusers", config["_class_name"]]}
-    (tmp_path / "model_index.json").write_text(json.dumps(index))
-    (tmp_path / "transformer" / "config.json").write_text(json.dumps(config))
-    family, denoiser = load_denoiser_layout(str(tmp_path))
+    family, denoiser = real_layout(tmp_path, *REAL_LAYOUTS["lodestones/Chroma1-HD"])
     sites = family.sites(denoiser)
     assert family.name == "chroma" and len(sites) == 57
     assert sum(not s.text_only for s in sites) == 38
@@ -223,26 +163,5 @@ def test_the_real_layout_is_flux_without_the_pooled_path(tmp_path):
 
 @pytest.mark.slow
 def test_the_twin_recipe_builds_and_audits_with_a_full_reproduction(tmp_path):
-    def run(*args: str) -> str:
-        result = CliRunner().invoke(cli, ["--threads", "1", *args])
-        assert result.exit_code == 0, result.output
-        return result.output
-
-    recipe = tmp_path / "chroma-erase-van-gogh.yaml"
-    recipe.write_text((ROOT / "recipes" / "twin" / recipe.name).read_text())
-    run("twin", "chroma", str(tmp_path / "out" / "tiny-chroma"))
-    run("build", str(recipe), "--out", str(tmp_path / "release"))
-    audit = run("audit", str(tmp_path / "release"), "--reproduce", "full")
-    assert "LocoGen (full mode) chose the same window" in audit
-    assert "gives the same delta" in audit
-    card = (tmp_path / "release" / "README.md").read_text()
-    assert "pooled" not in card.lower()
-    onnx = CliRunner().invoke(
-        cli, ["export", str(tmp_path / "release" / "delta.safetensors"), "--onnx", "--model",
-              str(tmp_path / "out" / "tiny-chroma"), "--out", str(tmp_path / "onnx")],
-    )  # fmt: skip
-    assert onnx.exit_code == 1
-    assert onnx.output.strip().splitlines()[-1] == (
-        "error: ONNX export is not supported for Chroma models: no ONNX inputs defined for "
-        "ChromaTransformer2DModel"
-    )
+    release = twin_recipe_builds_and_audits(tmp_path, "chroma", "chroma-erase-van-gogh.yaml")
+    assert "pooled" not in (release / "README.md").read_text().lower()

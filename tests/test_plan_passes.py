@@ -4,7 +4,6 @@ are not on this machine."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,24 +15,15 @@ from locopack.localize import localize, plan_sweep
 from locopack.models import get_family
 from locopack.recipe import parse_recipe
 
+from .family_checks import RECIPE, layout_folder
+from .family_checks import recipe as planned
+from .test_models_dit import REAL_LAYOUTS
+
 ROOT = Path(__file__).resolve().parents[1]
+FLUX = "black-forest-labs/FLUX.1-schnell"
 #: families whose twins conftest builds once per session; the others are built here
 SESSION = ("sd1", "sdxl", "if", "pixart")
 BUILT = ("sd3", "flux", "sana", "chroma")
-
-RECIPE = """
-version: 1
-name: plan-count
-base: {{model: ./unused}}
-edits:
-  - kind: erase
-    attribute: style
-    concept: van gogh
-    prompts: ["a painting of a cat in the style of {{concept}}", "{{concept}} starry night"]
-    target: "a photo of a red car"
-localize: {{window: 2, steps: 2, guidance: {guidance}, seeds: [0], prompts_per_edit: 2,
-           scorer: ./unused, mode: full, resolution: {resolution}}}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -75,32 +65,20 @@ def test_the_plan_counts_every_pass_a_hook_on_the_denoiser_counts(
 ):
     pipe, family = built_pipes[name] if name in BUILT else twin_pipes[name]
     resolution = {"if": 64, "sana": 32}.get(name, 16)
-    recipe = parse_recipe(RECIPE.format(guidance=guidance, resolution=resolution), "plan.yaml")
+    recipe = planned(window=2, guidance=guidance, resolution=resolution)
     sites = len(family.sites(getattr(pipe, family.denoiser_attr)))
     plan = plan_sweep(recipe, family, sites, batch=batch, scheduler=pipe.scheduler)
     assert plan.full_passes == plan.mode_passes == _counted_sweep(pipe, family, recipe, batch)
 
 
 def test_the_text_stream_run_alongside_doubles_a_joint_window(built_pipes):
-    recipe = parse_recipe(RECIPE.format(guidance=3.0, resolution=16), "plan.yaml")
+    recipe = planned(window=2)
     plain, joint = get_family("sd1"), get_family("sd3")
     # the same sweep shape: SD3 pays its windows twice, and its pooled line once more
     assert plan_sweep(recipe, joint, 5).full_passes > 2 * plan_sweep(recipe, plain, 5).full_passes
     assert joint.denoiser_passes(3, 3.0, True) == 12 and plain.denoiser_passes(3, 3.0, True) == 6
     # FLUX.1's guidance_scale is the distilled model's input, not classifier-free guidance
     assert get_family("flux").denoiser_passes(3, 3.0, False) == 3
-
-
-def _config_only_model(folder: Path) -> Path:
-    """FLUX.1-schnell's published configs alone (no weights), as a pipeline folder."""
-    from tests.test_models_dit import REAL_LAYOUTS
-
-    pipeline_class, config = REAL_LAYOUTS["black-forest-labs/FLUX.1-schnell"]
-    (folder / "transformer").mkdir(parents=True)
-    index = {"_class_name": pipeline_class, "transformer": ["diffusers", config["_class_name"]]}
-    (folder / "model_index.json").write_text(json.dumps(index))
-    (folder / "transformer" / "config.json").write_text(json.dumps(config))
-    return folder
 
 
 def _plan(recipe: Path, home: Path) -> subprocess.CompletedProcess:
@@ -116,8 +94,8 @@ def _plan(recipe: Path, home: Path) -> subprocess.CompletedProcess:
 
 def test_the_plan_of_an_example_recipe_comes_from_the_configs_without_weights(tmp_path):
     example = ROOT / "recipes" / "examples" / "flux-schnell-remove-snoopy.yaml"
-    model = _config_only_model(tmp_path / "flux-configs")
-    text = example.read_text().replace("black-forest-labs/FLUX.1-schnell", str(model))
+    model = layout_folder(tmp_path / "flux-configs", *REAL_LAYOUTS[FLUX])
+    text = example.read_text().replace(FLUX, str(model))
     (tmp_path / "r.yaml").write_text(text)
     process = _plan(tmp_path / "r.yaml", tmp_path / "home")
     assert process.returncode == 0, process.stderr
@@ -140,8 +118,8 @@ def test_the_plan_times_a_pass_where_the_weights_are_here(tmp_path, twin_dirs):
     clip, tokenizer = tiny_clip_model(0)
     clip.save_pretrained(tmp_path / "scorer")
     tokenizer.save_pretrained(tmp_path / "scorer")
-    text = RECIPE.format(guidance=3.0, resolution=16).replace(
-        "model: ./unused", f"model: {twin_dirs['sd1']}"
+    text = RECIPE.format(
+        model=twin_dirs["sd1"], window=2, steps=2, guidance=3.0, mode="full", resolution=16
     )
     (tmp_path / "r.yaml").write_text(text.replace("scorer: ./unused", f"scorer: {tmp_path}/scorer"))
     process = _plan(tmp_path / "r.yaml", tmp_path / "home")
