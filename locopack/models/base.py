@@ -332,6 +332,20 @@ class ModelFamily(ABC):
         )
 
 
+class BlockOrderTransformer(ModelFamily):
+    """A diffusion transformer told apart by its pipeline class, its sites in block order."""
+
+    denoiser_attr: ClassVar[str] = "transformer"
+
+    @classmethod
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+        return pipeline_class in cls.pipeline_classes
+
+    @classmethod
+    def order_key(cls, path: str) -> tuple:
+        return natural_key(path)
+
+
 class LowercasedPrompts:
     """Mixin for T5 pipelines (IF, PixArt) that lower-case and strip every prompt before
     tokenizing it (their ``_text_preprocessing`` with ``clean_caption=False``)."""

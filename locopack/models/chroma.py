@@ -77,14 +77,7 @@ class Chroma(Flux):
         text_encoder, tokenizer = tiny_t5(seed + 1, d_model=32)
         torch.manual_seed(seed)
         transformer = ChromaTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=cls.twin_layers[0],
-            num_single_layers=cls.twin_layers[1],
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=text_encoder.config.d_model,
-            axes_dims_rope=(4, 4, 8),
+            **cls.twin_blocks(text_encoder.config.d_model),
             approximator_hidden_dim=32,
             approximator_layers=2,
         )

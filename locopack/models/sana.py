@@ -26,33 +26,24 @@ from diffusers import (
 )
 from transformers import Gemma2Config, Gemma2Model
 
-from .base import LowercasedPrompts, ModelFamily, natural_key
+from .base import BlockOrderTransformer, LowercasedPrompts
 from .tokenizers import tiny_gemma_tokenizer
 
 #: Gemma tokens of the text states (the pipeline's default ``max_sequence_length``)
 MAX_SEQUENCE = 300
 
 
-class Sana(LowercasedPrompts, ModelFamily):
+class Sana(LowercasedPrompts, BlockOrderTransformer):
     """SANA: projected Gemma states at ``attn2.to_k``/``to_v`` sites."""
 
     name: ClassVar[str] = "sana"
     pretty_name: ClassVar[str] = "SANA"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("SanaPipeline",)
     encoder_name: ClassVar[str] = "Gemma"
-    denoiser_attr: ClassVar[str] = "transformer"
 
     @classmethod
     def reference_url(cls) -> str:
         return "https://huggingface.co/Efficient-Large-Model/Sana_1600M_1024px_diffusers"
-
-    @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
-        return pipeline_class in cls.pipeline_classes
-
-    @classmethod
-    def order_key(cls, path: str) -> tuple:
-        return natural_key(path)
 
     @classmethod
     def max_length(cls, pipe: Any) -> int:
