@@ -18,9 +18,14 @@ sample then gets the altered prompt's pooled vector alone (:func:`swap_pooled`),
 line that shows how much of the prompt's effect travels that way.
 
 The alongside run is a second denoiser pass of the full batch (the cost of a call doubles).
-Under classifier-free guidance the batch is ``[unconditional; conditional]``; FLUX's optional
-"true CFG" (``true_cfg_scale`` > 1) calls the transformer separately for the negative prompt,
-which this swap would treat as conditional: locopack never enables it.
+Under classifier-free guidance the batch is ``[unconditional; conditional]``; Chroma calls the
+transformer apart for the negative prompt (``guidance_calls_apart``): a call whose text is not
+the conditional prompt's is that call, and is left alone (the alongside run then covers the
+conditional call only).  FLUX's optional "true CFG" (``true_cfg_scale`` > 1) would be such a
+call too, unrecognized: locopack never enables it.  Where the family masks text padding
+(Chroma's ``attention_mask``), the run alongside masks the altered prompt's padding; the real
+call keeps the original prompt's mask, so at the window's sites the altered tokens beyond the
+original prompt's length are masked as its padding is.
 """
 
 from __future__ import annotations
@@ -42,14 +47,42 @@ POOLED = "pooled_projections"
 
 class _AlongsideRun:
     """The hooks of one :func:`swap_text_stream`: record in the alongside run, then
-    substitute in the real call."""
+    substitute in the real call (a negative prompt's call apart is left alone)."""
 
     def __init__(self, denoiser: torch.nn.Module, altered: torch.Tensor, rows: dict[str, list]):
         self.denoiser, self.altered, self.rows = denoiser, altered, rows
-        self.recording = False
+        self.text_mask: tuple[str, torch.Tensor] | None = None
+        self.conditional: torch.Tensor | None = None
+        self.recording = self.skipping = False
         self.recorded: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
         self.text_length = 0
+
+    def _is_negative_call(self, states: torch.Tensor) -> bool:
+        """Whether a call's text is not the conditional prompt's (a negative prompt's call
+        apart); only asked where the family makes such calls."""
+        if self.conditional is None:
+            return False
+        rows = states[-self.conditional.shape[0] :]
+        wanted = self.conditional.to(states.device, states.dtype).expand_as(rows)
+        return rows.shape != self.conditional.shape or not torch.allclose(
+            rows, wanted, rtol=1e-4, atol=1e-5
+        )
+
+    def _alongside(self, kwargs: dict) -> dict:
+        states = kwargs["encoder_hidden_states"]
+        alongside = {
+            **kwargs,
+            "encoder_hidden_states": replace_conditional(
+                states, self.altered, "the transformer's text input"
+            ),
+        }
+        if self.text_mask is not None and kwargs.get(self.text_mask[0]) is not None:
+            name, altered = self.text_mask
+            mask, length = kwargs[name], altered.shape[1]
+            text = replace_conditional(mask[:, :length], altered, f"the transformer's {name}")
+            alongside[name] = torch.cat([text, mask[:, length:]], dim=1)
+        return alongside
 
     def before_call(self, _module, args, kwargs):
         if self.recording:
@@ -57,7 +90,10 @@ class _AlongsideRun:
         states = kwargs.get("encoder_hidden_states")
         if states is None:
             raise ModelLayoutError("the transformer was called without encoder_hidden_states")
-        alongside = replace_conditional(states, self.altered, "the transformer's text input")
+        self.skipping = self._is_negative_call(states)
+        if self.skipping:
+            return None
+        alongside = self._alongside(kwargs)
         offset = states.shape[0] - self.altered.shape[0]
         self.text_length = states.shape[1]
         self.masks = {
@@ -66,17 +102,19 @@ class _AlongsideRun:
         }
         self.recording = True
         try:
-            self.denoiser(*args, **{**kwargs, "encoder_hidden_states": alongside})
+            self.denoiser(*args, **alongside)
         finally:
             self.recording = False
         return None
 
     def after_call(self, _module, _args, _output):
         if not self.recording:
-            self.recorded, self.masks = {}, {}
+            self.recorded, self.masks, self.skipping = {}, {}, False
 
     def projection_hook(self, site: Site, module_path: str):
         def hook(_module, _inputs, output):
+            if self.skipping:
+                return None
             if self.recording:
                 self.recorded[module_path] = output.detach()
                 return None
@@ -97,6 +135,9 @@ def swap_text_stream(
     sites: Sequence[Site],
     altered: torch.Tensor,
     windows: Sequence[Collection[str]],
+    *,
+    text_mask: tuple[str, torch.Tensor] | None = None,
+    conditional: torch.Tensor | None = None,
 ) -> Iterator[None]:
     """Within the block, conditional sample ``b`` reads, at the sites of ``windows[b]``, the
     text keys/values of ``altered[b]``'s text stream run alongside.
@@ -107,6 +148,11 @@ def swap_text_stream(
         altered: (n, L, D) transformer text inputs (the family's ``encode``), one per
             conditional sample.
         windows: for each conditional sample, the paths of the sites it reads altered.
+        text_mask: (argument name, (n, L) text mask of the altered prompts) for a family
+            that masks text padding: the run alongside masks the altered prompts' padding.
+        conditional: (n, L, D) the conditional prompts' text inputs, for a family that calls
+            the transformer apart for the negative prompt: a call whose text differs from
+            these is that call, and is left alone.
 
     Raises:
         ModelLayoutError: a window names no site, or the batch does not fit ``altered``.
@@ -125,6 +171,7 @@ def swap_text_stream(
         yield
         return
     run = _AlongsideRun(denoiser, altered, rows)
+    run.text_mask, run.conditional = text_mask, conditional
     handles = [
         denoiser.register_forward_pre_hook(run.before_call, with_kwargs=True),
         denoiser.register_forward_hook(run.after_call),
@@ -172,16 +219,28 @@ def swap_pooled(denoiser: torch.nn.Module, pooled: torch.Tensor, chosen: Sequenc
         handle.remove()
 
 
+def _rows(one: torch.Tensor, n: int) -> torch.Tensor:
+    return one.unsqueeze(0).expand(n, *one.shape)
+
+
 @contextlib.contextmanager
-def _joint_swap(family, denoiser, windows, altered, altered_pooled, pooled) -> Iterator[None]:
+def _joint_swap(family, denoiser, windows, texts, altered_pooled, pooled) -> Iterator[None]:
+    """:func:`swap_text_stream` (and :func:`swap_pooled`) with what ``family`` needs:
+    ``texts`` is (original, altered, altered text mask or None) of one prompt."""
     n = len(windows)
+    original, altered, altered_mask = texts
     sites = [[path for path in window if path != POOLED] for window in windows]
+    options = {}
+    if family.text_mask_argument is not None and altered_mask is not None:
+        options["text_mask"] = (family.text_mask_argument, _rows(altered_mask, n))
+    if family.guidance_calls_apart:
+        options["conditional"] = _rows(original, n)
     with contextlib.ExitStack() as stack:
         if any(pooled):
-            batch = altered_pooled.unsqueeze(0).expand(n, *altered_pooled.shape)
-            stack.enter_context(swap_pooled(denoiser, batch, pooled))
-        batch = altered.unsqueeze(0).expand(n, *altered.shape)
-        stack.enter_context(swap_text_stream(denoiser, family.sites(denoiser), batch, sites))
+            stack.enter_context(swap_pooled(denoiser, _rows(altered_pooled, n), pooled))
+        stack.enter_context(
+            swap_text_stream(denoiser, family.sites(denoiser), _rows(altered, n), sites, **options)
+        )
         yield
 
 
@@ -199,12 +258,13 @@ def swap_windows(
     """LocoGen's intervention for any family: sample ``b`` reads the altered prompt at the
     sites of ``windows[b]`` and the original everywhere else.
 
-    ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt, its
-    (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`, and a window
-    that names :data:`POOLED` the altered prompt's pooled vector ``altered_pooled`` (P,);
-    text-refiner families (Z-Image) :func:`~locopack.intervene_refiner.swap_refined_text` of
-    the prompts' real tokens (``*_mask``); the others
-    :func:`~locopack.intervene.swap_text_states` of the per-site states.
+    ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt and
+    Chroma, its (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`,
+    and a window that names :data:`POOLED` the altered prompt's pooled vector
+    ``altered_pooled`` (P,); text-refiner families (Z-Image, Lumina-2)
+    :func:`~locopack.intervene_refiner.swap_refined_text` of the prompts' real tokens
+    (``*_mask``); the others :func:`~locopack.intervene.swap_text_states` of the per-site
+    states.
 
     Raises:
         ModelLayoutError: a window names :data:`POOLED` in a family without that path, or
@@ -222,7 +282,8 @@ def swap_windows(
             else "a window names the pooled path but no altered pooled vector was given"
         )
     if family.joint_attention:
-        return _joint_swap(family, denoiser, windows, altered, altered_pooled, pooled)
+        texts = (original, altered, altered_mask)
+        return _joint_swap(family, denoiser, windows, texts, altered_pooled, pooled)
     paths = [site.path for site in family.sites(denoiser)]
     masks = None
     if altered_mask is not None:

@@ -20,7 +20,9 @@ from locopack.release.audit import audit_folder
 pytestmark = pytest.mark.slow
 
 FAMILIES = ("sd1", "sd2", "sdxl", "if", "pixart", "sd3", "flux")
-FAMILIES += ("z-image", "lumina2")
+FAMILIES += ("z-image", "lumina2", "sana", "chroma")
+#: image sizes where a pipeline refuses 16 (SANA's sizes are multiples of 32)
+RESOLUTION = {"sana": 32}
 #: one edit at the first site (no sweep), one seed, two steps, a two-image attack
 RECIPE = """\
 version: 1
@@ -39,7 +41,7 @@ localize:
   steps: 2
   guidance: {guidance}
   seeds: [0]
-  resolution: 16
+  resolution: {resolution}
   scorer: ./{model}/scorer
 edit:
   lambda: 0.1
@@ -68,7 +70,10 @@ def twins(tmp_path_factory) -> Path:
 def _build(root: Path, family: str, model: str) -> Path:
     guidance = 0.0 if family == "flux" else 3.0
     recipe = root / f"{model}.yaml"
-    recipe.write_text(RECIPE.format(family=family, model=model, guidance=guidance))
+    resolution = RESOLUTION.get(family, 16)
+    recipe.write_text(
+        RECIPE.format(family=family, model=model, guidance=guidance, resolution=resolution)
+    )
     _run("build", str(recipe), "--out", str(root / f"release-{model}"))
     return root / f"release-{model}"
 

@@ -147,10 +147,11 @@ def _comfy_loads(keys, key_map) -> dict[str, str]:
     return placed
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "chroma"])
 def test_comfyui_maps_every_key_of_the_adapter_for_the_real_layouts(name, tmp_path):
-    """Every site projection of SD3.5-medium / FLUX.1-schnell, as the adapter names it, lands
-    on a row block of ComfyUI's fused weight that is exactly as wide as the projection."""
+    """Every site projection of SD3.5-medium / FLUX.1-schnell / Chroma1-HD, as the adapter
+    names it, lands on a row block of ComfyUI's fused weight that is exactly as wide as the
+    projection (ComfyUI's ``model_base.Chroma`` subclasses its ``Flux``: the same map)."""
     model = next(
         m for m, (cls, _) in REAL_LAYOUTS.items() if get_family(name).pipeline_classes[0] == cls
     )
@@ -160,7 +161,7 @@ def test_comfyui_maps_every_key_of_the_adapter_for_the_real_layouts(name, tmp_pa
     (tmp_path / "model_index.json").write_text(json.dumps(index))
     (tmp_path / "transformer" / "config.json").write_text(json.dumps(config))
     family, denoiser = load_denoiser_layout(str(tmp_path))
-    key_map = comfy_attention_map(name, config)
+    key_map = comfy_attention_map("flux" if name == "chroma" else name, config)
     modules = [m for site in family.sites(denoiser) for m in (site.key, site.value)]
     keys = [f"transformer.{m}.lora_{ab}.weight" for m in modules for ab in "AB"]
     placed = _comfy_loads(keys, key_map)
@@ -168,7 +169,7 @@ def test_comfyui_maps_every_key_of_the_adapter_for_the_real_layouts(name, tmp_pa
     for module in modules:
         _, _, rows = key_map[f"transformer.{module}"]
         assert rows == denoiser.get_submodule(module).out_features
-    assert len(modules) == {"sd3": 48, "flux": 114}[name]
+    assert len(modules) == {"sd3": 48, "flux": 114, "chroma": 114}[name]
 
 
 def test_comfyui_patch_of_the_flux_adapter_gives_the_merged_weights(releases):

@@ -17,6 +17,7 @@ from locopack.localize.race import (
 )
 from locopack.localize.result import Candidate
 from locopack.localize.run import ladder, reference_rung
+from locopack.models import get_family
 from locopack.recipe import parse_recipe
 
 
@@ -150,13 +151,14 @@ localize: {{window: {window}, steps: 50, guidance: 7.5, seeds: [0], prompts_per_
 
 def test_the_plan_counts_passes_from_the_configs():
     recipe = parse_recipe(RECIPE.format(window=10), "plan.yaml")
-    plan = plan_sweep(recipe, 70, seconds_per_pass=0.5)
-    full_refs = 2 * passes(1, 4, Rung(10, 7.5, (0,), None))
+    sdxl = get_family("sdxl")
+    plan = plan_sweep(recipe, sdxl, 70, seconds_per_pass=0.5)
+    full_refs = 2 * passes(sdxl, 1, 4, Rung(10, 7.5, (0,), None))
     assert plan.windows == 61
     assert plan.full_passes == 61 * 4 * 50 * 2 + full_refs
     # one seed: the race's first round draws every probe at a fifth of the steps
     assert plan.full_passes / 4 < plan.mode_passes < plan.full_passes / 3
     assert "61 windows" in str(plan) and "about" in str(plan)
-    small = plan_sweep(parse_recipe(RECIPE.format(window=4), "plan.yaml"), 7)
+    small = plan_sweep(parse_recipe(RECIPE.format(window=4), "plan.yaml"), sdxl, 7)
     assert small.mode_passes == small.full_passes
-    assert plan_sweep(recipe, 70, "full").ratio == 1
+    assert plan_sweep(recipe, sdxl, 70, "full").ratio == 1

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "recipes" / "toy"
 #: every Hub repo the example recipes name (base models, scorers, push targets), for review
 EXAMPLE_HUB_IDS = (
+    "Efficient-Large-Model/Sana_1600M_1024px_diffusers",
     "black-forest-labs/FLUX.1-schnell",
+    "lodestones/Chroma1-HD",
     "openai/clip-vit-large-patch14",
     "stabilityai/stable-diffusion-3.5-medium",
     "stabilityai/stable-diffusion-xl-base-1.0",

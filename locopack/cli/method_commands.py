@@ -32,7 +32,8 @@ from .options import layer_refs, mode_option, out_dir, out_option, run_options
     "--plan",
     is_flag=True,
     help="Only print what the sweep will cost: denoiser passes of full mode and of the chosen "
-    "mode (from the configs), and the time from one timed denoiser pass; runs nothing else.",
+    "mode (from the configs), and the time from one timed denoiser pass where the weights "
+    "are on this machine; downloads no weights and runs nothing else.",
 )
 def localize(
     recipe: Path,
@@ -57,7 +58,7 @@ def localize(
     loaded = load_recipe(recipe)
     preflight(loaded)
     if plan:
-        _print_plan(loaded, mode, full_references)
+        _print_plan(loaded, mode, full_references, batch)
         return
     out = out_dir(out, loaded)
     quiet_libraries()
@@ -87,24 +88,33 @@ def localize(
     )
 
 
-def _print_plan(recipe, mode: str | None, full_references: bool) -> None:
-    """The sweep's cost: passes from the configs, seconds from one timed denoiser pass."""
+def _print_plan(recipe, mode: str | None, full_references: bool, batch: int) -> None:
+    """The sweep's cost: passes from the configs; seconds from one timed denoiser pass where
+    the weights are on this machine (nothing is downloaded to plan)."""
     from ..localize import plan_sweep, time_denoiser_pass
-    from ..release.base import load_base
+    from ..release.base import base_layout, load_base
 
     quiet_libraries()
-    base = load_base(recipe, allow_pickle=run_options().allow_pickle)
-    seconds = time_denoiser_pass(base.pipe, base.family, recipe.localize.resolution)
-    click.echo(
-        plan_sweep(
-            recipe,
-            len(base.site_paths),
-            mode,
-            full_references=full_references,
-            seconds_per_pass=seconds,
-        )
+    layout = base_layout(recipe)
+    seconds = None
+    if layout.missing is None:
+        base = load_base(recipe, allow_pickle=run_options().allow_pickle)
+        seconds = time_denoiser_pass(base.pipe, base.family, recipe.localize.resolution)
+    plan = plan_sweep(
+        recipe,
+        layout.family,
+        layout.site_count,
+        mode,
+        full_references=full_references,
+        batch=batch,
+        scheduler=layout.scheduler,
+        seconds_per_pass=seconds,
     )
-    click.echo(f"(one denoiser pass timed here: {seconds * 1000:.0f} ms)")
+    click.echo(plan)
+    if seconds is None:
+        click.echo(f"(the time needs the weights, which are not here: {layout.missing})")
+    else:
+        click.echo(f"(one denoiser pass timed here: {seconds * 1000:.0f} ms)")
 
 
 layers_option = click.option(

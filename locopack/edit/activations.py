@@ -83,11 +83,11 @@ def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[s
         )
     if recipe is None:
         raise EditError(f"{family.pretty_name} activations are collected with a recipe's settings")
-    states, pooled = family.encode_with_pooled(pipe, prompts)
+    text = family.text_arguments(pipe, prompts)
     probes = record_probes(pipe, family, prompts, recipe)
-    n, length = states.shape[:2]
+    n, length = text["encoder_hidden_states"].shape[:2]
     picks = [(k, i) for k in range(n) for i in range(length)]
-    inputs = site_columns(pipe.transformer, sites, Group(states, pooled, probes), picks)
+    inputs = site_columns(pipe.transformer, sites, Group(text, probes), picks)
     out = {}
     for site in sites:
         x = inputs[site.path].T.reshape(len(probes), n, length, -1)

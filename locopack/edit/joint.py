@@ -49,8 +49,7 @@ class JointColumns:
         self.transformer = pipe.transformer
 
         def group(texts: list[str], probes: list[dict]) -> Group:
-            states, pooled = family.encode_with_pooled(pipe, texts)
-            return Group(states, pooled, probes)
+            return Group(family.text_arguments(pipe, texts), probes)
 
         probes = record_probes(pipe, family, prompts.originals, recipe)
         self.originals = group(prompts.originals, probes)

@@ -9,11 +9,14 @@ reads the same input) while the real transformer runs:
 - **probes** (:func:`record_probes`): the pipeline generates a group of prompts with each seed
   of ``edit.seeds`` as the localization does (``localize.steps``, ``guidance``, ``resolution``),
   and at the steps ``edit.timesteps`` names (fractions of the run: 0 is the first step, on pure
-  noise, 1 the last) the transformer's arguments for the conditional rows are kept: latent,
-  timestep and the rest (FLUX's position ids, guidance).  The run stops after the last of them.
+  noise, 1 the last; the step is the scheduler's) the transformer's arguments for the
+  conditional rows are kept: latent, timestep and the rest (FLUX's position ids, guidance).
+  Where the negative prompt's call is apart (Chroma), the first call of a step is the
+  conditional one.  The run stops after the last of them.
 - **columns** (:func:`site_columns`): the transformer is called on every probe with a group's
-  text states and pooled vectors; the hook keeps the input rows at the chosen (prompt, token
-  position) pairs and the call stops as soon as the last wanted site has fired.  In FLUX's
+  text arguments (states; pooled vectors or a text mask where the family has them); the hook
+  keeps the input rows at the chosen (prompt, token position) pairs and the call stops as
+  soon as the last wanted site has fired.  In FLUX's
   single-stream blocks the input is ``[text; image]``: text positions index its text rows.
 
 The probes are recorded once, on the model as it is: an edit upstream moves a later site's
@@ -34,8 +37,6 @@ from ..models.base import Site
 
 #: transformer arguments with one row per sample; the others (position ids) are shared
 _BATCHED = ("hidden_states", "timestep", "guidance")
-#: the text arguments a group supplies
-_TEXT = ("encoder_hidden_states", "pooled_projections")
 
 
 class _Stop(Exception):
@@ -44,12 +45,24 @@ class _Stop(Exception):
 
 @dataclass(frozen=True)
 class Group:
-    """Prompts run through the transformer together: their text states (n, L, D), pooled
-    vectors (n, P), and the probes (transformer arguments of n rows) they are read at."""
+    """Prompts run through the transformer together: their text arguments (the family's
+    ``text_arguments``, n rows each) and the probes (transformer arguments of n rows) they
+    are read at."""
 
-    states: torch.Tensor
-    pooled: torch.Tensor
+    text: dict[str, torch.Tensor]
     probes: list[dict[str, Any]]
+
+    def arguments(self, probe: dict[str, Any]) -> dict[str, Any]:
+        """The transformer's arguments at ``probe`` with this group's text; a text mask that
+        the probe's call extended over the image tokens (Chroma's) gets those columns, all
+        kept, as the pipeline appends them."""
+        found = {**probe, **self.text}
+        for name, text in self.text.items():
+            wider = probe.get(name)
+            if wider is not None and text.ndim == 2 and wider.shape[1] > text.shape[1]:
+                image = torch.ones(text.shape[0], wider.shape[1] - text.shape[1])
+                found[name] = torch.cat([text, image.to(text.device, text.dtype)], dim=1)
+        return found
 
 
 def denoising_steps(steps: int, timesteps: Sequence[float]) -> list[int]:
@@ -58,10 +71,11 @@ def denoising_steps(steps: int, timesteps: Sequence[float]) -> list[int]:
 
 
 def _conditional_rows(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
-    """The transformer arguments of the last ``n`` rows (the conditional half under CFG)."""
+    """The transformer arguments of the last ``n`` rows (the conditional half under CFG);
+    the text arguments are a group's own (the text mask is kept for its image columns)."""
     probe = {}
     for name, value in kwargs.items():
-        if name in _TEXT:
+        if name in ("encoder_hidden_states", "pooled_projections"):
             continue
         if name in _BATCHED and isinstance(value, torch.Tensor) and value.ndim:
             value = value[-n:].clone()
@@ -92,13 +106,17 @@ def record_probes(pipe: Any, family: Any, prompts: list[str], recipe: Any) -> li
 
 def _record_run(pipe: Any, prompts: list[str], wanted: list[int], call: dict) -> list[dict]:
     """One pipeline run of ``prompts``, its transformer's arguments kept at the ``wanted``
-    steps; the run ends after the last."""
-    probes, step = [], iter(range(call["num_inference_steps"]))
+    steps (the first call of each step: the conditional one, where the negative prompt's
+    call is apart); the run ends after the last."""
+    probes, seen = [], set()
 
     def keep(_module, args, kwargs):
         if args:
             raise ModelLayoutError("the pipeline called its transformer with positional inputs")
-        i = next(step)
+        i = _step(pipe.scheduler, len(seen))
+        if i in seen:
+            return
+        seen.add(i)
         if i in wanted:
             probes.append(_conditional_rows(kwargs, len(prompts)))
         if i >= wanted[-1]:
@@ -112,6 +130,14 @@ def _record_run(pipe: Any, prompts: list[str], wanted: list[int], call: dict) ->
     finally:
         handle.remove()
     return probes
+
+
+def _step(scheduler: Any, steps_seen: int) -> int:
+    """The index of the denoising step under way: the scheduler's own count where it keeps
+    one (diffusers' schedulers advance ``step_index`` in ``step``), else the steps seen."""
+    if hasattr(scheduler, "step_index"):
+        return scheduler.step_index or 0
+    return steps_seen
 
 
 @torch.no_grad()
@@ -144,9 +170,7 @@ def site_columns(
     try:
         for probe in group.probes:
             try:
-                transformer(
-                    **probe, encoder_hidden_states=group.states, pooled_projections=group.pooled
-                )
+                transformer(**group.arguments(probe))
             except _Stop:
                 pass
     finally:

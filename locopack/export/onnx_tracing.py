@@ -161,6 +161,10 @@ def _joint_spec(pipe: Any, family: type[ModelFamily], denoiser: torch.nn.Module)
     return spec
 
 
+#: the joint-attention transformers whose inputs :func:`_joint_spec` states
+_JOINT_TRACED = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+
+
 def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
     return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
 
@@ -170,6 +174,8 @@ def trace_spec(pipe: Any, family: type[ModelFamily]) -> TraceSpec:
     if family.onnx_refusal:
         raise _unsupported(family, family.onnx_refusal)
     if family.joint_attention:
+        if type(denoiser).__name__ not in _JOINT_TRACED:
+            raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
         return _joint_spec(pipe, family, denoiser)
     cfg, dtype = denoiser.config, denoiser.dtype
     size, length = cfg.sample_size, family.max_length(pipe)

@@ -8,6 +8,7 @@ plan gives its most (every round at its cap).  With one timed pass the passes be
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,43 @@ from .run import SweepMode, ladder, reference_rung
 from .sweep import Rung
 
 
-def passes(windows: int, probes: int, rung: Rung) -> int:
-    """Denoiser passes of scoring ``windows`` windows on ``probes`` probes at ``rung``."""
-    return windows * probes * len(rung.seeds) * rung.steps * (2 if rung.guidance > 1 else 1)
+def denoiser_steps(scheduler: Any, steps: int) -> int:
+    """How many times a pipeline with ``scheduler`` calls its denoiser in a ``steps``-step run
+    (PNDM's warm-up and Heun's second-order steps call it more often); ``steps`` without a
+    scheduler, or where its timesteps need more than the step count (FLUX's shift)."""
+    if scheduler is None:
+        return steps
+    scheduler = copy.deepcopy(scheduler)
+    try:
+        scheduler.set_timesteps(steps)
+    except (TypeError, ValueError):
+        return steps
+    return len(scheduler.timesteps)
+
+
+def passes(
+    family: Any,
+    images: int,
+    probes: int,
+    rung: Rung,
+    swapped: bool = True,
+    scheduler: Any = None,
+) -> int:
+    """Denoiser passes of drawing ``images`` images on each of ``probes`` probes at ``rung``
+    (:meth:`~locopack.models.ModelFamily.denoiser_passes` per denoiser call, the calls
+    :func:`denoiser_steps` counts); ``swapped``: some site is altered in every call."""
+    per_step = family.denoiser_passes(images, rung.guidance, swapped)
+    return probes * len(rung.seeds) * denoiser_steps(scheduler, rung.steps) * per_step
+
+
+def reference_passes(family: Any, probes: int, rung: Rung, batch: int, scheduler: Any) -> int:
+    """Denoiser passes of the reference lines (none altered, every site altered, and the
+    pooled path alone where the family can swap it), drawn in blocks of ``batch`` as
+    :meth:`~locopack.localize.sweep.Sweep.score` draws them: a block that alters a site
+    pays for it on every image it holds."""
+    lines, batch = [False, True] + ([False] if family.pooled_reference else []), max(1, batch)
+    blocks = [lines[start : start + batch] for start in range(0, len(lines), batch)]
+    return sum(passes(family, len(block), probes, rung, any(block), scheduler) for block in blocks)
 
 
 @dataclass(frozen=True)
@@ -61,19 +96,26 @@ class SweepPlan:
 
 def plan_sweep(
     recipe: Any,
+    family: Any,
     site_count: int,
     mode: SweepMode | str | None = None,
     *,
     full_references: bool = False,
+    batch: int = 8,
+    scheduler: Any = None,
     seconds_per_pass: float | None = None,
 ) -> SweepPlan:
-    """The cost of localizing ``recipe`` on a model with ``site_count`` sites.
+    """The cost of localizing ``recipe`` on a model of ``family`` with ``site_count`` sites.
 
     Args:
         recipe: the loaded recipe (window, probes, steps, guidance, seeds, mode).
+        family: the model's family: how many passes a step costs (guidance, the text
+            stream a joint-attention transformer runs alongside).
         site_count: the model's sites (``locopack layers`` lists them from the config).
         mode: overrides the recipe's ``localize.mode``.
         full_references: the reference lines at full settings (as :func:`run_sweep`).
+        batch: windows per denoiser call (``localize --batch``).
+        scheduler: the pipeline's scheduler (from its config), for :func:`denoiser_steps`.
         seconds_per_pass: from :func:`time_denoiser_pass`, for a time estimate.
     """
     from .windows import candidate_windows, prompt_pairs
@@ -83,13 +125,20 @@ def plan_sweep(
     windows = len(candidate_windows([str(i) for i in range(site_count)], settings.window))
     probes = len(prompt_pairs(recipe))
     rung = Rung(settings.steps, settings.guidance, tuple(settings.seeds), settings.resolution)
-    refs = 2 * passes(1, probes, reference_rung(rung, full_references))
+    references = reference_rung(rung, full_references)
+    refs = reference_passes(family, probes, references, batch, scheduler)
 
     def cost(chosen: SweepMode) -> int:
         rounds = ladder(chosen, windows, rung, probes)
         caps = round_caps(windows, rounds, rung.steps, probes, len(rung.seeds))
         return refs + sum(
-            passes(cap, len(b.probes), Rung(b.steps, rung.guidance, rung.seeds[: b.seeds], None))
+            passes(
+                family,
+                cap,
+                len(b.probes),
+                Rung(b.steps, rung.guidance, rung.seeds[: b.seeds], None),
+                scheduler=scheduler,
+            )
             for b, cap in zip(rounds, caps, strict=True)
         )
 
@@ -98,11 +147,11 @@ def plan_sweep(
 
 @torch.no_grad()
 def time_denoiser_pass(pipe: Any, family: Any, resolution: int | None = None) -> float:
-    """Seconds of one denoiser pass on the pipeline's device: a one-step generation with CFG,
-    timed after a warm-up, halved (it runs two passes)."""
+    """Seconds of one denoiser pass on the pipeline's device: a one-step generation at
+    guidance 2, timed after a warm-up, divided by the passes it runs."""
     size = {"height": resolution, "width": resolution} if resolution else {}
     kwargs = dict(num_inference_steps=1, guidance_scale=2.0, output_type="latent", **size)
     pipe("a photo", **kwargs, **family.call_kwargs())
     start = time.perf_counter()
     pipe("a photo", **kwargs, **family.call_kwargs())
-    return (time.perf_counter() - start) / 2
+    return (time.perf_counter() - start) / family.denoiser_passes(1, 2.0, False)

@@ -42,14 +42,16 @@ def planted_text_window(
 ) -> Iterator[list[str]]:
     """Within the block, text reaches a joint-attention transformer's image only through the
     sites ``start .. start+size-1``: every other site's text keys/values (the text rows of
-    its projections' outputs) are scaled by ``leak``, and the pooled vector is zero.  Yields
-    the site paths in order."""
+    its projections' outputs) are scaled by ``leak``, and the pooled vector (where the family
+    has one) is zero.  Yields the site paths in order."""
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = family.sites(denoiser)
     text = {"length": 0}
 
     def fix_pooled(_module, args, kwargs):
         text["length"] = kwargs["encoder_hidden_states"].shape[1]
+        if kwargs.get("pooled_projections") is None:
+            return None
         return args, {
             **kwargs,
             "pooled_projections": torch.zeros_like(kwargs["pooled_projections"]),

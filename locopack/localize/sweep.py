@@ -77,7 +77,7 @@ class Sweep:
             # joint-attention transformers' pooled path can be swapped alone (a reference line)
             self.altered_pooled = (
                 family.encode_pooled(pipe, [p.altered for p in pairs])
-                if family.joint_attention
+                if family.pooled_reference
                 else None
             )
         self.original_mask = family.attention_mask(pipe, [p.original for p in pairs])

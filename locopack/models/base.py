@@ -153,6 +153,8 @@ class ModelFamily(ABC):
     encoder_name: ClassVar[str] = "CLIP"
     #: whether text also reaches the denoiser outside the sites (pooled embeddings)
     has_pooled_text_path: ClassVar[bool] = False
+    #: whether LocoGen swaps the pooled text path alone as a reference line (SD3, FLUX.1)
+    pooled_reference: ClassVar[bool] = False
     #: whether each block reads the text through a text stream of its own, updated block by
     #: block (SD3, FLUX): the sites' inputs are then not what :meth:`encode` returns
     joint_attention: ClassVar[bool] = False
@@ -316,6 +318,19 @@ class ModelFamily(ABC):
         return {}
 
     @classmethod
+    def guided(cls, guidance: float) -> bool:
+        """Whether the pipeline runs classifier-free guidance at ``guidance`` (two denoiser
+        passes per image and step)."""
+        return guidance > 1
+
+    @classmethod
+    def denoiser_passes(cls, images: int, guidance: float, swapped: bool) -> int:
+        """Denoiser passes (one image through one step) of one denoising step of a pipeline
+        call drawing ``images`` images; ``swapped``: LocoGen alters some site in the call
+        (free here: the altered states are fed in place of the original ones)."""
+        return images * (2 if cls.guided(guidance) else 1)
+
+    @classmethod
     def with_t5_length(cls, length: int) -> type[ModelFamily]:
         """This family with ``length`` T5 tokens per prompt (families that have a settable
         T5 length override this).
@@ -326,6 +341,20 @@ class ModelFamily(ABC):
         raise ModelLayoutError(
             f"{cls.pretty_name} takes no T5 length: remove base.max_sequence_length"
         )
+
+
+class BlockOrderTransformer(ModelFamily):
+    """A diffusion transformer told apart by its pipeline class, its sites in block order."""
+
+    denoiser_attr: ClassVar[str] = "transformer"
+
+    @classmethod
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+        return pipeline_class in cls.pipeline_classes
+
+    @classmethod
+    def order_key(cls, path: str) -> tuple:
+        return natural_key(path)
 
 
 class LowercasedPrompts:

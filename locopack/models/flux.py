@@ -46,6 +46,12 @@ class Flux(JointAttentionFamily):
         return "https://huggingface.co/black-forest-labs/FLUX.1-schnell"
 
     @classmethod
+    def guided(cls, guidance: float) -> bool:
+        """FLUX.1's ``guidance_scale`` is an input of the distilled model (FLUX.1-dev), not
+        classifier-free guidance: one pass per image and step."""
+        return False
+
+    @classmethod
     def tokenizer(cls, pipe: Any) -> Any:
         """T5's tokenizer: the text states are T5's alone."""
         return pipe.tokenizer_2
@@ -62,6 +68,21 @@ class Flux(JointAttentionFamily):
         return states, pooled
 
     @classmethod
+    def twin_blocks(cls, text_width: int) -> dict[str, Any]:
+        """The tiny twin's transformer layout: ``twin_layers`` blocks of width 32 (2 heads),
+        RoPE over 3 axes, reading text states ``text_width`` wide."""
+        return {
+            "patch_size": 1,
+            "in_channels": 16,
+            "num_layers": cls.twin_layers[0],
+            "num_single_layers": cls.twin_layers[1],
+            "attention_head_dim": 16,
+            "num_attention_heads": 2,
+            "joint_attention_dim": text_width,
+            "axes_dims_rope": (4, 4, 8),
+        }
+
+    @classmethod
     def build_twin(cls, seed: int = 0) -> FluxPipeline:
         """FLUX.1's layout (double-stream, then single-stream blocks; RoPE over 3 axes) at 3 + 3
         blocks (``twin_layers``) of width 32, after diffusers' own test twin."""
@@ -69,15 +90,8 @@ class Flux(JointAttentionFamily):
         text_encoder_2, tokenizer_2 = tiny_t5(seed + 1, d_model=32)
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=cls.twin_layers[0],
-            num_single_layers=cls.twin_layers[1],
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=text_encoder_2.config.d_model,
+            **cls.twin_blocks(text_encoder_2.config.d_model),
             pooled_projection_dim=text_encoder.config.hidden_size,
-            axes_dims_rope=(4, 4, 8),
         )
         return FluxPipeline(
             transformer=transformer,

@@ -34,9 +34,16 @@ class JointAttentionFamily(ModelFamily):
     denoiser_attr: ClassVar[str] = "transformer"
     projections: ClassVar[tuple[str, str]] = ("add_k_proj", "add_v_proj")
     has_pooled_text_path: ClassVar[bool] = True
+    pooled_reference: ClassVar[bool] = True
     joint_attention: ClassVar[bool] = True
     #: T5 tokens of the text states (the pipeline's ``max_sequence_length``)
     t5_length: ClassVar[int] = 256
+    #: whether the pipeline calls the transformer for the negative prompt apart, after the
+    #: conditional call of each step (Chroma), rather than in one ``[uncond; cond]`` batch
+    guidance_calls_apart: ClassVar[bool] = False
+    #: the transformer argument that masks text padding, (B, text + image tokens) (Chroma);
+    #: None where the text is not masked
+    text_mask_argument: ClassVar[str | None] = None
     #: (block list attribute, key projection, value projection, text_only), in execution order
     block_lists: ClassVar[tuple[tuple[str, str, str, bool], ...]] = (
         ("transformer_blocks", "add_k_proj", "add_v_proj", True),
@@ -102,15 +109,42 @@ class JointAttentionFamily(ModelFamily):
         return cls.encode_with_pooled(pipe, prompts)[0]
 
     @classmethod
-    def encode_pooled(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
-        """The pooled CLIP vectors the transformer's ``pooled_projections`` receive, (B, P)."""
+    def encode_pooled(cls, pipe: Any, prompts: list[str]) -> torch.Tensor | None:
+        """The pooled CLIP vectors the transformer's ``pooled_projections`` receive, (B, P);
+        None where the family has no pooled path."""
         return cls.encode_with_pooled(pipe, prompts)[1]
 
     @classmethod
     @abstractmethod
-    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(states, pooled)`` for ``prompts``, as the pipeline computes them."""
+    def encode_with_pooled(
+        cls, pipe: Any, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(states, pooled)`` for ``prompts``, as the pipeline computes them (pooled None
+        where the family has no pooled path)."""
+
+    @classmethod
+    def text_arguments(cls, pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The transformer's text arguments for ``prompts``, one row each: the states, the
+        pooled vectors where the family has them, the (B, L) text mask where it masks text
+        (:attr:`text_mask_argument`, without the image columns)."""
+        states, pooled = cls.encode_with_pooled(pipe, prompts)
+        found = {"encoder_hidden_states": states}
+        if pooled is not None:
+            found["pooled_projections"] = pooled
+        if cls.text_mask_argument is not None:
+            found[cls.text_mask_argument] = cls.attention_mask(pipe, prompts)
+        return found
 
     @classmethod
     def call_kwargs(cls) -> dict[str, Any]:
         return {"max_sequence_length": cls.t5_length}
+
+    @classmethod
+    def denoiser_passes(cls, images: int, guidance: float, swapped: bool) -> int:
+        """A call that alters some site also runs the altered text stream alongside
+        (:mod:`locopack.intervene_joint`): on the whole batch of every transformer call, or
+        only on the conditional call where the negative prompt's call is apart."""
+        passes = super().denoiser_passes(images, guidance, swapped)
+        if not swapped:
+            return passes
+        return passes + images if cls.guidance_calls_apart else 2 * passes

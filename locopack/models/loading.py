@@ -135,6 +135,8 @@ class SamplingLimits:
 
 #: denoisers whose pipeline packs latents into patches of this size beyond ``patch_size``
 _PACKED = {"FluxTransformer2DModel": 2, "ZImageTransformer2DModel": 2}
+#: denoisers whose pipeline refuses image sizes that are not a multiple of this
+_SIZE_UNIT = {"SanaTransformer2DModel": 32}
 
 
 def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
@@ -149,7 +151,21 @@ def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
     steps = None
     if isinstance(index.get("scheduler"), list) and None not in index["scheduler"]:
         steps = _max_steps(_read_json(model, "scheduler/scheduler_config.json", revision))
-    return SamplingLimits(steps, factor * patch)
+    unit = max(factor * patch, _SIZE_UNIT.get(str(config.get("_class_name")), 1))
+    return SamplingLimits(steps, unit)
+
+
+def load_scheduler(model: str, revision: str | None = None) -> Any:
+    """The scheduler of ``model`` built from its config alone (None: no scheduler, or one of
+    a class diffusers does not know)."""
+    import diffusers
+
+    index = _read_json(model, PIPELINE_INDEX, revision)
+    if not isinstance(index.get("scheduler"), list) or None in index["scheduler"]:
+        return None
+    config = _read_json(model, "scheduler/scheduler_config.json", revision)
+    cls = getattr(diffusers, str(config.get("_class_name")), None)
+    return cls.from_config(config) if cls is not None else None
 
 
 def _max_steps(config: dict[str, Any]) -> int:
@@ -184,6 +200,22 @@ def load_denoiser_layout(model: str, revision: str | None = None):
     with torch.device("meta"):
         denoiser = cls.from_config(config)
     return family, denoiser
+
+
+def weights_missing(model: str, revision: str | None, denoiser_attr: str) -> str | None:
+    """Why the denoiser weights of ``model`` cannot be read without a download (a local
+    folder without them, a Hub model not in the local cache); None when they are here."""
+    folder = Path(model)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(model, revision=revision, local_files_only=True))
+        except Exception:  # no cached snapshot of any kind
+            return f"{model} is not in the local Hub cache"
+    if not any((folder / denoiser_attr).glob("*.safetensors")):
+        return f"{model}: no {denoiser_attr}/*.safetensors on this machine"
+    return None
 
 
 def load_pipeline(

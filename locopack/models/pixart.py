@@ -11,32 +11,23 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
-from .base import LowercasedPrompts, ModelFamily, natural_key
+from .base import BlockOrderTransformer, LowercasedPrompts
 from .twin_parts import tiny_t5, tiny_vae
 
 _MAX_SEQUENCE = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 
 
-class PixArt(LowercasedPrompts, ModelFamily):
+class PixArt(LowercasedPrompts, BlockOrderTransformer):
     """PixArt-alpha/sigma: projected T5 states at ``attn2.to_k``/``to_v`` sites."""
 
     name: ClassVar[str] = "pixart"
     pretty_name: ClassVar[str] = "PixArt-alpha/sigma"
     pipeline_classes: ClassVar[tuple[str, ...]] = tuple(_MAX_SEQUENCE)
     encoder_name: ClassVar[str] = "T5"
-    denoiser_attr: ClassVar[str] = "transformer"
 
     @classmethod
     def reference_url(cls) -> str:
         return "https://huggingface.co/PixArt-alpha/PixArt-XL-2-1024-MS"
-
-    @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
-        return pipeline_class in cls.pipeline_classes
-
-    @classmethod
-    def order_key(cls, path: str) -> tuple:
-        return natural_key(path)
 
     @classmethod
     def max_length(cls, pipe: Any) -> int:

@@ -6,10 +6,12 @@ from typing import Any
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily
+from .chroma import Chroma
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
 from .lumina2 import Lumina2
 from .pixart import PixArt
+from .sana import Sana
 from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
 from .sd3 import StableDiffusion3
@@ -29,6 +31,8 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         Flux,
         ZImage,
         Lumina2,
+        Sana,
+        Chroma,
     )
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 
-from transformers import CLIPTokenizer, T5Tokenizer
+from transformers import CLIPTokenizer, GemmaTokenizer, T5Tokenizer
 
 #: Words that tokenize to a single token in twin tokenizers (common prompt vocabulary).
 TWIN_WORDS = (
@@ -39,14 +39,15 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
-def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+def _learn_merges(words: list[str], end: str = "</w>") -> list[tuple[str, str]]:
     """Byte-pair merges learned on ``words`` until each word is one symbol.
 
     Learning them (most frequent pair first, ties broken by the pair itself) rather than
     writing each word's chain by hand keeps the merges consistent: applying them in rank order,
-    as a BPE tokenizer does, rebuilds every word.
+    as a BPE tokenizer does, rebuilds every word.  ``end`` marks a word's last symbol (CLIP's
+    ``</w>``).
     """
-    pieces = [list(word[:-1]) + [word[-1] + "</w>"] for word in words]
+    pieces = [list(word[:-1]) + [word[-1] + end] for word in words]
     merges = []
     while True:
         counts: dict[tuple[str, str], int] = {}
@@ -116,4 +117,19 @@ def tiny_chat_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS):
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
         chat_template=CHAT_TEMPLATE,
         model_max_length=512,
+    )
+
+
+def tiny_gemma_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS) -> GemmaTokenizer:
+    """A Gemma BPE tokenizer (spaces as ``▁``, a start token, no end token) with ``words`` as
+    whole tokens, with and without their leading space, and characters as fallback."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    chars = list(string.ascii_letters + string.digits + ".,'-!?") + ["▁"]
+    forms = list(dict.fromkeys(f for w in words for f in (w, "▁" + w)))
+    merges = _learn_merges(forms, end="")
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    return GemmaTokenizer(
+        vocab=vocab, merges=merges, model_max_length=300, add_bos_token=True, padding_side="right"
     )

@@ -104,6 +104,45 @@ def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
     return loaded
 
 
+@dataclass(frozen=True)
+class BaseLayout:
+    """A recipe's base as its configs describe it, without its weights.
+
+    Attributes:
+        family: its family, as the recipe sets it up.
+        site_count: its text-conditioning sites.
+        scheduler: its scheduler built from its config (None: none listed).
+        missing: why its weights cannot be read without a download; None when they are here.
+    """
+
+    family: Any
+    site_count: int
+    scheduler: Any
+    missing: str | None
+
+
+def base_layout(recipe: Any) -> BaseLayout:
+    """The recipe's base from its configs alone (nothing but configs is downloaded).
+
+    Raises:
+        ModelLayoutError, OfflineError: the configs cannot be read.
+    """
+    from ..models import load_denoiser_layout
+    from ..models.loading import load_scheduler, weights_missing
+
+    ref = recipe.local_path(recipe.base.model)
+    source, revision = ref, recipe.base.revision
+    if Path(ref).exists():  # a local pipeline, or a local release's merged/
+        source, revision = pipeline_source(ref, revision)
+    family, denoiser = load_denoiser_layout(source, revision)
+    return BaseLayout(
+        recipe_family(family, recipe),
+        len(family.sites(denoiser)),
+        load_scheduler(source, revision),
+        weights_missing(source, revision, family.denoiser_attr),
+    )
+
+
 def recipe_family(family: Any, recipe: Any) -> Any:
     """``family`` as the recipe sets it up (its T5 length, where the recipe names one)."""
     length = recipe.base.max_sequence_length
