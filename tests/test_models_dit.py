@@ -106,6 +106,8 @@ REAL_LAYOUTS = {
             "patch_size": 2,
             "sample_size": 128,
             "scaling_factor": 1.0,
+        },
+    ),
     # lodestones/Chroma1-HD (diffusers' defaults are its values)
     "lodestones/Chroma1-HD": (
         "ChromaPipeline",
