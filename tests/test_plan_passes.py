@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLUX = "black-forest-labs/FLUX.1-schnell"
 #: families whose twins conftest builds once per session; the others are built here
 SESSION = ("sd1", "sdxl", "if", "pixart")
-BUILT = ("sd3", "flux", "sana", "chroma")
+BUILT = ("sd3", "flux", "sana", "chroma", "z-image", "lumina2")
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +32,17 @@ def built_pipes():
 
 
 def _counted_sweep(pipe, family, recipe, batch: int) -> int:
-    """Images through one denoising step, summed over every denoiser call of a sweep."""
+    """Images through one denoising step, summed over every denoiser call of a sweep that
+    runs to its end (a text-refiner family's swap also runs the text prefix alone, in a call
+    stopped after the refiner: a few text rows, not a pass)."""
     denoiser = getattr(pipe, family.denoiser_attr)
     seen = []
 
-    def count(_module, args, kwargs):
-        latent = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-        seen.append(latent.shape[0])
+    def count(_module, args, kwargs, _output):
+        latent = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample", kwargs.get("x")))
+        seen.append(len(latent) if isinstance(latent, list) else latent.shape[0])  # Z-Image: a list
 
-    handle = denoiser.register_forward_pre_hook(count, with_kwargs=True)
+    handle = denoiser.register_forward_hook(count, with_kwargs=True)
     try:
         scorer = lambda images, _texts: [0.0] * len(images)  # noqa: E731
         localize(pipe, family, recipe, scorer=scorer, progress=False, batch=batch)
@@ -64,7 +66,7 @@ def test_the_plan_counts_every_pass_a_hook_on_the_denoiser_counts(
     name, guidance, batch, twin_pipes, built_pipes
 ):
     pipe, family = built_pipes[name] if name in BUILT else twin_pipes[name]
-    resolution = {"if": 64, "sana": 32}.get(name, 16)
+    resolution = {"if": 64, "sana": 32, "z-image": 32, "lumina2": 32}.get(name, 16)
     recipe = planned(window=2, guidance=guidance, resolution=resolution)
     sites = len(family.sites(getattr(pipe, family.denoiser_attr)))
     plan = plan_sweep(recipe, family, sites, batch=batch, scheduler=pipe.scheduler)
