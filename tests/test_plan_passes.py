@@ -39,7 +39,8 @@ def _counted_sweep(pipe, family, recipe, batch: int) -> int:
     seen = []
 
     def count(_module, args, kwargs, _output):
-        latent = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample", kwargs.get("x")))
+        named = kwargs.get("hidden_states", kwargs.get("sample", kwargs.get("x")))
+        latent = args[0] if args else named
         seen.append(len(latent) if isinstance(latent, list) else latent.shape[0])  # Z-Image: a list
 
     handle = denoiser.register_forward_hook(count, with_kwargs=True)
