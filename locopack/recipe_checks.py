@@ -355,7 +355,12 @@ def _requirement_problems(recipe: Recipe, at: Callable) -> list[str]:
             if edit.kind != "erase":
                 text = "expected no attack bar on an update (the attack runs on erasures)"
                 problems.append(at((*loc, "attack_success"), text))
-            elif recipe.evidence.attack.steps == 0:
-                text = "expected an attack to judge it, found evidence.attack.steps: 0"
+            elif recipe.evidence.attack.steps == 0 and not any(
+                dict(recipe.evidence.attacks).values()
+            ):
+                text = (
+                    "expected an attack to judge it, found evidence.attack.steps: 0 and every "
+                    "attack of evidence.attacks off"
+                )
                 problems.append(at((*loc, "attack_success"), text))
     return problems
