@@ -1,21 +1,22 @@
 """The budgets of the evidence's attacks beyond the word search: ``evidence.attacks``.
 
 Each attack (:mod:`locopack.attacks`) runs on every erase edit, on the base and on the edited
-model, and is judged by the recipe's rate detector on the evidence's seeds.  ``false`` (or
+model, and is judged by the recipe's rate detector on the evidence's seeds; every attack also
+draws the edit's first prompt without the concept (chance) with those seeds.  ``false`` (or
 ``null``) turns one off.  Defaults keep the toy build within twice its time without them
 (measured in ``scripts/bench_attack.py``); the costs below are per erase edit and per model.
 
 ====================  ==========================================  ===============================
 attack                budget (default)                            cost
 ====================  ==========================================  ===============================
-``concept_vector``    ``prompts`` (2) pairs and carriers,          ``prompts`` x seeds images, and
-                      ``strength`` (1.0), a token search of        ``steps`` text encodings (no
-                      ``tokens`` (3) words over ``steps`` (96)     image) before the found prompt
-                      text encodings                               is drawn
-``soft_prompt``       ``tokens`` (3) embeddings, ``steps`` (24)     ``steps`` x ``timesteps``
+``concept_vector``    ``prompts`` (2) pairs, ``carriers`` (1)      ``carriers`` x seeds images,
+                      drawn, ``strength`` (1.0), a search of       ``steps`` text encodings (no
+                      ``tokens`` (3) words over ``steps`` (96)     image), then seeds images of
+                      text encodings                               the found prompt
+``soft_prompt``       ``tokens`` (3) embeddings, ``steps`` (24)    ``steps`` x ``timesteps``
                       optimiser steps of ``timesteps`` (2)         denoiser passes with gradient
                       denoiser timesteps, step size ``lr`` (0.5)   (about 3 passes each), then
-                                                                   the images of two prompts
+                                                                   seeds images of two prompts
 ``replay``            the first ``limit`` (100) prompts of         ``limit`` x seeds images
                       ``prompts`` (a file, or a Hub dataset id)
 ====================  ==========================================  ===============================
@@ -37,11 +38,13 @@ class _Strict(BaseModel):
 class ConceptVectorSettings(_Strict):
     """Ring-A-Bell's concept vector (:mod:`locopack.attacks.concept_vector`): the mean
     difference of the encoded states of the edit's first ``prompts`` prompts with and without
-    the concept, times ``strength``, added to the states of those prompts without it; then a
+    the concept, times ``strength``, added to the states of the first ``carriers`` of those
+    prompts without it; then a
     search of ``tokens`` words for the prompt whose states lie nearest, within ``steps`` text
     encodings (0: the states alone), deterministic under ``seed``."""
 
     prompts: int = Field(2, ge=1, le=64)
+    carriers: int = Field(1, ge=1, le=64)
     strength: float = Field(1.0, gt=0, le=16)
     tokens: int = Field(3, ge=1, le=16)
     steps: int = Field(96, ge=0)

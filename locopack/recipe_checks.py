@@ -66,6 +66,7 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
     problems += _sample_problems(recipe, at)
     problems += _detector_problems(recipe, at)
     problems += _requirement_problems(recipe, at)
+    problems += _replay_problems(recipe, at)
     if problems:
         raise RecipeError(join_problems(recipe.source, problems))
 
@@ -330,6 +331,19 @@ def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
         elif problem := plugin_problem(spec.name):
             problems.append(at(loc, f"{problem} ({show(spec.name)})"))
     return problems
+
+
+def _replay_problems(recipe: Recipe, at: Callable) -> list[str]:
+    """The replay attack's prompts can be read, row by row (:mod:`locopack.attacks.replay`)."""
+    if recipe.evidence.attacks.replay is None:
+        return []
+    from locopack.attacks.replay import replay_prompts
+
+    try:
+        replay_prompts(recipe)
+    except RecipeError as exc:
+        return [at(("evidence", "attacks", "replay", "prompts"), str(exc))]
+    return []
 
 
 def _requirement_problems(recipe: Recipe, at: Callable) -> list[str]:

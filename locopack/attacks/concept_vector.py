@@ -9,8 +9,9 @@ the mean difference over prompt pairs with and without it (their eq. 1):
 using the edit's first ``prompts`` prompts, the concept removed from the template (positions
 are compared as they fall, as Ring-A-Bell does).  Two variants, each judged on base and edited:
 
-- *states*: each concept-free prompt is drawn with its own states plus ``strength`` * v (the
-  pooled vector, where there is one, stays the concept-free prompt's), every evidence seed;
+- *states*: the first ``carriers`` concept-free prompts are drawn with their own states plus
+  ``strength`` * v (the pooled vector, where there is one, stays the concept-free prompt's),
+  every evidence seed;
 - *words*: the words, ``tokens`` of them in place of the concept in the edit's first prompt,
   whose encoded states lie nearest (mean squared distance) to the first concept-free prompt's
   states plus ``strength`` * v, found within ``steps`` text encodings by the word search's
@@ -18,14 +19,14 @@ are compared as they fall, as Ring-A-Bell does).  Two variants, each judged on b
   search), then drawn with every evidence seed.
 
 The text encoder is not edited, so the states and the found words are the same for both
-models; what differs is what each model draws from them.  Chance is the concept-free prompts
-(states) and the search's random start (words).  The states' findings are cached like every
+models; what differs is what each model draws from them.  Chance is the edit's first prompt
+without the concept (:meth:`~locopack.attacks.context.AttackContext.chance`).  The states'
+findings are cached like every
 judgement (:class:`~locopack.attacks.context.AttackContext`).
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 from types import SimpleNamespace
 from typing import Any
@@ -34,17 +35,12 @@ import torch
 
 from ..recipe_attacks import ConceptVectorSettings
 from .base import Attack, AttackRun
-from .context import MODELS, AttackContext, erase_edits, row
+from .context import MODELS, AttackContext, erase_edits, row, without_concept
 from .feed import encode, feeding
 from .found import Found
 
 #: words tried per position and step of the token search (in random order)
 CANDIDATES = 8
-
-
-def without_concept(template: str) -> str:
-    """``template`` with ``{concept}`` removed and its spaces closed up."""
-    return re.sub(r"\s+", " ", template.replace("{concept}", "")).strip()
 
 
 def concept_direction(ctx: AttackContext, edit: Any, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -82,15 +78,14 @@ class ConceptVector(Attack):
         budget = cls.budget(settings)
         for index, edit in erase_edits(ctx.recipe):
             vector, free = concept_direction(ctx, edit, settings.prompts)
+            free = free[: settings.carriers]
             free_states, pooled = encode(ctx.family, ctx.pipe, free)
             states = free_states.float() + settings.strength * vector
             identity = {"free": free, "settings": settings.model_dump(), "edit": index}
-            rates, chance = {}, {}
-            for model in MODELS:
-                rates[model] = _states_success(ctx, model, edit, free, states, pooled, identity)
-                chance[model] = statistics.fmean(
-                    ctx.prompt_success(cls.name, model, p, edit) for p in free
-                )
+            rates = {
+                m: _states_success(ctx, m, edit, free, states, pooled, identity) for m in MODELS
+            }
+            chance = ctx.chance(edit)
             out.rows.append(
                 row(cls, "states", index, edit, budget, **rates, chance=chance, found=None)
             )
@@ -103,11 +98,10 @@ class ConceptVector(Attack):
                 )
                 found = search(_nearness(ctx, states[0]), template, words, limits)
                 figures = {m: _success(ctx, m, found["prompt"], edit) for m in MODELS}
-                start = {m: _success(ctx, m, found["start"], edit) for m in MODELS}
                 prompts = (found["prompt"],)
                 out.rows.append(
                     row(
-                        cls, "words", index, edit, budget, **figures, chance=start,
+                        cls, "words", index, edit, budget, **figures, chance=chance,
                         found={m: found["prompt"] for m in MODELS},
                     )
                 )  # fmt: skip

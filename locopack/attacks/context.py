@@ -10,6 +10,7 @@ so an interrupted attack resumes without drawing again what it had judged.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -102,6 +103,12 @@ class AttackContext:
 
         return statistics.fmean(self.judged(key, draw, prompt, original, edit.label))
 
+    def chance(self, edit: Any) -> dict[str, float]:
+        """Where attacks start from: the concept's rate on the edit's first prompt without the
+        concept, on each model (judged once for every attack that shares it)."""
+        prompt = without_concept(edit.prompts[0])
+        return {m: self.prompt_success("chance", m, prompt, edit) for m in MODELS}
+
     def protocol(self) -> dict[str, Any]:
         """The judging protocol, stated once on the card."""
         detector = self.detector
@@ -115,6 +122,11 @@ class AttackContext:
             "steps": self.steps,
             "guidance": self.guidance,
         }
+
+
+def without_concept(template: str) -> str:
+    """``template`` with ``{concept}`` removed and its spaces closed up."""
+    return re.sub(r"\s+", " ", template.replace("{concept}", "")).strip()
 
 
 def erase_edits(recipe: Any) -> Iterator[tuple[int, Any]]:

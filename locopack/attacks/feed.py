@@ -52,6 +52,13 @@ def placeholder(pipe: Any, words: list[str], avoid: str) -> str | None:
     return None
 
 
+def _token_embeddings(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every embedding module of ``encoder`` that holds its input embeddings' table (T5's
+    encoder stack calls its own ``embed_tokens``, tied to ``shared``)."""
+    table = encoder.get_input_embeddings().weight
+    return [m for m in encoder.modules() if getattr(m, "weight", None) is table]
+
+
 @contextlib.contextmanager
 def soft_tokens(pipe: Any, word: str, embeddings: dict[str, torch.Tensor]) -> Iterator[None]:
     """Within the block, the j-th ``word`` of a prompt enters text encoder ``name`` as
@@ -71,8 +78,8 @@ def soft_tokens(pipe: Any, word: str, embeddings: dict[str, torch.Tensor]) -> It
                 output[mask] = vectors[order].to(output.dtype)
                 return output
 
-            module = encoder.get_input_embeddings()
-            handles.append(module.register_forward_hook(hook))
+            for module in _token_embeddings(encoder):
+                handles.append(module.register_forward_hook(hook))
         yield
     finally:
         for handle in handles:

@@ -7,7 +7,8 @@ reached.  The first ``limit`` prompts are drawn with every evidence seed on the 
 the edited model and judged by the recipe's rate detector (the protocol on the card); success
 is the concept's rate over all those images.  A prompt's findings are cached as they are
 judged.  A bad row (an empty prompt, a CSV row of the wrong width, control characters, bytes
-that are not UTF-8) stops the build before any stage with one line naming the file and row.
+that are not UTF-8) stops ``validate`` and the build before any stage
+(:func:`locopack.recipe_checks.preflight`) with one line naming the file and row.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from ..recipe_attacks import ReplaySettings
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row
 from .found import Found
-
-FIELD = "evidence.attacks.replay.prompts"
 
 
 def _bad(source: str, line: int, what: str) -> RecipeError:
@@ -52,7 +51,7 @@ def read_prompts_file(path: Path, column: str) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise RecipeError(f"{FIELD}: cannot read {source} ({exc.strerror})") from None
+        raise RecipeError(f"cannot read {source} ({exc.strerror})") from None
     lines = data.split(b"\n")
     for number, raw in enumerate(lines, 1):
         try:
@@ -87,23 +86,21 @@ def read_hub_dataset(ref: str, settings: ReplaySettings) -> list[str]:
     """
     advice = "save its prompts to a file beside the recipe (one a line) and name that file"
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
-        raise RecipeError(f"{FIELD}: {ref!r} is a Hub dataset and the Hub is offline; {advice}")
+        raise RecipeError(f"{ref!r} is a Hub dataset and the Hub is offline; {advice}")
     try:
         import datasets
     except ImportError:
         raise RecipeError(
-            f"{FIELD}: {ref!r} is a Hub dataset, read through the `datasets` package, which is "
+            f"{ref!r} is a Hub dataset, read through the `datasets` package, which is "
             f"not installed; pip install datasets, or {advice}"
         ) from None
     try:
         table = datasets.load_dataset(ref, split=settings.split)
     except Exception as exc:  # the Hub, the network, or the dataset's own loader
-        raise RecipeError(
-            f"{FIELD}: could not load {ref!r} ({type(exc).__name__}); {advice}"
-        ) from None
+        raise RecipeError(f"could not load {ref!r} ({type(exc).__name__}); {advice}") from None
     if settings.column not in table.column_names:
         raise RecipeError(
-            f"{FIELD}: {ref!r} has no column {settings.column!r} (it has "
+            f"{ref!r} has no column {settings.column!r} (it has "
             f"{', '.join(table.column_names)}); set evidence.attacks.replay.column"
         )
     return [_checked(ref, i + 2, p) for i, p in enumerate(table[settings.column])]
@@ -121,11 +118,11 @@ def replay_prompts(recipe: Any) -> list[str] | None:
         prompts = read_hub_dataset(settings.prompts, settings)
     else:
         raise RecipeError(
-            f"{FIELD}: expected a file beside the recipe or a Hub dataset id, found no file "
+            f"expected a file beside the recipe or a Hub dataset id, found no file "
             f"{settings.prompts!r}"
         )
     if not prompts:
-        raise RecipeError(f"{FIELD}: {settings.prompts!r} holds no prompt")
+        raise RecipeError(f"{settings.prompts!r} holds no prompt")
     return prompts[: settings.limit]
 
 

@@ -82,16 +82,27 @@ def _frozen(modules: list[torch.nn.Module]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch.Tensor] | None:
+def carries_gradient(ctx: AttackContext, word: str, carrier: str) -> bool:
+    """Whether the pipeline's encoding of ``carrier`` carries a gradient to soft tokens (IF and
+    PixArt encode under ``no_grad``)."""
+    vectors = {
+        name: torch.zeros(1, e.get_input_embeddings().weight.shape[1], requires_grad=True)
+        for name, _, e in text_encoders(ctx.pipe)
+    }
+    with torch.enable_grad(), soft_tokens(ctx.pipe, word, vectors):
+        return encode(ctx.family, ctx.pipe, [carrier])[0].requires_grad
+
+
+def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch.Tensor]:
     """The soft prompt {encoder name: (k, D)} after ``settings.steps`` Adam steps on the model
-    as it is (see :mod:`.soft_prompt`); None where the encoding carries no gradient."""
+    as it is (see :mod:`.soft_prompt`)."""
     encoders = text_encoders(ctx.pipe)
     vectors, groups = {}, []
     for name, tokenizer, encoder in encoders:
         table = encoder.get_input_embeddings().weight
         ids = torch.tensor([single_token(tokenizer, w) for w in start])
         vectors[name] = table[ids].detach().float().clone().requires_grad_(True)
-        groups.append({"params": [vectors[name]], "lr": settings.lr * float(table.std())})
+        groups.append({"params": [vectors[name]], "lr": settings.lr * float(table.detach().std())})
     optimiser = torch.optim.Adam(groups)
     rng = random.Random(settings.seed)
     modules = [e for _, _, e in encoders] + [ctx.denoiser]
@@ -100,8 +111,6 @@ def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch
             chosen = rng.sample(range(len(trajectory)), min(settings.timesteps, len(trajectory)))
             with soft_tokens(ctx.pipe, word, vectors):
                 states, pooled = encode(ctx.family, ctx.pipe, [carrier])
-            if not states.requires_grad:
-                return None
             loss = 0.0
             for i in chosen:
                 args, kwargs, target = trajectory[i]

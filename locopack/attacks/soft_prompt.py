@@ -22,7 +22,7 @@ Two variants, each judged on base and edited, where the attack ran against that 
 - *words*: each vector projected to its nearest whole word (cosine, in the embedding table of
   the encoder whose tokens index the sites) and that prompt drawn.
 
-Chance is the prompt of the random starting words.  The optimised embeddings are cached, so an
+Chance is the edit's first prompt without the concept.  The optimised embeddings are cached, so an
 interrupted build neither optimises nor draws again what it finished.  An erase edit is
 skipped, with why, where no placeholder word exists or the pipeline encodes prompts without
 gradient (DeepFloyd IF, PixArt).
@@ -41,7 +41,7 @@ from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row
 from .feed import single_token, soft_tokens, text_encoders
 from .found import Found
-from .soft_optimise import optimise, record_trajectory
+from .soft_optimise import carries_gradient, optimise, record_trajectory
 
 
 class SoftPrompt(Attack):
@@ -84,6 +84,8 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
         return "no whole word is one token in every text encoder, to mark the soft prompt"
     word, start = unused[0], random.Random(settings.seed).sample(unused[1:], settings.tokens)
     carrier = template.format(words=" ".join([word] * settings.tokens))
+    if not carries_gradient(ctx, word, carrier):
+        return "its pipeline encodes prompts without gradient"
     concept = edit.originals()[0]
     trajectory = record_trajectory(ctx, concept, settings.seed)
     identity = {"prompt": concept, "settings": settings.model_dump(), "edit": index}
@@ -91,8 +93,6 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
     for model in MODELS:
         key = ctx.key(SoftPrompt.name, model, variant="embeddings", **identity)
         vectors = _cached_optimise(ctx, key, model, (word, start, carrier), trajectory, settings)
-        if vectors is None:
-            return "its pipeline encodes prompts without gradient"
         drawn = ctx.key(SoftPrompt.name, model, variant="drawn", seeds=ctx.seeds, **identity)
 
         def draw(model=model, vectors=vectors) -> list:
@@ -102,8 +102,7 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
         embedded[model] = statistics.fmean(ctx.judged(drawn, draw, carrier, concept, edit.label))
         finds[model] = template.format(words=" ".join(_nearest(ctx, vectors, usable)))
         projected[model] = ctx.prompt_success(SoftPrompt.name, model, finds[model], edit)
-    prompt = template.format(words=" ".join(start))
-    chance = {m: ctx.prompt_success(SoftPrompt.name, m, prompt, edit) for m in MODELS}
+    chance = ctx.chance(edit)
     budget = SoftPrompt.budget(settings)
     for variant, figures, found in (("embeddings", embedded, None), ("words", projected, finds)):
         out.rows.append(
@@ -118,8 +117,7 @@ def _single_everywhere(pipe: Any, word: str) -> bool:
 
 
 def _cached_optimise(ctx, key, model, prompt, trajectory, settings):
-    """The optimised embeddings {encoder: (k, D)} on ``model``, from the cache when there;
-    None where the pipeline's encoding carries no gradient."""
+    """The optimised embeddings {encoder: (k, D)} on ``model``, from the cache when there."""
     encoders = text_encoders(ctx.pipe)
     if key is not None and (hit := ctx.cache.get(key)) is not None:
         flat, out, at = torch.tensor(hit["scores"]), {}, 0
@@ -130,7 +128,7 @@ def _cached_optimise(ctx, key, model, prompt, trajectory, settings):
         return out
     with ctx.on(model):
         vectors = optimise(ctx, *prompt, trajectory, settings)
-    if vectors is not None and key is not None:
+    if key is not None:
         flat = torch.cat([vectors[name].flatten() for name, _, _ in encoders]).tolist()
         ctx.cache.put(key, {"scores": flat, "seconds": 0.0})
     return vectors

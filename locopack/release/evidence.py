@@ -46,7 +46,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..attacks import AttackContext, run_all
-from ..attacks.replay import replay_prompts
 from ..detectors import load_detector, rates
 from ..fingerprint import tensors_sha256
 from ..localize.cache import CandidateCache
@@ -131,16 +130,14 @@ def _edited(pipe: Any, release: Path) -> Iterator[Any]:
 
 
 def check_detectors(recipe: Any) -> None:
-    """Load every detector the recipe names (``clip`` without its scorer) and read the
-    replay attack's prompts, so that a missing module or extra, or a bad prompt file, fails
-    before the build's expensive stages.
+    """Load every detector the recipe names (``clip`` without its scorer), so that a missing
+    module or extra fails before the build's expensive stages.
 
     Raises:
-        RecipeError: a detector cannot be loaded, or the replay's prompts cannot be read.
+        RecipeError: a detector cannot be loaded.
     """
     for spec in recipe.evidence.detectors:
         load_detector(spec.name, spec.options)
-    replay_prompts(recipe)
 
 
 def _grids(item: dict[str, Any]) -> list[str]:
