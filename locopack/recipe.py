@@ -43,9 +43,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
+from locopack.recipe_attacks import AttacksSettings
 from locopack.recipe_checks import preflight  # noqa: F401
 from locopack.recipe_errors import line_of, show, validation_message
-from locopack.recipe_attacks import AttacksSettings
 from locopack.recipe_requirements import Requirements
 from locopack.recipe_review import check_against_model, resolve_layers, summarize  # noqa: F401
 from locopack.recipe_yaml import load_yaml, read_text

@@ -22,9 +22,9 @@ requirement off.  ``attack_success`` is required only when stated: the default a
 are small (their figures move with the budgets), so a bar on it must come with the budgets the
 recipe chooses.  It is judged on the worst attack (:func:`locopack.attacks.worst`): the row of
 the card's attack table with the highest success on the edited model, the soft prompt's
-white-box embeddings included.  ``detector`` names the detector that judges (default: the recipe's first
-rate detector); a recipe with no rate detector (CLIP alone) is judged on SSIM only, and the
-card says which requirements could not be judged.
+white-box embeddings included.  ``detector`` names the detector that judges (default: the
+recipe's first rate detector); a recipe with no rate detector (CLIP alone) is judged on SSIM
+only, and the card says which requirements could not be judged.
 """
 
 from __future__ import annotations
