@@ -36,7 +36,7 @@ WINDOW = [
 #: small budgets: the tests check behaviour, the benchmark measures strength
 SMALL = {
     "concept_vector": ConceptVectorSettings(prompts=2, steps=12),
-    "soft_prompt": SoftPromptSettings(steps=6, timesteps=1),
+    "soft_prompt": SoftPromptSettings(),  # the default: its words must bring stripes back
     "replay": None,
 }
 
@@ -147,7 +147,7 @@ def test_the_card_shows_one_attack_table_and_the_protocol_once():
     lines = _robustness({"edits": [], "attacks": _rows(0.1, 0.5)})
     heads = [line for line in lines if line.startswith("| edit | attack | budget |")]
     assert len(heads) == 1
-    assert sum("judged by toy (its decision; locopack 0.1.0)" in line for line in lines) == 1
+    assert sum("judged by toy (its decision; locopack 0\\.1\\.0)" in line for line in lines) == 1
     assert "| stripes | a1 | b | 100% | 50% | – |" in lines
 
 

@@ -66,7 +66,8 @@ class ConceptVector(Attack):
     @classmethod
     def budget(cls, settings: ConceptVectorSettings) -> str:
         return (
-            f"{settings.prompts} prompt pairs, strength {settings.strength:g}; words: "
+            f"{settings.prompts} prompt pairs, {settings.carriers} drawn, strength "
+            f"{settings.strength:g}; words: "
             f"{settings.tokens}, {settings.steps} text encodings (seed {settings.seed})"
         )
 
