@@ -274,3 +274,11 @@ def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
     assert all(0.0 <= r[m] <= 1.0 for r in first.rows for m in ("base", "edited"))
     (found,) = first.found
     assert found.attack == name and found.edit == 0
+    if name == "concept_vector":  # the states drawn: the concept-free prompt's plus v
+        vector, free = concept_direction(_context(toy, []), toy[0].edits[0], 2)
+        expected = encode(toy[2], toy[1], free[:1])[0] + vector
+        assert torch.allclose(found.states, expected, atol=1e-6)
+    if name == "soft_prompt":  # "<start> a red circle on a" precede the 3 soft tokens
+        (positions,) = found.positions
+        assert found.states.shape == (1, 77, 64) and positions[:3] == (6, 7, 8)
+        assert positions[-1] == 10  # "background", then end of text

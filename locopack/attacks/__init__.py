@@ -31,7 +31,17 @@ from .replay import Replay
 from .soft_prompt import SoftPrompt
 from .word_search import WordSearch
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackRun", "Found", "get_attack", "run_all"]
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackContext",
+    "AttackRun",
+    "Found",
+    "find",
+    "get_attack",
+    "run_all",
+    "worst",
+]
 
 #: attacks by name, in the order the card lists them
 ATTACKS: dict[str, type[Attack]] = {
@@ -76,6 +86,21 @@ def run_all(ctx: AttackContext) -> tuple[dict[str, Any], dict[str, AttackRun]]:
         ],
     }
     return section, runs
+
+
+def find(ctx: AttackContext, name: str, settings: Any = None) -> list[Found]:
+    """What attack ``name`` finds on the edited model of ``ctx`` (one :class:`Found` per erase
+    edit it ran on), at ``settings`` or the recipe's budget: what robust erase adds as rows.
+
+    Raises:
+        KeyError: no attack has that name.
+        ValueError: the recipe turns it off and no ``settings`` are given.
+    """
+    attack = get_attack(name)
+    chosen = settings if settings is not None else attack.settings(ctx.recipe)
+    if chosen is None:
+        raise ValueError(f"the recipe turns the {name} attack off; give its settings")
+    return attack.run(ctx, chosen).found
 
 
 def worst(section: dict[str, Any] | None, edit: int) -> dict[str, Any] | None:

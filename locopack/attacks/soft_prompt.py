@@ -22,8 +22,11 @@ Two variants, each judged on base and edited, where the attack ran against that 
 - *words*: each vector projected to its nearest whole word (cosine, in the embedding table of
   the encoder whose tokens index the sites) and that prompt drawn.
 
-Chance is the edit's first prompt without the concept.  The optimised embeddings are cached, so an
-interrupted build neither optimises nor draws again what it finished.  An erase edit is
+Chance is the edit's first prompt without the concept.  Its finds (:class:`Found`) are the
+edited model's projected prompt and, for cross-attention families, the soft prompt's encoded
+states (the positions from its first soft token to the end of text).  The optimised
+embeddings are cached, so an interrupted build neither optimises nor draws again what it
+finished.  An erase edit is
 skipped, with why, where no placeholder word exists or the pipeline encodes prompts without
 gradient (DeepFloyd IF, PixArt).
 """
@@ -89,10 +92,11 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
     concept = edit.originals()[0]
     trajectory = record_trajectory(ctx, concept, settings.seed)
     identity = {"prompt": concept, "settings": settings.model_dump(), "edit": index}
-    embedded, projected, finds = {}, {}, {}
+    embedded, projected, finds, optimised = {}, {}, {}, {}
     for model in MODELS:
         key = ctx.key(SoftPrompt.name, model, variant="embeddings", **identity)
         vectors = _cached_optimise(ctx, key, model, (word, start, carrier), trajectory, settings)
+        optimised[model] = vectors
         drawn = ctx.key(SoftPrompt.name, model, variant="drawn", seeds=ctx.seeds, **identity)
 
         def draw(model=model, vectors=vectors) -> list:
@@ -108,7 +112,7 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
         out.rows.append(
             row(SoftPrompt, variant, index, edit, budget, **figures, chance=chance, found=found)
         )
-    out.found.append(Found(SoftPrompt.name, index, (finds["edited"],)))
+    out.found.append(_found(ctx, index, finds["edited"], word, carrier, optimised["edited"]))
     return None
 
 
@@ -132,6 +136,20 @@ def _cached_optimise(ctx, key, model, prompt, trajectory, settings):
         flat = torch.cat([vectors[name].flatten() for name, _, _ in encoders]).tolist()
         ctx.cache.put(key, {"scores": flat, "seconds": 0.0})
     return vectors
+
+
+def _found(ctx, index: int, prompt: str, word: str, carrier: str, vectors) -> Found:
+    """The projected prompt and, where the sites all read one encoded text (cross-attention),
+    the soft prompt's encoded states, its concept carried from the first soft token on."""
+    if ctx.family.joint_attention:
+        return Found(SoftPrompt.name, index, (prompt,))
+    with torch.no_grad(), soft_tokens(ctx.pipe, word, vectors):
+        states = ctx.family.encode(ctx.pipe, [carrier])
+    part = ctx.family.text_parts(ctx.pipe)[0]
+    ids = part.token_ids(carrier)
+    first = ids.index(single_token(part.tokenizer, word))
+    positions = (tuple(range(part.start + first, part.start + len(ids))),)
+    return Found(SoftPrompt.name, index, (prompt,), states, positions)
 
 
 def _nearest(ctx: AttackContext, vectors: dict[str, torch.Tensor], words: list[str]) -> list[str]:
