@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    sys.stdout.reconfigure(line_buffering=True)  # each row as it is measured
     with contextlib.suppress(BrokenPipeError):
         for path in args.recipes:
             bench(path, args)

@@ -91,7 +91,7 @@ def test_every_stage_after_export_runs_on_each_twin(twins, family):
     ran = {r["attack"] for r in attacks["rows"]}
     skipped = {s["attack"] for s in attacks["skipped"]}
     assert ran | skipped == {"word_search", "concept_vector", "soft_prompt"}
-    assert skipped == ({"soft_prompt"} if family in ("if", "pixart") else set())
+    assert skipped == ({"soft_prompt"} if family == "if" else set())
     card = (release / "README.md").read_text()
     assert "| van gogh | word search |" in card and "| van gogh | concept vector (states) |" in card
     assert audit_folder(release).ok

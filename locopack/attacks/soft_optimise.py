@@ -83,8 +83,8 @@ def _frozen(modules: list[torch.nn.Module]) -> Iterator[None]:
 
 
 def carries_gradient(ctx: AttackContext, word: str, carrier: str) -> bool:
-    """Whether the pipeline's encoding of ``carrier`` carries a gradient to soft tokens (IF and
-    PixArt encode under ``no_grad``)."""
+    """Whether the family's encoding of ``carrier`` carries a gradient to soft tokens
+    (DeepFloyd IF's pipeline encodes under ``no_grad``)."""
     vectors = {
         name: torch.zeros(1, e.get_input_embeddings().weight.shape[1], requires_grad=True)
         for name, _, e in text_encoders(ctx.pipe)

@@ -28,7 +28,7 @@ states (the positions from its first soft token to the end of text).  The optimi
 embeddings are cached, so an interrupted build neither optimises nor draws again what it
 finished.  An erase edit is
 skipped, with why, where no placeholder word exists or the pipeline encodes prompts without
-gradient (DeepFloyd IF, PixArt).
+gradient (DeepFloyd IF).
 """
 
 from __future__ import annotations
