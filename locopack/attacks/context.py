@@ -14,7 +14,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +62,6 @@ class AttackContext:
 
     def on(self, model: str) -> AbstractContextManager:
         """The edit applied for ``edited``, nothing for ``base``."""
-        from contextlib import nullcontext
-
         return self.edited() if model == "edited" else nullcontext()
 
     def key(self, attack: str, model: str, **what: Any) -> str | None:
@@ -95,7 +93,7 @@ class AttackContext:
     def prompt_success(self, attack: str, model: str, prompt: str, edit: Any) -> float:
         """The concept's rate on ``prompt`` drawn with every seed on ``model``."""
         original = edit.originals()[0]
-        key = self.key(attack, model, prompt=prompt, seeds=self.seeds)
+        key = self.key(attack, model, prompt=prompt, seeds=self.seeds, label=edit.label)
 
         def draw() -> list:
             with self.on(model):
