@@ -282,3 +282,17 @@ def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
         (positions,) = found.positions
         assert found.states.shape == (1, 77, 64) and positions[:3] == (6, 7, 8)
         assert positions[-1] == 10  # "background", then end of text
+
+
+def test_the_word_search_returns_its_best_prompts_as_found():
+    from locopack.attacks import Found
+    from locopack.release.attack import as_found
+
+    searches = {"base": {"prompt": "x a b"}, "edited": {"prompt": "x c d"}}
+    same = {"base": {"prompt": "x a b"}, "edited": {"prompt": "x a b"}}
+    record = {"edits": [{"edit": 1, "searches": searches}, {"edit": 2, "searches": same}]}
+    assert as_found(record) == [
+        Found("word_search", 1, ("x c d", "x a b")),
+        Found("word_search", 2, ("x a b",)),
+    ]
+    assert as_found(None) == []
