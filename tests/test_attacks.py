@@ -296,3 +296,27 @@ def test_the_word_search_returns_its_best_prompts_as_found():
         Found("word_search", 2, ("x a b",)),
     ]
     assert as_found(None) == []
+
+
+def test_a_family_whose_text_cannot_be_given_as_states_is_skipped_with_why(toy):
+    from locopack.attacks.concept_vector import ConceptVector
+    from locopack.attacks.soft_prompt import SoftPrompt
+    from locopack.errors import ModelLayoutError
+
+    class Unfed(toy[2]):
+        @classmethod
+        def sites(cls, denoiser):
+            raise ModelLayoutError("no site reads one text here")
+
+    drawn: list = []
+    ctx = _context(toy, drawn)
+    ctx.family = Unfed
+    for attack, settings in (
+        (ConceptVector, ConceptVectorSettings(steps=0)),
+        (SoftPrompt, SoftPromptSettings(steps=1, timesteps=1)),
+    ):
+        with torch.no_grad():
+            run = attack.run(ctx, settings)
+        assert run.rows == [] and drawn == []
+        (skipped,) = run.skipped
+        assert skipped["why"] == "its text cannot be given as states (no site reads one text here)"

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelLayoutError
 from ..recipe_attacks import ConceptVectorSettings
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row, without_concept
@@ -73,41 +74,44 @@ class ConceptVector(Attack):
 
     @classmethod
     def run(cls, ctx: AttackContext, settings: ConceptVectorSettings) -> AttackRun:
-        from ..release.attack import attack_template, search, vocabulary
-
         out = AttackRun()
-        budget = cls.budget(settings)
         for index, edit in erase_edits(ctx.recipe):
-            vector, free = concept_direction(ctx, edit, settings.prompts)
-            free = free[: settings.carriers]
-            free_states, pooled = encode(ctx.family, ctx.pipe, free)
-            states = free_states.float() + settings.strength * vector
-            identity = {"free": free, "settings": settings.model_dump(), "edit": index}
-            rates = {
-                m: _states_success(ctx, m, edit, free, states, pooled, identity) for m in MODELS
-            }
-            chance = ctx.chance(edit)
-            out.rows.append(
-                row(cls, "states", index, edit, budget, **rates, chance=chance, found=None)
-            )
-            words = vocabulary(ctx.family.tokenizer(ctx.pipe), edit.label)
-            prompts: tuple[str, ...] = ()
-            if settings.steps > 0 and words:
-                template = attack_template(edit)
-                limits = SimpleNamespace(
-                    **settings.model_dump(), candidates=CANDIDATES, seconds=float("inf")
-                )
-                found = search(_nearness(ctx, states[0]), template, words, limits)
-                figures = {m: _success(ctx, m, found["prompt"], edit) for m in MODELS}
-                prompts = (found["prompt"],)
-                out.rows.append(
-                    row(
-                        cls, "words", index, edit, budget, **figures, chance=chance,
-                        found={m: found["prompt"] for m in MODELS},
-                    )
-                )  # fmt: skip
-            out.found.append(_found(ctx, index, prompts, free, states))
+            try:
+                _attack_edit(ctx, index, edit, settings, out)
+            except ModelLayoutError as exc:  # a family whose text cannot be fed as states
+                why = f"its text cannot be given as states ({exc})"
+                out.skipped.append({"edit": index, "label": edit.label, "why": why})
         return out
+
+
+def _attack_edit(ctx: AttackContext, index: int, edit: Any, settings, out: AttackRun) -> None:
+    """Attack one erase edit into ``out``."""
+    from ..release.attack import attack_template, search, vocabulary
+
+    cls, budget = ConceptVector, ConceptVector.budget(settings)
+    vector, free = concept_direction(ctx, edit, settings.prompts)
+    free = free[: settings.carriers]
+    free_states, pooled = encode(ctx.family, ctx.pipe, free)
+    states = free_states.float() + settings.strength * vector
+    identity = {"free": free, "settings": settings.model_dump(), "edit": index}
+    rates = {m: _states_success(ctx, m, edit, free, states, pooled, identity) for m in MODELS}
+    chance = ctx.chance(edit)
+    out.rows.append(row(cls, "states", index, edit, budget, **rates, chance=chance, found=None))
+    words = vocabulary(ctx.family.tokenizer(ctx.pipe), edit.label)
+    prompts: tuple[str, ...] = ()
+    if settings.steps > 0 and words:
+        template = attack_template(edit)
+        limits = SimpleNamespace(**settings.model_dump(), candidates=CANDIDATES, seconds=1e18)
+        found = search(_nearness(ctx, states[0]), template, words, limits)
+        figures = {m: _success(ctx, m, found["prompt"], edit) for m in MODELS}
+        prompts = (found["prompt"],)
+        out.rows.append(
+            row(
+                cls, "words", index, edit, budget, **figures, chance=chance,
+                found={m: found["prompt"] for m in MODELS},
+            )
+        )  # fmt: skip
+    out.found.append(_found(ctx, index, prompts, free, states))
 
 
 def _success(ctx: AttackContext, model: str, prompt: str, edit: Any) -> float:

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelLayoutError
 from ..recipe_attacks import SoftPromptSettings
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row
@@ -69,7 +70,10 @@ class SoftPrompt(Attack):
     def run(cls, ctx: AttackContext, settings: SoftPromptSettings) -> AttackRun:
         out = AttackRun()
         for index, edit in erase_edits(ctx.recipe):
-            why = _attack_edit(ctx, index, edit, settings, out)
+            try:
+                why = _attack_edit(ctx, index, edit, settings, out)
+            except ModelLayoutError as exc:  # a family whose text cannot be fed as states
+                why = f"its text cannot be given as states ({exc})"
             if why:
                 out.skipped.append({"edit": index, "label": edit.label, "why": why})
         return out
