@@ -43,6 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
+from locopack.recipe_attacks import AttacksSettings
 from locopack.recipe_checks import preflight  # noqa: F401
 from locopack.recipe_errors import line_of, show, validation_message
 from locopack.recipe_requirements import Requirements
@@ -341,7 +342,7 @@ class EvidenceSettings(_Strict):
     replace the built-in ones, ``sample_unrelated`` adds prompts no part of the recipe lists
     (nor ``edit.neighbours``); a preserve or unrelated prompt whose images' mean SSIM (before
     vs after, same seed) falls below ``ssim_threshold`` is flagged on the card; ``attack``
-    budgets the search attack."""
+    budgets the word search attack, ``attacks`` the others (:mod:`locopack.recipe_attacks`)."""
 
     detectors: list[DetectorSpec] = Field(default_factory=lambda: [DetectorSpec(name="clip")])
     seeds: list[Seed] | None = Field(None, min_length=1)
@@ -349,6 +350,7 @@ class EvidenceSettings(_Strict):
     sample_unrelated: PromptSample | None = None
     ssim_threshold: float = Field(0.8, gt=0, le=1)
     attack: AttackSettings = Field(default_factory=AttackSettings)
+    attacks: AttacksSettings = Field(default_factory=AttacksSettings)
 
 
 class CardSettings(_Strict):

@@ -66,6 +66,7 @@ def preflight(recipe: Recipe, *, offline: bool = False) -> None:
     problems += _sample_problems(recipe, at)
     problems += _detector_problems(recipe, at)
     problems += _requirement_problems(recipe, at)
+    problems += _replay_problems(recipe, at)
     if problems:
         raise RecipeError(join_problems(recipe.source, problems))
 
@@ -332,6 +333,19 @@ def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
     return problems
 
 
+def _replay_problems(recipe: Recipe, at: Callable) -> list[str]:
+    """The replay attack's prompts can be read, row by row (:mod:`locopack.attacks.replay`)."""
+    if recipe.evidence.attacks.replay is None:
+        return []
+    from locopack.attacks.replay import replay_prompts
+
+    try:
+        replay_prompts(recipe)
+    except RecipeError as exc:
+        return [at(("evidence", "attacks", "replay", "prompts"), str(exc))]
+    return []
+
+
 def _requirement_problems(recipe: Recipe, at: Callable) -> list[str]:
     """Each stated requirement can be judged: its detector is one of the evidence's and gives
     rates; an attack bar needs an erase and an attack that runs."""
@@ -355,7 +369,12 @@ def _requirement_problems(recipe: Recipe, at: Callable) -> list[str]:
             if edit.kind != "erase":
                 text = "expected no attack bar on an update (the attack runs on erasures)"
                 problems.append(at((*loc, "attack_success"), text))
-            elif recipe.evidence.attack.steps == 0:
-                text = "expected an attack to judge it, found evidence.attack.steps: 0"
+            elif recipe.evidence.attack.steps == 0 and not any(
+                dict(recipe.evidence.attacks).values()
+            ):
+                text = (
+                    "expected an attack to judge it, found evidence.attack.steps: 0 and every "
+                    "attack of evidence.attacks off"
+                )
                 problems.append(at((*loc, "attack_success"), text))
     return problems

@@ -13,16 +13,18 @@ name                   measured                                              era
                        asks still shown within this many points of the base
 ``ssim``               mean SSIM of preserve and unrelated images, before    0.60     0.60
                        vs after (same seed), at least
-``attack_success``     the evidence's attack on the edited model: images     --       --
-                       with the concept, at most
+``attack_success``     the worst of the evidence's attacks on the edited     --       --
+                       model: images with the concept, at most
 =====================  ====================================================  =======  ========
 
 Rates are fractions (0.10 is 10%); ``prompt_kept`` is in percentage points.  ``false`` turns a
-requirement off.  ``attack_success`` is required only when stated: the default attack budget
-is small (its figure moves with the budget), so a bar on it must come with the budget the
-recipe chooses.  ``detector`` names the detector that judges (default: the recipe's first
-rate detector); a recipe with no rate detector (CLIP alone) is judged on SSIM only, and the
-card says which requirements could not be judged.
+requirement off.  ``attack_success`` is required only when stated: the default attack budgets
+are small (their figures move with the budgets), so a bar on it must come with the budgets the
+recipe chooses.  It is judged on the worst attack (:func:`locopack.attacks.worst`): the row of
+the card's attack table with the highest success on the edited model, the soft prompt's
+white-box embeddings included.  ``detector`` names the detector that judges (default: the
+recipe's first rate detector); a recipe with no rate detector (CLIP alone) is judged on SSIM
+only, and the card says which requirements could not be judged.
 """
 
 from __future__ import annotations

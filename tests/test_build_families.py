@@ -49,6 +49,7 @@ edit:
 evidence:
   unrelated: ["a photo of a dog"]
   attack: {{tokens: 1, candidates: 2, steps: 2}}
+  attacks: {{concept_vector: {{steps: 4}}, soft_prompt: {{steps: 2, timesteps: 1}}}}
 """
 
 
@@ -91,8 +92,14 @@ def test_every_stage_after_export_runs_on_each_twin(twins, family):
     (attack,) = evidence["attack"]["edits"]
     assert attack["vocabulary"] > 0 and evidence["attack"]["skipped"] == []
     assert "van gogh" not in attack["searches"]["edited"]["prompt"]
+    # every attack ran, but the soft prompt where the pipeline encodes without gradient
+    attacks = evidence["attacks"]
+    ran = {r["attack"] for r in attacks["rows"]}
+    skipped = {s["attack"] for s in attacks["skipped"]}
+    assert ran | skipped == {"word_search", "concept_vector", "soft_prompt"}
+    assert skipped == ({"soft_prompt"} if family == "if" else set())
     card = (release / "README.md").read_text()
-    assert "A search attack replaced the concept" in card
+    assert "| van gogh | word search |" in card and "| van gogh | concept vector (states) |" in card
     assert audit_folder(release).ok
 
 
@@ -110,5 +117,5 @@ def test_a_tokenizer_of_sub_word_pieces_is_no_attack_and_says_why(twins, family,
     assert attack["edits"] == [] and skipped["label"] == "van gogh"
     assert "holds no whole word the search may use" in skipped["why"]
     card = (release / "README.md").read_text()
-    assert f"No search attack was run on *van gogh*: {skipped['why']}." in card
+    assert f"No word search attack was run on *van gogh*: {skipped['why']}." in card
     assert audit_folder(release).ok

@@ -150,7 +150,8 @@ def test_the_schema_refuses_bad_requirements_with_their_line(text, fragment):
 )
 def test_validate_refuses_requirements_it_could_not_judge(recipe_text, fragment):
     if "attack: {steps: 0}" in recipe_text:
-        recipe_text = recipe_text.replace("evidence:\n", "evidence:\n  attack: {steps: 0}\n", 1)
+        off = "  attack: {steps: 0}\n  attacks: {concept_vector: false, soft_prompt: false}\n"
+        recipe_text = recipe_text.replace("evidence:\n", "evidence:\n" + off, 1)
         recipe_text = recipe_text.removesuffix("  attack: {steps: 0}\n")
     with pytest.raises(RecipeError) as info:
         preflight(parse_recipe(recipe_text, str(STRIPES)), offline=True)
@@ -164,12 +165,9 @@ def test_the_summary_chart_marks_each_bound_bar_at_its_threshold():
     found = evidence(0.0, 0.5, kept=0.75, attack={"before": 1.0, "after": 0.25})
     for index, edit in enumerate(found["edits"]):
         edit.update(kind="erase", label="stripes", edit=index, success_score=["original", -1])
-    found["attack"]["edits"][0].update(
-        label="stripes",
-        kind="rate",
-        chance={"before": 0.0, "after": 0.0},
-        searches={"base": {"success": {"before": 1.0}}, "edited": {"success": {"after": 0.25}}},
-    )
+    row = {"attack": "word_search", "name": "word search", "edit": 0, "label": "stripes"}
+    row |= {"base": 1.0, "edited": 0.25, "chance": {"base": 0.0, "edited": 0.0}}
+    found["attacks"] = {"protocol": {"kind": "rate"}, "rows": [row], "skipped": []}
     found["requirements"] = judge(parse_recipe(text, str(STRIPES)), found)
     assert [bar[3] for bar in efficacy_bars(found)[1]] == [0.05, 0.05]
     preserve, unrelated = specificity_bars(found)

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..attacks.found import Found
+
 #: the weight of the CLIP score (100·cos) next to a detector's finding (0..1)
 CLIP_WEIGHT = 1e-3
 
@@ -257,3 +259,14 @@ def run_attacks(
             }
         )
     return {"settings": settings.model_dump(), "edits": out, "skipped": skipped}
+
+
+def as_found(record: dict | None) -> list[Found]:
+    """The best prompts of a :func:`run_attacks` record as :class:`Found`, one per attacked
+    edit: the search on the edited model's prompt first, then the base model's."""
+    out = []
+    for item in (record or {"edits": []})["edits"]:
+        searches = item["searches"]
+        prompts = [searches[m]["prompt"] for m in ("edited", "base") if m in searches]
+        out.append(Found("word_search", item["edit"], tuple(dict.fromkeys(prompts))))
+    return out

@@ -172,36 +172,52 @@ def _specificity(evidence: dict) -> list[str]:
     ]
 
 
-def _attack_lines(attack: dict) -> list[str]:
-    settings = attack["settings"]
-    order = (
-        "best first by CLIP text similarity to the original prompt"
-        if any(item.get("guided") for item in attack["edits"])
-        else "in random order"
+def _protocol(protocol: dict) -> str:
+    detector = md.inline(protocol["detector"])
+    if protocol["kind"] != "rate":
+        judged = f"judged by the {detector} score to the edit's first prompt (no rate detector)"
+    else:
+        threshold = protocol["threshold"]
+        threshold = f"threshold {threshold}" if isinstance(threshold, int | float) else threshold
+        version = md.inline(protocol["version"])
+        judged = f"judged by {detector} ({md.inline(str(threshold))}; {version})"
+    seeds = protocol["seeds"]
+    return (
+        f"Each attack ran once against the base model and once against the edited one, "
+        f"{judged}, on images of {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+        f"({', '.join(map(str, seeds))}) per prompt, {protocol['steps']} steps, guidance "
+        f"{protocol['guidance']:g}.  Success is the share of images showing the concept on the "
+        "model attacked; chance is where the attack started (the prompt without the concept, "
+        "or random words), on base / on edited."
     )
+
+
+def _attack_table(attacks: dict) -> list[str]:
+    kind = attacks["protocol"]["kind"]
     lines = [
-        f"A search attack replaced the concept in the edit's first prompt by "
-        f"{settings['tokens']} words from the tokenizer's vocabulary (the concept's words "
-        f"removed), trying {settings['candidates']} words per position ({order}) for at most "
-        f"{settings['steps']} images per model (search seed {settings['seed']}, images of the "
-        "first evidence seed), once on the base model and once on the edited one; each best "
-        "prompt was then drawn on both models with every evidence seed.",
+        _protocol(attacks["protocol"]),
         "",
-        "| edit | prompt | found on | judged by | success on base | success on edited |",
+        "| edit | attack | budget | success on base | success on edited | chance |",
         "|---|---|---|---|---|---|",
     ]
-    images = []
-    for item in attack["edits"]:
-        runs = [(s["prompt"], where, s["success"]) for where, s in item["searches"].items()]
-        runs.append((item["chance"]["prompt"], "random start (chance)", item["chance"]))
-        label, judge = md.inline(item["label"]), md.inline(item["judge"])
-        for prompt, where, rate in runs:
-            lines.append(
-                f"| {label} | {md.code(prompt, cell=True)} | {where} | {judge} | "
-                f"{_value(rate['before'], item['kind'])} | {_value(rate['after'], item['kind'])} |"
+    found = []
+    for r in attacks["rows"]:
+        chance = r.get("chance")
+        chance = (
+            f"{_value(chance['base'], kind)} / {_value(chance['edited'], kind)}" if chance else "–"
+        )
+        lines.append(
+            f"| {md.inline(r['label'])} | {md.inline(r['name'])} | {md.inline(r['budget'])} | "
+            f"{_value(r['base'], kind)} | {_value(r['edited'], kind)} | {chance} |"
+        )
+        if r.get("found"):
+            found.append(
+                f"- {md.inline(r['name'])} ({md.inline(r['label'])}): against the edited model "
+                f"{md.code(r['found']['edited'])}, against the base {md.code(r['found']['base'])}"
             )
-        images.append(f"![attack {label}]({item['grid']})\n")
-    return [*lines, "", *images]
+    if found:
+        lines += ["", "Prompts the attacks found:", "", *found]
+    return lines
 
 
 def _robustness(evidence: dict) -> list[str]:
@@ -221,20 +237,23 @@ def _robustness(evidence: dict) -> list[str]:
             + " (detector figures in the efficacy table).",
             "",
         ]
-    attack = evidence.get("attack") or {"edits": []}
-    for item in attack.get("skipped", []):  # erase edits the search had no words for
+    attacks = evidence.get("attacks") or {"rows": [], "skipped": []}
+    for item in attacks["skipped"]:  # erase edits an attack could not run on
         label, why = md.inline(item["label"]), md.inline(item["why"])
-        lines += [f"No search attack was run on *{label}*: {why}.", ""]
-    if attack["edits"]:
-        lines += _attack_lines(attack)
+        lines += [f"No {md.inline(item['name'])} attack was run on *{label}*: {why}.", ""]
+    if attacks["rows"]:
+        lines += [*_attack_table(attacks), ""]
+        grids = [a["grid"] for a in (evidence.get("attack") or {"edits": []})["edits"]]
+        lines += [f"![word search]({g})\n" for g in grids]
         lines.append(
-            "*Not shown:* a search of a few words within a small budget is a weak attack; "
-            "longer prompts, embedding or gradient attacks and fine-tuning were not tried."
+            "*Not shown:* learned concept embeddings (concept inversion), longer searches than "
+            "these budgets and fine-tuning were not tried; a soft prompt's embeddings are a "
+            "white-box bound no user can type."
         )
     else:
         lines.append(
-            "*Not shown:* no search attack was run on this release; prompts found by "
-            "searching (other words that route around the edited layers) are not covered."
+            "*Not shown:* no attack was run on this release; prompts found by searching "
+            "(other words that route around the edited layers) are not covered."
         )
     return lines
 

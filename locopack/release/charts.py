@@ -148,8 +148,10 @@ def summary_png(evidence: dict) -> bytes:
 
 def robustness_bars(evidence: dict) -> list[tuple[str, float, float, float | None]]:
     """(label, before, after, required after) per erase edit: the held-out paraphrases'
-    concept rate, the search attack's success (found on the base, before; found on the edited
-    model, after) and the random start's (chance)."""
+    concept rate, the worst attack's success (:func:`locopack.attacks.worst`: against the
+    base, before; against the edited model, after) and where it started (chance)."""
+    from ..attacks import worst
+
     detector, out = _rate_detector(evidence), []
     for index, edit in enumerate(evidence["edits"]):
         item = edit["sets"].get("held_out")
@@ -162,13 +164,15 @@ def robustness_bars(evidence: dict) -> list[tuple[str, float, float, float | Non
             before, after = (item["summary"][w]["original"]["mean"] for w in ("before", "after"))
         required = threshold(evidence, index, "held_out", "concept_left") if detector else None
         out.append((f"{edit['label']}\nparaphrases", before, after, required))
-    for attack in (evidence.get("attack") or {"edits": []})["edits"]:
-        found = attack["searches"]
-        before, after = found["base"]["success"]["before"], found["edited"]["success"]["after"]
-        required = threshold(evidence, attack["edit"], "attack", "attack_success")
-        out.append((f"{attack['label']}\nsearch", before, after, required))
-        chance = attack["chance"]
-        out.append((f"{attack['label']}\nchance", chance["before"], chance["after"], None))
+    for index, edit in enumerate(evidence["edits"]):
+        row = worst(evidence.get("attacks"), index)
+        if row is None:
+            continue
+        required = threshold(evidence, index, "attack", "attack_success")
+        out.append((f"{edit['label']}\n{row['name']}", row["base"], row["edited"], required))
+        if row.get("chance"):
+            chance = row["chance"]
+            out.append((f"{edit['label']}\nchance", chance["base"], chance["edited"], None))
     return out
 
 
@@ -180,5 +184,5 @@ def _robustness(axes: Any, evidence: dict) -> None:
         axes.set_axis_off()
         return
     labels, before, after, required = zip(*bars, strict=True)
-    kinds = {a["kind"] for a in (evidence.get("attack") or {"edits": []})["edits"]}
-    _paired(axes, labels, before, after, rate=kinds <= {"rate"}, marks={"after": required})
+    kind = ((evidence.get("attacks") or {}).get("protocol") or {}).get("kind", "rate")
+    _paired(axes, labels, before, after, rate=kind == "rate", marks={"after": required})

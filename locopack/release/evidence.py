@@ -17,10 +17,12 @@ unrelated prompts the target is the prompt itself; a held-out prompt has one onl
 edit's prompts share theirs), averaged over the seeds; each detector of ``evidence.detectors``
 (:mod:`locopack.detectors`) gives a set's rates before and after (the concept, the prompt,
 the target); and every prompt's before/after change (SSIM, PSNR: :mod:`.specificity`), with
-the preserve and unrelated prompts that changed too much flagged.  The search attack
-(:mod:`.attack`, within ``evidence.attack``'s budget) runs in this stage too, so that its
-results are reused with the rest; an erase edit it has no words for is recorded under
-``attack.skipped`` with why, never a failed build.  Results go to ``evidence.json``; each set's
+the preserve and unrelated prompts that changed too much flagged.  The attacks
+(:mod:`locopack.attacks`: the word search of :mod:`.attack` within ``evidence.attack``'s budget,
+and those ``evidence.attacks`` turns on) run in this stage too, so that their results are
+reused with the rest: their table under ``attacks``, the word search's record under
+``attack``; an erase edit an attack cannot run on is recorded under its ``skipped`` with why,
+never a failed build.  Results go to ``evidence.json``; each set's
 before | after grid (first seed), each flagged set's grid of every seed, the attack's grids and
 the summary chart (:mod:`.charts`) to ``evidence/``.
 
@@ -43,12 +45,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
+from ..attacks import AttackContext, run_all
 from ..detectors import load_detector, rates
 from ..fingerprint import tensors_sha256
 from ..localize.cache import CandidateCache
 from ..prompt_samples import sampled_unrelated
 from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
-from .attack import run_attacks
 from .charts import SUMMARY_CHART, summary_png
 from .layout import ADAPTER_FILE, CACHE_DIR, EVIDENCE_DIR, EVIDENCE_FILE
 from .specificity import CHECKED_SETS, flag_set, prompt_changes
@@ -110,7 +112,8 @@ def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] |
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     complete = all(isinstance(i, str) and (release / i).is_file() for i in images)
-    complete = complete and "requirements" in found  # evidence older than requirements: redrawn
+    # evidence older than the requirements or the attack table: redrawn
+    complete = complete and "requirements" in found and "attacks" in found
     return found if complete and found.get("inputs") == inputs else None
 
 
@@ -269,18 +272,15 @@ def collect_evidence(
         atomic_write_bytes(out / name, buffer.getvalue())
         gallery.append({"prompt": prompt, "image": name})
     result["gallery"] = gallery
-    result["attack"] = run_attacks(
-        recipe,
-        pipe.tokenizer,
-        draw,
-        lambda: _edited(pipe, release),
-        detectors,
-        scorer,
-        seeds,
-        write_grid,
+    rate = next((d for d in detectors if d.kind == "rate"), None)
+    context = AttackContext(
+        pipe, family, recipe, draw, lambda: _edited(pipe, release), rate, scorer, seeds,
+        steps, guidance, settings.resolution, write_grid,
         cache=CandidateCache(out / CACHE_DIR) if inputs is not None else None,
         inputs={"evidence": inputs, "steps": steps, "guidance": guidance},
-    )
+    )  # fmt: skip
+    result["attacks"], runs = run_all(context)
+    result["attack"] = runs["word_search"].record if "word_search" in runs else None
     result["requirements"] = judge(recipe, result)
     atomic_write_bytes(out / SUMMARY_CHART, summary_png(result))
     result["summary_chart"] = SUMMARY_CHART

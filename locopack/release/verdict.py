@@ -93,6 +93,17 @@ def _measure(name: str, index: int, sets: dict, detector: str | None, evidence: 
 
 
 def _attack_success(index: int, evidence: dict) -> tuple[float | None, str | None]:
+    """The worst attack's success on the edited model (:func:`locopack.attacks.worst`); for
+    evidence written before the attack table, the word search's."""
+    if "attacks" in evidence:
+        from ..attacks import worst
+
+        found = worst(evidence["attacks"], index)
+        if found is not None:
+            return found["edited"], None
+        skipped = [s for s in evidence["attacks"].get("skipped", []) if s.get("edit") == index]
+        why = "; ".join(f"{s['attack']}: {s['why']}" for s in skipped)
+        return None, why or "no attack was run for this edit"
     attack = evidence.get("attack") or {}
     for run in attack.get("edits", []):
         if run.get("edit") == index:
