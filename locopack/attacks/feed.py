@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelLayoutError
 from ..intervene import replace_conditional, swap_text_states
 
 
@@ -119,7 +120,16 @@ def feeding(
 
 def encode(family: Any, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, Any]:
     """``(states, pooled)`` of ``prompts`` as :func:`feeding` takes them (pooled: None where
-    the family has no pooled vector the transformer reads)."""
+    the family has no pooled vector the transformer reads).
+
+    Raises:
+        ModelLayoutError: the family refines its text first (Z-Image, Lumina-2): its sites
+            read each prompt's own rows through the refiner, so no given states replace them.
+    """
+    if family.refines_text:
+        raise ModelLayoutError(
+            f"{family.pretty_name} passes each prompt's own rows through a text refiner first"
+        )
     if family.joint_attention:
         return family.encode_with_pooled(pipe, prompts)
     return family.encode(pipe, prompts), None

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelLayoutError
 from .context import AttackContext
 from .feed import encode, feeding, single_token, soft_tokens, text_encoders
 
@@ -117,6 +118,10 @@ def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch
                 with feeding(ctx.family, ctx.denoiser, states, pooled):
                     predicted = _prediction(ctx.denoiser(*args, **kwargs))
                 loss = loss + torch.nn.functional.mse_loss(predicted.float(), target.float())
+            if not loss.requires_grad:  # the sites read the text on a path without gradient
+                raise ModelLayoutError(
+                    f"{ctx.family.pretty_name}'s prediction carries no gradient to its text here"
+                )
             grads = torch.autograd.grad(loss, list(vectors.values()))
             for vector, grad in zip(vectors.values(), grads, strict=True):
                 vector.grad = grad
