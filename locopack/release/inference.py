@@ -34,6 +34,7 @@ from .layout import (
     PIPELINE_INDEX,
     RECIPE_FILE,
 )
+from .signing import TrustedKeys
 
 ADAPTER_NAME = "locopack"
 
@@ -97,18 +98,37 @@ def _remove_lora_layers(model: Any) -> None:
         del model.peft_config
 
 
-def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = False) -> AppliedEdit:
+def apply(
+    pipe: Any,
+    source: str | Path,
+    scale: float = 1.0,
+    *,
+    force: bool = False,
+    public_key: str | Path | None = None,
+    trusted: TrustedKeys | None = None,
+) -> AppliedEdit:
     """Apply the edit in ``source`` to ``pipe`` with strength ``scale``.
 
     ``source`` is a local release folder or file, or a Hub release ``ORG/NAME[@REVISION]``
-    (used when no local path of that name exists; only the edit files are downloaded).
+    (used when no local path of that name exists; only the edit files are downloaded).  With
+    ``public_key`` (a PEM file; or ``trusted``: keys, a certificate chain or a Sigstore
+    identity) the release is used only if its signature and audit pass (a Hub release is then
+    downloaded whole, to verify every file).
 
     Raises:
         ExportError: nothing loadable at ``source``, or a damaged file.
         EditError: the edit was made for another base model (unless ``force``).
         HubError: a Hub release that cannot be found or downloaded.
+        SignatureError: a key was given and the release does not verify against it.
     """
     family = detect_family(pipe)
+    if public_key is not None:
+        trusted = TrustedKeys(public_keys=(Path(public_key),))
+    if trusted is not None and trusted.given:
+        from .attest import verified_release
+
+        folder = verified_release(source, trusted)
+        source = folder if Path(source).is_dir() or not Path(source).exists() else source
     if not Path(source).exists():
         from .pull import resolve_release
 
@@ -165,15 +185,25 @@ def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str |
     return model, revision
 
 
-def load_for_inference(model: str, *, allow_pickle: bool = False) -> tuple[Any, Any]:
+def load_for_inference(
+    model: str, *, allow_pickle: bool = False, trusted: TrustedKeys | None = None
+) -> tuple[Any, Any]:
     """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
-    on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`).
+    on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`);
+    with ``trusted``, only a release whose signature verifies against it.
 
     Returns:
         ``(pipeline, family)``.
+
+    Raises:
+        SignatureError: ``trusted`` is given and ``model`` is no release or does not verify.
     """
     from ..models import load_pipeline
 
+    if trusted is not None and trusted.given:
+        from .attest import verified_release
+
+        model = str(verified_release(model, trusted))
     revision = None
     if not Path(model).exists() and is_hub_ref(model):
         model, revision = parse_ref(model)
