@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..hub_ref import is_hub_ref
+from ..storage import atomic_write_bytes, atomic_write_text
+from .history import entry_hash, read_history, write_history
 from .layout import (
     CARD_FILE,
     HISTORY_FILE,
@@ -45,6 +47,7 @@ from .signing import (
     UntrustedSigner,
     claimed_signer,
     sign_folder,
+    signing_config,
     verify_folder,
 )
 
@@ -59,16 +62,12 @@ def sign_release(folder: Path, key: SigningKey) -> str:
         SignatureError: the release fails its audit, or cannot be signed with ``key``.
         SecretError: a file of the release holds a secret of this machine.
     """
-    from ..secret_scan import check_folder
-    from ..storage import atomic_write_text
     from .audit import audit_folder
-    from .card import write_card
-    from .history import entry_hash, read_history, write_history
-    from .layout import release_files
     from .lock import build_lock
 
     folder = Path(folder)
     signer = key.signer()  # a key that cannot be read fails before anything is written
+    config = signing_config(key)
     with build_lock(folder, command="sign"):
         report = audit_folder(folder)
         if not report.ok:
@@ -77,19 +76,37 @@ def sign_release(folder: Path, key: SigningKey) -> str:
                 f"{folder}: not signed, the release fails its audit ({failed.name}: "
                 f"{failed.detail}); rebuild it or undo the change"
             )
-        write_card(folder, signer=signer)
-        entries = read_history(folder / HISTORY_FILE)
-        last = {**entries[-1], "files": {**entries[-1]["files"]}}
-        last["files"][CARD_FILE] = sha256_file(folder / CARD_FILE)
-        last["hash"] = entry_hash(last)
-        entries[-1] = last
-        write_history(folder, entries)
-        previous = _previous_release(folder, last) if len(entries) > 1 else None
-        statement = provenance_statement(folder, entries, previous and signature_digest(previous))
-        atomic_write_text(folder / PROVENANCE_FILE, statement_text(statement))
-        check_folder(folder, release_files(folder))
-        sign_folder(folder, key)
+        kept = {name: (folder / name).read_bytes() for name in (CARD_FILE, HISTORY_FILE)}
+        try:
+            _seal(folder, signer, config)
+        except BaseException:  # the release is left as it was: unsigned, its card unchanged
+            for name, data in kept.items():
+                atomic_write_bytes(folder / name, data)
+            write_history(folder, read_history(folder / HISTORY_FILE))  # and merged/'s copy
+            for name in (PROVENANCE_FILE, SIGNATURE_FILE):
+                (folder / name).unlink(missing_ok=True)
+            raise
     return signer
+
+
+def _seal(folder: Path, signer: str, config: Any) -> None:
+    """Card, amended history, provenance, secret scan, signature (see the module docstring)."""
+    from ..secret_scan import check_folder
+    from .card import write_card
+    from .layout import release_files
+
+    write_card(folder, signer=signer)
+    entries = read_history(folder / HISTORY_FILE)
+    last = {**entries[-1], "files": {**entries[-1]["files"]}}
+    last["files"][CARD_FILE] = sha256_file(folder / CARD_FILE)
+    last["hash"] = entry_hash(last)
+    entries[-1] = last
+    write_history(folder, entries)
+    previous = _previous_release(folder, last) if len(entries) > 1 else None
+    statement = provenance_statement(folder, entries, previous and signature_digest(previous))
+    atomic_write_text(folder / PROVENANCE_FILE, statement_text(statement))
+    check_folder(folder, release_files(folder))
+    sign_folder(folder, config)
 
 
 def _previous_release(folder: Path, entry: dict[str, Any]) -> Path | None:

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,49 +151,63 @@ def _hashing(folder: Path, snapshot: bool) -> Any:
     )
 
 
-def sign_folder(folder: Path, key: SigningKey) -> Path:
-    """Sign every file of the release in ``folder`` into ``folder/release.sig`` (atomically).
+def signing_config(key: SigningKey) -> Any:
+    """The library's signing configuration for ``key``, ready before anything is written (a
+    key that cannot be read, or Sigstore out of reach, fails here).
 
     Raises:
         SignatureError: the `sign` extra is missing, a key or certificate cannot be read or
-            does not match, or (keyless) Sigstore cannot be reached or gives no identity.
+            does not match, or (keyless) Sigstore's trust root cannot be fetched.
     """
     try:
         from model_signing import signing
     except ImportError:
         raise SignatureError(NEEDS_EXTRA) from None
-    config = signing.Config().set_hashing_config(_hashing(folder, snapshot=False))
+    config = signing.Config()
+    try:
+        if key.sigstore:
+            _keyless(
+                lambda: config.use_sigstore_signer(
+                    use_ambient_credentials=True,
+                    identity_token=os.environ.get(TOKEN_VARIABLE) or None,
+                    force_oob=True,  # print the URL instead of opening a browser
+                )
+            )
+        elif key.certificate is not None:
+            key.signer()  # one clear line for a key or certificate that cannot be read
+            config.use_certificate_signer(
+                private_key=key.private_key,
+                signing_certificate=key.certificate,
+                certificate_chain=key.chain,
+            )
+        else:
+            key.signer()
+            config.use_elliptic_key_signer(private_key=key.private_key)
+    except ValueError as err:  # a key of an unsupported curve, a certificate of another key
+        raise SignatureError(f"cannot sign with this key: {err}") from None
+    return config
+
+
+def sign_folder(folder: Path, config: Any) -> Path:
+    """Sign every file of the release in ``folder`` into ``folder/release.sig`` (atomically)
+    with ``config`` (:func:`signing_config`).
+
+    Raises:
+        SignatureError: (keyless) no OIDC identity, or Sigstore's services out of reach.
+    """
+    config.set_hashing_config(_hashing(folder, snapshot=False))
     with tempfile.TemporaryDirectory() as scratch:
         written = Path(scratch) / SIGNATURE_FILE
-        try:
-            if key.sigstore:
-                _sign_keyless(config, folder, written)
-            else:
-                key.signer()  # one clear line for a key or certificate that cannot be read
-                if key.certificate is not None:
-                    config.use_certificate_signer(
-                        private_key=key.private_key,
-                        signing_certificate=key.certificate,
-                        certificate_chain=key.chain,
-                    )
-                else:
-                    config.use_elliptic_key_signer(private_key=key.private_key)
-                config.sign(folder, written)
-        except ValueError as err:  # a key of an unsupported curve, a certificate of another key
-            raise SignatureError(f"cannot sign {folder}: {err}") from None
+        _keyless(lambda: config.sign(folder, written))
         return atomic_write_bytes(folder / SIGNATURE_FILE, written.read_bytes())
 
 
-def _sign_keyless(config: Any, folder: Path, written: Path) -> None:
+def _keyless(step: Callable[[], Any]) -> None:
+    """Run a step that may reach Sigstore's services; their failures as one line."""
     from sigstore.errors import Error as SigstoreFailure
 
     try:
-        config.use_sigstore_signer(
-            use_ambient_credentials=True,
-            identity_token=os.environ.get(TOKEN_VARIABLE) or None,
-            force_oob=True,  # print the URL instead of opening a browser
-        )
-        config.sign(folder, written)
+        step()
     except (SigstoreFailure, OSError) as err:
         raise SignatureError(
             f"--sigstore: keyless signing needs the network (Sigstore's trust root, Fulcio, "
