@@ -28,6 +28,7 @@ from ..models import detect_family
 from .layout import (
     ADAPTER_FILE,
     CARD_FILE,
+    HISTORY_FILE,
     MANIFEST_FILE,
     MERGED_DIR,
     NEURON_FILE,
@@ -200,7 +201,7 @@ def load_for_inference(
     """
     from ..models import load_pipeline
 
-    if trusted is not None and trusted.given:
+    if trusted is not None and trusted.given and _is_release(model):
         from .attest import verified_release
 
         model = str(verified_release(model, trusted))
@@ -208,3 +209,20 @@ def load_for_inference(
     if not Path(model).exists() and is_hub_ref(model):
         model, revision = parse_ref(model)
     return load_pipeline(*pipeline_source(model, revision), allow_pickle=allow_pickle)
+
+
+def _is_release(model: str) -> bool:
+    """Whether ``model`` names a locopack release (which carries a signature to check) rather
+    than a plain pipeline (which carries none)."""
+    path = Path(model)
+    if path.exists():
+        return (path / HISTORY_FILE).is_file() or (path.parent / HISTORY_FILE).is_file()
+    if not is_hub_ref(model):
+        return False
+    from ..models.loading import model_layout
+
+    try:
+        model_layout(*parse_ref(model))
+    except ModelLayoutError:
+        return True  # no pipeline: a release (or nothing, which the download then says)
+    return False

@@ -293,10 +293,10 @@ def _explain(err: Exception) -> str:
     text = str(err)
     found = []
     for kind, pattern in (
-        ("changed since signing", r"Hash mismatch for '([^']*)'"),
-        ("added after signing", r"Extra files found in model '[^']*': ([^\"\]]*)"),
-        ("signed but missing", r"Missing files in model '[^']*': ([^\"\]]*)"),
-        ("signed but missing", r"Cannot use '([^']*)' as file or directory"),
+        ("changed since signing", r"Hash mismatch for \\?'([^'\\]*)\\?'"),
+        ("added after signing", r"Extra files found in model \\?'[^']*': ([^\"'\\\]]*)"),
+        ("signed but missing", r"Missing files in model \\?'[^']*': ([^\"'\\\]]*)"),
+        ("signed but missing", r"Cannot use \\?'([^'\\]*)\\?' as file or directory"),
     ):
         found += [f"{names.strip()}: {kind}" for names in re.findall(pattern, text)]
     if found:
