@@ -310,8 +310,8 @@ def audit_folder(
     if not _check_chain(report, folder):
         return report
     last = report.entries[-1]
-    _check_files(report, folder, last, snapshot)
     check_signature(report, folder, trusted or TrustedKeys(), snapshot)
+    _check_files(report, folder, last, snapshot)
     report.add("requirements", *check_verdict(folder))
     delta = _check_delta_and_adapter(report, folder, last)
     base = base or recorded_base(last, folder)

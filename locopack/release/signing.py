@@ -183,6 +183,8 @@ def signing_config(key: SigningKey) -> Any:
         else:
             key.signer()
             config.use_elliptic_key_signer(private_key=key.private_key)
+    except SignatureError:
+        raise
     except ValueError as err:  # a key of an unsupported curve, a certificate of another key
         raise SignatureError(f"cannot sign with this key: {err}") from None
     return config
