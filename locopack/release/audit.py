@@ -16,7 +16,7 @@ Checks, each reported by name with the file or history entry it concerns:
    where the base model can be reached;
 6. the signature (``release.sig``) against the keys given, or "unsigned" / "signed, not
    verified: no key given" without one; the provenance against the history; the signer of
-   each earlier release of the chain that is reachable (:mod:`locopack.release.attest`);
+   each earlier release of the chain that is reachable (:mod:`locopack.release.verify`);
 7. the verdict on the recipe's requirements that ``evidence.json`` and the card state is the
    one the evidence gives (:func:`~locopack.release.card_verdict.check_verdict`); an honest
    "not met" passes, a card edited to "meets" fails;
@@ -39,7 +39,6 @@ from safetensors import SafetensorError
 
 from ..errors import LocopackError
 from ..hub_ref import is_hub_id
-from .attest import check_signature
 from .card_verdict import check_verdict
 from .history import entry_hash, read_history
 from .layout import (
@@ -55,6 +54,7 @@ from .layout import (
 )
 from .reproduce import Reproduce
 from .signing import TrustedKeys
+from .verify import check_signature
 
 
 @dataclass

@@ -91,8 +91,8 @@ def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
     base = recipe.base
     ref = recipe.local_path(base.model)
     if base.public_key:  # before anything of the base is loaded
-        from .attest import verified_release
         from .signing import TrustedKeys
+        from .verify import verified_release
 
         pinned = f"{ref}@{base.revision}" if base.revision and not Path(ref).exists() else ref
         trusted = TrustedKeys(public_keys=(Path(recipe.local_path(base.public_key)),))

@@ -126,7 +126,7 @@ def apply(
     if public_key is not None:
         trusted = TrustedKeys(public_keys=(Path(public_key),))
     if trusted is not None and trusted.given:
-        from .attest import verified_release
+        from .verify import verified_release
 
         folder = verified_release(source, trusted)
         source = folder if Path(source).is_dir() or not Path(source).exists() else source
@@ -202,7 +202,7 @@ def load_for_inference(
     from ..models import load_pipeline
 
     if trusted is not None and trusted.given and _is_release(model):
-        from .attest import verified_release
+        from .verify import verified_release
 
         model = str(verified_release(model, trusted))
     revision = None
