@@ -308,3 +308,95 @@ def test_apply_and_generate_refuse_a_release_that_does_not_verify(signed, keys, 
     assert result.exit_code == 1 and not out.exists()
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error: ") and "not by the given key" in line
+
+
+def _certificate(subject: str, key, issuer_name: str, issuer_key, ca: bool):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def test_certificate_mode_verifies_against_its_root_only(toy_release, tmp_path):
+    pem = serialization.Encoding.PEM
+    root_key, other_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = _certificate("Publisher Root", root_key, "Publisher Root", root_key, True)
+    other = _certificate("Other Root", other_key, "Other Root", other_key, True)
+    leaf = _certificate("Publisher Release Signing", leaf_key, "Publisher Root", root_key, False)
+    (tmp_path / "root.crt").write_bytes(root.public_bytes(pem))
+    (tmp_path / "other.crt").write_bytes(other.public_bytes(pem))
+    (tmp_path / "leaf.crt").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "leaf.pem").write_bytes(
+        leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    release = _copy(toy_release, tmp_path)
+    args = ["sign", str(release), "--private-key", str(tmp_path / "leaf.pem")]
+    args += ["--certificate", str(tmp_path / "leaf.crt")]
+    args += ["--certificate-chain", str(tmp_path / "root.crt")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "certificate CN=Publisher Release Signing" in result.output
+    card = (release / CARD_FILE).read_text()
+    assert "CN=Publisher Release Signing" in card and "--certificate-chain" in card
+    ok = CliRunner().invoke(
+        cli, ["audit", str(release), "--certificate-chain", str(tmp_path / "root.crt")]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "signed by certificate CN=Publisher Release Signing" in ok.output
+    bad = CliRunner().invoke(
+        cli, ["audit", str(release), "--certificate-chain", str(tmp_path / "other.crt")]
+    )
+    (line,) = [x for x in bad.output.splitlines() if x.startswith("error")]
+    assert bad.exit_code == 1 and line.startswith("error: audit failed: signature: release.sig")
+    assert "Traceback" not in bad.output
+
+
+def test_a_recipe_base_must_verify_against_its_public_key(signed, keys, tmp_path):
+    from locopack.errors import ModelLayoutError
+    from locopack.recipe import parse_recipe
+    from locopack.release.base import load_base
+
+    from .conftest import TOY_RECIPE
+
+    def recipe_with(base: Path, key: Path):
+        text = TOY_RECIPE.read_text().replace(
+            "  model: ./toy-world\n", f"  model: {base}\n  public_key: {key}\n"
+        )
+        assert f"public_key: {key}" in text
+        return parse_recipe(text, str(tmp_path / "recipe.yaml"))
+
+    with pytest.raises(SignatureError) as caught:
+        load_base(recipe_with(signed, keys[1][1]))
+    assert "refused" in str(caught.value) and "not by the given key" in str(caught.value)
+    with pytest.raises(ModelLayoutError, match="without a merged checkpoint"):
+        load_base(recipe_with(signed, keys[0][1]))  # verified, then refused as adapter-only
+    with pytest.raises(SignatureError, match="not a locopack release"):
+        load_base(recipe_with(TOY_BASE, keys[0][1]))  # a plain pipeline carries no signature
