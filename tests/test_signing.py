@@ -81,6 +81,10 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
     return target
 
 
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in release_files(folder)}
+
+
 def _audit(folder: Path, *keys: Path) -> tuple[int, str]:
     args = ["audit", str(folder)] + [f"--public-key={k}" for k in keys]
     result = CliRunner().invoke(cli, args)
@@ -232,20 +236,20 @@ def test_signing_twice_changes_only_the_signature(signed, keys, tmp_path):
 def test_a_tampered_release_is_not_signed_and_nothing_is_written(toy_release, keys, tmp_path):
     copy = _copy(toy_release, tmp_path)
     _flip(copy / "edit.json")
-    before = {n: (copy / n).read_bytes() for n in release_files(copy)}
+    before = _contents(copy)
     result = CliRunner().invoke(cli, ["sign", str(copy), "--private-key", str(keys[0][0])])
     assert result.exit_code == 1 and "not signed, the release fails its audit" in result.output
-    assert {n: (copy / n).read_bytes() for n in release_files(copy)} == before
+    assert _contents(copy) == before
 
 
 def test_keyless_signing_offline_is_one_line_and_leaves_the_release_unsigned(toy_release, tmp_path):
     copy = _copy(toy_release, tmp_path)
-    before = {n: (copy / n).read_bytes() for n in release_files(copy)}
+    before = _contents(copy)
     result = CliRunner().invoke(cli, ["sign", str(copy), "--sigstore"])
     assert result.exit_code == 1, result.output
     (line,) = [x for x in result.output.splitlines() if x.strip()]
     assert line.startswith("error: --sigstore: keyless signing needs the network")
-    assert {n: (copy / n).read_bytes() for n in release_files(copy)} == before
+    assert _contents(copy) == before
 
 
 def _stack(first: Path, second: Path) -> None:
@@ -400,3 +404,19 @@ def test_a_recipe_base_must_verify_against_its_public_key(signed, keys, tmp_path
         load_base(recipe_with(signed, keys[0][1]))  # verified, then refused as adapter-only
     with pytest.raises(SignatureError, match="not a locopack release"):
         load_base(recipe_with(TOY_BASE, keys[0][1]))  # a plain pipeline carries no signature
+
+
+def test_a_key_that_is_no_key_is_one_line_before_anything_is_written(toy_release, tmp_path):
+    (tmp_path / "not-a-key.pem").write_text("hello\n")
+    copy = _copy(toy_release, tmp_path)
+    before = _contents(copy)
+    for args in (
+        ["sign", str(copy), "--private-key", str(tmp_path / "not-a-key.pem")],
+        ["push", str(copy), "--repo", "org/x", "--sign-key", str(tmp_path / "not-a-key.pem")],
+        ["sign", str(copy), "--private-key", str(tmp_path / "missing.pem")],
+    ):
+        result = CliRunner().invoke(cli, args)
+        lines = [x for x in result.output.splitlines() if x.strip()]
+        assert result.exit_code in (1, 2) and len(lines) == 1, result.output
+        assert "--private-key" in lines[0] or "--sign-key" in lines[0], lines[0]
+    assert _contents(copy) == before

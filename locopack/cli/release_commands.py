@@ -25,6 +25,7 @@ from .options import (
     trust_options,
     trusted_keys,
 )
+from .sign_commands import sign_built, signing_key
 
 
 @click.command("export")
@@ -295,7 +296,7 @@ def build(
         raise click.UsageError("--push takes one recipe; push each release with `locopack push`")
     if push_to == "" and not loaded[0].hub.repo:
         raise click.UsageError("--push: name ORG/NAME or set hub.repo in the recipe")
-    signer = _signing_key(sign_key)  # an unreadable key fails before the build, not after
+    signer = signing_key(sign_key)  # an unreadable key fails before the build, not after
     quiet_libraries()
     options = run_options(mode)
     if len(loaded) == 1:
@@ -313,7 +314,7 @@ def build(
             unmet = _unmet(summary, target, allow_unmet)
             if unmet:
                 raise unmet
-            _sign(target, signer)
+            sign_built(target, signer)
             if push_to is not None:
                 _push_folder(target, push_to or None, private, tag=tag, allow_unmet=allow_unmet)
         return
@@ -337,30 +338,11 @@ def build(
         unmet = _unmet(summary, target, allow_unmet)
         misses += [f"{recipe.source}: {unmet.message}"] if unmet else []
         if not unmet:
-            _sign(target, signer)
+            sign_built(target, signer)
     if failures:
         raise UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures + misses))
     if misses:
         raise UnmetError(f"{len(misses)} release(s) miss their requirements:\n" + "\n".join(misses))
-
-
-def _signing_key(path: Path | None):
-    """The :class:`~locopack.release.signing.SigningKey` of ``--sign-key`` (checked now)."""
-    if path is None:
-        return None
-    from ..release.signing import SigningKey
-
-    key = SigningKey(path)
-    key.signer()
-    return key
-
-
-def _sign(folder: Path, key) -> None:
-    """Sign the release in ``folder`` when ``--sign-key`` was given."""
-    if key is not None:
-        from ..release.attest import sign_release
-
-        echo(f"signed {folder} ({sign_release(folder, key)})")
 
 
 @click.command()
@@ -482,9 +464,9 @@ def push(
     (the latter unless built and pushed with --allow-unmet).  With --sign-key the release is
     signed first, and its signature and provenance go up in the same commit.
     """
-    key = _signing_key(sign_key)
+    key = signing_key(sign_key)
     if key is not None and folder.is_dir():
-        _sign(folder, key)
+        sign_built(folder, key)
     _push_folder(folder, repo, private, branch, tag, message, allow_unmet)
 
 

@@ -1,4 +1,5 @@
-"""``locopack sign``: sign a built release (key, certificate or Sigstore keyless)."""
+"""``locopack sign``: sign a built release (key, certificate or Sigstore keyless); the helpers
+of ``build --sign-key`` and ``push --sign-key``."""
 
 from __future__ import annotations
 
@@ -57,6 +58,25 @@ def sign(
         raise click.UsageError(f"{release}: no such folder")
     key = SigningKey(private_key, certificate, tuple(chain), sigstore)
     echo(f"signed {release} ({sign_release(release, key)})")
+
+
+def signing_key(path: Path | None):
+    """The :class:`~locopack.release.signing.SigningKey` of ``--sign-key`` (checked now)."""
+    if path is None:
+        return None
+    from ..release.signing import SigningKey
+
+    key = SigningKey(path)
+    key.signer()
+    return key
+
+
+def sign_built(folder: Path, key) -> None:
+    """Sign the release in ``folder`` when ``--sign-key`` was given."""
+    if key is not None:
+        from ..release.attest import sign_release
+
+        echo(f"signed {folder} ({sign_release(folder, key)})")
 
 
 COMMANDS = (sign,)

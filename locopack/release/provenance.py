@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import HISTORY_FILE, PROVENANCE_FILE, SIGNATURE_FILE, sha256_file
+from .signing import NEEDS_EXTRA, SignatureError
 
 BUILD_TYPE = "urn:locopack:build:v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -50,12 +51,18 @@ def provenance_statement(
     ``previous_signature``: the sha256 of the previous release's ``release.sig``, if signed.
 
     Returns:
-        The statement as a JSON-ready dict (what :func:`write_provenance` writes).
+        The statement as a JSON-ready dict (written by :func:`statement_text`).
+
+    Raises:
+        SignatureError: the `sign` extra (in-toto-attestation) is not installed.
     """
-    from google.protobuf import json_format
-    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
-    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
-    from in_toto_attestation.v1.statement import Statement
+    try:
+        from google.protobuf import json_format
+        from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+        from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+        from in_toto_attestation.v1.statement import Statement
+    except ImportError:
+        raise SignatureError(NEEDS_EXTRA) from None
 
     last = entries[-1]
     files = {**last.get("files", {}), HISTORY_FILE: sha256_file(folder / HISTORY_FILE)}
@@ -121,12 +128,13 @@ def statement_text(statement: dict[str, Any]) -> str:
 
 def previous_signature_digest(statement: dict[str, Any]) -> str | None:
     """The previous release's signature digest a statement records (None when unsigned or a
-    first release)."""
-    for material in statement["predicate"]["buildDefinition"].get("resolvedDependencies", []):
-        found = material.get("annotations", {}).get(SIGNATURE_DIGEST)
-        if found:
-            return str(found)
-    return None
+    first release, or a statement not shaped as locopack writes one)."""
+    try:
+        materials = statement["predicate"]["buildDefinition"].get("resolvedDependencies", [])
+        found = [m.get("annotations", {}).get(SIGNATURE_DIGEST) for m in materials]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return next((str(digest) for digest in found if digest), None)
 
 
 def read_statement(folder: Path) -> dict[str, Any] | None:
