@@ -107,12 +107,18 @@ def test_a_signed_release_verifies_with_its_key_and_names_the_signer(signed, key
     assert not any(name.startswith("cache") for name in signed_names)
 
 
-def test_an_unsigned_release_says_so_and_fails_when_a_key_is_required(toy_release, keys):
+def test_an_unsigned_release_says_so_and_fails_when_a_key_is_required(
+    toy_release, signed, keys, tmp_path
+):
     code, output = _audit(toy_release)
     assert code == 0 and "ok    signature: unsigned" in output
     code, output = _audit(toy_release, keys[0][1])
     assert code == 1 and f"{SIGNATURE_FILE}: missing" in output
     assert len(output.strip().splitlines()[-1]) > 0 and "Traceback" not in output
+    stripped = _copy(signed, tmp_path)  # and no key given: the provenance left behind tells
+    (stripped / SIGNATURE_FILE).unlink()
+    code, output = _audit(stripped)
+    assert code == 1 and f"{PROVENANCE_FILE}: present without {SIGNATURE_FILE}" in output
 
 
 def _flip(path: Path) -> None:

@@ -113,8 +113,8 @@ def apply(
     ``source`` is a local release folder or file, or a Hub release ``ORG/NAME[@REVISION]``
     (used when no local path of that name exists; only the edit files are downloaded).  With
     ``public_key`` (a PEM file; or ``trusted``: keys, a certificate chain or a Sigstore
-    identity) the release is used only if its signature and audit pass (a Hub release is then
-    downloaded whole, to verify every file).
+    identity) the release is used only if its signature verifies against it and its provenance
+    matches its history (a Hub release is then downloaded whole, to verify every file).
 
     Raises:
         ExportError: nothing loadable at ``source``, or a damaged file.
@@ -197,7 +197,8 @@ def load_for_inference(
         ``(pipeline, family)``.
 
     Raises:
-        SignatureError: ``trusted`` is given and ``model`` is no release or does not verify.
+        SignatureError: ``trusted`` is given and the release ``model`` does not verify (a plain
+            pipeline carries no signature and is loaded as it is).
     """
     from ..models import load_pipeline
 

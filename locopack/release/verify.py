@@ -70,6 +70,13 @@ def check_signature(report: Any, folder: Path, trusted: TrustedKeys, snapshot: b
         return
     if (folder / SIGNATURE_FILE).is_file():
         _check_provenance(report, folder)
+    elif (folder / PROVENANCE_FILE).exists():  # no file but the records goes unrecorded
+        report.add(
+            "provenance",
+            False,
+            f"{PROVENANCE_FILE}: present without {SIGNATURE_FILE} (the signature was removed, "
+            "or the file added): sign the release again, or remove the file",
+        )
     if len(report.entries) > 1:
         report.add("signers", *_chain_signers(folder, report.entries, trusted))
 
