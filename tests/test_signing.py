@@ -412,7 +412,7 @@ def test_a_recipe_base_must_verify_against_its_public_key(signed, keys, tmp_path
         load_base(recipe_with(TOY_BASE, keys[0][1]))  # a plain pipeline carries no signature
 
 
-def test_a_key_that_is_no_key_is_one_line_before_anything_is_written(toy_release, tmp_path):
+def test_a_key_that_is_no_key_is_one_line_before_anything_is_written(toy_release, keys, tmp_path):
     (tmp_path / "not-a-key.pem").write_text("hello\n")
     copy = _copy(toy_release, tmp_path)
     before = _contents(copy)
@@ -420,9 +420,10 @@ def test_a_key_that_is_no_key_is_one_line_before_anything_is_written(toy_release
         ["sign", str(copy), "--private-key", str(tmp_path / "not-a-key.pem")],
         ["push", str(copy), "--repo", "org/x", "--sign-key", str(tmp_path / "not-a-key.pem")],
         ["sign", str(copy), "--private-key", str(tmp_path / "missing.pem")],
+        ["sign", str(copy), "--private-key", str(keys[0][0]), "--certificate", str(keys[0][1])],
     ):
         result = CliRunner().invoke(cli, args)
         lines = [x for x in result.output.splitlines() if x.strip()]
         assert result.exit_code in (1, 2) and len(lines) == 1, result.output
-        assert "--private-key" in lines[0] or "--sign-key" in lines[0], lines[0]
+        assert any(f"--{o}" in lines[0] for o in ("private-key", "sign-key", "certificate"))
     assert _contents(copy) == before

@@ -72,7 +72,13 @@ class SigningKey:
         if self.sigstore:
             return "Sigstore keyless (the OIDC identity in the certificate of release.sig)"
         if self.certificate is not None:
-            return certificate_name(_read(self.certificate, "--certificate"))
+            data = _read(self.certificate, "--certificate")
+            try:
+                return certificate_name(data)
+            except ValueError as err:
+                raise SignatureError(
+                    f"--certificate {self.certificate}: not a PEM X.509 certificate ({err})"
+                ) from None
         return f"key {key_fingerprint(_public_pem(self))}"
 
 
@@ -93,7 +99,8 @@ class TrustedKeys:
 
 def key_fingerprint(public_pem: bytes) -> str:
     """``sha256:<hex>`` of a public key's PEM (SubjectPublicKeyInfo): the hint the library
-    writes into a key-signed bundle; ``openssl ec -pubin -in pub.pem | sha256sum`` prints it."""
+    writes into a key-signed bundle; ``openssl ec -pubin -in pub.pem -pubout | sha256sum``
+    prints it."""
     return "sha256:" + hashlib.sha256(public_pem).hexdigest()
 
 
@@ -120,8 +127,9 @@ def _read(path: Path, option: str) -> bytes:
 def _public_pem(key: SigningKey) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
+    data = _read(key.private_key, "--private-key")
     try:
-        private = serialization.load_pem_private_key(_read(key.private_key, "--private-key"), None)
+        private = serialization.load_pem_private_key(data, None)
         return private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
