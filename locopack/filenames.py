@@ -27,3 +27,6 @@ EVIDENCE_DIR = "evidence"
 EVIDENCE_FILE = "evidence.json"
 CARD_FILE = "README.md"
 HISTORY_FILE = "history.jsonl"
+#: the in-toto statement with the release's SLSA provenance, and the signature over every file
+PROVENANCE_FILE = "provenance.intoto.json"
+SIGNATURE_FILE = "release.sig"

@@ -122,6 +122,9 @@ class BaseModelSpec(_Strict):
     #: T5 tokens per prompt for SD3/FLUX (the pipelines' ``max_sequence_length``; FLUX.1-dev
     #: takes up to 512, schnell 256); None: the family's default
     max_sequence_length: int | None = Field(None, ge=1, le=512)
+    #: an EC public key (PEM; relative to the recipe): the base must be a locopack release
+    #: whose signature verifies against it, or the build stops before loading it
+    public_key: str | None = None
 
 
 class _EditMixin:

@@ -67,3 +67,60 @@ def run_options(mode: str | None = None, **kwargs):
         allow_pickle=global_options().allow_pickle,
         **kwargs,
     )
+
+
+#: ``--sign-key``: sign the release once it is built or before it is pushed
+sign_key_option = click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Sign the release with this EC private key (PEM) once built, before any push; see "
+    "`locopack sign --help`.",
+)
+
+
+def trust_options(command):
+    """``--public-key``, ``--certificate-chain``, ``--sigstore-identity/-issuer``: what a
+    release's signature must verify against (passed to the command as ``trusted``)."""
+    options = [
+        click.option(
+            "--public-key",
+            "public_keys",
+            multiple=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Require a signature by this EC public key (PEM); repeat for the keys of "
+            "several publishers of a chain.",
+        ),
+        click.option(
+            "--certificate-chain",
+            "certificate_chain",
+            multiple=True,
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Require a signature by a certificate that chains to these (PEM) certificates.",
+        ),
+        click.option(
+            "--sigstore-identity",
+            default=None,
+            help="Require a Sigstore keyless signature by this identity (needs the network).",
+        ),
+        click.option(
+            "--sigstore-issuer",
+            default=None,
+            help="The OIDC issuer of --sigstore-identity, e.g. "
+            "https://token.actions.githubusercontent.com.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def trusted_keys(public_keys, certificate_chain, sigstore_identity, sigstore_issuer):
+    """The :class:`~locopack.release.signing.TrustedKeys` the trust options name."""
+    from ..release.signing import TrustedKeys
+
+    if bool(sigstore_identity) != bool(sigstore_issuer):
+        raise click.UsageError("--sigstore-identity and --sigstore-issuer go together")
+    return TrustedKeys(
+        tuple(public_keys), tuple(certificate_chain), sigstore_identity, sigstore_issuer
+    )

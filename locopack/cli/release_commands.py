@@ -15,7 +15,17 @@ import click
 from ..errors import LocopackError
 from ..filenames import RECIPE_FILE
 from .group import UnmetError, UserError, echo, global_options, quiet_libraries
-from .options import allow_unmet_option, mode_option, offline_option, out_dir, run_options
+from .options import (
+    allow_unmet_option,
+    mode_option,
+    offline_option,
+    out_dir,
+    run_options,
+    sign_key_option,
+    trust_options,
+    trusted_keys,
+)
+from .sign_commands import sign_built, signing_key
 
 
 @click.command("export")
@@ -98,6 +108,7 @@ def export_cmd(
 @click.option("--steps", default=25, show_default=True)
 @click.option("--guidance", default=7.5, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Image file (.png).")
+@trust_options
 def generate(
     model: str,
     adapter: str | None,
@@ -108,17 +119,25 @@ def generate(
     steps: int,
     guidance: float,
     out: Path,
+    **trust,
 ) -> None:
-    """Generate one image with MODEL, optionally with an edit applied."""
+    """Generate one image with MODEL, optionally with an edit applied.
+
+    With --public-key (or --certificate-chain, or a Sigstore identity), a release given as
+    MODEL or --adapter is used only if its signature verifies against it.
+    """
     import torch
 
     from ..release.inference import apply, load_for_inference
     from ..storage import atomic_write_bytes
 
     quiet_libraries()
-    pipe, family = load_for_inference(model, allow_pickle=global_options().allow_pickle)
+    trusted = trusted_keys(**trust)
+    pipe, family = load_for_inference(
+        model, allow_pickle=global_options().allow_pickle, trusted=trusted
+    )
     if adapter:
-        apply(pipe, adapter, scale, force=force)
+        apply(pipe, adapter, scale, force=force, trusted=trusted)
     generator = torch.Generator(pipe.device).manual_seed(seed)
     image = pipe(
         prompt,
@@ -235,6 +254,7 @@ def _unmet(summary, out: Path, allow_unmet: bool) -> UnmetError | None:
 )
 @allow_unmet_option
 @offline_option
+@sign_key_option
 def build(
     recipes: tuple[Path, ...],
     out: Path | None,
@@ -245,6 +265,7 @@ def build(
     replace_release: bool,
     allow_unmet: bool,
     offline: bool,
+    sign_key: Path | None,
 ) -> None:
     """Recipe in, release out: localize, edit, export, evidence, card, history (, push).
 
@@ -275,6 +296,7 @@ def build(
         raise click.UsageError("--push takes one recipe; push each release with `locopack push`")
     if push_to == "" and not loaded[0].hub.repo:
         raise click.UsageError("--push: name ORG/NAME or set hub.repo in the recipe")
+    signer = signing_key(sign_key)  # an unreadable key fails before the build, not after
     quiet_libraries()
     options = run_options(mode)
     if len(loaded) == 1:
@@ -292,6 +314,7 @@ def build(
             unmet = _unmet(summary, target, allow_unmet)
             if unmet:
                 raise unmet
+            sign_built(target, signer)
             if push_to is not None:
                 _push_folder(target, push_to or None, private, tag=tag, allow_unmet=allow_unmet)
         return
@@ -314,6 +337,8 @@ def build(
         _echo_summary(summary, target)
         unmet = _unmet(summary, target, allow_unmet)
         misses += [f"{recipe.source}: {unmet.message}"] if unmet else []
+        if not unmet:
+            sign_built(target, signer)
     if failures:
         raise UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures + misses))
     if misses:
@@ -358,11 +383,19 @@ def card(outdir: Path) -> None:
     default=None,
     help="The CLIP scorer folder for --reproduce full, when not where the release records it.",
 )
+@trust_options
 def audit(
-    release: str, as_json: bool, reproduce: str | None, base: str | None, scorer: str | None
+    release: str,
+    as_json: bool,
+    reproduce: str | None,
+    base: str | None,
+    scorer: str | None,
+    **trust,
 ) -> None:
     """Verify RELEASE (a folder or ORG/NAME[@REV] on the Hub): file hashes, history chain,
-    adapter vs delta, merged = base + delta, and optionally a re-run of the recipe.
+    signature and provenance, adapter vs delta, merged = base + delta, and optionally a re-run
+    of the recipe.  Without --public-key (or --certificate-chain, or a Sigstore identity) the
+    signature is reported, not required.
 
     Exits 1 when any check fails, naming the file or history entry.
     """
@@ -387,6 +420,7 @@ def audit(
         base=base,
         scorer=scorer,
         allow_pickle=global_options().allow_pickle,
+        trusted=trusted_keys(**trust),
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -411,6 +445,7 @@ def audit(
 @click.option("--tag", default=None, help="Tag of the commit [default: <recipe name>-<hash[:12]>].")
 @click.option("--message", default=None, help="Extra text for the commit title.")
 @allow_unmet_option
+@sign_key_option
 def push(
     folder: Path,
     repo: str | None,
@@ -419,14 +454,19 @@ def push(
     tag: str | None,
     message: str | None,
     allow_unmet: bool,
+    sign_key: Path | None,
 ) -> None:
     """Upload the release FOLDER to the Hugging Face Hub as one tagged commit.
 
     The token comes from HF_TOKEN or `hf auth login`.  Files on the branch that FOLDER no
     longer has are removed in the same commit, so the tag names exactly this release.  A
     release that fails `locopack audit`, or misses its recipe's requirements, is refused
-    (the latter unless built and pushed with --allow-unmet).
+    (the latter unless built and pushed with --allow-unmet).  With --sign-key the release is
+    signed first, and its signature and provenance go up in the same commit.
     """
+    key = signing_key(sign_key)
+    if key is not None and folder.is_dir():
+        sign_built(folder, key)
     _push_folder(folder, repo, private, branch, tag, message, allow_unmet)
 
 

@@ -14,10 +14,13 @@ Checks, each reported by name with the file or history entry it concerns:
    or altered copy is named even where the fingerprint (site weights only) cannot see it;
 5. a merged checkpoint equals base + delta for every edited tensor and the base elsewhere,
    where the base model can be reached;
-6. the verdict on the recipe's requirements that ``evidence.json`` and the card state is the
+6. the signature (``release.sig``) against the keys given, or "unsigned" / "signed, not
+   verified: no key given" without one; the provenance against the history; the signer of
+   each earlier release of the chain that is reachable (:mod:`locopack.release.verify`);
+7. the verdict on the recipe's requirements that ``evidence.json`` and the card state is the
    one the evidence gives (:func:`~locopack.release.card_verdict.check_verdict`); an honest
    "not met" passes, a card edited to "meets" fails;
-7. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
+8. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
    same localization and the same delta (see :mod:`locopack.release.reproduce`).
 
 The base and the CLIP scorer are found where the history records them relative to the
@@ -50,6 +53,8 @@ from .layout import (
     recorded_base,
 )
 from .reproduce import Reproduce
+from .signing import TrustedKeys
+from .verify import check_signature
 
 
 @dataclass
@@ -291,18 +296,21 @@ def audit_folder(
     scorer: str | None = None,
     allow_pickle: bool = False,
     snapshot: bool = False,
+    trusted: TrustedKeys | None = None,
 ) -> AuditReport:
     """Audit the release in ``folder``; see the module docstring.
 
     ``base``/``scorer``: where the base model and the CLIP scorer are, when not where the
     history records them relative to the release.  ``snapshot``: ``folder`` is a snapshot of
-    the Hub client's cache, whose files are links into its blob store.
+    the Hub client's cache, whose files are links into its blob store.  ``trusted``: the keys
+    (or certificate chain, or Sigstore identity) its signature must verify against.
     """
     folder = Path(folder)
     report = AuditReport(str(folder))
     if not _check_chain(report, folder):
         return report
     last = report.entries[-1]
+    check_signature(report, folder, trusted or TrustedKeys(), snapshot)
     _check_files(report, folder, last, snapshot)
     report.add("requirements", *check_verdict(folder))
     delta = _check_delta_and_adapter(report, folder, last)

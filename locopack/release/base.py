@@ -84,11 +84,19 @@ def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
 
     Raises:
         ModelLayoutError: the base cannot be loaded; HubError: a Hub base cannot be resolved.
+        SignatureError: ``base.public_key`` is set and the base does not verify against it.
     """
     from ..models import load_pipeline
 
     base = recipe.base
     ref = recipe.local_path(base.model)
+    if base.public_key:  # before anything of the base is loaded
+        from .signing import TrustedKeys
+        from .verify import verified_release
+
+        pinned = f"{ref}@{base.revision}" if base.revision and not Path(ref).exists() else ref
+        trusted = TrustedKeys(public_keys=(Path(recipe.local_path(base.public_key)),))
+        verified_release(pinned, trusted)
     source, revision = pipeline_source(ref, base.revision)
     hub_id = ref if is_hub_id(ref) and not Path(ref).exists() else None
     if Path(source).is_dir():  # a local folder, or a Hub release's downloaded merged/

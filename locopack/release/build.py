@@ -41,8 +41,10 @@ from .exports import ExportChoice, export_delta
 from .layout import (
     DELTA_FILE,
     HISTORY_FILE,
-    MERGED_DIR,
+    PROVENANCE_FILE,
     RECIPE_FILE,
+    SIGNATURE_FILE,
+    is_record,
     release_files,
     sha256_file,
 )
@@ -146,12 +148,11 @@ def _clear_another_build(out: Path, recipe: Any, echo: Callable[[str], Any], rep
             f"{out}: holds files that no {HISTORY_FILE} records ({_names(present)}); nothing "
             "was removed: move them out of the folder, or build into another --out"
         )
-    history = {HISTORY_FILE, f"{MERGED_DIR}/{HISTORY_FILE}"}
     earlier = f"the release of recipe {last.get('recipe_name')!r}"
     foreign = [
         name
         for name in present
-        if name not in history and recorded.get(name) != sha256_file(out / name)
+        if not is_record(name) and recorded.get(name) != sha256_file(out / name)
     ]
     if foreign:
         raise ExportError(
@@ -292,6 +293,8 @@ def _build(
         log.done("evidence")
     else:
         log.done("evidence", "complete for this recipe and delta")
+    for name in (PROVENANCE_FILE, SIGNATURE_FILE):  # what a rebuild changes voids them
+        (out / name).unlink(missing_ok=True)
     write_card(out, allowed_unmet=allow_unmet)
     check_folder(out, release_files(out))  # before the history seals the release
     log.done("card")

@@ -28,6 +28,7 @@ from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
 from . import markdown_text as md
 from .card_sections import card_images, evidence_sections
+from .card_signature import signature_section
 from .card_verdict import requirements_section
 from .layout import (
     ADAPTER_FILE,
@@ -42,6 +43,7 @@ from .layout import (
     MERGED_DIR,
     PIPELINE_INDEX,
     RECIPE_FILE,
+    is_record,
     recorded_base,
     release_files,
     sha256_file,
@@ -50,12 +52,9 @@ from .layout import (
 
 def card_files(folder: Path) -> list[str]:
     """The release files the card lists with their hashes: all but the card itself and the
-    history (written after the card, so the card cannot list them)."""
-    return [
-        name
-        for name in release_files(folder)
-        if name != CARD_FILE and Path(name).name != HISTORY_FILE
-    ]
+    records (the history, provenance and signature: written after the card, so the card cannot
+    list them)."""
+    return [name for name in release_files(folder) if name != CARD_FILE and not is_record(name)]
 
 
 def _is_hub_id(ref: str) -> bool:
@@ -119,16 +118,19 @@ def _limitations(evidence: dict) -> list[str]:
     return notes
 
 
-def build_card(folder: Path, allowed_unmet: bool | None = None) -> tuple[str, dict]:
+def build_card(
+    folder: Path, allowed_unmet: bool | None = None, signer: str | None = None
+) -> tuple[str, dict]:
     """The card's text and metadata for the release in ``folder``; ``allowed_unmet``: it was
-    built with ``--allow-unmet`` [default: as its history's last entry says].
+    built with ``--allow-unmet`` [default: as its history's last entry says]; ``signer``: who
+    is about to sign it [default: as its ``release.sig`` says, if any].
 
     Raises:
         ExportError: a file the card describes is missing or does not hold what the stage
             that writes it writes; the message names it.
     """
     try:
-        return _build_card(folder, allowed_unmet)
+        return _build_card(folder, allowed_unmet, signer)
     except LocopackError:
         raise
     except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError) as err:
@@ -139,7 +141,7 @@ def build_card(folder: Path, allowed_unmet: bool | None = None) -> tuple[str, di
         ) from None
 
 
-def _build_card(folder: Path, allowed_unmet: bool | None) -> tuple[str, dict]:
+def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) -> tuple[str, dict]:
     from huggingface_hub import ModelCard, ModelCardData
 
     from ..recipe import load_recipe
@@ -192,6 +194,7 @@ def _build_card(folder: Path, allowed_unmet: bool | None) -> tuple[str, dict]:
     title, _, rest = body.partition("\n\n")  # the verdict comes right after the title
     verdict = requirements_section(evidence, allowed_unmet)
     body = f"{title}\n\n{verdict}\n{rest}" if verdict else body
+    body += "\n" + signature_section(folder, recipe.hub.repo or "RELEASE_FOLDER", signer)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     return str(card), data.to_dict()
 
@@ -427,9 +430,9 @@ def _recorded_allow_unmet(folder: Path) -> bool:
     return bool(entries and entries[-1].get("requirements", {}).get("allowed_unmet"))
 
 
-def write_card(folder: Path, allowed_unmet: bool | None = None) -> Path:
+def write_card(folder: Path, allowed_unmet: bool | None = None, signer: str | None = None) -> Path:
     """Build the card and write ``README.md`` atomically (see :func:`build_card`)."""
-    text, _ = build_card(Path(folder), allowed_unmet)
+    text, _ = build_card(Path(folder), allowed_unmet, signer)
     return atomic_write_text(Path(folder) / CARD_FILE, text)
 
 

@@ -139,6 +139,7 @@ def new_entry(
         "base_fingerprint": delta.provenance["base_fingerprint"],
         "family": delta.provenance["family"],
         "versions": delta.provenance["versions"],
+        "device": getattr(getattr(base.pipe, "device", None), "type", None),
         "localization_sha256": sha256_file(localization) if localization.is_file() else None,
         "delta_sha256": delta.sha256(),
         "adapter_tolerance": adapter_tolerance,

@@ -28,12 +28,14 @@ from ..models import detect_family
 from .layout import (
     ADAPTER_FILE,
     CARD_FILE,
+    HISTORY_FILE,
     MANIFEST_FILE,
     MERGED_DIR,
     NEURON_FILE,
     PIPELINE_INDEX,
     RECIPE_FILE,
 )
+from .signing import TrustedKeys
 
 ADAPTER_NAME = "locopack"
 
@@ -97,18 +99,37 @@ def _remove_lora_layers(model: Any) -> None:
         del model.peft_config
 
 
-def apply(pipe: Any, source: str | Path, scale: float = 1.0, *, force: bool = False) -> AppliedEdit:
+def apply(
+    pipe: Any,
+    source: str | Path,
+    scale: float = 1.0,
+    *,
+    force: bool = False,
+    public_key: str | Path | None = None,
+    trusted: TrustedKeys | None = None,
+) -> AppliedEdit:
     """Apply the edit in ``source`` to ``pipe`` with strength ``scale``.
 
     ``source`` is a local release folder or file, or a Hub release ``ORG/NAME[@REVISION]``
-    (used when no local path of that name exists; only the edit files are downloaded).
+    (used when no local path of that name exists; only the edit files are downloaded).  With
+    ``public_key`` (a PEM file; or ``trusted``: keys, a certificate chain or a Sigstore
+    identity) the release is used only if its signature verifies against it and its provenance
+    matches its history (a Hub release is then downloaded whole, to verify every file).
 
     Raises:
         ExportError: nothing loadable at ``source``, or a damaged file.
         EditError: the edit was made for another base model (unless ``force``).
         HubError: a Hub release that cannot be found or downloaded.
+        SignatureError: a key was given and the release does not verify against it.
     """
     family = detect_family(pipe)
+    if public_key is not None:
+        trusted = TrustedKeys(public_keys=(Path(public_key),))
+    if trusted is not None and trusted.given:
+        from .verify import verified_release
+
+        folder = verified_release(source, trusted)
+        source = folder if Path(source).is_dir() or not Path(source).exists() else source
     if not Path(source).exists():
         from .pull import resolve_release
 
@@ -165,16 +186,44 @@ def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str |
     return model, revision
 
 
-def load_for_inference(model: str, *, allow_pickle: bool = False) -> tuple[Any, Any]:
+def load_for_inference(
+    model: str, *, allow_pickle: bool = False, trusted: TrustedKeys | None = None
+) -> tuple[Any, Any]:
     """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
-    on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`).
+    on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`);
+    with ``trusted``, only a release whose signature verifies against it.
 
     Returns:
         ``(pipeline, family)``.
+
+    Raises:
+        SignatureError: ``trusted`` is given and the release ``model`` does not verify (a plain
+            pipeline carries no signature and is loaded as it is).
     """
     from ..models import load_pipeline
 
+    if trusted is not None and trusted.given and _is_release(model):
+        from .verify import verified_release
+
+        model = str(verified_release(model, trusted))
     revision = None
     if not Path(model).exists() and is_hub_ref(model):
         model, revision = parse_ref(model)
     return load_pipeline(*pipeline_source(model, revision), allow_pickle=allow_pickle)
+
+
+def _is_release(model: str) -> bool:
+    """Whether ``model`` names a locopack release (which carries a signature to check) rather
+    than a plain pipeline (which carries none)."""
+    path = Path(model)
+    if path.exists():
+        return (path / HISTORY_FILE).is_file() or (path.parent / HISTORY_FILE).is_file()
+    if not is_hub_ref(model):
+        return False
+    from ..models.loading import model_layout
+
+    try:
+        model_layout(*parse_ref(model))
+    except ModelLayoutError:
+        return True  # no pipeline: a release (or nothing, which the download then says)
+    return False

@@ -46,7 +46,9 @@ from ..filenames import (
     NEURON_FILE,
     ONNX_DIR,
     PIPELINE_INDEX,
+    PROVENANCE_FILE,
     RECIPE_FILE,
+    SIGNATURE_FILE,
 )
 from ..hub_ref import is_hub_id
 
@@ -68,9 +70,12 @@ __all__ = [
     "NEURON_FILE",
     "ONNX_DIR",
     "PIPELINE_INDEX",
+    "PROVENANCE_FILE",
     "RECIPE_FILE",
+    "SIGNATURE_FILE",
     "hashed_files",
     "is_local_only",
+    "is_record",
     "links",
     "locate",
     "recorded_base",
@@ -86,6 +91,14 @@ def is_local_only(relative: Path) -> bool:
     (among them the temporary siblings of an interrupted atomic write)."""
     parts = relative.parts
     return not parts or parts[0] == CACHE_DIR or any(p.startswith(".") for p in parts)
+
+
+def is_record(name: str) -> bool:
+    """True for the files that record the others and so cannot be recorded themselves: the
+    history (and its copy in ``merged/``), written after every other file, and the provenance
+    and signature that a signed release adds after its history (see
+    :mod:`locopack.release.attest`)."""
+    return Path(name).name == HISTORY_FILE or name in (PROVENANCE_FILE, SIGNATURE_FILE)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -140,12 +153,12 @@ def refuse_links(folder: Path) -> None:
 
 
 def hashed_files(folder: Path, *, snapshot: bool = False) -> dict[str, str]:
-    """{relative path: sha256} of the release's files except the history files, which record
-    these hashes and so cannot contain their own (``snapshot``: see :func:`release_files`)."""
+    """{relative path: sha256} of the release's files except the records (:func:`is_record`),
+    which cannot contain their own hashes (``snapshot``: see :func:`release_files`)."""
     return {
         name: sha256_file(folder / name)
         for name in release_files(folder, snapshot=snapshot)
-        if Path(name).name != HISTORY_FILE
+        if not is_record(name)
     }
 
 
