@@ -121,7 +121,7 @@ def generate(
         apply(pipe, adapter, scale, force=force)
     generator = torch.Generator(pipe.device).manual_seed(seed)
     image = pipe(
-        prompt,
+        prompt=prompt,
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=generator,

@@ -45,10 +45,11 @@ class _Stop(Exception):
 @dataclass(frozen=True)
 class Group:
     """Prompts run through the transformer together: their text states (n, L, D), pooled
-    vectors (n, P), and the probes (transformer arguments of n rows) they are read at."""
+    vectors (n, P; None where the family has none, FLUX.2), and the probes (transformer
+    arguments of n rows) they are read at."""
 
     states: torch.Tensor
-    pooled: torch.Tensor
+    pooled: torch.Tensor | None
     probes: list[dict[str, Any]]
 
 
@@ -106,7 +107,7 @@ def _record_run(pipe: Any, prompts: list[str], wanted: list[int], call: dict) ->
 
     handle = pipe.transformer.register_forward_pre_hook(keep, with_kwargs=True)
     try:
-        pipe(prompts, **call)
+        pipe(prompt=prompts, **call)
     except _Stop:
         pass
     finally:
@@ -141,12 +142,13 @@ def site_columns(
         transformer.get_submodule(site.key).register_forward_pre_hook(hook_for(site))
         for site in sites
     ]
+    text = {"encoder_hidden_states": group.states}
+    if group.pooled is not None:
+        text["pooled_projections"] = group.pooled
     try:
         for probe in group.probes:
             try:
-                transformer(
-                    **probe, encoder_hidden_states=group.states, pooled_projections=group.pooled
-                )
+                transformer(**probe, **text)
             except _Stop:
                 pass
     finally:

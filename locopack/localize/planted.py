@@ -42,14 +42,16 @@ def planted_text_window(
 ) -> Iterator[list[str]]:
     """Within the block, text reaches a joint-attention transformer's image only through the
     sites ``start .. start+size-1``: every other site's text keys/values (the text rows of
-    its projections' outputs) are scaled by ``leak``, and the pooled vector is zero.  Yields
-    the site paths in order."""
+    its projections' outputs) are scaled by ``leak``, and the pooled vector, where the family
+    has one, is zero.  Yields the site paths in order."""
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = family.sites(denoiser)
     text = {"length": 0}
 
     def fix_pooled(_module, args, kwargs):
         text["length"] = kwargs["encoder_hidden_states"].shape[1]
+        if not family.has_pooled_text_path:
+            return None
         return args, {
             **kwargs,
             "pooled_projections": torch.zeros_like(kwargs["pooled_projections"]),
@@ -95,7 +97,7 @@ class ReferenceScorer:
                     for resolution in resolutions:
                         size = {"height": resolution, "width": resolution} if resolution else {}
                         image = pipe(
-                            text,
+                            prompt=text,
                             num_inference_steps=count,
                             guidance_scale=guidance,
                             generator=torch.Generator(pipe.device).manual_seed(seed),

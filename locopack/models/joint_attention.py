@@ -14,7 +14,8 @@ both with the same ``to_k``/``to_v``.  So:
 - what a site reads depends on the latent, the timestep, the pooled vector and every block
   before it, so :meth:`encode` returns the transformer's ``encoder_hidden_states`` input and
   :meth:`site_states` refuses: the inputs must be collected with hooks during denoising;
-- the pooled CLIP vector modulates every block (``temb``): a text path that is not a site.
+- the pooled CLIP vector modulates every block (``temb``): a text path that is not a site
+  (FLUX.2 has none: ``has_pooled_text_path`` False).
 """
 
 from __future__ import annotations
@@ -102,14 +103,18 @@ class JointAttentionFamily(ModelFamily):
         return cls.encode_with_pooled(pipe, prompts)[0]
 
     @classmethod
-    def encode_pooled(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
-        """The pooled CLIP vectors the transformer's ``pooled_projections`` receive, (B, P)."""
+    def encode_pooled(cls, pipe: Any, prompts: list[str]) -> torch.Tensor | None:
+        """The pooled CLIP vectors the transformer's ``pooled_projections`` receive, (B, P);
+        None where the family has no pooled vector (FLUX.2)."""
         return cls.encode_with_pooled(pipe, prompts)[1]
 
     @classmethod
     @abstractmethod
-    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(states, pooled)`` for ``prompts``, as the pipeline computes them."""
+    def encode_with_pooled(
+        cls, pipe: Any, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(states, pooled)`` for ``prompts``, as the pipeline computes them (pooled None
+        where the family has no pooled vector)."""
 
     @classmethod
     def call_kwargs(cls) -> dict[str, Any]:

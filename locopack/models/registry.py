@@ -8,6 +8,7 @@ from ..errors import ModelLayoutError
 from .base import ModelFamily
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
+from .flux2 import Flux2
 from .lumina2 import Lumina2
 from .pixart import PixArt
 from .sd1 import StableDiffusion1
@@ -27,6 +28,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         PixArt,
         StableDiffusion3,
         Flux,
+        Flux2,
         ZImage,
         Lumina2,
     )
