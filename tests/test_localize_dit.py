@@ -98,7 +98,7 @@ def test_planted_window_is_found(name, start, size, mode, deep_pipes):
 
 def _plain(pipe, family, prompt, n, rung):
     return pipe(
-        prompt,
+        prompt=prompt,
         num_images_per_prompt=n,
         num_inference_steps=rung.steps,
         guidance_scale=rung.guidance,
