@@ -20,7 +20,7 @@ from locopack.release.audit import audit_folder
 pytestmark = pytest.mark.slow
 
 FAMILIES = ("sd1", "sd2", "sdxl", "if", "pixart", "sd3", "flux")
-FAMILIES += ("z-image", "lumina2")
+FAMILIES += ("flux2", "z-image", "lumina2")
 #: one edit at the first site (no sweep), one seed, two steps, a two-image attack
 RECIPE = """\
 version: 1
