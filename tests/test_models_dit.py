@@ -342,4 +342,13 @@ def test_flux2_fused_single_blocks_are_refused_with_their_reason(dit_dirs, tmp_p
     assert "localize.layers[0]: expected a site module path of this model, found" in line
     assert "to_qkv_mlp_proj" in line and "transformer_blocks.*" in line
     assert not out.exists()
+    # the same on the command line, with the recipe naming no layers
+    recipe.write_text(text.replace(layers, ""))
+    ask = ["edit", str(recipe), "--layers", "single_transformer_blocks.1.attn", "--out", str(out)]
+    result = CliRunner().invoke(cli, ["--threads", "1", *ask])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: --layers: 'single_transformer_blocks.1.attn' is not a site: ")
+    assert "to_qkv_mlp_proj" in line
+    assert not (out / "delta.safetensors").exists()
     assert get_family("flux").not_a_site_reason("single_transformer_blocks.0.attn") == ""
