@@ -76,14 +76,6 @@ class Flux2(JointAttentionFamily):
         )
 
     @classmethod
-    def tokenizer(cls, pipe: Any) -> Any:
-        return pipe.tokenizer
-
-    @classmethod
-    def max_length(cls, pipe: Any) -> int:
-        return cls.t5_length
-
-    @classmethod
     def text_parts(cls, pipe: Any) -> list[TextPart]:
         """One part: the chat-templated prompt's tokens (the system message's come first)."""
 

@@ -98,6 +98,11 @@ class JointAttentionFamily(ModelFamily):
         )
 
     @classmethod
+    def max_length(cls, pipe: Any) -> int:
+        """The text tokens of one prompt: ``t5_length`` (SD3 adds its CLIP tokens)."""
+        return cls.t5_length
+
+    @classmethod
     def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
         """The transformer's ``encoder_hidden_states`` input for ``prompts``, (B, L, D)."""
         return cls.encode_with_pooled(pipe, prompts)[0]
