@@ -185,7 +185,7 @@ def _site_problems(recipe: Recipe, model: str, at: Callable) -> list[str]:
     except (LocopackError, OSError, ValueError) as err:
         return [at(("base", "model"), f"expected a model of a supported family: {err}")]
     sites = [s.path for s in family.sites(denoiser)]
-    problems = model_problems(recipe, len(sites), sites)
+    problems = model_problems(recipe, len(sites), sites, family.not_a_site_reason)
     length = recipe.base.max_sequence_length
     try:  # as the build sets the family up (release.base.recipe_family)
         if length is not None:

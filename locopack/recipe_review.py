@@ -35,11 +35,17 @@ def located(recipe: Recipe) -> Callable[[tuple, str], str]:
     return at
 
 
-def model_problems(recipe: Recipe, n_sites: int, site_paths: list[str]) -> list[str]:
+def model_problems(
+    recipe: Recipe,
+    n_sites: int,
+    site_paths: list[str],
+    refused: Callable[[str], str] | None = None,
+) -> list[str]:
     """The located problems of ``localize.window`` and ``localize.layers`` against a model's
-    ordered sites ([] if none): a window wider than the sites, a layer that is no site, a site
-    named twice (also once by its path and once by its index); :func:`check_against_model`
-    raises them."""
+    ordered sites ([] if none): a window wider than the sites, a layer that is no site (with
+    ``refused(layer)`` as the reason where it gives one: the family's
+    ``not_a_site_reason``), a site named twice (also once by its path and once by its index);
+    :func:`check_against_model` raises them."""
     at, problems, settings = located(recipe), [], recipe.localize
     if settings.window > n_sites:
         text = f"the model has {n_sites} text-conditioning sites; expected at most {n_sites}"
@@ -51,6 +57,7 @@ def model_problems(recipe: Recipe, n_sites: int, site_paths: list[str]) -> list[
         elif isinstance(layer, str) and layer not in site_paths:
             close = difflib.get_close_matches(layer, site_paths, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"the first is {site_paths[:1]}"
+            hint = (refused(layer) if refused else "") or hint
             text = f"expected a site module path of this model, found {show(layer)}; {hint}"
         else:
             path = site_paths[layer] if isinstance(layer, int) else layer

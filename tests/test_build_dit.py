@@ -1,5 +1,6 @@
-"""`locopack build` end to end on the SD3 and FLUX twins (the recipes in recipes/twin), then
-`audit`: every check passes, also re-running LocoEdit or the whole recipe."""
+"""`locopack build` end to end on the SD3, FLUX.1, FLUX.2 and text-refiner twins (the recipes
+in recipes/twin), then `audit`: every check passes, also re-running LocoEdit or the whole
+recipe."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def _run(*args: str) -> str:
 BUILDS = {
     "sd3": "export:\n  merged: true\n",
     "flux": "",
+    "flux2": "",
     "z-image": "export:\n  merged: true\n",
     "lumina2": "",
 }
@@ -79,6 +81,20 @@ def test_the_card_says_what_the_pooled_path_and_image_sites_mean(name, releases)
     assert ("also map image tokens" in card) == (name == "flux")
     assert all(f"`{path}`" in card for path in image_sites)
     assert not (release / "lora_kohya.safetensors").exists()  # no kohya format for these
+
+
+def test_the_flux2_card_says_its_sites_are_text_only_and_what_is_not_a_site(releases):
+    from locopack.models import get_family
+
+    release = releases["flux2"]
+    localization = json.loads((release / "localization.json").read_text())
+    assert localization["pooled_only"] is None  # no pooled vector: no such reference line
+    card = " ".join((release / "README.md").read_text().split())
+    assert get_family("flux2").card_note in card
+    assert "pooled CLIP vector" not in card and "also map image tokens" not in card
+    provenance = json.loads((release / "lora_manifest.json").read_text())["provenance"]
+    assert provenance["image_sites"] == []
+    assert all(path.startswith("transformer_blocks.") for path in localization["chosen_layers"])
 
 
 def test_evidence_is_drawn_at_the_recipe_resolution(releases):

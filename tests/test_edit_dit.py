@@ -1,5 +1,5 @@
-"""LocoEdit on the joint-attention twins (SD3, FLUX): site inputs collected while denoising,
-sites solved in execution order, the edited keys/values land on the targets'."""
+"""LocoEdit on the joint-attention twins (SD3, FLUX.1, FLUX.2): site inputs collected while
+denoising, sites solved in execution order, the edited keys/values land on the targets'."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from locopack.edit.stream import denoising_steps, record_probes
 from locopack.edit.tokens import edit_prompts, part_pairs
 from locopack.errors import EditError, RecipeError
 from locopack.models.flux import Flux
+from locopack.models.flux2 import Flux2
 from locopack.models.sd3 import StableDiffusion3
 from locopack.recipe import parse_recipe
 
@@ -32,7 +33,8 @@ edits:
 localize: {{steps: 3, guidance: {guidance}, resolution: 16}}
 edit: {{lambda: 0.01, tokens: last, seeds: [0], timesteps: [0, 1]{extra}}}
 """
-GUIDANCE = {"sd3": 2.0, "flux": 1.0}  # SD3 runs [uncond; cond] batches, FLUX one pass
+#: SD3 runs [uncond; cond] batches, FLUX.1 and FLUX.2 one pass (their guidance is embedded)
+GUIDANCE = {"sd3": 2.0, "flux": 1.0, "flux2": 4.0}
 
 
 class _WideSD3(StableDiffusion3):
@@ -42,8 +44,13 @@ class _WideSD3(StableDiffusion3):
     twin_heads = 8
 
 
-#: the twins, with 16 T5 tokens (FLUX's transformer is 32-d already)
-FAMILIES = {"sd3": _WideSD3.with_t5_length(16), "flux": Flux.with_t5_length(16)}
+#: the twins, with 16 T5 tokens (FLUX's transformer is 32-d already); FLUX.2's 64 tokens hold
+#: its chat template's system message and the prompt
+FAMILIES = {
+    "sd3": _WideSD3.with_t5_length(16),
+    "flux": Flux.with_t5_length(16),
+    "flux2": Flux2.with_t5_length(64),
+}
 
 
 def _recipe(name, extra=""):
@@ -54,8 +61,7 @@ def _recipe(name, extra=""):
 def edited():
     """{family: (pipe, family, recipe, delta)}: the first three sites edited on each twin."""
     out = {}
-    for name in ("sd3", "flux"):
-        family = FAMILIES[name]
+    for name, family in FAMILIES.items():
         pipe = family.build_twin(0)
         pipe.set_progress_bar_config(disable=True)
         recipe = _recipe(name)
@@ -69,6 +75,9 @@ def _outputs(pipe, family, recipe, prompts, probes, picks):
     """{projection path: (picks x probes, out) outputs, bias included} of every edited site when
     the transformer reads ``prompts`` at ``probes``: forward hooks on the modules themselves."""
     states, pooled = family.encode_with_pooled(pipe, prompts)
+    text = {"encoder_hidden_states": states}
+    if pooled is not None:  # FLUX.2 has no pooled vector
+        text["pooled_projections"] = pooled
     seen: dict[str, list] = {}
     rows = torch.tensor([k for k, _ in picks])
     positions = torch.tensor([i for _, i in picks])
@@ -80,22 +89,24 @@ def _outputs(pipe, family, recipe, prompts, probes, picks):
     handles = [pipe.transformer.get_submodule(m).register_forward_hook(hook(m)) for m in modules]
     try:
         for probe in probes:
-            pipe.transformer(**probe, encoder_hidden_states=states, pooled_projections=pooled)
+            pipe.transformer(**probe, **text)
     finally:
         for handle in handles:
             handle.remove()
     return {name: torch.cat(parts).double() for name, parts in seen.items()}
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2"])
 def test_per_site_residuals_are_small_and_the_collection_is_recorded(name, edited):
     pipe, family, recipe, delta = edited[name]
     errors = edit_errors(pipe, family, recipe, delta)
     assert len(errors) == 6
     for module, report in errors.items():
-        # measured: edit_error <= 0.0074, error_before >= 0.76, preserve_drift <= 0.0053
+        # measured: edit_error <= 0.0074, error_before >= 0.76, preserve_drift <= 0.0053;
+        # FLUX.2's last token is its chat template's closing [/INST], the same token in the
+        # original and the target, told apart by the context alone: error_before >= 0.12
         assert report["edit_error"] < 0.02, (module, report)
-        assert report["error_before"] > 0.3, (module, report)
+        assert report["error_before"] > (0.1 if name == "flux2" else 0.3), (module, report)
         assert report["preserve_drift"] < 0.02, (module, report)
     provenance = delta.provenance
     assert provenance["collection"]["steps"] == [0, 2] == denoising_steps(3, [0, 1])
@@ -104,7 +115,7 @@ def test_per_site_residuals_are_small_and_the_collection_is_recorded(name, edite
     assert provenance["image_sites"] == []
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2"])
 def test_edited_keys_values_match_the_targets_within_the_reported_residual(name, edited):
     """Measured on the projections' outputs (bias included) in real transformer calls: the
     edited model reading the original prompts against the unedited one reading the targets."""
@@ -125,6 +136,9 @@ def test_edited_keys_values_match_the_targets_within_the_reported_residual(name,
         assert float((before[module] - target[module]).norm() / scale) > 10 * measured
 
 
+# not FLUX.2: under ``tokens: last`` every prompt's last token is its chat template's closing
+# [/INST], so the preserve prompts' last rows are the edited rows' neighbours (measured: drift
+# 0.05 where the edit moves 0.09); its recipes edit ``tokens: cover``
 @pytest.mark.parametrize("name", ["sd3", "flux"])
 def test_preserve_prompts_move_less_than_the_bound(name, edited):
     """At the preserve tokens (the last, under ``tokens: last``), at a seed and a timestep the

@@ -1,4 +1,4 @@
-"""Exports of joint-attention edits (SD3, FLUX): the adapter as the family's own diffusers
+"""Exports of joint-attention edits (SD3, FLUX.1, FLUX.2): the adapter as the family's own diffusers
 pipeline and ``locopack.apply`` load it equals the merged checkpoint, and ComfyUI's key maps
 place every one of its keys."""
 
@@ -16,7 +16,7 @@ from locopack.edit import compute_delta
 from locopack.export import write_adapter, write_merged
 from locopack.models import get_family, load_denoiser_layout, load_pipeline
 
-from .test_edit_dit import _recipe
+from .test_edit_dit import FAMILIES, _recipe
 from .test_models_dit import REAL_LAYOUTS
 
 ENERGY = 0.99999999
@@ -28,9 +28,10 @@ def releases(tmp_path_factory):
     for FLUX also a single-stream one (opted in)."""
     root = tmp_path_factory.mktemp("dit-export")
     out = {}
-    for name in ("sd3", "flux"):
+    for name in ("sd3", "flux", "flux2"):
         twin = get_family(name).save_twin(root / name, seed=0)
-        pipe, family = load_pipeline(str(twin))
+        pipe, _ = load_pipeline(str(twin))
+        family = FAMILIES[name] if name == "flux2" else get_family(name)  # a 64-token text
         pipe.set_progress_bar_config(disable=True)
         sites = [s.path for s in family.sites(pipe.transformer)]
         chosen, extra = sites[1:3], ""
@@ -50,11 +51,17 @@ def _denoise(pipe):
     transformer = pipe.transformer
     gen = torch.Generator().manual_seed(0)
     states = torch.randn(2, 20, transformer.config.joint_attention_dim, generator=gen)
-    pooled = torch.randn(2, transformer.config.pooled_projection_dim, generator=gen)
     extra = {}
+    if "pooled_projection_dim" in transformer.config:  # not FLUX.2
+        pooled = torch.randn(2, transformer.config.pooled_projection_dim, generator=gen)
+        extra["pooled_projections"] = pooled
     if "axes_dims_rope" in transformer.config:  # FLUX: packed latents and RoPE position ids
+        axes = len(transformer.config.axes_dims_rope)  # 3 in FLUX.1, 4 in FLUX.2
         sample = torch.randn(2, 16, transformer.config.in_channels, generator=gen)
-        extra = {"txt_ids": torch.zeros(20, 3), "img_ids": torch.randn(16, 3, generator=gen)}
+        extra["txt_ids"] = torch.zeros(20, axes)
+        extra["img_ids"] = torch.randn(16, axes, generator=gen)
+        if transformer.config.get("guidance_embeds"):  # the FLUX.2 twin; FLUX.1's is schnell
+            extra["guidance"] = torch.tensor([4.0, 4.0])
         timestep = torch.tensor([0.5, 0.5])
     else:
         size = transformer.config.sample_size
@@ -65,7 +72,6 @@ def _denoise(pipe):
             hidden_states=sample,
             timestep=timestep,
             encoder_hidden_states=states,
-            pooled_projections=pooled,
             return_dict=False,
             **extra,
         )[0]
@@ -88,7 +94,7 @@ def check_adapter_equals_merged(name, twin, folder, denoise, changed: float = 1e
     assert (m - b).abs().max() > changed  # the edit does change the outputs
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2"])
 def test_adapter_loaded_by_the_family_pipeline_equals_the_merged_checkpoint(name, releases):
     twin, folder, _ = releases[name]
     check_adapter_equals_merged(name, twin, folder, _denoise)
@@ -101,7 +107,7 @@ def test_adapter_loaded_by_the_family_pipeline_equals_the_merged_checkpoint(name
 # projections are written out: {"transformer.<module>": (native weight, row offset, rows)}.
 def comfy_attention_map(name: str, config: dict) -> dict[str, tuple[str, int, int]]:
     out = {}
-    if name == "flux":
+    if name in ("flux", "flux2"):  # ComfyUI's Flux2 model subclasses its Flux one
         hidden = config["num_attention_heads"] * config["attention_head_dim"]
         for i in range(config["num_layers"]):
             for stream, prefix in (("img_attn", "to_"), ("txt_attn", "add_")):
@@ -147,7 +153,7 @@ def _comfy_loads(keys, key_map) -> dict[str, str]:
     return placed
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux", "chroma"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "chroma", "flux2"])
 def test_comfyui_maps_every_key_of_the_adapter_for_the_real_layouts(name, tmp_path):
     """Every site projection of SD3.5-medium / FLUX.1-schnell / Chroma1-HD, as the adapter
     names it, lands on a row block of ComfyUI's fused weight that is exactly as wide as the
@@ -169,7 +175,7 @@ def test_comfyui_maps_every_key_of_the_adapter_for_the_real_layouts(name, tmp_pa
     for module in modules:
         _, _, rows = key_map[f"transformer.{module}"]
         assert rows == denoiser.get_submodule(module).out_features
-    assert len(modules) == {"sd3": 48, "flux": 114, "chroma": 114}[name]
+    assert len(modules) == {"sd3": 48, "flux": 114, "chroma": 114, "flux2": 16}[name]
 
 
 def test_comfyui_patch_of_the_flux_adapter_gives_the_merged_weights(releases):
@@ -194,7 +200,7 @@ def test_comfyui_patch_of_the_flux_adapter_gives_the_merged_weights(releases):
         torch.testing.assert_close(patched, merged.get_submodule(module).weight, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2"])
 def test_export_refuses_a_format_the_family_lacks_before_writing_anything(
     name, releases, tmp_path, monkeypatch
 ):
@@ -236,3 +242,20 @@ def test_the_onnx_docstring_states_each_family_kinds_real_inputs(name):
     assert all(f"``{i}``" in bullet for i in inputs if name != "pixart" or i not in shared)
     assert family.joint_attention == ("pooled_projections" in inputs)
     assert f"<out_dir>/{family.denoiser_attr}/model.onnx" in onnx.__doc__
+
+
+def test_flux2_onnx_is_refused_in_one_line_before_anything_is_written(releases, tmp_path):
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    _, _, delta = releases["flux2"]
+    delta.save(tmp_path / "delta.safetensors")
+    out = tmp_path / "out"
+    ask = ["export", str(tmp_path / "delta.safetensors"), "--onnx", "--out", str(out)]
+    result = CliRunner().invoke(cli, ask)
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: onnx format: no ONNX export for FLUX.2")
+    assert "4-axis position ids" in line and "nothing was written" in line
+    assert not out.exists()

@@ -30,13 +30,18 @@ localize: {{window: {window}, steps: {steps}, guidance: 3.0, seeds: [0], prompts
            scorer: ./unused, mode: {mode}, resolution: 16}}
 """
 #: blocks of the deeper twins: 9 sites each, enough windows of one site for fast mode to race
-DEEP = {"sd3": {"twin_layers": 9}, "flux": {"twin_layers": (4, 5)}}
+#: (FLUX.2 with a short text, as its twin recipe sets one)
+DEEP = {
+    "sd3": {"twin_layers": 9},
+    "flux": {"twin_layers": (4, 5)},
+    "flux2": {"twin_layers": (9, 1), "t5_length": 64},
+}
 
 
 @pytest.fixture(scope="module")
 def deep_pipes():
     """{family name: (pipeline, family)} of twins with 9 sites each (FLUX: 4 double-stream
-    blocks, then 5 single-stream ones), built in memory."""
+    blocks, then 5 single-stream ones; FLUX.2: 9 double-stream blocks), built in memory."""
     found = {}
     for name, layout in DEEP.items():
         base = get_family(name)
@@ -62,6 +67,8 @@ def _recipe(window, mode):
         ("flux", 3, 2, "fast"),  # the last double-stream block and the first single one
         ("flux", 6, 2, "full"),
         ("flux", 7, 1, "fast"),
+        ("flux2", 2, 1, "full"),
+        ("flux2", 6, 2, "fast"),
     ],
 )
 def test_planted_window_is_found(name, start, size, mode, deep_pipes):
@@ -93,12 +100,15 @@ def test_planted_window_is_found(name, start, size, mode, deep_pipes):
         if not set(candidate.window) & planted:
             assert abs(candidate.mean) <= 0.005, candidate.window
     # the pooled line: the pooled vector alone swapped (the planting does not hold it there)
-    assert result.pooled_only.window == [POOLED] and result.pooled_only.mean < chosen.mean
+    if family.has_pooled_text_path:
+        assert result.pooled_only.window == [POOLED] and result.pooled_only.mean < chosen.mean
+    else:  # FLUX.2 has no pooled vector, so no such line
+        assert result.pooled_only is None
 
 
 def _plain(pipe, family, prompt, n, rung):
     return pipe(
-        prompt,
+        prompt=prompt,
         num_images_per_prompt=n,
         num_inference_steps=rung.steps,
         guidance_scale=rung.guidance,
@@ -110,14 +120,15 @@ def _plain(pipe, family, prompt, n, rung):
     ).images
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2"])
 def test_no_window_or_the_same_prompt_reproduces_the_pipeline_bit_for_bit(name, deep_pipes):
     pipe, family = deep_pipes[name]
     prompt = "a painting of a cat in the style of van gogh"
     rung = Rung(2, 3.0, (0,), 16)
     same = Sweep(pipe, family, [PromptPair(prompt, prompt, prompt, 1)], lambda i, t: [0.0] * len(i))
     paths = same.site_paths
-    windows = [[], paths, paths[2:5], [POOLED], [POOLED, *paths[:2]]]
+    pooled = [[POOLED], [POOLED, *paths[:2]]] if family.has_pooled_text_path else []
+    windows = [[], paths, paths[2:5], *pooled]
     swapped = same._images(0, windows, 0, rung)
     plain = _plain(pipe, family, prompt, len(windows), rung)
     for image, reference in zip(swapped, plain, strict=True):
@@ -126,9 +137,14 @@ def test_no_window_or_the_same_prompt_reproduces_the_pipeline_bit_for_bit(name, 
         np.asarray(same._images(0, [[]], 0, rung)[0]),
         np.asarray(_plain(pipe, family, prompt, 1, rung)[0]),
     )
-    # another prompt at no window changes nothing either; at the pooled path alone it does
+    # another prompt at no window changes nothing either; at the pooled path alone (FLUX.2,
+    # which has none: at every site) it does
     other = Sweep(pipe, family, [PromptPair(prompt, "a photo of a red car", prompt, 1)], None)
-    moved = other._images(0, [[], [POOLED]], 0, rung)
+    if not family.has_pooled_text_path:
+        assert other.pooled_window is None
+        with pytest.raises(ModelLayoutError, match="no altered pooled vector"):
+            other._images(0, [[POOLED]], 0, rung)
+    moved = other._images(0, [[], [POOLED] if family.has_pooled_text_path else paths], 0, rung)
     np.testing.assert_array_equal(np.asarray(moved[0]), np.asarray(plain[0]))
     assert np.abs(np.asarray(moved[1], float) - np.asarray(plain[0], float)).max() > 0
 

@@ -1,8 +1,9 @@
-"""The joint-attention families (SD3/SD3.5, FLUX.1): detection, sites, encoding, twins."""
+"""The joint-attention families (SD3/SD3.5, FLUX.1, FLUX.2): detection, sites, encoding, twins."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from locopack.models import (
     model_layout,
 )
 
-NAMES = ("sd3", "flux")
+NAMES = ("sd3", "flux", "flux2")
 PROMPT = "a painting of a dog in the style of van gogh"
 #: the resolution twins run at (FLUX's pipeline default is 256 px for them)
 SIZE = {"height": 16, "width": 16}
@@ -61,6 +62,27 @@ REAL_LAYOUTS = {
             "num_single_layers": 38,
             "patch_size": 1,
             "pooled_projection_dim": 768,
+        },
+    ),
+    # black-forest-labs/FLUX.2-dev (model_index.json and transformer/config.json)
+    "black-forest-labs/FLUX.2-dev": (
+        "Flux2Pipeline",
+        {
+            "_class_name": "Flux2Transformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [32, 32, 32, 32],
+            "eps": 1e-06,
+            "guidance_embeds": True,
+            "in_channels": 128,
+            "joint_attention_dim": 15360,
+            "mlp_ratio": 3.0,
+            "num_attention_heads": 48,
+            "num_layers": 8,
+            "num_single_layers": 48,
+            "out_channels": None,
+            "patch_size": 1,
+            "rope_theta": 2000,
+            "timestep_guidance_channels": 256,
         },
     ),
     # Tongyi-MAI/Z-Image-Turbo (model_index.json and transformer/config.json)
@@ -167,7 +189,7 @@ def dit_pipes(dit_dirs):
 
 def _generate(pipe, family, prompt, seed=0, steps=1, guidance=1.0):
     return pipe(
-        prompt,
+        prompt=prompt,
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=torch.Generator().manual_seed(seed),
@@ -200,6 +222,7 @@ def test_twin_is_reproducible_from_its_seed(name, dit_dirs):
 def test_detection_by_pipeline_class():
     assert family_for("StableDiffusion3Pipeline", {}).name == "sd3"
     assert family_for("FluxPipeline", {}).name == "flux"
+    assert family_for("Flux2Pipeline", {}).name == "flux2"
     with pytest.raises(ModelLayoutError, match="FLUX.1"):
         family_for("FluxKontextPipeline", {})
 
@@ -208,7 +231,7 @@ def test_detection_by_pipeline_class():
 def test_sites_are_listed_in_hook_firing_order(name, dit_pipes):
     pipe, family = dit_pipes[name]
     sites = family.sites(pipe.transformer)
-    assert len(sites) == {"sd3": 5, "flux": 6}[name]
+    assert len(sites) == {"sd3": 5, "flux": 6, "flux2": 3}[name]
     fired: list[str] = []
     handles = [
         pipe.transformer.get_submodule(module).register_forward_hook(
@@ -233,7 +256,7 @@ def test_encode_returns_the_transformer_text_input_and_pooled_vector(name, dit_p
 
     def capture(_module, _args, kwargs):
         seen.setdefault("states", kwargs["encoder_hidden_states"].clone())
-        seen.setdefault("pooled", kwargs["pooled_projections"].clone())
+        seen.setdefault("pooled", kwargs.get("pooled_projections"))
 
     handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
     try:
@@ -244,7 +267,10 @@ def test_encode_returns_the_transformer_text_input_and_pooled_vector(name, dit_p
         states, pooled = family.encode_with_pooled(pipe, [PROMPT])
     assert states.shape[1] == family.max_length(pipe)
     torch.testing.assert_close(seen["states"], states, rtol=0, atol=0)
-    torch.testing.assert_close(seen["pooled"], pooled, rtol=0, atol=0)
+    if family.has_pooled_text_path:
+        torch.testing.assert_close(seen["pooled"], pooled, rtol=0, atol=0)
+    else:  # FLUX.2: no pooled vector reaches the transformer, and none is encoded
+        assert seen["pooled"] is None and pooled is None
     with pytest.raises(ModelLayoutError, match="collected with hooks"):
         family.site_states(pipe.transformer, family.sites(pipe.transformer)[0], states)
 
@@ -265,6 +291,7 @@ def test_the_recipe_sets_the_t5_length_of_the_loaded_base(name, dit_dirs, tmp_pa
     from locopack.release.base import load_base
 
     text = (ROOT / "recipes" / "twin" / f"{name}-erase-van-gogh.yaml").read_text()
+    text = re.sub(r"\n  max_sequence_length:.*", "", text)  # the FLUX.2 twin recipe sets one
     text = text.replace(f"./out/tiny-{name}/scorer", str(dit_dirs[name] / "scorer"))
     text = text.replace(f"./out/tiny-{name}", str(dit_dirs[name]))
     recipe = parse_recipe(text.replace("base:\n", "base:\n  max_sequence_length: 9\n"), "r.yaml")
@@ -279,14 +306,23 @@ def test_concept_positions_cover_the_concept_in_every_text_part(name, dit_pipes)
     pipe, family = dit_pipes[name]
     positions = family.concept_positions(pipe, PROMPT, "van gogh")
     clip_length = pipe.tokenizer.model_max_length
-    parts = [(pipe.tokenizer_2, positions)]
+    if name == "flux":
+        parts = [(pipe.tokenizer_2, positions, PROMPT)]
     if name == "sd3":
         parts = [
-            (pipe.tokenizer, [p for p in positions if p < clip_length]),
-            (pipe.tokenizer_3, [p - clip_length for p in positions if p >= clip_length]),
+            (pipe.tokenizer, [p for p in positions if p < clip_length], PROMPT),
+            (pipe.tokenizer_3, [p - clip_length for p in positions if p >= clip_length], PROMPT),
         ]
-    for tokenizer, found in parts:
-        ids = tokenizer(PROMPT).input_ids
+    if name == "flux2":  # the prompt inside the pipeline's chat messages, system message first
+        from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+
+        (messages,) = format_input([PROMPT], system_message=pipe.system_message)
+        templated = pipe.tokenizer.apply_chat_template(messages, tokenize=False)
+        assert templated.index(pipe.system_message) < templated.index(PROMPT)
+        parts = [(pipe.tokenizer, positions, templated)]
+    for tokenizer, found, text in parts:
+        assert found
+        ids = tokenizer(text).input_ids
         assert tokenizer.decode([ids[i] for i in found]).replace(" ", "") == "vangogh"
 
 
@@ -305,6 +341,7 @@ def test_layout_is_read_from_configs_only(name, dit_dirs):
     [
         ("stabilityai/stable-diffusion-3.5-medium", "sd3", 24, 1536, 0),
         ("black-forest-labs/FLUX.1-schnell", "flux", 57, 3072, 38),
+        ("black-forest-labs/FLUX.2-dev", "flux2", 8, 6144, 0),
     ],
 )
 def test_real_layouts_on_the_meta_device(model, name, count, width, single, tmp_path):
@@ -319,5 +356,39 @@ def test_real_layouts_on_the_meta_device(model, name, count, width, single, tmp_
     assert {(s.in_features, s.out_features) for s in sites} == {(width, width)}
     assert sum(not s.text_only for s in sites) == single
     assert sites[-1].path == (
-        "single_transformer_blocks.37.attn" if single else "transformer_blocks.23.attn"
+        "single_transformer_blocks.37.attn" if single else f"transformer_blocks.{count - 1}.attn"
     )
+
+
+def test_flux2_fused_single_blocks_are_refused_with_their_reason(dit_dirs, tmp_path):
+    """A FLUX.2 recipe that names a single-stream block stops before anything is written,
+    with one line that says why (the fused projection), even with allow_image_sites."""
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    text = (ROOT / "recipes" / "twin" / "flux2-erase-van-gogh.yaml").read_text()
+    text = text.replace("  scorer: ./out/tiny-flux2/scorer\n", "")  # the layers skip the sweep
+    text = text.replace("./out/tiny-flux2", str(dit_dirs["flux2"]))
+    layers = "  layers: [single_transformer_blocks.0.attn]\n"
+    text = text.replace("  mode: full\n", "  mode: full\n" + layers)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text + "  allow_image_sites: true\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["--threads", "1", "build", str(recipe), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"error: {recipe}:")
+    assert "localize.layers[0]: expected a site module path of this model, found" in line
+    assert "to_qkv_mlp_proj" in line and "transformer_blocks.*" in line
+    assert not out.exists()
+    # the same on the command line, with the recipe naming no layers
+    recipe.write_text(text.replace(layers, ""))
+    ask = ["edit", str(recipe), "--layers", "single_transformer_blocks.1.attn", "--out", str(out)]
+    result = CliRunner().invoke(cli, ["--threads", "1", *ask])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: --layers: 'single_transformer_blocks.1.attn' is not a site: ")
+    assert "to_qkv_mlp_proj" in line
+    assert not (out / "delta.safetensors").exists()
+    assert get_family("flux").not_a_site_reason("single_transformer_blocks.0.attn") == ""

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def joint_pipes():
-    return {
-        name: (get_family(name).build_twin(seed=0), get_family(name)) for name in ("sd3", "flux")
-    }
+    """{name: (twin, family)}; FLUX.2 with the 64 text tokens its twin recipe sets."""
+    families = {name: get_family(name) for name in ("sd3", "flux")}
+    families["flux2"] = get_family("flux2").with_t5_length(64)
+    return {name: (family.build_twin(seed=0), family) for name, family in families.items()}
 
 
 def _recipe(name: str, timesteps: str = "[0.0, 1.0]"):
@@ -29,7 +30,7 @@ def _recipe(name: str, timesteps: str = "[0.0, 1.0]"):
     return parse_recipe(text.replace("timesteps: [0.0, 1.0]", f"timesteps: {timesteps}"), "r.yaml")
 
 
-@pytest.mark.parametrize("name", ["sd3", "flux"])
+@pytest.mark.parametrize("name", ["sd3", "flux", "flux2"])
 def test_activations_are_what_the_projection_emits_while_denoising(name, joint_pipes):
     """At one probe (seed 0, first step) the mean activation is the mean over the text rows of
     what the key projection emits in the pipeline's first transformer call."""
@@ -44,7 +45,7 @@ def test_activations_are_what_the_projection_emits_while_denoising(name, joint_p
     settings = recipe.localize
     try:
         pipe(
-            prompts,
+            prompt=prompts,
             num_inference_steps=settings.steps,
             guidance_scale=settings.guidance,
             generator=[torch.Generator().manual_seed(0) for _ in prompts],

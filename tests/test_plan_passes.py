@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLUX = "black-forest-labs/FLUX.1-schnell"
 #: families whose twins conftest builds once per session; the others are built here
 SESSION = ("sd1", "sdxl", "if", "pixart")
-BUILT = ("sd3", "flux", "sana", "chroma", "z-image", "lumina2")
+BUILT = ("sd3", "flux", "flux2", "sana", "chroma", "z-image", "lumina2")
 
 
 @pytest.fixture(scope="module")

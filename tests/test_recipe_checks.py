@@ -32,6 +32,7 @@ EXAMPLE_HUB_IDS = (
 EXAMPLE_HUB_IDS = tuple(
     sorted(EXAMPLE_HUB_IDS + ("Tongyi-MAI/Z-Image-Turbo", "Alpha-VLLM/Lumina-Image-2.0"))
 )
+EXAMPLE_HUB_IDS = tuple(sorted(EXAMPLE_HUB_IDS + ("black-forest-labs/FLUX.2-dev",)))
 
 GOOD = f"""\
 version: 1

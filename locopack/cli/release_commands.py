@@ -140,7 +140,7 @@ def generate(
         apply(pipe, adapter, scale, force=force, trusted=trusted)
     generator = torch.Generator(pipe.device).manual_seed(seed)
     image = pipe(
-        prompt,
+        prompt=prompt,
         num_inference_steps=steps,
         guidance_scale=guidance,
         generator=generator,

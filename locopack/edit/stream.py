@@ -124,7 +124,7 @@ def _record_run(pipe: Any, prompts: list[str], wanted: list[int], call: dict) ->
 
     handle = pipe.transformer.register_forward_pre_hook(keep, with_kwargs=True)
     try:
-        pipe(prompts, **call)
+        pipe(prompt=prompts, **call)
     except _Stop:
         pass
     finally:
@@ -167,6 +167,9 @@ def site_columns(
         transformer.get_submodule(site.key).register_forward_pre_hook(hook_for(site))
         for site in sites
     ]
+    text = {"encoder_hidden_states": group.states}
+    if group.pooled is not None:
+        text["pooled_projections"] = group.pooled
     try:
         for probe in group.probes:
             try:

@@ -97,7 +97,7 @@ class ReferenceScorer:
                     for resolution in resolutions:
                         size = {"height": resolution, "width": resolution} if resolution else {}
                         image = pipe(
-                            text,
+                            prompt=text,
                             num_inference_steps=count,
                             guidance_scale=guidance,
                             generator=torch.Generator(pipe.device).manual_seed(seed),

@@ -74,7 +74,8 @@ class Sweep:
         with torch.no_grad():
             self.original = family.encode(pipe, [p.original for p in pairs])
             self.altered = family.encode(pipe, [p.altered for p in pairs])
-            # joint-attention transformers' pooled path can be swapped alone (a reference line)
+            # a joint-attention transformer's pooled path can be swapped alone (a reference
+            # line) where it has one (FLUX.2 has none)
             self.altered_pooled = (
                 family.encode_pooled(pipe, [p.altered for p in pairs])
                 if family.pooled_reference

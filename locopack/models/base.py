@@ -161,6 +161,8 @@ class ModelFamily(ABC):
     #: whether the sites are the blocks of a text-only refiner before a single joint stream
     #: (Z-Image): their inputs depend on the prompt alone (:mod:`locopack.models.text_refiner`)
     refines_text: ClassVar[bool] = False
+    #: what the model card says of the family's text paths that are no sites (None: nothing)
+    card_note: ClassVar[str | None] = None
     #: why no ONNX export of this family's denoiser exists (None: the tracer handles it)
     onnx_refusal: ClassVar[str | None] = None
     #: header entries of a kohya LoRA file for this family (``ss_base_model_version`` as kohya
@@ -187,6 +189,12 @@ class ModelFamily(ABC):
     def order_key(cls, path: str) -> tuple:
         """Sort key giving network execution order."""
         return unet_execution_order(path)
+
+    @classmethod
+    def not_a_site_reason(cls, path: str) -> str:
+        """Why a recipe may not name ``path`` although it reads text (FLUX.2's fused
+        single-stream blocks); empty for every other path."""
+        return ""
 
     @classmethod
     def sites(cls, denoiser: torch.nn.Module) -> list[Site]:

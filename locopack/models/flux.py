@@ -57,10 +57,6 @@ class Flux(JointAttentionFamily):
         return pipe.tokenizer_2
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
-        return cls.t5_length
-
-    @classmethod
     def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         states, pooled, _ = pipe.encode_prompt(
             prompts, None, device=pipe.device, max_sequence_length=cls.t5_length

@@ -14,7 +14,8 @@ both with the same ``to_k``/``to_v``.  So:
 - what a site reads depends on the latent, the timestep, the pooled vector and every block
   before it, so :meth:`encode` returns the transformer's ``encoder_hidden_states`` input and
   :meth:`site_states` refuses: the inputs must be collected with hooks during denoising;
-- the pooled CLIP vector modulates every block (``temb``): a text path that is not a site.
+- the pooled CLIP vector modulates every block (``temb``): a text path that is not a site
+  (FLUX.2 has none: ``has_pooled_text_path`` False).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class JointAttentionFamily(ModelFamily):
             "depends on the latent, the timestep and every block before it; its inputs must "
             "be collected with hooks during denoising, not computed from the encoded prompt"
         )
+
+    @classmethod
+    def max_length(cls, pipe: Any) -> int:
+        """The text tokens of one prompt: ``t5_length`` (SD3 adds its CLIP tokens)."""
+        return cls.t5_length
 
     @classmethod
     def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:

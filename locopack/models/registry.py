@@ -9,6 +9,7 @@ from .base import ModelFamily
 from .chroma import Chroma
 from .deepfloyd_if import DeepFloydIF
 from .flux import Flux
+from .flux2 import Flux2
 from .lumina2 import Lumina2
 from .pixart import PixArt
 from .sana import Sana
@@ -29,6 +30,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         PixArt,
         StableDiffusion3,
         Flux,
+        Flux2,
         ZImage,
         Lumina2,
         Sana,

@@ -96,14 +96,29 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_chat_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS):
+#: a chat template of the Mistral form (``[SYSTEM_PROMPT]...[/SYSTEM_PROMPT][INST]...[/INST]``)
+#: whose message contents are lists of text parts, as FLUX.2's pipeline writes them
+MISTRAL_TEMPLATE = (
+    "{% for message in messages %}{% set text = message['content'] | map(attribute='text') "
+    "| join('') %}{% if message['role'] == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]"
+    "{% else %}[INST]{{ text }}[/INST]{% endif %}{% endfor %}"
+)
+MISTRAL_MARKERS = ("[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[INST]", "[/INST]")
+
+
+def tiny_chat_tokenizer(
+    words: tuple[str, ...] | list[str] = TWIN_WORDS,
+    template: str = CHAT_TEMPLATE,
+    markers: tuple[str, ...] = ("<|im_start|>", "<|im_end|>"),
+):
     """A word-level tokenizer with ``words`` (and ``user``/``assistant``) as tokens, unknown
-    words as ``<unk>`` (case-insensitive), Qwen's special tokens and :data:`CHAT_TEMPLATE`;
-    no start or end token is added, as Qwen's tokenizers add none."""
+    words as ``<unk>`` (case-insensitive), the chat ``template`` and its ``markers`` as
+    special tokens (Qwen's by default; :data:`MISTRAL_TEMPLATE` and :data:`MISTRAL_MARKERS`
+    for FLUX.2); no start or end token is added, as Qwen's tokenizers add none."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<unk>", *markers]
     vocab = {token: i for i, token in enumerate(specials)}
     for word in [*dict.fromkeys(words), "user", "assistant"]:
         vocab.setdefault(word, len(vocab))
@@ -114,8 +129,8 @@ def tiny_chat_tokenizer(words: tuple[str, ...] | list[str] = TWIN_WORDS):
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template=CHAT_TEMPLATE,
+        additional_special_tokens=list(markers),
+        chat_template=template,
         model_max_length=512,
     )
 

@@ -134,3 +134,41 @@ def tiny_chat_text(seed: int, kind: str, hidden: int = 32):
     )
     torch.manual_seed(seed)
     return model_class(config).eval(), tokenizer
+
+
+def tiny_mistral3(seed: int, hidden: int = 16, layers: int = 30):
+    """A ``Mistral3ForConditionalGeneration`` (FLUX.2's encoder type) of ``layers`` narrow text
+    layers, enough for the hidden layers FLUX.2's pipeline reads by default (10, 20, 30), a
+    one-layer vision tower, and a tiny word-level tokenizer with a Mistral chat template."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    from .tokenizers import MISTRAL_MARKERS, MISTRAL_TEMPLATE, tiny_chat_tokenizer
+
+    tokenizer = tiny_chat_tokenizer(template=MISTRAL_TEMPLATE, markers=MISTRAL_MARKERS)
+    text = {
+        "model_type": "mistral",
+        "vocab_size": len(tokenizer) + 1,  # one id beyond the tokenizer's for images
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": hidden // 2,
+        "max_position_embeddings": 1024,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "model_type": "pixtral",
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "head_dim": hidden // 2,
+        "image_size": 32,
+        "patch_size": 16,
+    }
+    config = Mistral3Config(
+        text_config=text, vision_config=vision, image_token_index=len(tokenizer)
+    )
+    torch.manual_seed(seed)
+    return Mistral3ForConditionalGeneration(config).eval(), tokenizer

@@ -363,19 +363,22 @@ def _usage(base: str, prompt: str) -> str:
     )
 
 
-def _refines_text(prov: dict) -> bool:
-    """Whether the release's family has text refiner sites (Z-Image)."""
+def _family(prov: dict) -> Any:
+    """The release's model family, or None where the delta names none that is known."""
     from ..models.registry import FAMILIES
 
-    family = FAMILIES.get(prov.get("family", ""))
+    return FAMILIES.get(prov.get("family", ""))
+
+
+def _refines_text(prov: dict) -> bool:
+    """Whether the release's family has text refiner sites (Z-Image)."""
+    family = _family(prov)
     return family is not None and family.refines_text
 
 
 def _site_kind(prov: dict) -> str:
     """What the edited sites are called for the release's family."""
-    from ..models.registry import FAMILIES
-
-    family = FAMILIES.get(prov.get("family", ""))
+    family = _family(prov)
     if family is not None and family.joint_attention:
         return "joint-attention blocks (their text key/value projections)"
     if family is not None and family.refines_text:
@@ -409,6 +412,9 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
             "image tokens in one stream. That stream's projections map image and text rows "
             "with the same weights; they are not sites, and the edit leaves them unchanged."
         )
+    family = _family(prov)
+    if family is not None and family.card_note:
+        notes.append(family.card_note)
     if prov.get("image_sites"):
         listed = ", ".join(md.code(path) for path in prov["image_sites"])
         notes.append(

@@ -160,7 +160,7 @@ def generate_images(pipe, family, prompts, seeds, steps, guidance, resolution) -
         chunk = prompts[start : start + per_call]
         generators = [torch.Generator(pipe.device).manual_seed(s) for _ in chunk for s in seeds]
         drawn = pipe(
-            list(chunk),  # a copy: Z-Image's pipeline writes its chat template into the list
+            prompt=list(chunk),  # a copy: Z-Image's pipeline writes its chat template into the list
             num_images_per_prompt=len(seeds),
             num_inference_steps=steps,
             guidance_scale=guidance,

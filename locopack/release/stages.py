@@ -177,6 +177,10 @@ def layers_or_localize(
     """The sites to edit (see :func:`choose_layers`), running LocoGen when none is given, and
     with ``localize.select: editable`` the checks that widen its window
     (:mod:`.select_sites`)."""
+    for ref in layers or ():
+        reason = base.family.not_a_site_reason(ref)
+        if reason:
+            raise RecipeError(f"--layers: {ref!r} is not a site: {reason}")
     chosen = choose_layers(recipe, base.site_paths, layers, localization, base.fingerprint)
     if chosen is None:
         scorer = scorer_for(recipe, base.pipe.device)
