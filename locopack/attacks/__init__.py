@@ -1,0 +1,1 @@
+"""Attacks on an edited model: what brings an erased concept back."""
