@@ -73,10 +73,10 @@ def bench(path: Path, args, work: Path) -> None:
     robust = robust_erase(base, recipe, layers, plain, scorer, cache)
     robust_seconds = time.perf_counter() - clock
     models = {
-        "base": (WeightDelta({}), 0),
-        f"plain edit ({len(layers)} sites)": (plain, len(layers)),
-        f"robust edit ({len(layers)} sites)": (robust, len(layers)),
-        "all sites": (compute_delta(pipe, family, recipe, base.site_paths), -1),
+        "base": WeightDelta({}),
+        f"plain edit ({len(layers)} sites)": plain,
+        f"robust edit ({len(layers)} sites)": robust,
+        f"all {len(base.site_paths)} sites": compute_delta(pipe, family, recipe, base.site_paths),
     }
     print(f"\n## {recipe.name}: {len(layers)} sites; robust erase {robust_seconds:.0f} s")
     print(
@@ -85,7 +85,7 @@ def bench(path: Path, args, work: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     drawn_base: dict[str, list] = {}
-    for name, (delta, _) in models.items():
+    for name, delta in models.items():
         identity = {"model": delta.sha256(), "inputs": {"bench": recipe.sha256}}
         target = AttackTarget(pipe, family, recipe, scorer, detectors, delta, cache, identity)
         clock = time.perf_counter()

@@ -102,7 +102,9 @@ def test_a_delta_records_its_extra_rows_and_keeps_them_through_a_file(tmp_path, 
     delta.save(tmp_path / "d.safetensors")
     again = WeightDelta.load(tmp_path / "d.safetensors")
     assert extra_rows(again.provenance) == extra
-    assert extra_rows(compute_delta(pipe, family, recipe, _sites(pipe, family)[:1]).provenance) == []
+    assert (
+        extra_rows(compute_delta(pipe, family, recipe, _sites(pipe, family)[:1]).provenance) == []
+    )
     prompts = edit_prompts(pipe, family, recipe, extra)
     assert prompts.originals[-1] == "a house by qux" and len(prompts.rows) == 2
 
@@ -186,7 +188,9 @@ def _stripes(base, delta, prompt: str, seeds: list[int]) -> float:
     pipe, family = base.pipe, base.family
     with delta.applied(pipe.unet):
         images = generate_images(pipe, family, [prompt], seeds, 20, 4.0, None)[prompt]
-    return sum(f["concept"] for f in toy_detector(images, [prompt] * len(seeds))) / len(seeds)
+    return sum(f.get("stripes", 0.0) for f in toy_detector(images, [prompt] * len(seeds))) / len(
+        seeds
+    )
 
 
 def test_robust_erase_brings_down_an_attack_the_plain_edit_fails(toy_robust):
@@ -220,6 +224,61 @@ def test_a_rerun_of_robust_erase_draws_nothing_it_judged(toy_robust, monkeypatch
 def test_the_card_shows_each_round(toy_robust):
     _, _, _, made, _ = toy_robust
     text = robust_rounds({"robust": made.provenance["robust"]})
-    rows = [line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    rows = [
+        line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
+    ]
     assert len(rows) == 2 and "`a red circle on a an re ackground background`" in rows[0]
     assert robust_rounds({}) == "" and callable(build_card)
+
+
+@pytest.mark.slow
+def test_a_robust_build_records_its_rounds_in_edit_json_and_on_the_card_and_audits(
+    tmp_path, monkeypatch
+):
+    """The toy stripes build with ``edit.robust`` (the replayed find, one round): the rows
+    reach ``edit.json``, the delta and the card, and ``audit --reproduce quick`` re-solves
+    the same delta from the recorded rows."""
+    import json
+
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    monkeypatch.setitem(robust.ATTACKS, "replay", lambda t, n: [Found("replay", 0, FOUND)])
+    text = STRIPES.read_text().replace(
+        "  tokens: all\n", "  tokens: all\n  robust: {rounds: 1, attacks: [replay]}\n"
+    )
+    recipe = tmp_path / "recipes" / "robust.yaml"
+    recipe.parent.mkdir()
+    for model in ("toy-world", "toy-clip"):
+        (recipe.parent / model).symlink_to(STRIPES.parent / model)
+    recipe.write_text(text)
+    out = tmp_path / "out"
+    runner = CliRunner()
+    built = runner.invoke(cli, ["--threads", "1", "build", str(recipe), "--out", str(out)])
+    assert built.exit_code == 0, built.output
+    report = json.loads((out / "edit.json").read_text())
+    first = report["robust"]["rounds"][0]
+    assert first["rows_added"] == 1 and first["found"][0]["prompts"] == list(FOUND)
+    assert extra_rows(WeightDelta.load(out / "delta.safetensors").provenance) == [
+        (FOUND[0], "a red circle on a plain background")
+    ]
+    card = (out / "README.md").read_text()
+    assert "### Robust erase" in card and "`a red circle on a an re ackground background`" in card
+    audited = runner.invoke(cli, ["audit", str(out), "--reproduce", "quick"])
+    assert audited.exit_code == 0, audited.output
+
+
+@pytest.mark.slow
+def test_the_robust_benchmark_prints_every_model_of_its_table(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, str(ROOT / "scripts" / "bench_robust.py"), "--recipes", str(STRIPES)]
+    command += ["--steps", "3", "--tokens", "1", "--candidates", "2", "--seeds", "1"]
+    command += ["--unrelated", "2", "--rounds", "1", "--prompts", "2", "--work", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=True)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    names = [row.split("|")[1].strip() for row in rows[2:]]
+    assert names == ["base", "plain edit (4 sites)", "robust edit (4 sites)", "all 7 sites"]
+    assert "robust rounds (met: " in done.stdout and "- round 1: stripes " in done.stdout
