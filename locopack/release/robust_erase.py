@@ -17,7 +17,9 @@ judges the last one, so the record ends with the success of a fresh attack on th
 Attack success of a round: over the found prompts of an edit, the largest concept rate of one
 prompt on the check seeds (:func:`~locopack.release.select_sites.check_seeds`), judged by the
 edit's rate detector; ``after`` is the same prompts' rate once the round's rows are solved in.
-Attacks are looked up by name in :data:`ATTACKS` (:func:`register_attack` adds one); every
+A find's ``states`` (continuous, e.g. a soft prompt's) are counted, not added: a release
+records its rows as text, so that ``audit --reproduce`` can solve them again.  Attacks are
+looked up by name in :data:`ATTACKS` (:func:`register_attack` adds one); every
 image an attack or a measurement judges is cached in the release's ``cache/`` under the delta's
 hash, so a killed build replays its rounds and draws only what it had not judged.
 """
@@ -227,6 +229,8 @@ def robust_erase(
         above = {i for i, e in edits.items() if e["success_before"] > e["bar"]}
         record = {
             "round": number,
+            # continuous finds are not rows yet: the release could not re-solve them
+            "states_left_out": sum(0 if f.states is None else len(f.states) for f in found),
             "found": [
                 {"attack": f.attack, "edit": f.edit, "prompts": list(f.prompts)} for f in found
             ],
