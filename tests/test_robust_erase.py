@@ -140,6 +140,24 @@ def test_a_robust_erase_it_could_not_run_is_refused_in_one_line(change, message)
     robust.check_robust(load_recipe(STRIPES))  # off: nothing to check
 
 
+def test_validate_refuses_an_attack_nobody_registered_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from locopack.cli import cli
+
+    text = STRIPES.read_text().replace("  tokens: all\n", "  tokens: all\n  robust: {}\n")
+    recipe = tmp_path / "robust.yaml"
+    for model in ("toy-world", "toy-clip"):
+        (tmp_path / model).symlink_to(STRIPES.parent / model)
+    recipe.write_text(text)
+    assert CliRunner().invoke(cli, ["validate", "--offline", str(recipe)]).exit_code == 0
+    recipe.write_text(text.replace("robust: {}", "robust: {attacks: [nosuch]}"))
+    result = CliRunner().invoke(cli, ["validate", "--offline", str(recipe)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("error: ")
+    assert "edit.robust: attacks: 'nosuch' is not an attack" in result.output
+
+
 def test_the_recipe_takes_robust_settings_with_documented_defaults():
     text = STRIPES.read_text().replace("  tokens: all\n", "  tokens: all\n  robust: {}\n")
     recipe = parse_recipe(text, "r.yaml")
@@ -265,7 +283,8 @@ def test_a_robust_build_records_its_rounds_in_edit_json_and_on_the_card_and_audi
     ]
     card = (out / "README.md").read_text()
     assert "### Robust erase" in card and "`a red circle on a an re ackground background`" in card
-    audited = runner.invoke(cli, ["audit", str(out), "--reproduce", "quick"])
+    where = ["--base", str(recipe.parent / "toy-world")]
+    audited = runner.invoke(cli, ["audit", str(out), "--reproduce", "quick", *where])
     assert audited.exit_code == 0, audited.output
 
 
