@@ -35,7 +35,8 @@ from locopack.edit import compute_delta  # noqa: E402
 from locopack.localize import CandidateCache  # noqa: E402
 from locopack.recipe import AttackSettings, RobustSettings, load_recipe  # noqa: E402
 from locopack.release.attack import success  # noqa: E402
-from locopack.release.robust_erase import AttackTarget, robust_erase, search_attack  # noqa: E402
+from locopack.release.robust_attacks import AttackTarget, search_attack  # noqa: E402
+from locopack.release.robust_erase import robust_erase  # noqa: E402
 from locopack.release.select_sites import judges  # noqa: E402
 from locopack.release.stages import layers_or_localize, load_base, scorer_for  # noqa: E402
 
