@@ -274,7 +274,7 @@ class PromptSample(_Strict):
     seed: Seed = 0
 
 
-#: an attack's registered name (:mod:`locopack.release.robust_erase` lists them)
+#: an attack's registered name (:mod:`locopack.release.robust_attacks` lists them)
 AttackName = Annotated[str, _rule(r"[a-z][a-z0-9-]{0,31}", "an attack's name, e.g. search")]
 
 
