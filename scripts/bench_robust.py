@@ -5,7 +5,9 @@ chooses: LocoGen's window, or the editable choice where the recipe selects it), 
 (the same sites, ``edit.robust`` with ``--rounds`` and ``--prompts``) and the plain edit at every
 site.  On each, the word search (:mod:`locopack.release.attack`, at the budget given here, which
 is also the budget the robust erase defends with) runs on that model itself, and its best
-prompt is drawn with ``--seeds`` seeds: its concept rate is the attack's success.  Specificity
+prompt is drawn with ``--seeds`` seeds from ``--first-seed``: its concept rate is the attack's
+success.  The rounds search with seed 0 and judge on seeds 1000-1003; ``--attack-seed`` and
+``--first-seed`` make the judging search and images independent of them.  Specificity
 against the base, same seeds: the edit's preserve prompts' mean SSIM and the share of
 ``--unrelated`` captions no part of the recipe lists that still show everything they ask
 (unlisted kept).  Efficacy: the concept left on the edit's prompts.  Seconds: the search (and
@@ -13,7 +15,8 @@ for the robust edit, its rounds).  A robust edit's rounds are printed below its 
 
     python scripts/bench_robust.py [--recipes recipes/toy/erase-stripes.yaml
         recipes/toy-deep/erase-dots.yaml recipes/toy-deep/erase-square.yaml] [--steps 48]
-        [--tokens 3] [--candidates 8] [--seeds 8] [--unrelated 12] [--rounds 3] [--prompts 8]
+        [--tokens 3] [--candidates 8] [--seeds 8] [--first-seed 1000] [--attack-seed 0]
+        [--unrelated 12] [--rounds 3] [--prompts 8]
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def bench(path: Path, args, work: Path) -> None:
     layers = layers_or_localize(recipe, base, out)
     edit = recipe.edits[0]
     tw = world_of(recipe)
-    seeds = list(range(1000, 1000 + args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     unrelated = unrelated_captions(recipe, args.unrelated)
     keep = list(dict.fromkeys(list(edit.preserve) + list(recipe.preserve)))
     detectors = [detector for _, detector in judges(recipe, scorer)]
@@ -86,9 +89,11 @@ def bench(path: Path, args, work: Path) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     drawn_base: dict[str, list] = {}
+    judged = recipe.model_copy(deep=True)  # the search that judges: its own seed
+    judged.evidence.attack = budget.model_copy(update={"seed": args.attack_seed})
     for name, delta in models.items():
         identity = {"model": delta.sha256(), "inputs": {"bench": recipe.sha256}}
-        target = AttackTarget(pipe, family, recipe, scorer, detectors, delta, cache, identity)
+        target = AttackTarget(pipe, family, judged, scorer, detectors, delta, cache, identity)
         clock = time.perf_counter()
         (found,) = search_attack(target, 1)
         seconds = time.perf_counter() - clock
@@ -128,6 +133,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=3, help="words in place of the concept")
     parser.add_argument("--candidates", type=int, default=8, help="words tried per position")
     parser.add_argument("--seeds", type=int, default=8, help="images per prompt")
+    parser.add_argument("--first-seed", type=int, default=1000, help="the images' first seed")
+    parser.add_argument(
+        "--attack-seed", type=int, default=0, help="the judging search's seed (rounds: 0)"
+    )
     parser.add_argument("--unrelated", type=int, default=12, help="unlisted captions drawn")
     parser.add_argument("--rounds", type=int, default=3, help="edit.robust.rounds")
     parser.add_argument("--prompts", type=int, default=8, help="edit.robust.prompts")
