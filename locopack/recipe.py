@@ -278,6 +278,30 @@ class PromptSample(_Strict):
     seed: Seed = 0
 
 
+#: an attack's registered name (:mod:`locopack.release.robust_attacks` lists them)
+AttackName = Annotated[str, _rule(r"[a-z][a-z0-9-]{0,31}", "an attack's name, e.g. search")]
+
+
+class RobustSettings(_Strict):
+    """``edit.robust``: robust erase (:mod:`locopack.release.robust_erase`), off by default.
+    After LocoEdit, up to ``rounds`` times: run ``attacks`` on the edited model, add the
+    ``prompts`` best prompts each found per erase edit as extra edit rows mapped to that
+    edit's target, and solve again; it stops once every erase edit's attack success is at most
+    its ``attack_success`` requirement (0.10 where none is stated).  The word search
+    (``search``) runs at ``evidence.attack``'s budget."""
+
+    rounds: int = Field(3, ge=1, le=20)
+    attacks: list[AttackName] = Field(["search"], min_length=1)
+    prompts: int = Field(4, ge=1, le=64)
+
+    @field_validator("attacks")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise _expected("each attack named once")
+        return value
+
+
 class EditSettings(_Strict):
     """LocoEdit closed-form update settings (YAML key ``lambda`` is the field ``lam``)."""
 
@@ -295,6 +319,7 @@ class EditSettings(_Strict):
     seeds: list[Seed] = Field([0, 1], min_length=1)
     timesteps: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.5, 1.0], min_length=1)
     allow_image_sites: bool = False
+    robust: RobustSettings | None = None
 
 
 class ExportSettings(_Strict):

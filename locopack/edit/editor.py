@@ -8,10 +8,15 @@ recipe-wide) the columns of P.  Sites that read the same states share one factor
 site reads a text stream of its own, collected while denoising and solved site by site
 (:mod:`locopack.edit.joint`); in text-refiner transformers (Z-Image) every site reads the
 refiner stream, computed from the prompt and solved site by site (:mod:`locopack.edit.refiner`).
+
+Extra rows (robust erase): ``extra`` ``(prompt, target)`` pairs join the columns like the
+recipe's prompts (:func:`~locopack.edit.tokens.edit_prompts`); the delta records them under
+``extra_rows`` (:func:`extra_rows` reads them back), so that the solve can be repeated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,11 +74,23 @@ def collect_states(
     )
 
 
+def extra_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
+    """The extra ``(prompt, target)`` rows a delta was solved with (none for a plain edit)."""
+    return [(row["prompt"], row["target"]) for row in provenance.get("extra_rows", [])]
+
+
 @torch.no_grad()
 def compute_delta(
-    pipe: Any, family: Any, recipe: Any, layers: list[str], *, fingerprint: str | None = None
+    pipe: Any,
+    family: Any,
+    recipe: Any,
+    layers: list[str],
+    *,
+    fingerprint: str | None = None,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> WeightDelta:
-    """Solve LocoEdit for the key and/or value matrices of ``layers`` (site module paths).
+    """Solve LocoEdit for the key and/or value matrices of ``layers`` (site module paths),
+    with the ``extra`` ``(prompt, target)`` rows beside the recipe's.
 
     Returns:
         A :class:`WeightDelta` with one ΔW per edited projection and the edit's provenance
@@ -98,19 +115,19 @@ def compute_delta(
             for module in _modules(site, settings.matrices)
         }
 
-    prompts = edit_prompts(pipe, family, recipe)
+    prompts = edit_prompts(pipe, family, recipe, extra)
     if family.joint_attention or family.refines_text:
         chosen = [sites[path] for path in layers]
         solver = refiner_deltas if family.refines_text else joint_deltas
-        deltas, extra = solver(pipe, family, recipe, chosen, prompts, solve)
+        deltas, entries = solver(pipe, family, recipe, chosen, prompts, solve)
         counts = {
-            "columns": extra.pop("columns"),
-            "preserve_columns": extra.pop("preserve_columns"),
+            "columns": entries.pop("columns"),
+            "preserve_columns": entries.pop("preserve_columns"),
         }
     else:
         states = collect_states(pipe, family, recipe, prompts)
         counts = {"columns": len(states.pairs), "preserve_columns": len(states.preserve_at)}
-        deltas, extra = {}, {}
+        deltas, entries = {}, {}
         shared: EditSystem | None = None
         for path in layers:
             site = sites[path]
@@ -127,8 +144,10 @@ def compute_delta(
             else:
                 system = shared
             deltas.update(solve(site, system))
-    provenance = _provenance(pipe, family, recipe, layers, fingerprint) | counts | extra
+    provenance = _provenance(pipe, family, recipe, layers, fingerprint) | counts | entries
     provenance["token_rows"] = prompts.rows
+    if extra:
+        provenance["extra_rows"] = [{"prompt": p, "target": t} for p, t in extra]
     return WeightDelta(deltas, provenance)
 
 
@@ -163,20 +182,20 @@ def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
 
 @torch.no_grad()
 def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict[str, dict]:
-    """Per edited matrix: the relative error of ``W'x`` vs ``W y`` on the edit's columns
-    (``edit_error``; ``error_before`` is the same for the unedited ``W``) and the relative drift
-    of ``W'p`` on the preserve columns (all Frobenius norms, float64)."""
+    """Per edited matrix: the relative error of ``W'x`` vs ``W y`` on the edit's columns, its
+    extra rows included (``edit_error``; ``error_before`` is the same for the unedited ``W``)
+    and the relative drift of ``W'p`` on the preserve columns (Frobenius norms, float64)."""
     denoiser = getattr(pipe, family.denoiser_attr)
     sites = family.sites(denoiser)
     by_path = {site.key: site for site in sites} | {site.value: site for site in sites}
+    prompts = edit_prompts(pipe, family, recipe, extra_rows(delta.provenance))
     if family.joint_attention or family.refines_text:
         edited = list({by_path[module].path: by_path[module] for module in delta.deltas}.values())
         edited.sort(key=lambda site: site.index)
-        prompts = edit_prompts(pipe, family, recipe)
         if family.refines_text:
             return refiner_errors(pipe, family, edited, prompts, delta)
         return joint_errors(pipe, family, recipe, edited, prompts, delta)
-    states = collect_states(pipe, family, recipe)
+    states = collect_states(pipe, family, recipe, prompts)
     report = {}
     for module, d in delta.deltas.items():
         site = by_path[module]

@@ -30,12 +30,17 @@ painter``); a deleted span maps to the target token just before the deletion.
 
 Which positions of which part each edit prompt contributed is recorded
 (:attr:`EditPrompts.rows`, the delta's ``token_rows``; the model card prints them).
+
+Extra rows (robust erase, ``edit.robust``): prompts an attack found that bring the concept back
+without naming it, each paired with a target.  They join the originals and targets; having no
+concept to find, ``cover`` and ``concept`` take the tokens where such a prompt differs from its
+target instead (by the same diff), ``cover`` adding the last token (:func:`found_pairs`).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -111,6 +116,35 @@ _RULES: dict[str, PartRule] = {
 }
 
 
+def _differing(part: TextPart, original: str, target: str) -> list[int]:
+    """Positions of ``original`` that the diff against ``target`` does not keep as equal."""
+    matcher = difflib.SequenceMatcher(
+        a=part.token_ids(original), b=part.token_ids(target), autojunk=False
+    )
+    return [
+        i for tag, i1, i2, _, _ in matcher.get_opcodes() if tag != "equal" for i in range(i1, i2)
+    ]
+
+
+def found_pairs(
+    family: Any, pipe: Any, original: str, target: str, rule: TokenRule
+) -> list[tuple[int, int]]:
+    """Position pairs (in the whole sequence) of a found prompt ``original``, which need not
+    name the concept, and its ``target``: under ``cover``/``concept`` the positions where it
+    differs from the target (``cover``: and its last token), aligned as :func:`align` aligns;
+    under the other rules those of :func:`edit_pairs`."""
+    if rule not in ("cover", "concept"):
+        return edit_pairs(family, pipe, original, target, rule, "")
+    found = []
+    for part in family.text_parts(pipe):
+        mapping = _aligned(part, original, target)
+        pairs = {i: mapping[i] for i in _differing(part, original, target)}
+        if rule == "cover":
+            pairs.update(_last(part, original, target, ""))
+        found.append((part, sorted(pairs.items())))
+    return _in_sequence(found)
+
+
 def part_pairs(
     family: Any, pipe: Any, original: str, target: str, rule: TokenRule, concept: str
 ) -> list[tuple[TextPart, list[tuple[int, int]]]]:
@@ -169,20 +203,23 @@ def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> 
 
 @dataclass
 class EditPrompts:
-    """The edit's prompts and the token positions whose states form X, Y and P."""
+    """The edit's prompts and the token positions whose states form X, Y and P (the extra
+    rows' prompts follow the recipe's in ``originals`` and ``targets``)."""
 
     originals: list[str]
     targets: list[str]  # one per original
     pairs: list[tuple[int, int, int]]  # (prompt, position in original, position in target)
     preserve: list[str]
     preserve_at: list[tuple[int, int]]  # (prompt, position)
-    #: per original prompt, the positions of each part it contributed (:func:`_rows`)
+    #: per recipe prompt, the positions of each part it contributed (:func:`_rows`)
     rows: list[dict[str, Any]]
 
 
-def edit_prompts(pipe: Any, family: Any, recipe: Any) -> EditPrompts:
-    """Every edit's prompts and targets, the preserve prompts, and the token pairs of
-    ``edit.tokens``."""
+def edit_prompts(
+    pipe: Any, family: Any, recipe: Any, extra: Sequence[tuple[str, str]] = ()
+) -> EditPrompts:
+    """Every edit's prompts and targets, the ``extra`` rows (``(prompt, target)`` pairs, see
+    :func:`found_pairs`), the preserve prompts, and the token pairs of ``edit.tokens``."""
     rule = recipe.edit.tokens
     originals, targets, pairs, rows = [], [], [], []
     preserve = list(recipe.preserve)
@@ -195,6 +232,11 @@ def edit_prompts(pipe: Any, family: Any, recipe: Any) -> EditPrompts:
             pairs += [(index, i, j) for i, j in _in_sequence(found)]
             rows.append(_rows(original, found))
         preserve += list(edit.preserve)
+    for original, target in extra:
+        index = len(originals)
+        originals.append(original)
+        targets.append(target)
+        pairs += [(index, i, j) for i, j in found_pairs(family, pipe, original, target, rule)]
     preserve = list(dict.fromkeys(preserve + neighbours(recipe)))
     preserve_at = [
         (k, pos)

@@ -260,8 +260,10 @@ def _build(
     from .card import write_card
     from .evidence import check_detectors, collect_evidence, evidence_inputs, reusable_evidence
     from .history import new_entry, prior_history, write_history
+    from .robust_erase import check_robust
 
     check_detectors(recipe)  # a detector that cannot load fails now, not after the edit
+    check_robust(recipe)
     base = load_base(recipe, allow_pickle=options.allow_pickle)
     previous = prior_history(base.source, base.commit or base.revision)
     _check_recorded_base(base, previous)

@@ -48,6 +48,7 @@ from .layout import (
     release_files,
     sha256_file,
 )
+from .robust_card import robust_rounds
 
 
 def card_files(folder: Path) -> list[str]:
@@ -311,7 +312,7 @@ was applied as a user loads it ({evidence["applied"]}).{_plugin_note(recipe)}
 - LoRA ranks {ranks}, largest relative reconstruction error {manifest["max_relative_error"]:.1e}
 - base fingerprint `{prov["base_fingerprint"]}`; recipe sha256 `{prov["recipe_sha256"]}`
 - versions: {versions}
-
+{robust_rounds(edit)}
 ## How to use
 
 {_usage(usage_base, recipe.edits[0].originals()[0])}

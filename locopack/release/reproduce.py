@@ -137,9 +137,17 @@ def _relocalize(recipe: Any, base: Any, folder: Path, scorer_source: str | None)
 
 def _redo_edit(recipe, base, layers, delta, entry, how: Reproduce) -> tuple[str, bool, str]:
     from ..delta import library_versions
-    from ..edit import compute_delta
+    from ..edit import compute_delta, extra_rows
 
-    again = compute_delta(base.pipe, base.family, recipe, layers, fingerprint=base.fingerprint)
+    # a robust erase's rows are the recorded ones: its attacks are not repeated
+    again = compute_delta(
+        base.pipe,
+        base.family,
+        recipe,
+        layers,
+        fingerprint=base.fingerprint,
+        extra=extra_rows(delta.provenance),
+    )
     exact = library_versions() == entry.get("versions") and base.pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()

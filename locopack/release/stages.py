@@ -260,6 +260,9 @@ def run_edit(
     Returns:
         ``(delta, edit report)``.
     """
+    from .robust_erase import check_robust
+
+    check_robust(recipe)
     base = load_base(recipe, allow_pickle=options.allow_pickle)
     chosen = layers_or_localize(
         recipe, base, out, layers=layers, localization=localization, options=options
@@ -270,11 +273,20 @@ def run_edit(
 
 
 def compute_edit(recipe: Any, base: LoadedBase, layers: list[str], out: Path):
-    """LocoEdit's delta for ``layers``, its provenance naming the base as a release in
+    """LocoEdit's delta for ``layers`` (made robust when the recipe sets ``edit.robust``:
+    :mod:`.robust_erase`, caching in ``out``), its provenance naming the base as a release in
     ``out`` records it (a relative path or a Hub id and commit; never a local absolute path)."""
     from ..edit import compute_delta
 
     delta = compute_delta(base.pipe, base.family, recipe, layers, fingerprint=base.fingerprint)
+    if recipe.edit.robust is not None:
+        from ..localize import CandidateCache
+        from .layout import CACHE_DIR
+        from .robust_erase import robust_erase
+
+        scorer = scorer_for(recipe, base.pipe.device)
+        cache = CandidateCache(out / CACHE_DIR)
+        delta = robust_erase(base, recipe, layers, delta, scorer, cache)
     delta.provenance["base_location"] = base.location(out)
     delta.provenance["base_commit"] = base.commit
     return delta
@@ -290,6 +302,8 @@ def save_edit(recipe: Any, base: LoadedBase, delta: Any, out: Path) -> dict[str,
         "delta_sha256": delta.sha256(),
         "modules": edit_errors(base.pipe, base.family, recipe, delta),
     }
+    if "robust" in delta.provenance:  # the rounds of edit.robust
+        report["robust"] = delta.provenance["robust"]
     atomic_write_text(out / EDIT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
     delta.save(out / DELTA_FILE)
     return report
