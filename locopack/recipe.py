@@ -279,7 +279,7 @@ class PromptSample(_Strict):
 
 
 #: an attack's registered name (:mod:`locopack.release.robust_attacks` lists them)
-AttackName = Annotated[str, _rule(r"[a-z][a-z0-9-]{0,31}", "an attack's name, e.g. search")]
+AttackName = Annotated[str, _rule(r"[a-z][a-z0-9_-]{0,31}", "an attack's name, e.g. search")]
 
 
 class RobustSettings(_Strict):
@@ -352,7 +352,7 @@ class DetectorSpec(_Strict):
 
 
 class AttackSettings(_Strict):
-    """The evidence's search attack on each erase edit (:mod:`locopack.release.attack`):
+    """The evidence's search attack on each erase edit (:mod:`locopack.attacks.search`):
     ``tokens`` words searched in place of the concept, ``candidates`` tried per position, at
     most ``steps`` images (0: no search) and ``seconds`` per model, deterministic under
     ``seed``."""

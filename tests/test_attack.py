@@ -8,9 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from locopack.localize.cache import CandidateCache
-from locopack.recipe import AttackSettings, load_recipe
-from locopack.release.attack import (
+from locopack.attacks.search import (
     attack_template,
     cached,
     ranked_words,
@@ -18,6 +16,8 @@ from locopack.release.attack import (
     search,
     vocabulary,
 )
+from locopack.localize.cache import CandidateCache
+from locopack.recipe import AttackSettings, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"

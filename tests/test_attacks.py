@@ -286,7 +286,7 @@ def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
 
 def test_the_word_search_returns_its_best_prompts_as_found():
     from locopack.attacks import Found
-    from locopack.release.attack import as_found
+    from locopack.attacks.search import as_found
 
     searches = {"base": {"prompt": "x a b"}, "edited": {"prompt": "x c d"}}
     same = {"base": {"prompt": "x a b"}, "edited": {"prompt": "x a b"}}

@@ -190,11 +190,12 @@ def toy_robust(tmp_path_factory):
         replayed.append(target.identity["model"])
         return [Found("replay", 0, FOUND[:count])]
 
+    registered = robust_attacks.ATTACKS["replay"]
     robust_attacks.ATTACKS["replay"] = replay
     try:
         made = robust.robust_erase(base, recipe, layers, plain, scorer, cache)
     finally:
-        del robust_attacks.ATTACKS["replay"]
+        robust_attacks.ATTACKS["replay"] = registered
     return base, recipe, plain, made, (scorer, cache, layers, replayed)
 
 
@@ -301,3 +302,20 @@ def test_the_robust_benchmark_prints_every_model_of_its_table(tmp_path):
     names = [row.split("|")[1].strip() for row in rows[1:]]  # after the header
     assert names == ["base", "plain edit (4 sites)", "robust edit (4 sites)", "all 7 sites"]
     assert "robust rounds (met: " in done.stdout and "- round 1: stripes " in done.stdout
+
+
+@pytest.mark.slow
+def test_the_attacks_of_locopack_attacks_give_robust_erase_their_words(toy_robust, tmp_path):
+    base, recipe, plain, _, (scorer, _, _, _) = toy_robust
+    detectors = [detector for _, detector in robust.judges(recipe, scorer)]
+    target = robust_attacks.AttackTarget(
+        base.pipe, base.family, recipe, scorer, detectors, plain, CandidateCache(tmp_path),
+        {"model": plain.sha256()},
+    )  # fmt: skip
+    assert {"search", "concept_vector", "soft_prompt", "replay"} <= set(robust_attacks.ATTACKS)
+    (found,) = robust_attacks.ATTACKS["concept_vector"](target, 1)
+    assert (found.attack, found.edit, len(found.prompts)) == ("concept_vector", 0, 1)
+    words = found.prompts[0].split()
+    assert "stripes" not in words and found.prompts[0] != recipe.edits[0].originals()[0]
+    # the recipe turns the replay attack off: it finds nothing rather than failing the round
+    assert robust_attacks.ATTACKS["replay"](target, 1) == []

@@ -15,7 +15,7 @@ are compared as they fall, as Ring-A-Bell does).  Two variants, each judged on b
 - *words*: the words, ``tokens`` of them in place of the concept in the edit's first prompt,
   whose encoded states lie nearest (mean squared distance) to the first concept-free prompt's
   states plus ``strength`` * v, found within ``steps`` text encodings by the word search's
-  coordinate search (:func:`locopack.release.attack.search`; Ring-A-Bell uses a genetic
+  coordinate search (:func:`locopack.attacks.search.search`; Ring-A-Bell uses a genetic
   search), then drawn with every evidence seed.
 
 The text encoder is not edited, so the states and the found words are the same for both
@@ -86,7 +86,7 @@ class ConceptVector(Attack):
 
 def _attack_edit(ctx: AttackContext, index: int, edit: Any, settings, out: AttackRun) -> None:
     """Attack one erase edit into ``out``."""
-    from ..release.attack import attack_template, search, vocabulary
+    from .search import attack_template, search, vocabulary
 
     cls, budget = ConceptVector, ConceptVector.budget(settings)
     vector, free = concept_direction(ctx, edit, settings.prompts)

@@ -81,7 +81,7 @@ class SoftPrompt(Attack):
 
 def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | None:
     """Attack one erase edit into ``out``; why it could not, or None."""
-    from ..release.attack import attack_template, vocabulary
+    from .search import attack_template, vocabulary
 
     template = attack_template(edit)
     words = vocabulary(ctx.family.tokenizer(ctx.pipe), edit.label)

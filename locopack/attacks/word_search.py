@@ -1,4 +1,4 @@
-"""The word search (:mod:`locopack.release.attack`) as a registered attack.
+"""The word search (:mod:`locopack.attacks.search`) as a registered attack.
 
 Its search and record are those of the evidence's ``attack`` section, kept as they were; this
 module reads them into the attack table: success on base is the search run against the base
@@ -35,7 +35,7 @@ class WordSearch(Attack):
 
     @classmethod
     def run(cls, ctx: AttackContext, settings: Any) -> AttackRun:
-        from ..release.attack import as_found, run_attacks
+        from .search import as_found, run_attacks
 
         detectors = [ctx.detector] if ctx.detector is not None else []
         args = (ctx.draw, ctx.edited, detectors, ctx.scorer, ctx.seeds, ctx.write_grid)

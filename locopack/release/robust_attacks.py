@@ -4,8 +4,11 @@ An attack is a callable ``(target, count) -> list[Found]``: :class:`AttackTarget
 of one round (the base with that round's delta applied in memory, its judges, the release's
 cache and the delta's identity for cache keys), ``count`` how many prompts to return per erase
 edit, best first.  :data:`ATTACKS` holds them by the names ``edit.robust.attacks`` uses;
-:func:`register_attack` adds one (say, an attack of :mod:`locopack.attacks`).  ``search`` is
-the evidence's word search (:mod:`.attack`) at ``evidence.attack``'s budget.
+:func:`register_attack` adds one.  ``search`` is the evidence's word search (:mod:`.attack`)
+at ``evidence.attack``'s budget; ``concept_vector``, ``soft_prompt`` and ``replay`` are the
+attacks of :mod:`locopack.attacks` at ``evidence.attacks``' budgets (:func:`from_registry`),
+whose finds robust erase adds as text: the concept vector's and the soft prompt's words, the
+replayed prompts.
 """
 
 from __future__ import annotations
@@ -14,9 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import attacks
 from ..attacks.found import Found
+from ..attacks.search import (
+    attack_template,
+    cached,
+    concept_objective,
+    ranked_words,
+    search,
+    vocabulary,
+)
 from ..localize.cache import CandidateCache
-from .attack import attack_template, cached, concept_objective, ranked_words, search, vocabulary
 from .evidence import generate_images
 from .select_sites import check_seeds
 
@@ -89,7 +100,33 @@ def search_attack(target: AttackTarget, count: int) -> list[Found]:
     return out
 
 
-ATTACKS: dict[str, Attack] = {"search": search_attack}
+def from_registry(name: str) -> Attack:
+    """Attack ``name`` of :mod:`locopack.attacks` as robust erase runs it: on this round's
+    model, judged on the check seeds by the first erase edit's detector, at the recipe's
+    budget; its ``count`` best prompts per erase edit (an attack the recipe turns off or that
+    skips every edit finds nothing)."""
+
+    def run(target: AttackTarget, count: int) -> list[Found]:
+        settings = attacks.get_attack(name).settings(target.recipe)
+        erase = target.erase_edits()
+        if settings is None or not erase:
+            return []
+        draw = target.recipe.localize
+        ctx = attacks.AttackContext(
+            target.pipe, target.family, target.recipe, target.draw, target.edited,
+            target.detectors[erase[0][0]], target.scorer, check_seeds(target.recipe),
+            draw.steps, draw.guidance, draw.resolution, lambda _stem, _rows: "",
+            cache=target.cache, inputs=target.identity,
+        )  # fmt: skip
+        found = attacks.find(ctx, name, settings)
+        return [Found(f.attack, f.edit, f.prompts[:count]) for f in found if f.prompts]
+
+    return run
+
+
+ATTACKS: dict[str, Attack] = {"search": search_attack} | {
+    name: from_registry(name) for name in ("concept_vector", "soft_prompt", "replay")
+}
 
 
 def register_attack(name: str, attack: Attack) -> None:

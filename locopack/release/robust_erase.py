@@ -30,10 +30,10 @@ import difflib
 from typing import Any
 
 from ..attacks.found import Found
+from ..attacks.search import success
 from ..detectors import load_detector
 from ..errors import RecipeError
 from ..localize.cache import CandidateCache
-from .attack import success
 from .robust_attacks import ATTACKS, AttackTarget
 from .select_sites import check_seeds, judges
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..attacks.found import Found
+from .found import Found
 
 #: the weight of the CLIP score (100·cos) next to a detector's finding (0..1)
 CLIP_WEIGHT = 1e-3
