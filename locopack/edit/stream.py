@@ -167,9 +167,6 @@ def site_columns(
         transformer.get_submodule(site.key).register_forward_pre_hook(hook_for(site))
         for site in sites
     ]
-    text = {"encoder_hidden_states": group.states}
-    if group.pooled is not None:
-        text["pooled_projections"] = group.pooled
     try:
         for probe in group.probes:
             try:

@@ -63,6 +63,12 @@ class Flux2(JointAttentionFamily):
     t5_length: ClassVar[int] = 512
 
     @classmethod
+    def guided(cls, guidance: float) -> bool:
+        """FLUX.2 embeds ``guidance_scale`` in the transformer's input, as FLUX.1-dev does: one
+        pass per image and step, no unconditional batch."""
+        return False
+
+    @classmethod
     def reference_url(cls) -> str:
         return "https://huggingface.co/black-forest-labs/FLUX.2-dev"
 
