@@ -55,7 +55,7 @@ def record_trajectory(ctx: AttackContext, prompt: str, seed: int) -> list[tuple]
     ]
     try:
         ctx.pipe(
-            prompt,
+            prompt=prompt,
             num_inference_steps=ctx.steps,
             guidance_scale=1.0,
             generator=torch.Generator(ctx.pipe.device).manual_seed(seed),
