@@ -264,7 +264,10 @@ def _stack(first: Path, second: Path) -> None:
     (first / "merged").mkdir()
     (first / "merged" / "model_index.json").write_text("{}")
     (entry,) = read_history(first / HISTORY_FILE)
-    entry = {**entry, "files": hashed_files(first)}
+    # first's stand-in merged/ holds no checkpoint: record no base folder to check it against
+    # (the toy release's relative base_location reaches the toy model or not depending on
+    # where the checkout and the temporary folders lie)
+    entry = {**entry, "files": hashed_files(first), "base_location": None}
     entry["hash"] = entry_hash(entry)
     write_history(first, [entry])
     (own,) = read_history(second / HISTORY_FILE)
