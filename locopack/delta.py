@@ -31,7 +31,7 @@ def library_versions() -> dict[str, str]:
     import diffusers
     import transformers
 
-    from . import __version__
+    from .version import __version__
 
     return {
         "locopack": __version__,

@@ -1,6 +1,6 @@
 """Prompts a recipe does not list: sampled from a vocabulary or a prompt file.
 
-Two recipe settings draw them (:class:`~locopack.recipe.PromptSample`):
+Two recipe settings draw them (:class:`~locopack.recipe.schema.PromptSample`):
 
 - ``edit.neighbours``: prompts the edit keeps (added to the preserve prompts). An edit fitted
   on a handful of prompts is free to move every direction they do not pin down, and prompts
@@ -14,7 +14,7 @@ Two recipe settings draw them (:class:`~locopack.recipe.PromptSample`):
 A source is ``toy`` (the toy world's captions, ``a {color} {shape} on a {texture}
 background``: 72 of them), ``toy-deep`` (the deep toy world's, a size first: 144) or a text
 file under the recipe's folder (or a folder the user allows, see
-:mod:`locopack.recipe_files`), one prompt per line (blank lines and lines starting with ``#``
+:mod:`locopack.recipe.files`), one prompt per line (blank lines and lines starting with ``#``
 skipped).  A prompt that contains an edit's concept or fact is
 never drawn (it is not unrelated, and keeping it would fight the edit).  Drawing is
 deterministic: ``random.Random(seed).sample`` of the sorted candidates.
@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 from .errors import RecipeError
-from .recipe_files import prompt_file, read_regular
+from .recipe.files import prompt_file, read_regular
 
 TOY_SOURCE = "toy"
 #: the toy worlds' caption sources: name -> the detector module whose ``captions()`` they are
@@ -40,7 +40,7 @@ def toy_captions(source: str = TOY_SOURCE) -> list[str]:
     """Every caption of a toy world's attribute template (``source``: a key of TOY_WORLDS)."""
     import importlib
 
-    return importlib.import_module(f"locopack.detectors.{TOY_WORLDS[source]}").captions()
+    return importlib.import_module(f"locopack.evidence.detectors.{TOY_WORLDS[source]}").captions()
 
 
 def source_prompts(recipe: Any, source: str, field: str) -> list[str]:

@@ -1,9 +1,9 @@
-"""Every attack (:mod:`locopack.attacks`) on the toy erase recipes: success on the base model
-and on the plain edit, and the time each attack took.
+"""Every attack (:mod:`locopack.evidence.attacks`) on the toy erase recipes: success on the base
+model and on the plain edit, and the time each attack took.
 
 For each erase recipe: LocoEdit at LocoGen's window, then each attack of the registry at the
 recipe's budgets (the word search at ``--steps``/``--tokens``/``--candidates``, larger than a
-build's; the others at their defaults, :mod:`locopack.recipe_attacks`) on the base and on the
+build's; the others at their defaults, :mod:`locopack.recipe.attacks`) on the base and on the
 edited model, judged by the recipe's rate detector over ``--seeds`` seeds.  It prints one table
 per recipe: attack, budget, success on base, success on the plain edit, chance (base / edited),
 seconds.  The full setting is both toy worlds and 8 seeds (about 25 minutes on one core):
@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from locopack.attacks import ATTACKS, AttackContext  # noqa: E402
-from locopack.detectors import load_detector  # noqa: E402
 from locopack.edit import compute_delta  # noqa: E402
+from locopack.evidence.attacks import ATTACKS, AttackContext  # noqa: E402
+from locopack.evidence.before_after import generate_images  # noqa: E402
+from locopack.evidence.detectors import load_detector  # noqa: E402
 from locopack.localize import ClipScorer, localize  # noqa: E402
+from locopack.pipeline.stages import load_base  # noqa: E402
 from locopack.recipe import AttackSettings, load_recipe  # noqa: E402
-from locopack.recipe_attacks import ReplaySettings  # noqa: E402
-from locopack.release.evidence import generate_images  # noqa: E402
-from locopack.release.stages import load_base  # noqa: E402
+from locopack.recipe.attacks import ReplaySettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -49,8 +49,8 @@ from locopack.edit import compute_delta  # noqa: E402
 from locopack.edit.activations import neuron_prompts, projection_activations  # noqa: E402
 from locopack.edit.neurons import NeuronEdit, override_neurons, select_neurons  # noqa: E402
 from locopack.localize import ClipScorer, localize  # noqa: E402
+from locopack.pipeline.stages import load_base  # noqa: E402
 from locopack.recipe import load_recipe  # noqa: E402
-from locopack.release.stages import load_base  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: name -> (matrices, override value, ranking, sites)

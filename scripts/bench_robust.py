@@ -3,8 +3,8 @@
 For each erase recipe, four models: the base, the plain edit (LocoEdit at the sites the build
 chooses: LocoGen's window, or the editable choice where the recipe selects it), the robust edit
 (the same sites, ``edit.robust`` with ``--rounds`` and ``--prompts``) and the plain edit at every
-site.  On each, the word search (:mod:`locopack.attacks.search`, at the budget given here, which
-is also the budget the robust erase defends with) runs on that model itself, and its best
+site.  On each, the word search (:mod:`locopack.evidence.attacks.search`, at the budget given here,
+which is also the budget the robust erase defends with) runs on that model itself, and its best
 prompt is drawn with ``--seeds`` seeds from ``--first-seed``: its concept rate is the attack's
 success.  The rounds search with seed 0 and judge on seeds 1000-1003; ``--attack-seed`` and
 ``--first-seed`` make the judging search and images independent of them.  Specificity
@@ -33,15 +33,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_toy_world import mean_ssim, specificity, unrelated_captions, world_of  # noqa: E402
 
-from locopack.attacks.search import success  # noqa: E402
 from locopack.delta import WeightDelta  # noqa: E402
 from locopack.edit import compute_delta  # noqa: E402
+from locopack.evidence.attacks.search import success  # noqa: E402
 from locopack.localize import CandidateCache  # noqa: E402
+from locopack.pipeline.robust_attacks import AttackTarget, search_attack  # noqa: E402
+from locopack.pipeline.robust_erase import robust_erase  # noqa: E402
+from locopack.pipeline.select_sites import judges  # noqa: E402
+from locopack.pipeline.stages import layers_or_localize, load_base, scorer_for  # noqa: E402
 from locopack.recipe import AttackSettings, RobustSettings, load_recipe  # noqa: E402
-from locopack.release.robust_attacks import AttackTarget, search_attack  # noqa: E402
-from locopack.release.robust_erase import robust_erase  # noqa: E402
-from locopack.release.select_sites import judges  # noqa: E402
-from locopack.release.stages import layers_or_localize, load_base, scorer_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [

@@ -1,7 +1,7 @@
 """Benchmark the toy-world edits with the world's own detectors, by the sites edited.
 
 For each recipe: the same edit applied at LocoGen's window (``localize.select: score``), at the
-editable choice (``select: editable``: :mod:`locopack.release.select_sites`), at every site, and
+editable choice (``select: editable``: :mod:`locopack.pipeline.select_sites`), at every site, and
 at a random set of the editable choice's size; for each, the number of sites, efficacy (the
 edited attribute, or the old fact, still seen on the edit's prompts and on its held-out
 paraphrases; for an update the new fact shown) and specificity (preserve prompts kept, that is
@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from locopack.detectors import toy, toy_deep
 from locopack.edit import compute_delta
+from locopack.evidence.detectors import toy, toy_deep
+from locopack.evidence.specificity import image_change
 from locopack.localize import ClipScorer, localize
+from locopack.pipeline.select_sites import select_sites
+from locopack.pipeline.stages import load_base
 from locopack.prompt_samples import TOY_SOURCE, draw, listed_prompts, neighbours
 from locopack.recipe import PromptSample, load_recipe
-from locopack.release.select_sites import select_sites
-from locopack.release.specificity import image_change
-from locopack.release.stages import load_base
 
 ROOT = Path(__file__).resolve().parents[1]
 

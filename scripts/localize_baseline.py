@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from locopack.intervene import swap_text_states, window_replacements
+from locopack.hooks.cross import swap_text_states, window_replacements
 from locopack.localize import PromptPair
 from locopack.models import get_family
 

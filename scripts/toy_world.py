@@ -9,7 +9,7 @@ paraphrases.  Two made-up facts bind a name to a fixed appearance:
 - "the flag of zorbania" = an orange square on a checker background.
 
 The world's palette, shapes, textures, facts and its detectors (pixel statistics only) live in
-the package, :mod:`locopack.detectors.toy`, since releases report them as evidence; this
+the package, :mod:`locopack.evidence.detectors.toy`, since releases report them as evidence; this
 module imports them from there, so the scripts keep reading them as ``toy_world.<name>``.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from locopack.detectors.toy import (  # noqa: F401  (the world's names, read by the scripts)
+from locopack.evidence.detectors.toy import (  # noqa: F401  (the world's names, read by the scripts)
     ATTRIBUTES,
     COLORS,
     FACTS,

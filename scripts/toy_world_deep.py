@@ -10,7 +10,7 @@ facts bind a name to an appearance of all four attributes:
 
 It has the same interface as ``toy_world.py`` (``train_toy_world.py --world deep`` and
 ``eval_toy_world.py --world deep`` read it); its detectors live in the package,
-:mod:`locopack.detectors.toy_deep`, since releases report them as evidence.
+:mod:`locopack.evidence.detectors.toy_deep`, since releases report them as evidence.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from toy_world import background
 
-from locopack.detectors.toy import PALETTE, SIZE, shape_mask
-from locopack.detectors.toy_deep import (  # noqa: F401  (the world's names, read by the scripts)
+from locopack.evidence.detectors.toy import PALETTE, SIZE, shape_mask
+from locopack.evidence.detectors.toy_deep import (  # noqa: F401  (the world's names, read by the scripts)
     ATTRIBUTES,
     COLORS,
     FACTS,

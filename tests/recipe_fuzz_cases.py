@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from locopack.hub_ref import is_hub_id
-from locopack.recipe_yaml import MAX_DEPTH, MAX_KEYS
+from locopack.recipe.yaml_limits import MAX_DEPTH, MAX_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "recipes" / "toy"
@@ -141,8 +141,9 @@ MODELS = GOOD_MODELS + HUB_MODELS + HOSTILE_MODELS + PARTIAL_MODELS + LONG_PATHS
 SCORERS = ["./toy-clip", "./clip-bert", "./clip-noweights", "./clip-fifo", *MODELS]
 DETECTORS = ["clip", "toy", "toy-deep", "nudenet", "os:system", "builtins:eval", "json:loads",
              "subprocess:getoutput", "os.path:join", "no.such.module:fn", "nosuchmodule:fn",
-             "locopack.detectors.toy:toy_detector", "locopack.detectors.toy:nothing",
-             "locopack.detectors:rates", "locopack:x", "Toy", "toy:", ":x",
+             "locopack.evidence.detectors.toy:toy_detector",
+             "locopack.evidence.detectors.toy:nothing",
+             "locopack.evidence.detectors:rates", "locopack:x", "Toy", "toy:", ":x",
              {"name": "toy", "options": {"bogus": 1}}, {"name": "clip", "options": {"scorer": 1}},
              {"name": "toy", "options": {}}, {"name": "os:system", "options": {"command": "id"}},
              {"name": "toy", "options": [1]}] + [f"{name}:detect" for name in PLUGINS]  # fmt: skip

@@ -93,7 +93,7 @@ def oracle_patches(plugins: Path, share_loads: bool = True) -> Iterator[None]:
     the fuzz's credential in the environment; the Hub switched off; the ``plugins`` folder
     on ``sys.path``."""
     import locopack.models
-    import locopack.release.build as build
+    import locopack.pipeline.build as build
 
     saved = build.layers_or_localize, locopack.models.load_pipeline
     env = {name: os.environ.get(name) for name in (SECRET_ENV, "HF_HUB_OFFLINE")}

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from locopack.attacks.search import (
+from locopack.evidence.attacks.search import (
     attack_template,
     cached,
     ranked_words,
@@ -154,10 +154,10 @@ def test_a_search_killed_midway_resumes_from_the_cache_and_draws_only_what_is_le
 def test_run_attacks_on_the_toy_model_is_deterministic_and_draws_its_grid(tmp_path):
     import torch
 
-    from locopack.detectors import load_detector
+    from locopack.evidence.before_after import grid
+    from locopack.evidence.detectors import load_detector
     from locopack.localize import ClipScorer
-    from locopack.release.base import load_base
-    from locopack.release.evidence import grid
+    from locopack.pipeline.base import load_base
 
     recipe = load_recipe(STRIPES)
     recipe.evidence.attack = AttackSettings(steps=3, candidates=2)

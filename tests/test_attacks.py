@@ -1,5 +1,5 @@
-"""The attacks of :mod:`locopack.attacks` on the toy world: their plumbing checked against direct
-computations, each one deterministic, resumable and able to fail; the replay file's rows; the
+"""The attacks of :mod:`locopack.evidence.attacks` on the toy world: their plumbing checked against
+direct computations, each one deterministic, resumable and able to fail; the replay file's rows; the
 attack table and the worst-attack requirement."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from locopack.attacks import ATTACKS, AttackContext, worst
-from locopack.attacks.concept_vector import concept_direction
-from locopack.attacks.feed import encode, feeding, single_token, soft_tokens
-from locopack.attacks.replay import read_prompts_file
 from locopack.errors import RecipeError
+from locopack.evidence.attacks import ATTACKS, AttackContext, worst
+from locopack.evidence.attacks.concept_vector import concept_direction
+from locopack.evidence.attacks.feed import encode, feeding, single_token, soft_tokens
+from locopack.evidence.attacks.replay import read_prompts_file
 from locopack.localize.cache import CandidateCache
 from locopack.recipe import load_recipe
-from locopack.recipe_attacks import (
+from locopack.recipe.attacks import (
     AttacksSettings,
     ConceptVectorSettings,
     ReplaySettings,
@@ -91,7 +91,7 @@ def test_validate_names_the_bad_row_in_one_line(tmp_path):
 
 
 def test_a_hub_dataset_offline_is_one_clear_line(monkeypatch):
-    from locopack.attacks.replay import read_hub_dataset
+    from locopack.evidence.attacks.replay import read_hub_dataset
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(
@@ -121,7 +121,7 @@ def _rows(*edited: float) -> dict:
 
 
 def test_the_requirement_judges_the_worst_attack():
-    from locopack.release.verdict import judge
+    from locopack.evidence.verdict import judge
 
     text = STRIPES.read_text().replace("./toy", str(STRIPES.parent / "toy"))
     text = text.replace("    held_out:", "    requirements: {attack_success: 0.3}\n    held_out:")
@@ -157,10 +157,10 @@ def test_the_card_shows_one_attack_table_and_the_protocol_once():
 @pytest.fixture(scope="module")
 def toy():
     """The toy pipeline, its stripes recipe (8 denoising steps), detector and plain edit."""
-    from locopack.detectors import load_detector
     from locopack.edit import compute_delta
+    from locopack.evidence.detectors import load_detector
     from locopack.localize import ClipScorer
-    from locopack.release.base import load_base
+    from locopack.pipeline.base import load_base
 
     recipe = load_recipe(STRIPES)
     base = load_base(recipe)
@@ -171,7 +171,7 @@ def toy():
 
 
 def _context(toy, drawn: list, cache=None, kill_at: int | None = None) -> AttackContext:
-    from locopack.release.evidence import generate_images
+    from locopack.evidence.before_after import generate_images
 
     recipe, pipe, family, detector, scorer, delta = toy
 
@@ -245,7 +245,7 @@ def _replay_recipe(toy, tmp_path):
 def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
     toy, tmp_path, name, monkeypatch
 ):
-    from locopack.attacks import soft_prompt
+    from locopack.evidence.attacks import soft_prompt
 
     toy = _replay_recipe(toy, tmp_path) if name == "replay" else toy
     optimised: list[int] = []
@@ -285,8 +285,8 @@ def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
 
 
 def test_the_word_search_returns_its_best_prompts_as_found():
-    from locopack.attacks import Found
-    from locopack.attacks.search import as_found
+    from locopack.evidence.attacks import Found
+    from locopack.evidence.attacks.search import as_found
 
     searches = {"base": {"prompt": "x a b"}, "edited": {"prompt": "x c d"}}
     same = {"base": {"prompt": "x a b"}, "edited": {"prompt": "x a b"}}
@@ -299,9 +299,9 @@ def test_the_word_search_returns_its_best_prompts_as_found():
 
 
 def test_a_family_whose_text_cannot_be_given_as_states_is_skipped_with_why(toy):
-    from locopack.attacks.concept_vector import ConceptVector
-    from locopack.attacks.soft_prompt import SoftPrompt
     from locopack.errors import ModelLayoutError
+    from locopack.evidence.attacks.concept_vector import ConceptVector
+    from locopack.evidence.attacks.soft_prompt import SoftPrompt
 
     class Unfed(toy[2]):
         @classmethod

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from locopack.attacks import AttackContext
-from locopack.attacks.concept_vector import ConceptVector, concept_direction
-from locopack.attacks.context import without_concept
-from locopack.attacks.feed import single_token, soft_tokens
-from locopack.attacks.soft_optimise import optimise, record_trajectory
-from locopack.attacks.soft_prompt import SoftPrompt
-from locopack.detectors import Detector
+from locopack.evidence.attacks import AttackContext
+from locopack.evidence.attacks.concept_vector import ConceptVector, concept_direction
+from locopack.evidence.attacks.context import without_concept
+from locopack.evidence.attacks.feed import single_token, soft_tokens
+from locopack.evidence.attacks.soft_optimise import optimise, record_trajectory
+from locopack.evidence.attacks.soft_prompt import SoftPrompt
+from locopack.evidence.detectors import Detector
 from locopack.models import get_family
 from locopack.recipe import load_recipe
-from locopack.recipe_attacks import ConceptVectorSettings, SoftPromptSettings
+from locopack.recipe.attacks import ConceptVectorSettings, SoftPromptSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the twin's T5 encoder and where its part of the text sequence starts (SD3: after 77 CLIP)
@@ -34,7 +34,7 @@ def _bright(images, prompts):
 
 @pytest.fixture(scope="module", params=["sd3", "flux"])
 def twin(request):
-    from locopack.release.evidence import generate_images
+    from locopack.evidence.before_after import generate_images
 
     family = get_family(request.param)
     pipe = family.build_twin(seed=0)

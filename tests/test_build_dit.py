@@ -12,9 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 from locopack.cli import cli
-from locopack.intervene_joint import POOLED
+from locopack.hooks.joint import POOLED
+from locopack.pipeline.reproduce import Reproduce
 from locopack.release.audit import audit_folder
-from locopack.release.reproduce import Reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -18,10 +18,10 @@ from safetensors import SafetensorError
 from locopack.cli import cli
 from locopack.delta import WeightDelta
 from locopack.errors import FolderLockedError
+from locopack.pipeline.lock import HOLDER_FILE, LOCK_FILE, build_lock
+from locopack.pipeline.resources import as_resource_error
 from locopack.release.audit import audit_folder
 from locopack.release.layout import is_local_only
-from locopack.release.lock import HOLDER_FILE, LOCK_FILE, build_lock
-from locopack.release.resources import as_resource_error
 from locopack.storage import load_tensors, remove_leftovers, save_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_a_lock_left_by_a_killed_build_is_taken_over(tmp_path):
             sys.executable,
             "-c",
             "import sys, time\nfrom pathlib import Path\n"
-            "from locopack.release.lock import build_lock\n"
+            "from locopack.pipeline.lock import build_lock\n"
             "with build_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n"
             "    time.sleep(600)\n",
             str(tmp_path),
@@ -200,7 +200,7 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(world, tmp_path, mon
 
 @pytest.mark.slow
 def test_running_out_of_memory_ends_in_one_line_and_the_rerun_resumes(world, tmp_path, monkeypatch):
-    import locopack.release.build
+    import locopack.pipeline.build
 
     out = _resumable_copy(world, tmp_path, "delta.safetensors", "history.jsonl")
 
@@ -211,7 +211,7 @@ def test_running_out_of_memory_ends_in_one_line_and_the_rerun_resumes(world, tmp
         )
 
     with monkeypatch.context() as patch:
-        patch.setattr(locopack.release.build, "compute_edit", no_memory)
+        patch.setattr(locopack.pipeline.build, "compute_edit", no_memory)
         line = _one_error_line(_build(out / "recipe.yaml", out))
     assert "out of memory in the edit stage" in line and "base.dtype: float16" in line
     result = _build(out / "recipe.yaml", out)
@@ -238,7 +238,7 @@ def test_leftovers_of_interrupted_writes_are_found_anywhere(tmp_path):
 
 @pytest.mark.slow
 def test_a_build_killed_after_its_evidence_resumes_without_redoing_it(world, tmp_path, monkeypatch):
-    import locopack.release.evidence
+    import locopack.evidence.before_after
 
     # what a kill between the evidence and the card leaves: no card, no history, a partial
     # write, and the record of the killed holder (whose OS lock died with it)
@@ -251,7 +251,7 @@ def test_a_build_killed_after_its_evidence_resumes_without_redoing_it(world, tmp
     def redo(*args, **kwargs):
         raise AssertionError("the evidence was drawn again")
 
-    monkeypatch.setattr(locopack.release.evidence, "collect_evidence", redo)
+    monkeypatch.setattr(locopack.evidence.before_after, "collect_evidence", redo)
     started = time.monotonic()
     result = _build(out / "recipe.yaml", out)
     seconds = time.monotonic() - started
@@ -290,7 +290,7 @@ def test_evidence_of_another_delta_is_drawn_again(world, tmp_path):
 
 
 def test_a_base_with_a_nan_weight_is_refused_before_any_sweep(world, tmp_path, monkeypatch):
-    import locopack.release.stages
+    import locopack.pipeline.stages
 
     base = tmp_path / "nan-twin"
     shutil.copytree(world / "twin", base)
@@ -303,7 +303,7 @@ def test_a_base_with_a_nan_weight_is_refused_before_any_sweep(world, tmp_path, m
     def sweep(*args, **kwargs):
         raise AssertionError("a sweep started on a base with a NaN weight")
 
-    monkeypatch.setattr(locopack.release.stages, "run_localize", sweep)
+    monkeypatch.setattr(locopack.pipeline.stages, "run_localize", sweep)
     line = _one_error_line(_build(_recipe(world, base, "nan"), tmp_path / "nan"))
     assert f"{base}/unet: the weight {name} holds NaN or Inf values" in line
 
@@ -357,12 +357,12 @@ def test_a_damaged_copy_of_a_released_base_is_named_by_build_and_audit(world, tm
 def test_a_bad_recipe_fails_build_before_any_model_is_loaded(
     world, tmp_path, monkeypatch, change, field
 ):
-    import locopack.release.build
+    import locopack.pipeline.build
 
     def never(*args, **kwargs):
         raise AssertionError("the build started although the recipe cannot work")
 
-    monkeypatch.setattr(locopack.release.build, "run_build", never)
+    monkeypatch.setattr(locopack.pipeline.build, "run_build", never)
     shutil.copytree(world / "scorer", tmp_path / "scorer")
     recipe = _recipe(tmp_path, world / "twin", "bad")
     text = recipe.read_text()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from locopack.detectors import load_detector, rates
 from locopack.errors import RecipeError
+from locopack.evidence.detectors import load_detector, rates
 from locopack.recipe import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_nudenet_runs_offline_on_generated_images():
     pytest.importorskip("nudenet", reason="the nudenet extra is not installed")
     import torch
 
-    from locopack.release.base import load_base
+    from locopack.pipeline.base import load_base
 
     base = load_base(load_recipe(STRIPES))
     base.pipe.set_progress_bar_config(disable=True)

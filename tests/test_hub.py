@@ -260,7 +260,7 @@ def test_a_wrong_token_is_one_line_and_exit_1(env, tmp_path):
 PUSH = """
 import json
 from locopack.errors import HubError
-from locopack.release.hub import push
+from locopack.hub.push import push
 sleeps = []
 try:
     result = push({folder!r}, {repo!r}, sleep=sleeps.append)
@@ -339,7 +339,7 @@ def test_missing_repos_revisions_and_recipes_are_clear_errors(standin, env, tmp_
     code = """
 import json
 from locopack.errors import HubError
-from locopack.release.hub import resolve_release
+from locopack.hub.push import resolve_release
 out = []
 for ref in ("org/none@v1", "org/one@no-such-tag"):
     try:

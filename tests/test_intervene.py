@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from locopack.errors import ModelLayoutError
-from locopack.intervene import swap_text_states, window_replacements
+from locopack.hooks.cross import swap_text_states, window_replacements
 
 from .conftest import FAMILY_NAMES
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from locopack.errors import ModelLayoutError
-from locopack.intervene_joint import swap_text_stream, swap_windows
+from locopack.hooks.joint import swap_text_stream, swap_windows
 from locopack.localize.windows import candidate_windows
 from locopack.models import get_family, load_pipeline
 

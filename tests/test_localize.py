@@ -163,7 +163,7 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     assert [c.scores for c in cached.candidates] == [c.scores for c in result.candidates]
 
     # the layers of a localization file; made on another base: used, with a warning
-    from locopack.release.stages import choose_layers
+    from locopack.pipeline.stages import choose_layers
 
     saved, made_on = tmp_path / "localization.json", data["meta"]["base_fingerprint"]
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from locopack.errors import ModelLayoutError
-from locopack.intervene_joint import POOLED, swap_windows
+from locopack.hooks.joint import POOLED, swap_windows
 from locopack.localize import Rung, Sweep, localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, planted_text_window
 from locopack.localize.windows import PromptPair

@@ -287,8 +287,8 @@ def test_t5_length_is_settable(name, dit_pipes):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_recipe_sets_the_t5_length_of_the_loaded_base(name, dit_dirs, tmp_path):
+    from locopack.pipeline.base import load_base
     from locopack.recipe import parse_recipe
-    from locopack.release.base import load_base
 
     text = (ROOT / "recipes" / "twin" / f"{name}-erase-van-gogh.yaml").read_text()
     text = re.sub(r"\n  max_sequence_length:.*", "", text)  # the FLUX.2 twin recipe sets one

@@ -142,8 +142,8 @@ def test_a_path_too_long_for_the_file_system_is_one_line(twin, tmp_path):
 
 
 def test_an_unknown_detector_option_is_refused_before_any_image(twin, tmp_path):
-    from locopack.detectors import load_detector
     from locopack.errors import RecipeError
+    from locopack.evidence.detectors import load_detector
 
     extra = "evidence:\n  detectors: [clip, {name: toy, options: {bogus: 1}}]\n"
     recipe = _recipe(tmp_path, twin, twin / "scorer", extra)
@@ -194,19 +194,19 @@ def test_a_file_size_limit_names_the_stage(twin, tmp_path):
 
 
 def test_a_read_only_output_folder_is_one_line(twin, tmp_path, monkeypatch):
-    import locopack.release.lock
+    import locopack.pipeline.lock
 
     # a finished release on a read-only mount: its lock file exists but cannot be opened for
     # writing.  As root no chmod stops a write and a read-only mount needs privileges, so the
     # lock's open fails the way it does there (EROFS)
-    class ReadOnlyLock(locopack.release.lock.FileLock):
+    class ReadOnlyLock(locopack.pipeline.lock.FileLock):
         def acquire(self, *args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system", self.lock_file)
 
-    monkeypatch.setattr(locopack.release.lock, "FileLock", ReadOnlyLock)
+    monkeypatch.setattr(locopack.pipeline.lock, "FileLock", ReadOnlyLock)
     out = tmp_path / "release"
     (out / "cache").mkdir(parents=True)
-    (out / locopack.release.lock.LOCK_FILE).touch()
+    (out / locopack.pipeline.lock.LOCK_FILE).touch()
     recipe = _recipe(tmp_path, twin, twin / "scorer")
     for command in ("build", "edit"):
         line = _one_line(_invoke(command, str(recipe), "--out", str(out)))

@@ -9,10 +9,10 @@ import torch
 from locopack.edit import compute_delta
 from locopack.edit.tokens import edit_prompts, preserve_positions
 from locopack.errors import RecipeError
+from locopack.evidence.before_after import prompt_sets
 from locopack.prompt_samples import neighbours, sampled_unrelated, toy_captions
 from locopack.recipe import parse_recipe
-from locopack.recipe_checks import preflight
-from locopack.release.evidence import prompt_sets
+from locopack.recipe.checks import preflight
 
 RECIPE = """
 version: 1

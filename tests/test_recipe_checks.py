@@ -1,4 +1,4 @@
-"""Tests of locopack.recipe_checks.preflight: what a recipe names exists and fits, before any run.
+"""Tests of locopack.recipe.checks.preflight: what a recipe names exists and fits, before any run.
 
 The recipes here name the toy model and its CLIP scorer shipped in ``recipes/toy`` (real folders,
 read for their configs only).  Each bad kind must fail with the recipe file, line and field.
@@ -15,7 +15,7 @@ import yaml
 
 from locopack.errors import ModelLayoutError, OfflineError, RecipeError
 from locopack.recipe import load_recipe, parse_recipe
-from locopack.recipe_checks import preflight
+from locopack.recipe.checks import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "recipes" / "toy"

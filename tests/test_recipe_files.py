@@ -13,7 +13,7 @@ import pytest
 
 from locopack.errors import RecipeError, SecretError
 from locopack.recipe import load_recipe
-from locopack.recipe_checks import preflight
+from locopack.recipe.checks import preflight
 from locopack.secret_scan import check_folder, known_secrets
 from tests.test_recipe_cli import assert_reported, run_cli
 

@@ -1,6 +1,6 @@
 """Hostile recipes: alias bombs, cycles, key floods, deep nesting, huge values, random mutations.
 
-Whatever the text, validation (schema and :func:`~locopack.recipe_checks.preflight`) ends in
+Whatever the text, validation (schema and :func:`~locopack.recipe.checks.preflight`) ends in
 bounded time with a :class:`RecipeError` whose every problem line names the file and the line.
 """
 
@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from locopack.errors import RecipeError
 from locopack.recipe import load_recipe, parse_recipe
-from locopack.recipe_checks import preflight
-from locopack.recipe_errors import show
-from locopack.recipe_yaml import MAX_DEPTH, MAX_KEYS, MAX_NODES, MAX_SCALAR
+from locopack.recipe.checks import preflight
+from locopack.recipe.errors import show
+from locopack.recipe.yaml_limits import MAX_DEPTH, MAX_KEYS, MAX_NODES, MAX_SCALAR
 from tests.recipe_fuzz_cases import (
     BOMB,
     DETECTORS,

@@ -17,10 +17,10 @@ from huggingface_hub import ModelCard
 from locopack.cli import cli
 from locopack.delta import WeightDelta
 from locopack.errors import ExportError
+from locopack.pipeline.reproduce import Reproduce
 from locopack.release.audit import audit_folder
 from locopack.release.card import build_card, write_card
 from locopack.release.history import read_history
-from locopack.release.reproduce import Reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "card_twin_sd1.md"

@@ -16,10 +16,10 @@ from safetensors import safe_open
 from locopack.cli import cli
 from locopack.delta import WeightDelta
 from locopack.export import write_kohya
+from locopack.pipeline.reproduce import Reproduce
 from locopack.release.audit import audit_folder
 from locopack.release.history import read_history
 from locopack.release.layout import release_files
-from locopack.release.reproduce import Reproduce
 from locopack.storage import atomic_dir, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

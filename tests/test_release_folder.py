@@ -17,10 +17,10 @@ from click.testing import CliRunner
 from locopack.cli import cli
 from locopack.delta import WeightDelta
 from locopack.errors import ExportError
+from locopack.pipeline.lock import build_lock
 from locopack.release.audit import audit_folder
 from locopack.release.history import entry_hash, read_history, write_history
 from locopack.release.layout import hashed_files, links, release_files
-from locopack.release.lock import build_lock
 from locopack.storage import atomic_dir, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

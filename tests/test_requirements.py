@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from locopack.errors import RecipeError
+from locopack.evidence.verdict import describe, judge
 from locopack.recipe import load_recipe, parse_recipe
-from locopack.recipe_checks import preflight
+from locopack.recipe.checks import preflight
 from locopack.release.card_verdict import verdict_line
-from locopack.release.verdict import describe, judge
 
 ROOT = Path(__file__).resolve().parent.parent
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
@@ -159,7 +159,7 @@ def test_validate_refuses_requirements_it_could_not_judge(recipe_text, fragment)
 
 
 def test_the_summary_chart_marks_each_bound_bar_at_its_threshold():
-    from locopack.release.charts import efficacy_bars, robustness_bars, specificity_bars
+    from locopack.evidence.charts import efficacy_bars, robustness_bars, specificity_bars
 
     text = with_requirements(STRIPES, "{concept_left: 0.05, attack_success: 0.2}")
     found = evidence(0.0, 0.5, kept=0.75, attack={"before": 1.0, "after": 0.25})

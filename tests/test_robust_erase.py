@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from locopack.attacks.found import Found
 from locopack.delta import WeightDelta
 from locopack.edit import EditSystem, collect_states, compute_delta, edit_errors, extra_rows
 from locopack.edit.tokens import edit_prompts, found_pairs
 from locopack.errors import RecipeError
+from locopack.evidence.attacks.found import Found
 from locopack.localize.cache import CandidateCache
+from locopack.pipeline import robust_attacks
+from locopack.pipeline import robust_erase as robust
 from locopack.recipe import RobustSettings, load_recipe, parse_recipe
-from locopack.release import robust_attacks
-from locopack.release import robust_erase as robust
 from locopack.release.robust_card import robust_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def toy_robust(tmp_path_factory):
     """The stripes erase at LocoGen's window, plain and robust against a replay of the word
     search's find (one round), with the cache the robust erase filled."""
     from locopack.localize import ClipScorer
-    from locopack.release.base import load_base
+    from locopack.pipeline.base import load_base
 
     recipe = load_recipe(STRIPES)
     recipe.edit.robust = RobustSettings(rounds=1, attacks=["replay"], prompts=4)
@@ -201,8 +201,8 @@ def toy_robust(tmp_path_factory):
 
 def _stripes(base, delta, prompt: str, seeds: list[int]) -> float:
     """Share of images of ``prompt`` with a striped background, by the toy world's detector."""
-    from locopack.detectors.toy import toy_detector
-    from locopack.release.evidence import generate_images
+    from locopack.evidence.before_after import generate_images
+    from locopack.evidence.detectors.toy import toy_detector
 
     pipe, family = base.pipe, base.family
     with delta.applied(pipe.unet):

@@ -13,8 +13,8 @@ from locopack.localize import Candidate, LocalizationResult, localize, prompt_pa
 from locopack.localize.editable import TrailStep, nested_sets, ranking, smallest_meeting
 from locopack.localize.planted import ReferenceScorer
 from locopack.models import load_pipeline
+from locopack.pipeline.select_sites import CLIP_SHARE, judges, select_sites, trail_table
 from locopack.recipe import parse_recipe
-from locopack.release.select_sites import CLIP_SHARE, judges, select_sites, trail_table
 
 RECIPE = """
 version: 1

@@ -299,8 +299,8 @@ def test_a_chain_of_two_releases_signed_by_two_keys_reports_both(toy_release, ke
 
 
 def test_apply_and_generate_refuse_a_release_that_does_not_verify(signed, keys, tmp_path):
+    from locopack.hub.apply import apply
     from locopack.models import load_pipeline
-    from locopack.release.inference import apply
 
     pipe, _ = load_pipeline(str(TOY_BASE))
     with pytest.raises(SignatureError, match="not by the given key"):
@@ -394,8 +394,8 @@ def test_certificate_mode_verifies_against_its_root_only(toy_release, tmp_path):
 
 def test_a_recipe_base_must_verify_against_its_public_key(signed, keys, tmp_path):
     from locopack.errors import ModelLayoutError
+    from locopack.pipeline.base import load_base
     from locopack.recipe import parse_recipe
-    from locopack.release.base import load_base
 
     from .conftest import TOY_RECIPE
 

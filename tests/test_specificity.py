@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from locopack.cli import cli
-from locopack.release.specificity import PSNR_IDENTICAL, flagged, image_change, prompt_changes
+from locopack.evidence.specificity import PSNR_IDENTICAL, flagged, image_change, prompt_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"

@@ -76,8 +76,8 @@ def test_the_toy_benchmark_prints_the_figures_of_the_evidence(release):
     import bench_toy_world as bench
 
     from locopack.delta import WeightDelta
-    from locopack.detectors import toy
-    from locopack.release.stages import load_base
+    from locopack.evidence.detectors import toy
+    from locopack.pipeline.stages import load_base
 
     recipe = load_recipe(ROOT / "recipes" / "toy" / "erase-stripes.yaml")
     evidence = json.loads((release / "evidence.json").read_text())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from locopack.detectors import load_detector, toy_deep
+from locopack.evidence.detectors import load_detector, toy_deep
 from locopack.prompt_samples import toy_captions
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import click
 
-from .. import __version__
 from ..control_chars import strip_controls
-from ..detectors import ALLOW_CODE_ENV
 from ..errors import LocopackError
-from ..recipe_files import PROMPT_DIRS_ENV
-from ..release.resources import as_user_error
+from ..evidence.detectors import ALLOW_CODE_ENV
+from ..pipeline.resources import as_user_error
+from ..recipe.files import PROMPT_DIRS_ENV
+from ..version import __version__
 
 # Library chatter (e.g. transformers noting that torchvision is absent) is not for our users.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -85,7 +85,7 @@ def global_options() -> GlobalOptions:
 class LocopackGroup(click.Group):
     """The command group; turns library errors into :class:`UserError`, and so the errors
     that mean the Hub is out of reach or the machine ran short, wherever they escaped
-    (:func:`~locopack.release.resources.as_user_error`)."""
+    (:func:`~locopack.pipeline.resources.as_user_error`)."""
 
     def invoke(self, ctx: click.Context):
         try:

@@ -51,9 +51,9 @@ def localize(
     run resumes where it stopped.  In fast mode the windows race: rounds with growing steps,
     probes and seeds, each keeping the windows not clearly worse than the best.
     """
+    from ..pipeline.lock import build_lock
+    from ..pipeline.stages import run_localize
     from ..recipe import load_recipe, preflight
-    from ..release.lock import build_lock
-    from ..release.stages import run_localize
 
     loaded = load_recipe(recipe)
     preflight(loaded)
@@ -92,7 +92,7 @@ def _print_plan(recipe, mode: str | None, full_references: bool, batch: int) -> 
     """The sweep's cost: passes from the configs; seconds from one timed denoiser pass where
     the weights are on this machine (nothing is downloaded to plan)."""
     from ..localize import plan_sweep, time_denoiser_pass
-    from ..release.base import base_layout, load_base
+    from ..pipeline.base import base_layout, load_base
 
     quiet_libraries()
     layout = base_layout(recipe)
@@ -143,9 +143,9 @@ def edit(
     The sites come from --layers, else --localization, else the recipe's localize.layers;
     with none of them, LocoGen runs first.
     """
-    from ..recipe import load_recipe
-    from ..release.lock import build_lock
-    from ..release.stages import run_edit
+    from ..pipeline.lock import build_lock
+    from ..pipeline.stages import run_edit
+    from ..recipe.schema import load_recipe
 
     loaded = load_recipe(recipe)
     out = out_dir(out, loaded)
@@ -186,9 +186,9 @@ def neurons(
     prompts (with the attribute) and its targets and preserve prompts (without); the top-k are
     overridden at inference with their mean on the neutral prompts.  Writes neurons.safetensors.
     """
-    from ..recipe import load_recipe
-    from ..release.lock import build_lock
-    from ..release.stages import run_neurons
+    from ..pipeline.lock import build_lock
+    from ..pipeline.stages import run_neurons
+    from ..recipe.schema import load_recipe
 
     loaded = load_recipe(recipe)
     out = out_dir(out, loaded)

@@ -28,7 +28,7 @@ def validate(recipe: Path, offline: bool) -> None:
     loaded = load_recipe(recipe)
     preflight(loaded, offline=offline)
     if loaded.edit.robust is not None:  # its attacks' names (imported only when needed)
-        from ..release.robust_erase import check_robust
+        from ..pipeline.robust_erase import check_robust
 
         check_robust(loaded)
     echo(summarize(loaded))

@@ -57,9 +57,9 @@ mode_option = click.option(
 
 
 def run_options(mode: str | None = None, **kwargs):
-    """:class:`~locopack.release.stages.RunOptions` with the group's global options."""
+    """:class:`~locopack.pipeline.stages.RunOptions` with the group's global options."""
     from ..localize import SweepMode
-    from ..release.stages import RunOptions
+    from ..pipeline.stages import RunOptions
     from .group import global_options
 
     return RunOptions(

@@ -70,7 +70,7 @@ def export_cmd(
     Every format asked for is checked against the delta's model family first: one it cannot
     have is refused, naming it, before anything is written.
     """
-    from ..release.exports import ExportChoice, run_export
+    from ..pipeline.exports import ExportChoice, run_export
 
     quiet_libraries()
     choice = ExportChoice(max_rank, energy, adapter, kohya, merged, onnx)
@@ -128,7 +128,7 @@ def generate(
     """
     import torch
 
-    from ..release.inference import apply, load_for_inference
+    from ..hub.apply import apply, load_for_inference
     from ..storage import atomic_write_bytes
 
     quiet_libraries()
@@ -171,7 +171,7 @@ def _check_folders_free(loaded: list, out: Path | None) -> None:
     """Fail when another build holds the output folder of a recipe this process builds (the
     main process's one folder, or this process's share of several)."""
     from ..distributed import process_group
-    from ..release.lock import check_free
+    from ..pipeline.lock import check_free
 
     group = process_group()
     if len(loaded) == 1:
@@ -195,7 +195,7 @@ def _echo_summary(summary, out: Path) -> None:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in summary.seconds.items())
     echo(f"time: {stages}; total {sum(summary.seconds.values()):.1f}s")
     echo(f"wrote {len(summary.files)} files to {out} (model card: {out}/README.md)")
-    from ..release.verdict import judged_count
+    from ..evidence.verdict import judged_count
 
     verdict = summary.requirements
     if verdict["met"]:
@@ -286,8 +286,8 @@ def build(
     files = _recipe_files(recipes)
     loaded = [load_recipe(path) for path in files]
     _check_folders_free(loaded, out)  # before the heavy imports: a second build fails at once
-    from ..release.build import run_build
-    from ..release.stages import warn_about_local_paths
+    from ..pipeline.build import run_build
+    from ..pipeline.stages import warn_about_local_paths
 
     for recipe in loaded:  # every recipe is checked before any model is loaded or run
         preflight(recipe, offline=offline)
@@ -349,8 +349,8 @@ def build(
 @click.argument("outdir", type=click.Path(path_type=Path))
 def card(outdir: Path) -> None:
     """Rebuild OUTDIR/README.md (the model card) from an output folder, computing nothing."""
+    from ..pipeline.lock import build_lock
     from ..release.card import write_card
-    from ..release.lock import build_lock
 
     if not outdir.is_dir():  # the lock would create it
         raise UserError(f"{outdir}: no such folder")
@@ -400,15 +400,15 @@ def audit(
     Exits 1 when any check fails, naming the file or history entry.
     """
     from ..hub_ref import is_hub_ref
+    from ..pipeline.reproduce import Reproduce
     from ..release.audit import audit_folder, timeline
-    from ..release.reproduce import Reproduce
 
     if reproduce:
         quiet_libraries()
     folder = Path(release)
     snapshot = not folder.exists()  # a download: the Hub client's links into its cache
     if snapshot:
-        from ..release.pull import resolve_release
+        from ..hub.pull import resolve_release
 
         if not is_hub_ref(release):
             raise click.UsageError(f"{release}: neither a folder nor a Hub ref ORG/NAME[@REV]")
@@ -480,8 +480,8 @@ def _push_folder(
     allow_unmet: bool = False,
 ) -> None:
     """Push a release; unset settings come from its recipe's ``hub`` section."""
-    from ..recipe import load_recipe
-    from ..release.hub import push as push_release
+    from ..hub.push import push as push_release
+    from ..recipe.schema import load_recipe
 
     if (folder / RECIPE_FILE).is_file():  # else push_release says what is missing
         settings = load_recipe(folder / RECIPE_FILE).hub

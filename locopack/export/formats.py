@@ -1,6 +1,6 @@
 """Which export formats a delta gets, and the files each one writes: decided here once, for
-``locopack build`` and ``locopack export`` (which write them, :mod:`locopack.release.exports`)
-and ``locopack validate`` (which lists them, :func:`locopack.recipe_review.summarize`).
+``locopack build`` and ``locopack export`` (which write them, :mod:`locopack.pipeline.exports`)
+and ``locopack validate`` (which lists them, :func:`locopack.recipe.review.summarize`).
 
 A format a family cannot have is dropped from a recipe's exports (kohya, on by default, exists
 for the Stable Diffusion UNets only) and refused, before anything is written, where it is asked

@@ -14,7 +14,7 @@ redundantly can rank high windows that its edit does not need.  What each check 
 a :class:`TrailStep`; ``localization.json`` keeps the trail.
 
 The checks themselves (LocoEdit, images, detectors) belong to the release side
-(:mod:`locopack.release.select_sites`): this module needs no model.
+(:mod:`locopack.pipeline.select_sites`): this module needs no model.
 """
 
 from __future__ import annotations

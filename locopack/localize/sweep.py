@@ -2,8 +2,8 @@
 the attribute (Basu et al., 2024, Sec. 4).
 
 For a window, every probe's original prompt is generated with the altered prompt's states at
-the window's sites (:func:`locopack.intervene_joint.swap_windows`: the per-site states of
-:mod:`locopack.intervene`, or, in joint-attention transformers, the keys and values of the
+the window's sites (:func:`locopack.hooks.joint.swap_windows`: the per-site states of
+:mod:`locopack.hooks.cross`, or, in joint-attention transformers, the keys and values of the
 altered prompt's text stream) and the image is scored against the reference
 prompt.  Erase probes want the lowest score to the original prompt; update probes the highest
 score to the target, so the objective is the mean of ``sign * score`` and the chosen window
@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distributed import ProcessGroup, gather
-from ..intervene_joint import POOLED, swap_windows
+from ..hooks.joint import POOLED, swap_windows
 from .cache import CandidateCache
 from .result import Candidate
 from .scorers import Scorer

@@ -148,7 +148,7 @@ class JointAttentionFamily(ModelFamily):
     @classmethod
     def denoiser_passes(cls, images: int, guidance: float, swapped: bool) -> int:
         """A call that alters some site also runs the altered text stream alongside
-        (:mod:`locopack.intervene_joint`): on the whole batch of every transformer call, or
+        (:mod:`locopack.hooks.joint`): on the whole batch of every transformer call, or
         only on the conditional call where the negative prompt's call is apart."""
         passes = super().denoiser_passes(images, guidance, swapped)
         if not swapped:

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from ..errors import ModelLayoutError, OfflineError, RecipeError
 from ..filenames import PIPELINE_INDEX
 from ..hub_ref import hub_unreachable, is_hub_id
-from ..recipe_files import MAX_CONFIG_BYTES, read_regular
+from ..recipe.files import MAX_CONFIG_BYTES, read_regular
 from .base import ModelFamily
 from .registry import family_for
 

@@ -12,7 +12,7 @@ tokens alone, with no timestep modulation.  So:
   collected while denoising;
 - each block reads the refiner stream as the blocks before it left it, so an altered prompt's
   keys and values at a site come from the altered prompt's own refiner stream
-  (:mod:`locopack.intervene_refiner`), and an edit upstream moves the inputs of every later
+  (:mod:`locopack.hooks.refiner`), and an edit upstream moves the inputs of every later
   site (:mod:`locopack.edit.refiner` solves them in execution order);
 - the input projection is no site: swapping its output swaps the whole text, which is the
   sweep's all-sites line, so a window there would win every erase sweep and say nothing about

@@ -44,8 +44,8 @@ def sign_release(folder: Path, key: SigningKey) -> str:
         SignatureError: the release fails its audit, or cannot be signed with ``key``.
         SecretError: a file of the release holds a secret of this machine.
     """
+    from ..pipeline.lock import build_lock
     from .audit import audit_folder
-    from .lock import build_lock
 
     folder = Path(folder)
     signer = key.signer()  # a key that cannot be read fails before anything is written

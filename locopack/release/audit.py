@@ -21,7 +21,7 @@ Checks, each reported by name with the file or history entry it concerns:
    one the evidence gives (:func:`~locopack.release.card_verdict.check_verdict`); an honest
    "not met" passes, a card edited to "meets" fails;
 8. optionally (``reproduce``), re-running the recorded recipe on the recorded base gives the
-   same localization and the same delta (see :mod:`locopack.release.reproduce`).
+   same localization and the same delta (see :mod:`locopack.pipeline.reproduce`).
 
 The base and the CLIP scorer are found where the history records them relative to the
 release folder, or where ``base``/``scorer`` point (``--base``/``--scorer``): a release copied
@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 
 from ..errors import LocopackError
 from ..hub_ref import is_hub_id
+from ..pipeline.reproduce import Reproduce
 from .card_verdict import check_verdict
 from .history import entry_hash, read_history
 from .layout import (
@@ -52,7 +53,6 @@ from .layout import (
     links,
     recorded_base,
 )
-from .reproduce import Reproduce
 from .signing import TrustedKeys
 from .verify import check_signature
 
@@ -235,7 +235,7 @@ def _denoiser_tensors(folder: Path, attr: str, names: set[str] | None = None):
 def _check_merged(
     report: AuditReport, folder: Path, entry: dict[str, Any], delta, base: str | None
 ) -> None:
-    from .inference import pipeline_source
+    from ..hub.apply import pipeline_source
 
     merged = folder / MERGED_DIR
     if delta is None or not (merged / PIPELINE_INDEX).is_file():
@@ -269,8 +269,8 @@ def _check_merged(
 
 
 def _check_base(report: AuditReport, base: str | None) -> None:
-    from .base import changed_file
-    from .inference import pipeline_source
+    from ..hub.apply import pipeline_source
+    from ..pipeline.base import changed_file
 
     if len(report.entries) < 2 or base is None or not Path(base).is_dir():
         return  # a first release of a plain model: nothing recorded the base's files
@@ -326,7 +326,7 @@ def audit_folder(
 
 
 def _check_reproduce(report, folder, entry, delta, base, scorer, how, allow_pickle) -> None:
-    from .reproduce import reproduce as rerun
+    from ..pipeline.reproduce import reproduce as rerun
 
     report.reproduce = how.value
     if delta.sites is None:  # checked before the base is loaded

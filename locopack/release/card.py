@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 
 from ..control_chars import strip_controls
-from ..detectors import is_plugin
 from ..errors import ExportError, LocopackError
+from ..evidence.detectors import is_plugin
 from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
 from . import markdown_text as md
@@ -145,7 +145,7 @@ def build_card(
 def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) -> tuple[str, dict]:
     from huggingface_hub import ModelCard, ModelCardData
 
-    from ..recipe import load_recipe
+    from ..recipe.schema import load_recipe
 
     if not (folder / RECIPE_FILE).is_file():
         raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
@@ -238,7 +238,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
             f"all sites altered {everything['mean']:.2f}).\n\n"
             "![localization](localization.png)\n"
         )
-        from .select_sites import trail_table  # the editable selection's trail, if any
+        from ..pipeline.select_sites import trail_table  # the editable selection's trail, if any
 
         where += trail_table(localization)
     where += _text_path_notes(localization, prov)

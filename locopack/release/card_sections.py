@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 
+from ..evidence.charts import SUMMARY_CHART
 from . import markdown_text as md
-from .charts import SUMMARY_CHART
 
 SET_NAMES = {
     "edited": "edited prompts",

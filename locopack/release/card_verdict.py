@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LocopackError
+from ..evidence.verdict import describe, judged_count
 from . import markdown_text as md
 from .layout import CARD_FILE, EVIDENCE_FILE, RECIPE_FILE
-from .verdict import describe, judged_count
 
 HEADING = "## Requirements"
 ALLOWED_UNMET = (
@@ -78,10 +78,10 @@ def card_verdict(card_text: str) -> str | None:
 
 def check_verdict(folder: Path) -> tuple[bool, str]:
     """Whether the verdict the release states agrees with its evidence: ``evidence.json``'s
-    section is what :func:`~locopack.release.verdict.judge` makes of that evidence and the
+    section is what :func:`~locopack.evidence.verdict.judge` makes of that evidence and the
     recipe, and the card's line is :func:`verdict_line` of it.  Returns ``(ok, detail)``."""
-    from ..recipe import load_recipe
-    from .verdict import judge
+    from ..evidence.verdict import judge
+    from ..recipe.schema import load_recipe
 
     if not (folder / EVIDENCE_FILE).is_file():
         return True, f"no {EVIDENCE_FILE}: nothing to judge"

@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..detectors import is_plugin
 from ..errors import ExportError, HubError
+from ..evidence.detectors import is_plugin
 from ..storage import atomic_write_text
 from .layout import (
     HISTORY_FILE,
@@ -111,7 +111,7 @@ def new_entry(
     allowed_unmet: bool = False,
 ) -> dict[str, Any]:
     """The entry recording ``recipe`` applied to ``base`` (a
-    :class:`~locopack.release.base.LoadedBase`), for the files now in ``folder``, built in
+    :class:`~locopack.pipeline.base.LoadedBase`), for the files now in ``folder``, built in
     ``seconds`` per stage (those reused from an interrupted build took about none); with the
     verdict on its ``requirements`` (the evidence's section) and whether the build was told to
     release it anyway (``--allow-unmet``).

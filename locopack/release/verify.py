@@ -35,7 +35,7 @@ def previous_release(folder: Path, entry: dict[str, Any]) -> Path | None:
     path = Path(base)
     if not path.is_dir() and is_hub_ref(base):
         from ..errors import HubError
-        from .pull import resolve_release
+        from ..hub.pull import resolve_release
 
         revision = entry.get("base_commit") or entry.get("base_revision")
         try:
@@ -177,7 +177,7 @@ def verified_release(ref: str | Path, trusted: TrustedKeys) -> Path:
     """
     path, snapshot = Path(ref), False
     if not path.exists() and is_hub_ref(str(ref)):
-        from .pull import resolve_release
+        from ..hub.pull import resolve_release
 
         path, snapshot = resolve_release(str(ref)), True
     if path.is_file() or path.name == MERGED_DIR:

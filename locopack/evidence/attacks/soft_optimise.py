@@ -1,0 +1,129 @@
+"""The soft prompt's optimisation (:mod:`.soft_prompt`): the base model's denoising run to
+match, and the Adam steps through the attacked model's denoiser.
+
+:func:`record_trajectory` keeps, for every denoiser call of an unguided run of the concept
+prompt on the base model, the call's arguments and its noise prediction; :func:`optimise`
+replays chosen calls with the soft prompt's states in place of the prompt's
+(:func:`~locopack.evidence.attacks.feed.feeding`), whatever the family's call signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ...errors import ModelLayoutError
+from .context import AttackContext
+from .feed import encode, feeding, single_token, soft_tokens, text_encoders
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_detached(v) for v in value)
+    return value
+
+
+def _prediction(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output.sample
+
+
+@torch.no_grad()
+def record_trajectory(ctx: AttackContext, prompt: str, seed: int) -> list[tuple]:
+    """``(args, kwargs, prediction)`` of every denoiser call of the base model's unguided run
+    of ``prompt`` from ``seed``'s latent, at the evidence's steps and resolution."""
+    calls: list[tuple] = []
+    denoiser = ctx.denoiser
+
+    def before(_module, args, kwargs):
+        calls.append((_detached(args), _detached(kwargs)))
+
+    def after(_module, _args, _kwargs, output):
+        calls[-1] = (*calls[-1], _prediction(output).detach().clone())
+
+    size = {"height": ctx.resolution, "width": ctx.resolution} if ctx.resolution else {}
+    handles = [
+        denoiser.register_forward_pre_hook(before, with_kwargs=True),
+        denoiser.register_forward_hook(after, with_kwargs=True),
+    ]
+    try:
+        ctx.pipe(
+            prompt=prompt,
+            num_inference_steps=ctx.steps,
+            guidance_scale=1.0,
+            generator=torch.Generator(ctx.pipe.device).manual_seed(seed),
+            output_type="latent",
+            **size,
+            **ctx.family.call_kwargs(),
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+@contextlib.contextmanager
+def _frozen(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """The modules' parameters without gradients for the block (restored after)."""
+    params = [p for m in modules for p in m.parameters()]
+    was = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, was, strict=True):
+            p.requires_grad_(flag)
+
+
+def carries_gradient(ctx: AttackContext, word: str, carrier: str) -> bool:
+    """Whether the family's encoding of ``carrier`` carries a gradient to soft tokens
+    (DeepFloyd IF's pipeline encodes under ``no_grad``)."""
+    vectors = {
+        name: torch.zeros(1, e.get_input_embeddings().weight.shape[1], requires_grad=True)
+        for name, _, e in text_encoders(ctx.pipe)
+    }
+    with torch.enable_grad(), soft_tokens(ctx.pipe, word, vectors):
+        return encode(ctx.family, ctx.pipe, [carrier])[0].requires_grad
+
+
+def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch.Tensor]:
+    """The soft prompt {encoder name: (k, D)} after ``settings.steps`` Adam steps on the model
+    as it is (see :mod:`.soft_prompt`)."""
+    encoders = text_encoders(ctx.pipe)
+    vectors, groups = {}, []
+    for name, tokenizer, encoder in encoders:
+        table = encoder.get_input_embeddings().weight
+        ids = torch.tensor([single_token(tokenizer, w) for w in start])
+        vectors[name] = table[ids].detach().float().clone().requires_grad_(True)
+        groups.append({"params": [vectors[name]], "lr": settings.lr * float(table.detach().std())})
+    optimiser = torch.optim.Adam(groups)
+    rng = random.Random(settings.seed)
+    modules = [e for _, _, e in encoders] + [ctx.denoiser]
+    with torch.enable_grad(), _frozen(modules):
+        for _ in range(settings.steps):
+            chosen = rng.sample(range(len(trajectory)), min(settings.timesteps, len(trajectory)))
+            with soft_tokens(ctx.pipe, word, vectors):
+                states, pooled = encode(ctx.family, ctx.pipe, [carrier])
+            loss = 0.0
+            for i in chosen:
+                args, kwargs, target = trajectory[i]
+                with feeding(ctx.family, ctx.denoiser, states, pooled):
+                    predicted = _prediction(ctx.denoiser(*args, **kwargs))
+                loss = loss + torch.nn.functional.mse_loss(predicted.float(), target.float())
+            if not loss.requires_grad:  # the sites read the text on a path without gradient
+                raise ModelLayoutError(
+                    f"{ctx.family.pretty_name}'s prediction carries no gradient to its text here"
+                )
+            grads = torch.autograd.grad(loss, list(vectors.values()))
+            for vector, grad in zip(vectors.values(), grads, strict=True):
+                vector.grad = grad
+            optimiser.step()
+    return {name: v.detach() for name, v in vectors.items()}

@@ -1,0 +1,166 @@
+"""A soft prompt optimised through the denoiser (UnlearnDiffAtk, arXiv:2310.11868; P4D,
+arXiv:2309.06135).
+
+``tokens`` continuous input embeddings take the concept's place in the edit's first prompt
+(a placeholder word, :func:`~locopack.evidence.attacks.feed.placeholder`, marks them; each text
+encoder of the pipeline, CLIP and T5, gets vectors of its own width, starting from the embeddings of
+``tokens`` random words).  They are optimised with Adam so that the attacked model's noise
+prediction on them matches the base model's on the concept prompt (P4D's objective):
+
+    min_e  sum_t || eps_model(x_t, t, E(prompt with e)) - eps_base(x_t, t, E(concept prompt)) ||^2
+
+over ``timesteps`` points per step, drawn (under ``seed``) from the base model's own denoising
+run of the concept prompt (unguided, ``seed``'s latent), at the evidence's steps.  The step
+size is ``lr`` times the spread (standard deviation) of each encoder's token embeddings.  The
+pooled vector (SD3, FLUX) is recomputed from the soft prompt at every step; SD-XL's keeps the
+concept prompt's during the optimisation (a deviation: its pooled path is not a site).
+
+Two variants, each judged on base and edited, where the attack ran against that model:
+
+- *embeddings*: the soft prompt itself, drawn through the pipeline's own encoding (white-box
+  upper bound: no user can type it);
+- *words*: each vector projected to its nearest whole word (cosine, in the embedding table of
+  the encoder whose tokens index the sites) and that prompt drawn.
+
+Chance is the edit's first prompt without the concept.  Its finds (:class:`Found`) are the
+edited model's projected prompt and, for cross-attention families, the soft prompt's encoded
+states (the positions from its first soft token to the end of text).  The optimised
+embeddings are cached, so an interrupted build neither optimises nor draws again what it
+finished.  An erase edit is
+skipped, with why, where no placeholder word exists or the pipeline encodes prompts without
+gradient (DeepFloyd IF).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from typing import Any
+
+import torch
+
+from ...errors import ModelLayoutError
+from ...recipe.attacks import SoftPromptSettings
+from .base import Attack, AttackRun
+from .context import MODELS, AttackContext, erase_edits, row
+from .feed import single_token, soft_tokens, text_encoders
+from .found import Found
+from .soft_optimise import carries_gradient, optimise, record_trajectory
+
+
+class SoftPrompt(Attack):
+    """Continuous token embeddings optimised through the denoiser, then projected to words."""
+
+    name = "soft_prompt"
+    pretty_name = "soft prompt"
+    reference_url = "https://arxiv.org/abs/2309.06135"
+
+    @classmethod
+    def settings(cls, recipe: Any) -> SoftPromptSettings | None:
+        return recipe.evidence.attacks.soft_prompt
+
+    @classmethod
+    def budget(cls, settings: SoftPromptSettings) -> str:
+        return (
+            f"{settings.tokens} embeddings, {settings.steps} steps x {settings.timesteps} "
+            f"timesteps, lr {settings.lr:g} (seed {settings.seed})"
+        )
+
+    @classmethod
+    def run(cls, ctx: AttackContext, settings: SoftPromptSettings) -> AttackRun:
+        out = AttackRun()
+        for index, edit in erase_edits(ctx.recipe):
+            try:
+                why = _attack_edit(ctx, index, edit, settings, out)
+            except ModelLayoutError as exc:  # a family whose text cannot be fed as states
+                why = f"its text cannot be given as states ({exc})"
+            if why:
+                out.skipped.append({"edit": index, "label": edit.label, "why": why})
+        return out
+
+
+def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | None:
+    """Attack one erase edit into ``out``; why it could not, or None."""
+    from .search import attack_template, vocabulary
+
+    template = attack_template(edit)
+    words = vocabulary(ctx.family.tokenizer(ctx.pipe), edit.label)
+    usable = [w for w in words if _single_everywhere(ctx.pipe, w)]
+    unused = [w for w in usable if w not in template.lower().split()]
+    if len(unused) < settings.tokens + 1:
+        return "no whole word is one token in every text encoder, to mark the soft prompt"
+    word, start = unused[0], random.Random(settings.seed).sample(unused[1:], settings.tokens)
+    carrier = template.format(words=" ".join([word] * settings.tokens))
+    if not carries_gradient(ctx, word, carrier):
+        return "its pipeline encodes prompts without gradient"
+    concept = edit.originals()[0]
+    trajectory = record_trajectory(ctx, concept, settings.seed)
+    identity = {"prompt": concept, "settings": settings.model_dump(), "edit": index}
+    embedded, projected, finds, optimised = {}, {}, {}, {}
+    for model in MODELS:
+        key = ctx.key(SoftPrompt.name, model, variant="embeddings", **identity)
+        vectors = _cached_optimise(ctx, key, model, (word, start, carrier), trajectory, settings)
+        optimised[model] = vectors
+        drawn = ctx.key(SoftPrompt.name, model, variant="drawn", seeds=ctx.seeds, **identity)
+
+        def draw(model=model, vectors=vectors) -> list:
+            with ctx.on(model), soft_tokens(ctx.pipe, word, vectors):
+                return ctx.draw([carrier], ctx.seeds)[carrier]
+
+        embedded[model] = statistics.fmean(ctx.judged(drawn, draw, carrier, concept, edit.label))
+        finds[model] = template.format(words=" ".join(_nearest(ctx, vectors, usable)))
+        projected[model] = ctx.prompt_success(SoftPrompt.name, model, finds[model], edit)
+    chance = ctx.chance(edit)
+    budget = SoftPrompt.budget(settings)
+    for variant, figures, found in (("embeddings", embedded, None), ("words", projected, finds)):
+        out.rows.append(
+            row(SoftPrompt, variant, index, edit, budget, **figures, chance=chance, found=found)
+        )
+    out.found.append(_found(ctx, index, finds["edited"], word, carrier, optimised["edited"]))
+    return None
+
+
+def _single_everywhere(pipe: Any, word: str) -> bool:
+    return all(single_token(t, word) is not None for _, t, _ in text_encoders(pipe))
+
+
+def _cached_optimise(ctx, key, model, prompt, trajectory, settings):
+    """The optimised embeddings {encoder: (k, D)} on ``model``, from the cache when there."""
+    encoders = text_encoders(ctx.pipe)
+    if key is not None and (hit := ctx.cache.get(key)) is not None:
+        flat, out, at = torch.tensor(hit["scores"]), {}, 0
+        for name, _, encoder in encoders:
+            width = encoder.get_input_embeddings().weight.shape[1]
+            out[name] = flat[at : at + settings.tokens * width].view(settings.tokens, width)
+            at += settings.tokens * width
+        return out
+    with ctx.on(model):
+        vectors = optimise(ctx, *prompt, trajectory, settings)
+    if key is not None:
+        flat = torch.cat([vectors[name].flatten() for name, _, _ in encoders]).tolist()
+        ctx.cache.put(key, {"scores": flat, "seconds": 0.0})
+    return vectors
+
+
+def _found(ctx, index: int, prompt: str, word: str, carrier: str, vectors) -> Found:
+    """The projected prompt and, where the sites all read one encoded text (cross-attention),
+    the soft prompt's encoded states, its concept carried from the first soft token on."""
+    if ctx.family.joint_attention:
+        return Found(SoftPrompt.name, index, (prompt,))
+    with torch.no_grad(), soft_tokens(ctx.pipe, word, vectors):
+        states = ctx.family.encode(ctx.pipe, [carrier])
+    part = ctx.family.text_parts(ctx.pipe)[0]
+    ids = part.token_ids(carrier)
+    first = ids.index(single_token(part.tokenizer, word))
+    positions = (tuple(range(part.start + first, part.start + len(ids))),)
+    return Found(SoftPrompt.name, index, (prompt,), states, positions)
+
+
+def _nearest(ctx: AttackContext, vectors: dict[str, torch.Tensor], words: list[str]) -> list[str]:
+    """Each vector's nearest word (cosine) in the encoder whose tokens index the sites."""
+    primary = ctx.family.tokenizer(ctx.pipe)
+    name, tokenizer, encoder = next(e for e in text_encoders(ctx.pipe) if e[1] is primary)
+    ids = torch.tensor([single_token(tokenizer, w) for w in words])
+    table = torch.nn.functional.normalize(encoder.get_input_embeddings().weight[ids].float(), dim=1)
+    chosen = torch.nn.functional.normalize(vectors[name].float(), dim=1) @ table.T
+    return [words[i] for i in chosen.argmax(dim=1).tolist()]

@@ -1,0 +1,1 @@
+"""Scoped, reversible interventions on a denoiser's text-conditioning sites."""

@@ -1,0 +1,135 @@
+"""The attacks robust erase (``edit.robust``) runs, by name, and the model they attack.
+
+An attack is a callable ``(target, count) -> list[Found]``: :class:`AttackTarget` is the model
+of one round (the base with that round's delta applied in memory, its judges, the release's
+cache and the delta's identity for cache keys), ``count`` how many prompts to return per erase
+edit, best first.  :data:`ATTACKS` holds them by the names ``edit.robust.attacks`` uses;
+:func:`register_attack` adds one.  ``search`` is the evidence's word search (:mod:`.attack`)
+at ``evidence.attack``'s budget; ``concept_vector``, ``soft_prompt`` and ``replay`` are the
+attacks of :mod:`locopack.evidence.attacks` at ``evidence.attacks``' budgets
+(:func:`from_registry`),
+whose finds robust erase adds as text: the concept vector's and the soft prompt's words, the
+replayed prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..evidence import attacks
+from ..evidence.attacks.found import Found
+from ..evidence.attacks.search import (
+    attack_template,
+    cached,
+    concept_objective,
+    ranked_words,
+    search,
+    vocabulary,
+)
+from ..evidence.before_after import generate_images
+from ..localize.cache import CandidateCache
+from .select_sites import check_seeds
+
+
+@dataclass
+class AttackTarget:
+    """The model one round attacks: the base with ``delta`` (a WeightDelta) applied in memory;
+    ``detectors[i]`` judges erase edit i; ``identity`` names the model in cache keys."""
+
+    pipe: Any
+    family: Any
+    recipe: Any
+    scorer: Any
+    detectors: list[Any]
+    delta: Any
+    cache: CandidateCache
+    identity: dict[str, Any]
+
+    def edited(self):
+        """A context manager under which the pipeline carries this round's edit."""
+        return self.delta.applied(getattr(self.pipe, self.family.denoiser_attr))
+
+    def draw(self, prompts: list[str], seeds: list[int]) -> dict[str, list]:
+        """Every prompt with every seed at the localization's settings: {prompt: [images]}."""
+        settings = self.recipe.localize
+        return generate_images(
+            self.pipe,
+            self.family,
+            prompts,
+            seeds,
+            settings.steps,
+            settings.guidance,
+            settings.resolution,
+        )
+
+    def erase_edits(self) -> list[tuple[int, Any]]:
+        return [(i, e) for i, e in enumerate(self.recipe.edits) if e.kind == "erase"]
+
+
+#: an attack: (the model to attack, how many prompts per edit) -> what it found per erase edit
+Attack = Callable[[AttackTarget, int], list[Found]]
+
+
+def search_attack(target: AttackTarget, count: int) -> list[Found]:
+    """The evidence's word search (:mod:`.attack`, at ``evidence.attack``'s budget) on the
+    edited model; per erase edit its ``count`` best judged prompts, best first."""
+    settings, seed = target.recipe.evidence.attack, check_seeds(target.recipe)[0]
+    out = []
+    for index, edit in target.erase_edits():
+        words = vocabulary(target.pipe.tokenizer, edit.label)
+        if not words:
+            continue
+        template, original = attack_template(edit), edit.originals()[0]
+        detector = target.detectors[index]
+        objective = concept_objective(
+            target.draw, detector, target.scorer, edit.label, original, seed
+        )
+        judged = cached(objective, target.cache, seed=seed, **target.identity)
+        values: dict[str, float] = {}
+
+        def recorded(prompt: str, judged=judged, values=values) -> float:
+            values[prompt] = judged(prompt)
+            return values[prompt]
+
+        ranked = ranked_words(words, template, original, target.scorer)
+        with target.edited():
+            search(recorded, template, words, settings, ranked)
+        best = sorted(values, key=lambda p: (-values[p], p))[:count]
+        out.append(Found("search", index, tuple(best)))
+    return out
+
+
+def from_registry(name: str) -> Attack:
+    """Attack ``name`` of :mod:`locopack.evidence.attacks` as robust erase runs it: on this round's
+    model, judged on the check seeds by the first erase edit's detector, at the recipe's
+    budget; its ``count`` best prompts per erase edit (an attack the recipe turns off or that
+    skips every edit finds nothing)."""
+
+    def run(target: AttackTarget, count: int) -> list[Found]:
+        settings = attacks.get_attack(name).settings(target.recipe)
+        erase = target.erase_edits()
+        if settings is None or not erase:
+            return []
+        draw = target.recipe.localize
+        ctx = attacks.AttackContext(
+            target.pipe, target.family, target.recipe, target.draw, target.edited,
+            target.detectors[erase[0][0]], target.scorer, check_seeds(target.recipe),
+            draw.steps, draw.guidance, draw.resolution, lambda _stem, _rows: "",
+            cache=target.cache, inputs=target.identity,
+        )  # fmt: skip
+        found = attacks.find(ctx, name, settings)
+        return [Found(f.attack, f.edit, f.prompts[:count]) for f in found if f.prompts]
+
+    return run
+
+
+ATTACKS: dict[str, Attack] = {"search": search_attack} | {
+    name: from_registry(name) for name in ("concept_vector", "soft_prompt", "replay")
+}
+
+
+def register_attack(name: str, attack: Attack) -> None:
+    """Make ``attack`` available to ``edit.robust.attacks`` as ``name``."""
+    ATTACKS[name] = attack

@@ -1,0 +1,1 @@
+"""A release folder's contract: its layout, records, card, history, signature and audit."""
