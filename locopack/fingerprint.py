@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import EditError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from .models.base import ModelFamily
 
 #: the float dtypes a model can be loaded in
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -38,7 +43,9 @@ def tensors_sha256(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None =
     return digest.hexdigest()
 
 
-def fingerprints_by_dtype(pipe: Any, family: Any, own: str | None = None) -> dict[str, str]:
+def fingerprints_by_dtype(
+    pipe: DiffusionPipeline, family: type[ModelFamily], own: str | None = None
+) -> dict[str, str]:
     """The model's fingerprint in its own dtype (``own``, if already known) and, for a float32
     model, as loaded in float16 and bfloat16 (casting float32 weights gives the bytes such a
     load gives), so that an edit made in float32 is recognized on the same base in half
@@ -51,7 +58,9 @@ def fingerprints_by_dtype(pipe: Any, family: Any, own: str | None = None) -> dic
     return found
 
 
-def model_fingerprint(pipe: Any, family: Any, dtype: torch.dtype | None = None) -> str:
+def model_fingerprint(
+    pipe: DiffusionPipeline, family: type[ModelFamily], dtype: torch.dtype | None = None
+) -> str:
     """``sha256:<hex>`` of the denoiser config, site key/value weights and text encoders
     (with ``dtype``: of the weights as cast to it)."""
     denoiser = getattr(pipe, family.denoiser_attr)
@@ -70,7 +79,9 @@ def model_fingerprint(pipe: Any, family: Any, dtype: torch.dtype | None = None) 
     return "sha256:" + digest.hexdigest()
 
 
-def check_base_model(pipe: Any, family: Any, provenance: dict, source: Any, force: bool) -> None:
+def check_base_model(
+    pipe: DiffusionPipeline, family: type[ModelFamily], provenance: dict, source: Any, force: bool
+) -> None:
     """Refuse an edit (described by ``provenance``) made for another base model than ``pipe``.
 
     Raises:

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RecipeError
 from .recipe.files import prompt_file, read_regular
+
+if TYPE_CHECKING:
+    from .recipe.schema import Recipe
 
 TOY_SOURCE = "toy"
 #: the toy worlds' caption sources: name -> the detector module whose ``captions()`` they are
@@ -43,7 +46,7 @@ def toy_captions(source: str = TOY_SOURCE) -> list[str]:
     return importlib.import_module(f"locopack.evidence.detectors.{TOY_WORLDS[source]}").captions()
 
 
-def source_prompts(recipe: Any, source: str, field: str) -> list[str]:
+def source_prompts(recipe: Recipe, source: str, field: str) -> list[str]:
     """The candidate prompts of ``source`` (``toy`` or a file beside the recipe).
 
     Raises:
@@ -76,7 +79,7 @@ def names(prompt: str, concept: str) -> bool:
     return re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE) is not None
 
 
-def draw(recipe: Any, spec: Any, exclude: list[str], field: str) -> list[str]:
+def draw(recipe: Recipe, spec: Any, exclude: list[str], field: str) -> list[str]:
     """``spec.count`` prompts of ``spec.source``, none of ``exclude`` and none containing an
     edit's concept or fact.
 
@@ -101,7 +104,7 @@ def draw(recipe: Any, spec: Any, exclude: list[str], field: str) -> list[str]:
     return random.Random(spec.seed).sample(candidates, spec.count)
 
 
-def listed_prompts(recipe: Any) -> list[str]:
+def listed_prompts(recipe: Recipe) -> list[str]:
     """Every prompt the recipe lists: edited, targets, held-out, preserve and the evidence's
     unrelated prompts."""
     out = list(recipe.preserve) + list(recipe.evidence.unrelated or [])
@@ -111,7 +114,7 @@ def listed_prompts(recipe: Any) -> list[str]:
     return out
 
 
-def neighbours(recipe: Any) -> list[str]:
+def neighbours(recipe: Recipe) -> list[str]:
     """The preserve prompts ``edit.neighbours`` adds ([] when it is not set)."""
     spec = recipe.edit.neighbours
     if spec is None:
@@ -119,7 +122,7 @@ def neighbours(recipe: Any) -> list[str]:
     return draw(recipe, spec, listed_prompts(recipe), "edit.neighbours")
 
 
-def sampled_unrelated(recipe: Any) -> list[str]:
+def sampled_unrelated(recipe: Recipe) -> list[str]:
     """The unrelated prompts ``evidence.sample_unrelated`` adds ([] when it is not set)."""
     spec = recipe.evidence.sample_unrelated
     if spec is None:

@@ -17,7 +17,7 @@ averaged over its text rows (the refiner's padding rows included).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -28,17 +28,23 @@ from ..prompt_samples import neighbours
 from .neurons import NeuronEdit, select_neurons
 from .stream import Group, record_probes, site_columns
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
+
 _MATRICES = {"key": ("key",), "value": ("value",), "both": ("key", "value")}
 
 
 @torch.no_grad()
 def projection_activations(
-    pipe: Any,
-    family: Any,
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
     prompts: list[str],
     layers: list[str],
     matrices: str = "both",
-    recipe: Any = None,
+    recipe: Recipe = None,
 ) -> dict[str, torch.Tensor]:
     """{projection module path: (prompts, out_features) mean activations} at ``layers``.
 
@@ -99,7 +105,7 @@ def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[s
     return out
 
 
-def neuron_prompts(recipe: Any) -> tuple[list[str], list[str]]:
+def neuron_prompts(recipe: Recipe) -> tuple[list[str], list[str]]:
     """The attribute prompts (the edits' prompts) and the distinct neutral ones (their targets,
     the preserve prompts and the recipe's neighbours) that rank the neurons."""
     attribute = [p for edit in recipe.edits for p in edit.originals()]
@@ -110,7 +116,11 @@ def neuron_prompts(recipe: Any) -> tuple[list[str], list[str]]:
 
 
 def neuron_edit_for(
-    pipe: Any, family: Any, recipe: Any, layers: list[str], top_k: int
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
+    layers: list[str],
+    top_k: int,
 ) -> NeuronEdit:
     """Neuron edit of ``recipe`` (prompts: :func:`neuron_prompts`; Welch's t, global top-k;
     see ``neurons``)."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,12 @@ from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
 from .refiner import refiner_deltas, refiner_errors
 from .tokens import EditPrompts, edit_prompts
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
 
 _MATRICES = {"key": (0,), "value": (1,), "both": (0, 1)}
 
@@ -60,7 +66,10 @@ class EditStates:
 
 @torch.no_grad()
 def collect_states(
-    pipe: Any, family: Any, recipe: Any, prompts: EditPrompts | None = None
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
+    prompts: EditPrompts | None = None,
 ) -> EditStates:
     """Encode every edit's prompts and targets (``prompts``: as :func:`edit_prompts` picks
     them, the token pairs of ``edit.tokens``)."""
@@ -81,9 +90,9 @@ def extra_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def compute_delta(
-    pipe: Any,
-    family: Any,
-    recipe: Any,
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
     layers: list[str],
     *,
     fingerprint: str | None = None,
@@ -181,7 +190,9 @@ def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def edit_errors(pipe: Any, family: Any, recipe: Any, delta: WeightDelta) -> dict[str, dict]:
+def edit_errors(
+    pipe: DiffusionPipeline, family: type[ModelFamily], recipe: Recipe, delta: WeightDelta
+) -> dict[str, dict]:
     """Per edited matrix: the relative error of ``W'x`` vs ``W y`` on the edit's columns, its
     extra rows included (``edit_error``; ``error_before`` is the same for the unedited ``W``)
     and the relative drift of ``W'p`` on the preserve columns (Frobenius norms, float64)."""

@@ -26,7 +26,7 @@ under ``image_sites`` for the card to say so.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,12 @@ from .closed_form import EditSystem, edit_report
 from .stream import Group, denoising_steps, record_probes, site_columns
 from .tokens import EditPrompts
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
+
 #: solves one site: its module paths -> float32 deltas, from the site and its factored system
 SiteSolver = Callable[[Site, EditSystem], dict[str, torch.Tensor]]
 
@@ -45,7 +51,13 @@ class JointColumns:
     """The probes and text inputs of one edit, and the columns each site reads from them."""
 
     @torch.no_grad()
-    def __init__(self, pipe: Any, family: Any, recipe: Any, prompts: EditPrompts) -> None:
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        family: type[ModelFamily],
+        recipe: Recipe,
+        prompts: EditPrompts,
+    ) -> None:
         self.transformer = pipe.transformer
 
         def group(texts: list[str], probes: list[dict]) -> Group:
@@ -74,7 +86,7 @@ class JointColumns:
         return x, site_columns(self.transformer, sites, self.preserve, self.p_picks)
 
 
-def _checked(sites: list[Site], recipe: Any, family: Any) -> list[Site]:
+def _checked(sites: list[Site], recipe: Recipe, family: type[ModelFamily]) -> list[Site]:
     image = [site.path for site in sites if not site.text_only]
     if image and not recipe.edit.allow_image_sites:
         raise EditError(
@@ -116,7 +128,12 @@ def solve_in_order(
 
 @torch.no_grad()
 def joint_deltas(
-    pipe: Any, family: Any, recipe: Any, sites: list[Site], prompts: EditPrompts, solve: SiteSolver
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
+    sites: list[Site],
+    prompts: EditPrompts,
+    solve: SiteSolver,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """LocoEdit of ``sites`` in execution order, each solved by ``solve`` on columns collected
     with the deltas of the sites before it applied.
@@ -147,7 +164,12 @@ def joint_deltas(
 
 @torch.no_grad()
 def joint_errors(
-    pipe: Any, family: Any, recipe: Any, sites: list[Site], prompts: EditPrompts, delta: WeightDelta
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
+    sites: list[Site],
+    prompts: EditPrompts,
+    delta: WeightDelta,
 ) -> dict[str, dict]:
     """Per edited matrix, :func:`~locopack.edit.closed_form.edit_report` on the columns the
     solve used (each site's inputs with every edit upstream applied; an edit does not reach its

@@ -18,7 +18,7 @@ projections have no bias.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,12 +28,20 @@ from ..models.text_refiner import prefix_io
 from .joint import SiteSolver, ordered_errors, solve_in_order
 from .tokens import EditPrompts
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
+
 
 class RefinerColumns:
     """The encoded prompts of one edit and the columns each site reads from them."""
 
     @torch.no_grad()
-    def __init__(self, pipe: Any, family: Any, prompts: EditPrompts) -> None:
+    def __init__(
+        self, pipe: DiffusionPipeline, family: type[ModelFamily], prompts: EditPrompts
+    ) -> None:
         self.family, self.transformer = family, pipe.transformer
         self.originals = family.encode_texts(pipe, prompts.originals)
         self.targets = family.encode_texts(pipe, prompts.targets)
@@ -63,7 +71,12 @@ class RefinerColumns:
 
 @torch.no_grad()
 def refiner_deltas(
-    pipe: Any, family: Any, recipe: Any, sites: list[Site], prompts: EditPrompts, solve: SiteSolver
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
+    sites: list[Site],
+    prompts: EditPrompts,
+    solve: SiteSolver,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """LocoEdit of refiner ``sites`` in execution order, each solved by ``solve`` on columns
     computed with the deltas of the sites before it applied.
@@ -78,7 +91,11 @@ def refiner_deltas(
 
 @torch.no_grad()
 def refiner_errors(
-    pipe: Any, family: Any, sites: list[Site], prompts: EditPrompts, delta: WeightDelta
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    sites: list[Site],
+    prompts: EditPrompts,
+    delta: WeightDelta,
 ) -> dict[str, dict]:
     """Per edited matrix, :func:`~locopack.edit.closed_form.edit_report` on the columns the
     solve used (each site's inputs with every edit upstream applied)."""

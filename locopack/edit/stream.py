@@ -28,12 +28,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ModelLayoutError
 from ..models.base import Site
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
 
 #: transformer arguments with one row per sample; the others (position ids) are shared
 _BATCHED = ("hidden_states", "timestep", "guidance")
@@ -84,7 +90,9 @@ def _conditional_rows(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def record_probes(pipe: Any, family: Any, prompts: list[str], recipe: Any) -> list[dict[str, Any]]:
+def record_probes(
+    pipe: DiffusionPipeline, family: type[ModelFamily], prompts: list[str], recipe: Recipe
+) -> list[dict[str, Any]]:
     """The transformer's arguments at ``recipe``'s seeds x timesteps while the pipeline
     generates ``prompts`` (n rows each; seed-major, then step order)."""
     settings = recipe.localize
@@ -104,7 +112,9 @@ def record_probes(pipe: Any, family: Any, prompts: list[str], recipe: Any) -> li
     return probes
 
 
-def _record_run(pipe: Any, prompts: list[str], wanted: list[int], call: dict) -> list[dict]:
+def _record_run(
+    pipe: DiffusionPipeline, prompts: list[str], wanted: list[int], call: dict
+) -> list[dict]:
     """One pipeline run of ``prompts``, its transformer's arguments kept at the ``wanted``
     steps (the first call of each step: the conditional one, where the negative prompt's
     call is apart); the run ends after the last."""

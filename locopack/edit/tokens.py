@@ -42,10 +42,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..models.base import TextPart
 from ..prompt_samples import neighbours
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
 
 TokenRule = Literal["cover", "last", "concept", "all", "sequence"]
 
@@ -127,7 +133,7 @@ def _differing(part: TextPart, original: str, target: str) -> list[int]:
 
 
 def found_pairs(
-    family: Any, pipe: Any, original: str, target: str, rule: TokenRule
+    family: type[ModelFamily], pipe: DiffusionPipeline, original: str, target: str, rule: TokenRule
 ) -> list[tuple[int, int]]:
     """Position pairs (in the whole sequence) of a found prompt ``original``, which need not
     name the concept, and its ``target``: under ``cover``/``concept`` the positions where it
@@ -146,7 +152,12 @@ def found_pairs(
 
 
 def part_pairs(
-    family: Any, pipe: Any, original: str, target: str, rule: TokenRule, concept: str
+    family: type[ModelFamily],
+    pipe: DiffusionPipeline,
+    original: str,
+    target: str,
+    rule: TokenRule,
+    concept: str,
 ) -> list[tuple[TextPart, list[tuple[int, int]]]]:
     """Per part of the text sequence, the position pairs (in original, in target; counted
     within the part) whose states form the edit's columns; ``last`` reads the first part only.
@@ -161,7 +172,12 @@ def part_pairs(
 
 
 def edit_pairs(
-    family: Any, pipe: Any, original: str, target: str, rule: TokenRule, concept: str
+    family: type[ModelFamily],
+    pipe: DiffusionPipeline,
+    original: str,
+    target: str,
+    rule: TokenRule,
+    concept: str,
 ) -> list[tuple[int, int]]:
     """Position pairs (in original, in target; in the whole sequence) whose states form the
     edit's columns."""
@@ -186,7 +202,9 @@ def _rows(prompt: str, found: list[tuple[TextPart, list[tuple[int, int]]]]) -> d
     return {"prompt": prompt, "parts": parts}
 
 
-def preserve_positions(family: Any, pipe: Any, prompt: str, rule: TokenRule) -> list[int]:
+def preserve_positions(
+    family: type[ModelFamily], pipe: DiffusionPipeline, prompt: str, rule: TokenRule
+) -> list[int]:
     """Positions of a preserve prompt whose states the edit keeps: its last token under the
     ``last`` rule (the reference implementation's), otherwise every position the sites read.
 
@@ -216,7 +234,10 @@ class EditPrompts:
 
 
 def edit_prompts(
-    pipe: Any, family: Any, recipe: Any, extra: Sequence[tuple[str, str]] = ()
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> EditPrompts:
     """Every edit's prompts and targets, the ``extra`` rows (``(prompt, target)`` pairs, see
     :func:`found_pairs`), the preserve prompts, and the token pairs of ``edit.tokens``."""

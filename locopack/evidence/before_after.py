@@ -40,7 +40,7 @@ import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image, ImageDraw
@@ -56,11 +56,17 @@ from .detectors import load_detector, rates
 from .specificity import CHECKED_SETS, flag_set, prompt_changes
 from .verdict import judge
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
+
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
 FORMAT = "locopack.evidence/1"
 
 
-def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
+def prompt_sets(recipe: Recipe) -> list[dict[str, Any]]:
     """For each edit, the prompt sets and each prompt's target."""
     common = list(recipe.preserve)
     unrelated = list(recipe.evidence.unrelated or UNRELATED) + sampled_unrelated(recipe)
@@ -87,7 +93,7 @@ def prompt_sets(recipe: Any) -> list[dict[str, Any]]:
     return out
 
 
-def evidence_inputs(recipe: Any, fingerprint: str, delta: Any, release: Path) -> dict[str, Any]:
+def evidence_inputs(recipe: Recipe, fingerprint: str, delta: Any, release: Path) -> dict[str, Any]:
     """Everything the evidence of the release in ``release`` depends on: the recipe (prompts,
     seeds, settings, scorer name), the base (``fingerprint``), the delta and the adapter that
     is applied (its tensors: the file's header order may vary between writes)."""
@@ -118,7 +124,7 @@ def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] |
 
 
 @contextmanager
-def _edited(pipe: Any, release: Path) -> Iterator[Any]:
+def _edited(pipe: DiffusionPipeline, release: Path) -> Iterator[Any]:
     """The release's edit applied to ``pipe`` as a user applies it, removed on exit."""
     from ..hub.apply import apply
 
@@ -129,7 +135,7 @@ def _edited(pipe: Any, release: Path) -> Iterator[Any]:
         applied.remove()
 
 
-def check_detectors(recipe: Any) -> None:
+def check_detectors(recipe: Recipe) -> None:
     """Load every detector the recipe names (``clip`` without its scorer), so that a missing
     module or extra fails before the build's expensive stages.
 
@@ -199,9 +205,9 @@ def grid(rows: list[tuple[str, Image.Image, Image.Image]], cell: int = 128) -> b
 
 @torch.no_grad()
 def collect_evidence(
-    pipe: Any,
-    family: Any,
-    recipe: Any,
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
     release: Path,
     scorer: Any,
     out: Path,

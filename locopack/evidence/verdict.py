@@ -12,7 +12,10 @@ See :mod:`locopack.recipe.requirements` for the requirements and their defaults.
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 FORMAT = "locopack.requirements/1"
 #: how each requirement reads on the card, per prompt set
@@ -29,7 +32,7 @@ _NAMES = {
 _AT_MOST = {"concept_left", "prompt_kept", "attack_success"}
 
 
-def judge(recipe: Any, evidence: dict[str, Any]) -> dict[str, Any]:
+def judge(recipe: Recipe, evidence: dict[str, Any]) -> dict[str, Any]:
     """The ``requirements`` section for ``evidence`` (an ``evidence.json`` mapping)."""
     items = []
     for index, edit in enumerate(recipe.edits):
@@ -50,7 +53,7 @@ def judge(recipe: Any, evidence: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def judging_detector(recipe: Any, edit: Any, sets: dict[str, Any]) -> str | None:
+def judging_detector(recipe: Recipe, edit: Any, sets: dict[str, Any]) -> str | None:
     """The detector that judges ``edit``: the one its requirements name, else the recipe's
     first detector that reports rates (None: CLIP alone, which gives no rates)."""
     if edit.requirements.detector:

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..delta import WeightDelta
 from ..filenames import MERGE_FILE
 from ..storage import atomic_dir
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
-def write_merged(pipe: Any, family: Any, delta: WeightDelta, out: Path) -> Path:
+    from ..models.base import ModelFamily
+
+
+def write_merged(
+    pipe: DiffusionPipeline, family: type[ModelFamily], delta: WeightDelta, out: Path
+) -> Path:
     """Save ``pipe`` with ``delta`` merged into ``out`` (atomically); ``pipe`` is unchanged after.
 
     Returns:

@@ -75,6 +75,8 @@ from .onnx_tracing import (
 )
 
 if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
     from ..models.base import ModelFamily
 
 FORMAT = "locopack.onnx_export/1"
@@ -175,7 +177,7 @@ def _io_description(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def export_denoiser_onnx(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     family: type[ModelFamily],
     out_dir: str | Path,
     *,
@@ -248,7 +250,7 @@ def _versions() -> dict[str, str]:
 
 # ---- check ------------------------------------------------------------------------------------
 def check_onnx(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     family: type[ModelFamily],
     onnx_path: str | Path,
     batch_sizes: tuple[int, ...] = (1, 2),

@@ -45,6 +45,8 @@ import torch
 from ..errors import ExportError
 
 if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
     from ..models.base import ModelFamily
 
 BATCH_AXIS = "batch"
@@ -136,7 +138,9 @@ class _JointAdapter(torch.nn.Module):
         )[0]
 
 
-def _joint_spec(pipe: Any, family: type[ModelFamily], denoiser: torch.nn.Module) -> TraceSpec:
+def _joint_spec(
+    pipe: DiffusionPipeline, family: type[ModelFamily], denoiser: torch.nn.Module
+) -> TraceSpec:
     """The inputs of an SD3 or FLUX transformer at its pipeline's default size."""
     cfg, dtype, length = denoiser.config, denoiser.dtype, family.max_length(pipe)
     pooled = ((cfg.pooled_projection_dim,), dtype)
@@ -169,7 +173,7 @@ def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
     return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
 
 
-def trace_spec(pipe: Any, family: type[ModelFamily]) -> TraceSpec:
+def trace_spec(pipe: DiffusionPipeline, family: type[ModelFamily]) -> TraceSpec:
     denoiser = getattr(pipe, family.denoiser_attr)
     if family.onnx_refusal:
         raise _unsupported(family, family.onnx_refusal)

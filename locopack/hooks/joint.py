@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -40,6 +40,9 @@ from ..errors import ModelLayoutError
 from ..models.base import Site
 from .cross import replace_conditional, swap_text_states, window_replacements
 from .refiner import swap_refined_text
+
+if TYPE_CHECKING:
+    from ..models.base import ModelFamily
 
 #: the name a window gives the pooled text path of a joint-attention transformer (not a site)
 POOLED = "pooled_projections"
@@ -245,7 +248,7 @@ def _joint_swap(family, denoiser, windows, texts, altered_pooled, pooled) -> Ite
 
 
 def swap_windows(
-    family: Any,
+    family: type[ModelFamily],
     denoiser: torch.nn.Module,
     windows: list[list[str]],
     original: torch.Tensor,

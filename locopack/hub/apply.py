@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..edit.neurons import NeuronEdit, apply_neurons
 from ..errors import ExportError, ModelLayoutError
@@ -36,6 +36,11 @@ from ..release.layout import (
     RECIPE_FILE,
 )
 from ..release.signing import TrustedKeys
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
 
 ADAPTER_NAME = "locopack"
 
@@ -67,7 +72,14 @@ def _find(source: Path) -> tuple[str, Path]:
     raise ExportError(f"{source}: no such file or folder")
 
 
-def _load_adapter(pipe: Any, family: Any, path: Path, tensors: dict, packed: dict, scale: float):
+def _load_adapter(
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    path: Path,
+    tensors: dict,
+    packed: dict,
+    scale: float,
+):
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER_NAME)
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
@@ -100,7 +112,7 @@ def _remove_lora_layers(model: Any) -> None:
 
 
 def apply(
-    pipe: Any,
+    pipe: DiffusionPipeline,
     source: str | Path,
     scale: float = 1.0,
     *,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..distributed import ProcessGroup, barrier, process_group
 from ..filenames import CACHE_DIR
@@ -15,6 +15,12 @@ from .run import SweepMode, run_sweep
 from .scorers import ClipScorer, Scorer
 from .sweep import Rung, Sweep
 from .windows import PromptPair, candidate_windows, prompt_pairs
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
 
 __all__ = [
     "Candidate",
@@ -39,9 +45,9 @@ __all__ = [
 
 
 def localize(
-    pipe: Any,
-    family: Any,
-    recipe: Any,
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
     out: str | Path | None = None,
     *,
     scorer: Scorer | None = None,

@@ -11,13 +11,19 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .race import round_caps
 from .run import SweepMode, ladder, reference_rung
 from .sweep import Rung
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
 
 
 def denoiser_steps(scheduler: Any, steps: int) -> int:
@@ -35,7 +41,7 @@ def denoiser_steps(scheduler: Any, steps: int) -> int:
 
 
 def passes(
-    family: Any,
+    family: type[ModelFamily],
     images: int,
     probes: int,
     rung: Rung,
@@ -49,7 +55,9 @@ def passes(
     return probes * len(rung.seeds) * denoiser_steps(scheduler, rung.steps) * per_step
 
 
-def reference_passes(family: Any, probes: int, rung: Rung, batch: int, scheduler: Any) -> int:
+def reference_passes(
+    family: type[ModelFamily], probes: int, rung: Rung, batch: int, scheduler: Any
+) -> int:
     """Denoiser passes of the reference lines (none altered, every site altered, and the
     pooled path alone where the family can swap it), drawn in blocks of ``batch`` as
     :meth:`~locopack.localize.sweep.Sweep.score` draws them: a block that alters a site
@@ -95,8 +103,8 @@ class SweepPlan:
 
 
 def plan_sweep(
-    recipe: Any,
-    family: Any,
+    recipe: Recipe,
+    family: type[ModelFamily],
     site_count: int,
     mode: SweepMode | str | None = None,
     *,
@@ -146,7 +154,9 @@ def plan_sweep(
 
 
 @torch.no_grad()
-def time_denoiser_pass(pipe: Any, family: Any, resolution: int | None = None) -> float:
+def time_denoiser_pass(
+    pipe: DiffusionPipeline, family: type[ModelFamily], resolution: int | None = None
+) -> float:
     """Seconds of one denoiser pass on the pipeline's device: a one-step generation at
     guidance 2, timed after a warm-up, divided by the passes it runs."""
     size = {"height": resolution, "width": resolution} if resolution else {}

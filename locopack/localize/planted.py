@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .race import step_counts
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
-def plant_window(pipe: Any, family: Any, start: int, size: int, leak: float = 0.0) -> list[str]:
+    from ..models.base import ModelFamily
+
+
+def plant_window(
+    pipe: DiffusionPipeline, family: type[ModelFamily], start: int, size: int, leak: float = 0.0
+) -> list[str]:
     """Scale the key and value weights of every site outside ``start .. start+size-1`` by
     ``leak`` (in place); returns the site paths in order."""
     denoiser = getattr(pipe, family.denoiser_attr)
@@ -38,7 +45,7 @@ def plant_window(pipe: Any, family: Any, start: int, size: int, leak: float = 0.
 
 @contextlib.contextmanager
 def planted_text_window(
-    pipe: Any, family: Any, start: int, size: int, leak: float = 0.0
+    pipe: DiffusionPipeline, family: type[ModelFamily], start: int, size: int, leak: float = 0.0
 ) -> Iterator[list[str]]:
     """Within the block, text reaches a joint-attention transformer's image only through the
     sites ``start .. start+size-1``: every other site's text keys/values (the text rows of
@@ -82,8 +89,8 @@ class ReferenceScorer:
 
     def __init__(
         self,
-        pipe: Any,
-        family: Any,
+        pipe: DiffusionPipeline,
+        family: type[ModelFamily],
         texts: list[str],
         steps: int,
         guidance: float,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +35,11 @@ from .cache import CandidateCache
 from .result import Candidate
 from .scorers import Scorer
 from .windows import PromptPair
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,8 @@ class Sweep:
 
     def __init__(
         self,
-        pipe: Any,
-        family: Any,
+        pipe: DiffusionPipeline,
+        family: type[ModelFamily],
         pairs: list[PromptPair],
         scorer: Scorer,
         *,

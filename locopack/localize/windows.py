@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import RecipeError
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 
 def candidate_windows(site_paths: list[str], size: int) -> list[list[str]]:
@@ -29,7 +32,7 @@ class PromptPair:
     sign: int
 
 
-def prompt_pairs(recipe: Any) -> list[PromptPair]:
+def prompt_pairs(recipe: Recipe) -> list[PromptPair]:
     """The first ``localize.prompts_per_edit`` probes of every edit of ``recipe``."""
     pairs = []
     for edit in recipe.edits:

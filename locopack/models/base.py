@@ -12,11 +12,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ModelLayoutError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 @dataclass(frozen=True)
@@ -226,13 +229,13 @@ class ModelFamily(ABC):
 
     # ---- text --------------------------------------------------------------------------------
     @classmethod
-    def tokenizer(cls, pipe: Any) -> Any:
+    def tokenizer(cls, pipe: DiffusionPipeline) -> Any:
         """The tokenizer whose token positions index the site states."""
         return pipe.tokenizer
 
     @classmethod
     @abstractmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """Encode prompts into the states the sites' attention modules receive, (B, L, D).
 
         For most families these are what the key/value projections read; see
@@ -259,18 +262,18 @@ class ModelFamily(ABC):
         return prompt
 
     @classmethod
-    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor | None:
+    def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor | None:
         """(B, L) keep-mask of the text tokens, for families whose cross-attention masks
         padding; None where the sites attend to every position."""
         return None
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         """Sequence length of the site states."""
         return cls.tokenizer(pipe).model_max_length
 
     @classmethod
-    def text_parts(cls, pipe: Any) -> list[TextPart]:
+    def text_parts(cls, pipe: DiffusionPipeline) -> list[TextPart]:
         """The parts of the text sequence, one per encoder with positions of its own, in
         sequence order; most families have one (:attr:`encoder_name`'s tokens)."""
         return [
@@ -278,12 +281,12 @@ class ModelFamily(ABC):
         ]
 
     @classmethod
-    def token_ids(cls, pipe: Any, prompt: str) -> list[int]:
+    def token_ids(cls, pipe: DiffusionPipeline, prompt: str) -> list[int]:
         """Token ids of ``prompt`` in the first part of the text sequence, without padding."""
         return cls.text_parts(pipe)[0].token_ids(prompt)
 
     @classmethod
-    def concept_positions(cls, pipe: Any, prompt: str, concept: str) -> list[int]:
+    def concept_positions(cls, pipe: DiffusionPipeline, prompt: str, concept: str) -> list[int]:
         """Positions of ``concept``'s tokens inside ``prompt`` (case-insensitive, first match)
         in every part of the text sequence, in sequence order.
 
@@ -298,12 +301,12 @@ class ModelFamily(ABC):
         ]
 
     @classmethod
-    def last_token_position(cls, pipe: Any, prompt: str) -> int:
+    def last_token_position(cls, pipe: DiffusionPipeline, prompt: str) -> int:
         """Position of the last token before end-of-text in the first part."""
         return cls.text_parts(pipe)[0].last_token(prompt)
 
     @classmethod
-    def content_positions(cls, pipe: Any, prompt: str) -> list[int]:
+    def content_positions(cls, pipe: DiffusionPipeline, prompt: str) -> list[int]:
         """All non-padding positions (start, words and end-of-text) of the first part."""
         return list(range(len(cls.token_ids(pipe, prompt))))
 

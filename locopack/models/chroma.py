@@ -15,7 +15,7 @@ sites, the last 38 not text-only), as in FLUX.1 (:mod:`locopack.models.flux`).  
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
@@ -23,6 +23,9 @@ from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDi
 from .base import ModelFamily
 from .flux import FLUX_VAE_LATENTS, Flux
 from .twin_parts import tiny_t5, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class Chroma(Flux):
@@ -47,11 +50,13 @@ class Chroma(Flux):
         return ModelFamily.guided.__func__(cls, guidance)
 
     @classmethod
-    def tokenizer(cls, pipe: Any) -> Any:
+    def tokenizer(cls, pipe: DiffusionPipeline) -> Any:
         return pipe.tokenizer
 
     @classmethod
-    def _encoded(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encoded(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         states, _, mask, _, _, _ = pipe.encode_prompt(
             prompts,
             device=pipe.device,
@@ -61,11 +66,13 @@ class Chroma(Flux):
         return states, mask
 
     @classmethod
-    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, None]:
+    def encode_with_pooled(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, None]:
         return cls._encoded(pipe, prompts)[0], None
 
     @classmethod
-    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """The text columns of the transformer's ``attention_mask``: each prompt's tokens
         and its first padding position."""
         return cls._encoded(pipe, prompts)[1]

@@ -10,13 +10,16 @@ its own ``norm_cross`` (``site_states``).  A pooled text embedding
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
 
 from .base import LowercasedPrompts, ModelFamily
 from .twin_parts import tiny_t5
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class DeepFloydIF(LowercasedPrompts, ModelFamily):
@@ -42,7 +45,7 @@ class DeepFloydIF(LowercasedPrompts, ModelFamily):
         return isinstance(getattr(module, "add_k_proj", None), torch.nn.Linear)
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         states, _ = pipe.encode_prompt(
             prompts, do_classifier_free_guidance=False, device=pipe.device, clean_caption=False
         )

@@ -14,13 +14,16 @@ at most 256 T5 tokens (the default here); dev takes 512 (``Flux.with_t5_length(5
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 from .joint_attention import JointAttentionFamily
 from .twin_parts import tiny_clip_text, tiny_t5, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 #: shift and scale of the FLUX VAE's latents (from its published config)
 FLUX_VAE_LATENTS = {"shift_factor": 0.1159, "scaling_factor": 0.3611}
@@ -52,12 +55,14 @@ class Flux(JointAttentionFamily):
         return False
 
     @classmethod
-    def tokenizer(cls, pipe: Any) -> Any:
+    def tokenizer(cls, pipe: DiffusionPipeline) -> Any:
         """T5's tokenizer: the text states are T5's alone."""
         return pipe.tokenizer_2
 
     @classmethod
-    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_with_pooled(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         states, pooled, _ = pipe.encode_prompt(
             prompts, None, device=pipe.device, max_sequence_length=cls.t5_length
         )

@@ -19,7 +19,7 @@ default size is 128 latent pixels a side (pass a resolution for twins, e.g. 16).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import (
@@ -33,6 +33,9 @@ from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 from .base import TextPart
 from .joint_attention import JointAttentionFamily
 from .twin_parts import tiny_mistral3
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 #: the block list whose fused projections are not sites
 FUSED_BLOCKS = "single_transformer_blocks"
@@ -83,7 +86,7 @@ class Flux2(JointAttentionFamily):
         )
 
     @classmethod
-    def text_parts(cls, pipe: Any) -> list[TextPart]:
+    def text_parts(cls, pipe: DiffusionPipeline) -> list[TextPart]:
         """One part: the chat-templated prompt's tokens (the system message's come first)."""
 
         def templated(prompt: str) -> str:
@@ -95,7 +98,9 @@ class Flux2(JointAttentionFamily):
         return [TextPart(cls.encoder_name, 0, cls.t5_length, pipe.tokenizer, templated)]
 
     @classmethod
-    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, None]:
+    def encode_with_pooled(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, None]:
         """``(states, None)``: FLUX.2 has no pooled vector."""
         states, _ = pipe.encode_prompt(
             list(prompts), device=pipe.device, max_sequence_length=cls.t5_length

@@ -21,12 +21,15 @@ both with the same ``to_k``/``to_v``.  So:
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily, Site, site_projection
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class JointAttentionFamily(ModelFamily):
@@ -105,17 +108,17 @@ class JointAttentionFamily(ModelFamily):
         )
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         """The text tokens of one prompt: ``t5_length`` (SD3 adds its CLIP tokens)."""
         return cls.t5_length
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """The transformer's ``encoder_hidden_states`` input for ``prompts``, (B, L, D)."""
         return cls.encode_with_pooled(pipe, prompts)[0]
 
     @classmethod
-    def encode_pooled(cls, pipe: Any, prompts: list[str]) -> torch.Tensor | None:
+    def encode_pooled(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor | None:
         """The pooled CLIP vectors the transformer's ``pooled_projections`` receive, (B, P);
         None where the family has no pooled path."""
         return cls.encode_with_pooled(pipe, prompts)[1]
@@ -123,13 +126,13 @@ class JointAttentionFamily(ModelFamily):
     @classmethod
     @abstractmethod
     def encode_with_pooled(
-        cls, pipe: Any, prompts: list[str]
+        cls, pipe: DiffusionPipeline, prompts: list[str]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(states, pooled)`` for ``prompts``, as the pipeline computes them (pooled None
         where the family has no pooled path)."""
 
     @classmethod
-    def text_arguments(cls, pipe: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def text_arguments(cls, pipe: DiffusionPipeline, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The transformer's text arguments for ``prompts``, one row each: the states, the
         pooled vectors where the family has them, the (B, L) text mask where it masks text
         (:attr:`text_mask_argument`, without the image columns)."""

@@ -16,7 +16,7 @@ patch: image sizes are multiples of 16 (the twin's VAE has four levels to match)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
@@ -25,6 +25,9 @@ from .base import TextPart
 from .flux import FLUX_VAE_LATENTS
 from .text_refiner import TextRefinerFamily
 from .twin_parts import tiny_chat_text, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class Lumina2(TextRefinerFamily):
@@ -51,11 +54,11 @@ class Lumina2(TextRefinerFamily):
         return "https://huggingface.co/Alpha-VLLM/Lumina-Image-2.0"
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         return cls.text_length
 
     @classmethod
-    def text_parts(cls, pipe: Any) -> list[TextPart]:
+    def text_parts(cls, pipe: DiffusionPipeline) -> list[TextPart]:
         """One part: the system prompt's tokens, then the prompt's."""
 
         def prefixed(prompt: str) -> str:
@@ -64,7 +67,7 @@ class Lumina2(TextRefinerFamily):
         return [TextPart(cls.encoder_name, 0, cls.text_length, pipe.tokenizer, prefixed)]
 
     @classmethod
-    def encode_texts(cls, pipe: Any, prompts: list[str]) -> list[torch.Tensor]:
+    def encode_texts(cls, pipe: DiffusionPipeline, prompts: list[str]) -> list[torch.Tensor]:
         states, mask, _, _ = pipe.encode_prompt(
             list(prompts),
             do_classifier_free_guidance=False,

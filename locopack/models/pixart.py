@@ -6,13 +6,16 @@ block (28 sites).  Text enters nowhere else, so intervening on every site is exa
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
 from .base import BlockOrderTransformer, LowercasedPrompts
 from .twin_parts import tiny_t5, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 _MAX_SEQUENCE = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
 
@@ -30,11 +33,11 @@ class PixArt(LowercasedPrompts, BlockOrderTransformer):
         return "https://huggingface.co/PixArt-alpha/PixArt-XL-2-1024-MS"
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         return _MAX_SEQUENCE.get(type(pipe).__name__, 120)
 
     @classmethod
-    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """PixArt masks padded T5 positions in its cross-attention."""
         tokens = pipe.tokenizer(
             [cls.preprocess(p) for p in prompts],
@@ -47,7 +50,7 @@ class PixArt(LowercasedPrompts, BlockOrderTransformer):
         return tokens.attention_mask
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         states, _, _, _ = pipe.encode_prompt(
             prompts,
             do_classifier_free_guidance=False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily
@@ -18,6 +18,9 @@ from .sd2 import StableDiffusion2
 from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
 from .z_image import ZImage
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 #: Every supported family by registry name, in the order they are tried.
 FAMILIES: dict[str, type[ModelFamily]] = {
@@ -70,7 +73,7 @@ def family_for(pipeline_class: str, denoiser_config: dict[str, Any]) -> type[Mod
     )
 
 
-def detect_family(pipe: Any) -> type[ModelFamily]:
+def detect_family(pipe: DiffusionPipeline) -> type[ModelFamily]:
     """The family of a loaded diffusers pipeline."""
     for attr in ("unet", "transformer"):
         denoiser = getattr(pipe, attr, None)

@@ -15,7 +15,7 @@ reads the concept in another context.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import (
@@ -28,6 +28,9 @@ from transformers import Gemma2Config, Gemma2Model
 
 from .base import BlockOrderTransformer, LowercasedPrompts
 from .tokenizers import tiny_gemma_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 #: Gemma tokens of the text states (the pipeline's default ``max_sequence_length``)
 MAX_SEQUENCE = 300
@@ -46,22 +49,24 @@ class Sana(LowercasedPrompts, BlockOrderTransformer):
         return "https://huggingface.co/Efficient-Large-Model/Sana_1600M_1024px_diffusers"
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         return MAX_SEQUENCE
 
     @classmethod
-    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """SANA masks padded Gemma positions in its cross-attention."""
         return cls._encoded(pipe, prompts)[1]
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         states = cls._encoded(pipe, prompts)[0].to(pipe.transformer.dtype)
         transformer = pipe.transformer
         return transformer.caption_norm(transformer.caption_projection(states))
 
     @classmethod
-    def _encoded(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encoded(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         states, mask, _, _ = pipe.encode_prompt(
             prompts,
             do_classifier_free_guidance=False,

@@ -6,13 +6,16 @@ transformer block: 16 sites (6 down, 1 mid, 9 up).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from .base import ModelFamily
 from .twin_parts import tiny_clip_text, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class StableDiffusion1(ModelFamily):
@@ -36,7 +39,7 @@ class StableDiffusion1(ModelFamily):
         )
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         states, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
         return states
 

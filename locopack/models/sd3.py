@@ -12,7 +12,7 @@ sequence has two parts (:meth:`StableDiffusion3.text_parts`): a concept has toke
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import (
@@ -24,6 +24,9 @@ from diffusers import (
 from .base import TextPart
 from .joint_attention import JointAttentionFamily
 from .twin_parts import tiny_clip_text, tiny_t5, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 #: shift and scale of the SD3 VAE's latents (from its published config)
 SD3_VAE_LATENTS = {"shift_factor": 0.0609, "scaling_factor": 1.5305}
@@ -45,7 +48,9 @@ class StableDiffusion3(JointAttentionFamily):
         return "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium"
 
     @classmethod
-    def encode_with_pooled(cls, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_with_pooled(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         states, _, pooled, _ = pipe.encode_prompt(
             prompts,
             None,
@@ -57,12 +62,12 @@ class StableDiffusion3(JointAttentionFamily):
         return states, pooled
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         """CLIP's tokens, then T5's."""
         return pipe.tokenizer.model_max_length + cls.t5_length
 
     @classmethod
-    def text_parts(cls, pipe: Any) -> list[TextPart]:
+    def text_parts(cls, pipe: DiffusionPipeline) -> list[TextPart]:
         """CLIP's positions (both CLIP encoders' states, concatenated per position), then T5's;
         a pipeline without T5 (``tokenizer_3`` None) feeds zeros there: no part."""
         clip = pipe.tokenizer.model_max_length

@@ -10,13 +10,16 @@ concatenated per position), so the text sequence is one CLIP part.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
 from .base import ModelFamily
 from .twin_parts import tiny_clip_text, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class StableDiffusionXL(ModelFamily):
@@ -37,7 +40,7 @@ class StableDiffusionXL(ModelFamily):
         return pipeline_class in cls.pipeline_classes
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         states, _, _, _ = pipe.encode_prompt(
             prompt=prompts,
             device=pipe.device,

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily, Site, site_projection
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 class _Stop(Exception):
@@ -99,7 +102,7 @@ class TextRefinerFamily(ModelFamily):
     # ---- text as the transformer receives it -------------------------------------------------
     @classmethod
     @abstractmethod
-    def encode_texts(cls, pipe: Any, prompts: list[str]) -> list[torch.Tensor]:
+    def encode_texts(cls, pipe: DiffusionPipeline, prompts: list[str]) -> list[torch.Tensor]:
         """The transformer's text input for each prompt, (L_i, D), as the pipeline makes it."""
 
     @classmethod
@@ -119,13 +122,13 @@ class TextRefinerFamily(ModelFamily):
         ``args``/``kwargs`` as the pipeline makes it."""
 
     @classmethod
-    def encode(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def encode(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """The texts of :meth:`encode_texts` zero-padded to one length, (B, L, D); the real
         tokens are those :meth:`attention_mask` keeps."""
         return torch.nn.utils.rnn.pad_sequence(cls.encode_texts(pipe, prompts), batch_first=True)
 
     @classmethod
-    def attention_mask(cls, pipe: Any, prompts: list[str]) -> torch.Tensor:
+    def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
         """(B, L) keep-mask of :meth:`encode`'s rows: the pipeline drops padding."""
         texts = cls.encode_texts(pipe, prompts)
         mask = torch.zeros(len(texts), max(len(t) for t in texts), dtype=torch.bool)

@@ -16,7 +16,7 @@ of most diffusers pipelines) and guides whenever ``guidance_scale`` > 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
@@ -25,6 +25,9 @@ from .base import TextPart
 from .flux import FLUX_VAE_LATENTS
 from .text_refiner import TextRefinerFamily
 from .twin_parts import tiny_chat_text, tiny_vae
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 #: Z-Image pads each prompt's text rows to a multiple of this (``SEQ_MULTI_OF``)
 ROW_MULTIPLE = 32
@@ -47,11 +50,11 @@ class ZImage(TextRefinerFamily):
         return "https://huggingface.co/Tongyi-MAI/Z-Image-Turbo"
 
     @classmethod
-    def max_length(cls, pipe: Any) -> int:
+    def max_length(cls, pipe: DiffusionPipeline) -> int:
         return cls.text_length
 
     @classmethod
-    def text_parts(cls, pipe: Any) -> list[TextPart]:
+    def text_parts(cls, pipe: DiffusionPipeline) -> list[TextPart]:
         """One part: the chat-templated prompt's tokens (the template's come first)."""
 
         def templated(prompt: str) -> str:
@@ -65,7 +68,7 @@ class ZImage(TextRefinerFamily):
         return [TextPart(cls.encoder_name, 0, cls.text_length, pipe.tokenizer, templated)]
 
     @classmethod
-    def encode_texts(cls, pipe: Any, prompts: list[str]) -> list[torch.Tensor]:
+    def encode_texts(cls, pipe: DiffusionPipeline, prompts: list[str]) -> list[torch.Tensor]:
         # the pipeline rewrites the list it gets in place: hand it a copy
         texts, _ = pipe.encode_prompt(
             list(prompts),

@@ -18,12 +18,18 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLayoutError
 from ..hub.apply import pipeline_source
 from ..hub_ref import is_hub_id
 from ..release.layout import MERGED_DIR, PIPELINE_INDEX, relative_location, sha256_file
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -42,8 +48,8 @@ class LoadedBase:
             (a locopack release on the Hub, whose ``merged/`` was fetched).
     """
 
-    pipe: Any
-    family: Any
+    pipe: DiffusionPipeline
+    family: type[ModelFamily]
     source: str
     revision: str | None = None
     commit: str | None = None
@@ -78,7 +84,7 @@ class LoadedBase:
         return self.hub_id or relative_location(self.source, Path(folder))
 
 
-def load_base(recipe: Any, *, allow_pickle: bool = False) -> LoadedBase:
+def load_base(recipe: Recipe, *, allow_pickle: bool = False) -> LoadedBase:
     """Load the recipe's base pipeline: a local path resolved against the recipe's folder,
     a Hub id at the commit its revision names now, or a locopack release's merged checkpoint.
 
@@ -123,13 +129,13 @@ class BaseLayout:
         missing: why its weights cannot be read without a download; None when they are here.
     """
 
-    family: Any
+    family: type[ModelFamily]
     site_count: int
     scheduler: Any
     missing: str | None
 
 
-def base_layout(recipe: Any) -> BaseLayout:
+def base_layout(recipe: Recipe) -> BaseLayout:
     """The recipe's base from its configs alone (nothing but configs is downloaded).
 
     Raises:
@@ -151,7 +157,7 @@ def base_layout(recipe: Any) -> BaseLayout:
     )
 
 
-def recipe_family(family: Any, recipe: Any) -> Any:
+def recipe_family(family: type[ModelFamily], recipe: Recipe) -> Any:
     """``family`` as the recipe sets it up (its T5 length, where the recipe names one)."""
     length = recipe.base.max_sequence_length
     return family if length is None else family.with_t5_length(length)

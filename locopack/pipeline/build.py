@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..delta import WeightDelta
 from ..distributed import gather
@@ -59,6 +59,9 @@ from .stages import (
     scorer_for,
     write_recipe_copy,
 )
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 STAGES = ("localize", "edit", "export", "evidence", "card", "history")
 
@@ -104,7 +107,7 @@ class _StageLog:
 
 
 def _tidy(
-    out: Path, recipe: Any, killed: dict[str, Any], echo: Callable[[str], Any], replace: bool
+    out: Path, recipe: Recipe, killed: dict[str, Any], echo: Callable[[str], Any], replace: bool
 ) -> None:
     """Before the build: say that a killed build is resumed, remove what interrupted writes
     left, and check what else the folder holds (:func:`_clear_another_build`)."""
@@ -123,7 +126,9 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def _clear_another_build(out: Path, recipe: Any, echo: Callable[[str], Any], replace: bool) -> None:
+def _clear_another_build(
+    out: Path, recipe: Recipe, echo: Callable[[str], Any], replace: bool
+) -> None:
     """Make sure that nothing in ``out`` but this recipe's own outputs becomes part of its
     release (an old merged checkpoint, extra evidence, a file of the user's).
 
@@ -177,7 +182,7 @@ def _clear_another_build(out: Path, recipe: Any, echo: Callable[[str], Any], rep
     )
 
 
-def _reusable_delta(path: Path, recipe: Any, base: LoadedBase) -> WeightDelta | None:
+def _reusable_delta(path: Path, recipe: Recipe, base: LoadedBase) -> WeightDelta | None:
     if not path.is_file():
         return None
     try:
@@ -205,7 +210,7 @@ def _check_recorded_base(base: LoadedBase, previous: list[dict[str, Any]]) -> No
 
 
 def run_build(
-    recipe: Any,
+    recipe: Recipe,
     out: Path,
     *,
     options: RunOptions = DEFAULT_OPTIONS,
@@ -250,7 +255,7 @@ def run_build(
 
 
 def _build(
-    recipe: Any,
+    recipe: Recipe,
     out: Path,
     options: RunOptions,
     summary: BuildSummary,

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..release.layout import HISTORY_FILE, LOCALIZATION_FILE, locate
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 #: largest difference allowed between a recorded and a recomputed window score
 SCORE_TOLERANCE = 1e-4
@@ -78,7 +81,7 @@ def reproduce(
     return checks
 
 
-def _relocalize(recipe: Any, base: Any, folder: Path, scorer_source: str | None):
+def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | None):
     """Run LocoGen again and compare it with the release's ``localization.json``."""
     from ..localize import ClipScorer, LocalizationResult, localize
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..evidence import attacks
 from ..evidence.attacks.found import Found
@@ -32,15 +32,21 @@ from ..evidence.before_after import generate_images
 from ..localize.cache import CandidateCache
 from .select_sites import check_seeds
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
+
 
 @dataclass
 class AttackTarget:
     """The model one round attacks: the base with ``delta`` (a WeightDelta) applied in memory;
     ``detectors[i]`` judges erase edit i; ``identity`` names the model in cache keys."""
 
-    pipe: Any
-    family: Any
-    recipe: Any
+    pipe: DiffusionPipeline
+    family: type[ModelFamily]
+    recipe: Recipe
     scorer: Any
     detectors: list[Any]
     delta: Any

@@ -27,7 +27,7 @@ hash, so a killed build replays its rounds and draws only what it had not judged
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RecipeError
 from ..evidence.attacks.found import Found
@@ -37,11 +37,14 @@ from ..localize.cache import CandidateCache
 from .robust_attacks import ATTACKS, AttackTarget
 from .select_sites import check_seeds, judges
 
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
+
 #: the bar of an erase edit that states no ``attack_success`` requirement
 DEFAULT_BAR = 0.10
 
 
-def check_robust(recipe: Any) -> None:
+def check_robust(recipe: Recipe) -> None:
     """Refuse an ``edit.robust`` the build could not run (before any model work).
 
     Raises:
@@ -105,7 +108,7 @@ def _rates(target: AttackTarget, found: list[Found]) -> dict[int, dict[str, floa
 
 
 def robust_erase(
-    base: Any, recipe: Any, layers: list[str], delta: Any, scorer: Any, cache: CandidateCache
+    base: Any, recipe: Recipe, layers: list[str], delta: Any, scorer: Any, cache: CandidateCache
 ) -> Any:
     """Robust erase of ``delta`` (LocoEdit of ``layers`` on ``base``, a LoadedBase); see the
     module docstring.  Returns the final delta, its provenance's ``robust`` holding the rounds.

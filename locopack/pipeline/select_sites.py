@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,13 +36,19 @@ from ..evidence.verdict import judging_detector
 from ..localize.cache import CandidateCache
 from ..localize.editable import TrailStep, nested_sets, smallest_meeting
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ..models.base import ModelFamily
+    from ..recipe.schema import Recipe
+
 #: images per prompt in a check
 CHECK_SEEDS = 4
 EFFICACY = ("concept_left", "target_shown")
 CLIP_SHARE = "clip share"
 
 
-def check_seeds(recipe: Any) -> list[int]:
+def check_seeds(recipe: Recipe) -> list[int]:
     """The evidence's seeds, then the following ones, :data:`CHECK_SEEDS` in all."""
     seeds = list(recipe.evidence.seeds or recipe.localize.seeds[:1])
     following = max(seeds) + 1
@@ -52,7 +58,7 @@ def check_seeds(recipe: Any) -> list[int]:
     return seeds
 
 
-def judges(recipe: Any, scorer: Any) -> list[tuple[str, Any]]:
+def judges(recipe: Recipe, scorer: Any) -> list[tuple[str, Any]]:
     """Per edit, ``(name, detector)``: the rate detector that judges it, or
     ``(CLIP_SHARE, None)`` where the recipe has none."""
     loaded = {d.name: load_detector(d.name, d.options, scorer) for d in recipe.evidence.detectors}
@@ -214,9 +220,9 @@ class EfficacyCheck:
 
 
 def select_sites(
-    pipe: Any,
-    family: Any,
-    recipe: Any,
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    recipe: Recipe,
     result: Any,
     scorer: Any,
     *,

@@ -15,7 +15,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..distributed import ProcessGroup
 from ..errors import RecipeError
@@ -28,6 +28,9 @@ from ..release.layout import (
 )
 from ..storage import atomic_write_text
 from .base import LoadedBase, load_base
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,12 @@ class RunOptions:
 DEFAULT_OPTIONS = RunOptions()
 
 
-def write_recipe_copy(recipe: Any, out: Path) -> None:
+def write_recipe_copy(recipe: Recipe, out: Path) -> None:
     """Keep the recipe's exact source text beside the outputs."""
     atomic_write_text(out / RECIPE_FILE, recipe.source_text)
 
 
-def warn_about_local_paths(recipe: Any) -> None:
+def warn_about_local_paths(recipe: Recipe) -> None:
     """Warn when the recipe names a local folder by an absolute path: its exact text is part of
     the release (``recipe.yaml``, the card), so that path would be published."""
     named = {"base.model": recipe.base.model, "localize.scorer": recipe.localize.scorer}
@@ -81,7 +84,7 @@ def warn_about_local_paths(recipe: Any) -> None:
             )
 
 
-def scorer_for(recipe: Any, device: Any) -> Any:
+def scorer_for(recipe: Recipe, device: Any) -> Any:
     """The recipe's CLIP scorer, named as the recipe names it (never by a local path)."""
     from ..localize import ClipScorer
 
@@ -90,7 +93,7 @@ def scorer_for(recipe: Any, device: Any) -> Any:
 
 
 def run_localize(
-    recipe: Any,
+    recipe: Recipe,
     out: Path,
     *,
     base: LoadedBase | None = None,
@@ -124,7 +127,7 @@ def run_localize(
 
 
 def choose_layers(
-    recipe: Any,
+    recipe: Recipe,
     site_paths: list[str],
     layers: list[str] | None,
     localization: Path | None,
@@ -166,7 +169,7 @@ def choose_layers(
 
 
 def layers_or_localize(
-    recipe: Any,
+    recipe: Recipe,
     base: LoadedBase,
     out: Path,
     *,
@@ -224,7 +227,7 @@ def select_editable(recipe, base, out, result, scorer, options=DEFAULT_OPTIONS):
 
 
 def run_neurons(
-    recipe: Any,
+    recipe: Recipe,
     out: Path,
     *,
     top_k: int,
@@ -246,7 +249,7 @@ def run_neurons(
 
 
 def run_edit(
-    recipe: Any,
+    recipe: Recipe,
     out: Path,
     *,
     layers: list[str] | None = None,
@@ -272,7 +275,7 @@ def run_edit(
     return delta, save_edit(recipe, base, delta, out)
 
 
-def compute_edit(recipe: Any, base: LoadedBase, layers: list[str], out: Path):
+def compute_edit(recipe: Recipe, base: LoadedBase, layers: list[str], out: Path):
     """LocoEdit's delta for ``layers`` (made robust when the recipe sets ``edit.robust``:
     :mod:`.robust_erase`, caching in ``out``), its provenance naming the base as a release in
     ``out`` records it (a relative path or a Hub id and commit; never a local absolute path)."""
@@ -292,7 +295,7 @@ def compute_edit(recipe: Any, base: LoadedBase, layers: list[str], out: Path):
     return delta
 
 
-def save_edit(recipe: Any, base: LoadedBase, delta: Any, out: Path) -> dict[str, Any]:
+def save_edit(recipe: Recipe, base: LoadedBase, delta: Any, out: Path) -> dict[str, Any]:
     """Write ``edit.json`` (layers, delta hash, per-matrix edit errors) and
     ``delta.safetensors``; returns the report."""
     from ..edit import edit_errors

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -50,6 +50,9 @@ from .layout import (
 )
 from .robust_card import robust_rounds
 
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
+
 
 def card_files(folder: Path) -> list[str]:
     """The release files the card lists with their hashes: all but the card itself and the
@@ -75,7 +78,7 @@ def _read_json(folder: Path, name: str, needed_for: str) -> dict:
         raise ExportError(f"{path}: not valid JSON ({err})") from None
 
 
-def _license(recipe: Any, base: str) -> str | None:
+def _license(recipe: Recipe, base: str) -> str | None:
     """The recipe's license, or with ``inherit`` the one the base model's card declares (a
     local folder's README.md, or the Hub repo's card); None where none can be read."""
     from huggingface_hub import ModelCard
@@ -343,7 +346,7 @@ CLIP scores measure text-image agreement, not the absence of a concept; check th
 """
 
 
-def _plugin_note(recipe: Any) -> str:
+def _plugin_note(recipe: Recipe) -> str:
     """Names the plug-in detectors (the user's code, run with ``--allow-code``), if any."""
     plugins = [d.name for d in recipe.evidence.detectors if is_plugin(d.name)]
     if not plugins:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError, HubError
 from ..evidence.detectors import is_plugin
@@ -31,6 +31,9 @@ from .layout import (
     relative_location,
     sha256_file,
 )
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 FORMAT = "locopack.history/1"
 
@@ -99,7 +102,7 @@ def prior_history(model: str, revision: str | None = None) -> list[dict[str, Any
 
 
 def new_entry(
-    recipe: Any,
+    recipe: Recipe,
     delta: Any,
     folder: Path,
     previous: list[dict[str, Any]],

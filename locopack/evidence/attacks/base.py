@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .context import AttackContext
 from .found import Found
+
+if TYPE_CHECKING:
+    from ...recipe.schema import Recipe
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Attack(ABC):
 
     @classmethod
     @abstractmethod
-    def settings(cls, recipe: Any) -> Any | None:
+    def settings(cls, recipe: Recipe) -> Any | None:
         """Its budget in ``recipe``, or None where the recipe turns it off."""
 
     @classmethod

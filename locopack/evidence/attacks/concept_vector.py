@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import statistics
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row, without_concept
 from .feed import encode, feeding
 from .found import Found
+
+if TYPE_CHECKING:
+    from ...recipe.schema import Recipe
 
 #: words tried per position and step of the token search (in random order)
 CANDIDATES = 8
@@ -61,7 +64,7 @@ class ConceptVector(Attack):
     reference_url = "https://arxiv.org/abs/2310.10012"
 
     @classmethod
-    def settings(cls, recipe: Any) -> ConceptVectorSettings | None:
+    def settings(cls, recipe: Recipe) -> ConceptVectorSettings | None:
         return recipe.evidence.attacks.concept_vector
 
     @classmethod

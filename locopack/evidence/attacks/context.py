@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ...models.base import ModelFamily
+    from ...recipe.schema import Recipe
 
 #: the two models every attack runs on
 MODELS = ("base", "edited")
@@ -41,9 +47,9 @@ class AttackContext:
         inputs: what identifies the models in cache keys (the evidence's inputs).
     """
 
-    pipe: Any
-    family: Any
-    recipe: Any
+    pipe: DiffusionPipeline
+    family: type[ModelFamily]
+    recipe: Recipe
     draw: Callable[[list[str], list[int]], dict[str, list]]
     edited: Callable[[], AbstractContextManager]
     detector: Any
@@ -127,7 +133,7 @@ def without_concept(template: str) -> str:
     return re.sub(r"\s+", " ", template.replace("{concept}", "")).strip()
 
 
-def erase_edits(recipe: Any) -> Iterator[tuple[int, Any]]:
+def erase_edits(recipe: Recipe) -> Iterator[tuple[int, Any]]:
     """``(index, edit)`` of every erase edit: the edits attacks run on."""
     for index, edit in enumerate(recipe.edits):
         if edit.kind == "erase":

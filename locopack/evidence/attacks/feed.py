@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import ModelLayoutError
 from ...hooks.cross import replace_conditional, swap_text_states
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
-def text_encoders(pipe: Any) -> list[tuple[str, Any, Any]]:
+    from ...models.base import ModelFamily
+
+
+def text_encoders(pipe: DiffusionPipeline) -> list[tuple[str, Any, Any]]:
     """``(name, tokenizer, encoder)`` of every text encoder the pipeline has."""
     found = []
     for suffix in ("", "_2", "_3"):
@@ -42,7 +47,7 @@ def single_token(tokenizer: Any, word: str) -> int | None:
     return ids[0] if len(ids) == 1 and ids[0] != unknown else None
 
 
-def placeholder(pipe: Any, words: list[str], avoid: str) -> str | None:
+def placeholder(pipe: DiffusionPipeline, words: list[str], avoid: str) -> str | None:
     """The first of ``words`` that every tokenizer of ``pipe`` makes one token and that
     ``avoid`` (the template) does not contain; None where there is none."""
     encoders = text_encoders(pipe)
@@ -61,7 +66,9 @@ def _token_embeddings(encoder: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 @contextlib.contextmanager
-def soft_tokens(pipe: Any, word: str, embeddings: dict[str, torch.Tensor]) -> Iterator[None]:
+def soft_tokens(
+    pipe: DiffusionPipeline, word: str, embeddings: dict[str, torch.Tensor]
+) -> Iterator[None]:
     """Within the block, the j-th ``word`` of a prompt enters text encoder ``name`` as
     ``embeddings[name][j]`` (k, D) instead of its token embedding, for prompts that hold
     ``word`` k times; gradients flow to the embeddings."""
@@ -89,7 +96,10 @@ def soft_tokens(pipe: Any, word: str, embeddings: dict[str, torch.Tensor]) -> It
 
 @contextlib.contextmanager
 def feeding(
-    family: Any, denoiser: torch.nn.Module, states: torch.Tensor, pooled: torch.Tensor | None = None
+    family: type[ModelFamily],
+    denoiser: torch.nn.Module,
+    states: torch.Tensor,
+    pooled: torch.Tensor | None = None,
 ) -> Iterator[None]:
     """Within the block, conditional sample ``b`` reads ``states[b]`` (and, for joint-attention
     families, ``pooled[b]`` where given) as its text; see the module docstring."""
@@ -118,7 +128,9 @@ def feeding(
         handle.remove()
 
 
-def encode(family: Any, pipe: Any, prompts: list[str]) -> tuple[torch.Tensor, Any]:
+def encode(
+    family: type[ModelFamily], pipe: DiffusionPipeline, prompts: list[str]
+) -> tuple[torch.Tensor, Any]:
     """``(states, pooled)`` of ``prompts`` as :func:`feeding` takes them (pooled: None where
     the family has no pooled vector the transformer reads).
 

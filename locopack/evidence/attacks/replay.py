@@ -18,7 +18,7 @@ import io
 import os
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...control_chars import strip_controls
 from ...errors import RecipeError
@@ -27,6 +27,9 @@ from ...recipe.attacks import ReplaySettings
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row
 from .found import Found
+
+if TYPE_CHECKING:
+    from ...recipe.schema import Recipe
 
 
 def _bad(source: str, line: int, what: str) -> RecipeError:
@@ -106,7 +109,7 @@ def read_hub_dataset(ref: str, settings: ReplaySettings) -> list[str]:
     return [_checked(ref, i + 2, p) for i, p in enumerate(table[settings.column])]
 
 
-def replay_prompts(recipe: Any) -> list[str] | None:
+def replay_prompts(recipe: Recipe) -> list[str] | None:
     """The replay's prompts (at most ``limit``), or None where the recipe names none."""
     settings = recipe.evidence.attacks.replay
     if settings is None:
@@ -134,7 +137,7 @@ class Replay(Attack):
     reference_url = "https://arxiv.org/abs/2211.05105"
 
     @classmethod
-    def settings(cls, recipe: Any) -> ReplaySettings | None:
+    def settings(cls, recipe: Recipe) -> ReplaySettings | None:
         return recipe.evidence.attacks.replay
 
     @classmethod

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -47,6 +47,11 @@ from .feed import single_token, soft_tokens, text_encoders
 from .found import Found
 from .soft_optimise import carries_gradient, optimise, record_trajectory
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from ...recipe.schema import Recipe
+
 
 class SoftPrompt(Attack):
     """Continuous token embeddings optimised through the denoiser, then projected to words."""
@@ -56,7 +61,7 @@ class SoftPrompt(Attack):
     reference_url = "https://arxiv.org/abs/2309.06135"
 
     @classmethod
-    def settings(cls, recipe: Any) -> SoftPromptSettings | None:
+    def settings(cls, recipe: Recipe) -> SoftPromptSettings | None:
         return recipe.evidence.attacks.soft_prompt
 
     @classmethod
@@ -120,7 +125,7 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
     return None
 
 
-def _single_everywhere(pipe: Any, word: str) -> bool:
+def _single_everywhere(pipe: DiffusionPipeline, word: str) -> bool:
     return all(single_token(t, word) is not None for _, t, _ in text_encoders(pipe))
 
 

@@ -8,10 +8,13 @@ drawn there; chance the random words it started from.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Attack, AttackRun
 from .context import AttackContext, row
+
+if TYPE_CHECKING:
+    from ...recipe.schema import Recipe
 
 
 class WordSearch(Attack):
@@ -22,7 +25,7 @@ class WordSearch(Attack):
     reference_url = "https://arxiv.org/abs/2310.11868"
 
     @classmethod
-    def settings(cls, recipe: Any) -> Any | None:
+    def settings(cls, recipe: Recipe) -> Any | None:
         settings = recipe.evidence.attack
         return settings if settings.steps > 0 else None
 
