@@ -266,7 +266,7 @@ try:
     result = push({folder!r}, {repo!r}, sleep=sleeps.append)
     print(json.dumps({{"commit": result.commit, "tag": result.tag, "sleeps": sleeps}}))
 except HubError as err:
-    print(json.dumps({{"error": str(err), "sleeps": sleeps}}))
+    print(json.dumps({{"error": str(err), "kind": type(err).__name__, "sleeps": sleeps}}))
 """
 
 
@@ -303,6 +303,7 @@ def test_too_many_failures_leave_folder_and_remote_as_they_were(standin, env, tm
     message = out["error"]
     assert "\n" not in message and "commit failed after 4 attempts" in message
     assert "500" in message and "no commit" in message
+    assert out["kind"] == "HubTransientError"  # a ConnectionError too: try again later
     assert hashes(folder) == before
     seen = inspect(env, "org/down")
     assert [title for _, title in seen["commits"]] == ["initial commit"] and not seen["tags"]
@@ -312,7 +313,7 @@ def test_a_failed_tag_is_named_and_the_next_push_only_tags(standin, env, tmp_pat
     folder = make_release(tmp_path / "release")
     standin.fail("tag", "500", times=4)
     out = python(env, PUSH.format(folder=str(folder), repo="org/untagged"))
-    assert "tag failed after 4 attempts" in out["error"]
+    assert "tag failed after 4 attempts" in out["error"] and out["kind"] == "HubTransientError"
     assert "committed as" in out["error"] and "push again to tag" in out["error"]
     seen = inspect(env, "org/untagged")
     assert len(seen["commits"]) == 2 and not seen["tags"]
@@ -345,12 +346,14 @@ for ref in ("org/none@v1", "org/one@no-such-tag"):
     try:
         resolve_release(ref, sleep=lambda s: None)
     except HubError as err:
-        out.append(str(err))
+        out.append([str(err), type(err).__name__, isinstance(err, FileNotFoundError)])
 print(json.dumps(out))
 """
     assert cli(env, "push", str(make_release(tmp_path / "r")), "--repo", "org/one").returncode == 0
-    for ref, message in zip(("org/none@v1", "org/one@no-such-tag"), python(env, code), strict=True):
+    refs = ("org/none@v1", "org/one@no-such-tag")
+    for ref, (message, kind, missing) in zip(refs, python(env, code), strict=True):
         assert message.startswith(f"{ref}: no such repo or revision on the Hub")
+        assert kind == "HubNotFoundError" and missing
     bare = tmp_path / "bare"
     bare.mkdir()
     done = cli(env, "push", str(bare), "--repo", "org/bare")

@@ -1,7 +1,8 @@
 """Calls to the Hugging Face Hub made safe to report: transient failures (HTTP 5xx/408/429,
 resets, timeouts) retried with a short exponential back-off, and every failure turned into one
-:class:`~locopack.errors.HubError` line with the token scrubbed from it.  Used by the push
-(:mod:`.hub`) and the pull (:mod:`.pull`) alike.
+:class:`~locopack.errors.HubError` line with the token scrubbed from it, of the kind the
+failure was (:mod:`.errors`: auth, not found, transient).  Used by the push (:mod:`.push`) and
+the pull (:mod:`.pull`) alike.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ..errors import HubError, LocopackError
+from .errors import BY_KIND, HubNotFoundError
 
 T = TypeVar("T")
 
@@ -98,23 +100,24 @@ def _classify(err: BaseException) -> str:
 def _hub_error(
     step: str, what: str, err: BaseException, kind: str, attempts: int, token: str | None
 ) -> HubError:
+    error = BY_KIND[kind]
     if step == "download":
         if kind in ("missing", "auth"):
-            return HubError(
+            return HubNotFoundError(
                 f"{what}: no such repo or revision on the Hub (if it is private, {AUTH_HINT})"
             )
         detail = _one_line(err, token)
         if kind == "transient":
-            return HubError(f"{what}: cannot reach the Hub after {attempts} attempts: {detail}")
-        return HubError(f"{what}: download failed: {detail}")
+            return error(f"{what}: cannot reach the Hub after {attempts} attempts: {detail}")
+        return error(f"{what}: download failed: {detail}")
     if kind == "auth":
-        return HubError(f"authentication failed for {what}: {AUTH_HINT}")
+        return error(f"authentication failed for {what}: {AUTH_HINT}")
     detail = _one_line(err, token)
     tries = f" after {attempts} attempts" if attempts > 1 else ""
     nothing = (
         "; the Hub made no commit and the local folder is unchanged" if step == "commit" else ""
     )
-    return HubError(f"push to {what}: {step} failed{tries}: {detail}{nothing}")
+    return error(f"push to {what}: {step} failed{tries}: {detail}{nothing}")
 
 
 def _one_line(err: BaseException, token: str | None) -> str:

@@ -136,7 +136,7 @@ def push(
     try:
         call("tag", lambda: _tag(api, repo, tag, commit, title))
     except HubError as err:
-        raise HubError(
+        raise type(err)(
             f"{err}; the files are committed as {commit[:12]} but not tagged: push again to tag "
             "that commit"
         ) from None
