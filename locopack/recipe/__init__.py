@@ -1,8 +1,9 @@
 """Reading and checking recipes: the schema, the YAML limits, located errors, the review of a
 recipe against its base model, and the prompt files a recipe names.
 
-The public names below are re-exported lazily, so that reading one submodule (say the prompt
-files, which the editor needs) does not import the model-side checks with it.
+The schema's names are imported here (it needs only pydantic and yaml); the checks against a
+model are re-exported lazily, so that reading one submodule (say the prompt files, which the
+editor needs) does not import the model side with it.
 """
 
 from __future__ import annotations
@@ -10,33 +11,35 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_HOMES = {
-    "RecipeError": "locopack.errors",
-    "preflight": "locopack.recipe.checks",
-    "check_against_model": "locopack.recipe.review",
-    "resolve_layers": "locopack.recipe.review",
-    "summarize": "locopack.recipe.review",
-    **{
-        name: "locopack.recipe.schema"
-        for name in (
-            "AttackSettings",
-            "BaseModelSpec",
-            "CardSettings",
-            "DetectorSpec",
-            "EditSettings",
-            "EraseEdit",
-            "EvidenceSettings",
-            "ExportSettings",
-            "HubSettings",
-            "LocalizeSettings",
-            "PromptSample",
-            "Recipe",
-            "RobustSettings",
-            "UpdateEdit",
-            "load_recipe",
-            "parse_recipe",
-        )
-    },
+from ..errors import RecipeError
+from .schema import (
+    AttackSettings,
+    BaseModelSpec,
+    CardSettings,
+    DetectorSpec,
+    EditSettings,
+    EraseEdit,
+    EvidenceSettings,
+    ExportSettings,
+    HubSettings,
+    LocalizeSettings,
+    PromptSample,
+    Recipe,
+    RobustSettings,
+    UpdateEdit,
+    load_recipe,
+    parse_recipe,
+)
+
+if TYPE_CHECKING:
+    from .checks import preflight
+    from .review import check_against_model, resolve_layers, summarize
+
+_LAZY = {
+    "preflight": "checks",
+    "check_against_model": "review",
+    "resolve_layers": "review",
+    "summarize": "review",
 }
 
 __all__ = [
@@ -63,32 +66,8 @@ __all__ = [
     "summarize",
 ]
 
-if TYPE_CHECKING:
-    from ..errors import RecipeError
-    from .checks import preflight
-    from .review import check_against_model, resolve_layers, summarize
-    from .schema import (
-        AttackSettings,
-        BaseModelSpec,
-        CardSettings,
-        DetectorSpec,
-        EditSettings,
-        EraseEdit,
-        EvidenceSettings,
-        ExportSettings,
-        HubSettings,
-        LocalizeSettings,
-        PromptSample,
-        Recipe,
-        RobustSettings,
-        UpdateEdit,
-        load_recipe,
-        parse_recipe,
-    )
-
 
 def __getattr__(name: str) -> object:
-    home = _HOMES.get(name)
-    if home is None:
+    if name not in _LAZY:
         raise AttributeError(f"module 'locopack.recipe' has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
