@@ -64,7 +64,9 @@ class QwenImage(JointAttentionFamily):
     card_note: ClassVar[str | None] = (
         "The sites are the blocks' text key/value projections (add_k_proj/add_v_proj), which "
         "read the text stream only. Qwen-Image has no pooled text vector: the timestep alone "
-        "modulates the blocks."
+        "modulates the blocks. Its images were drawn without classifier-free guidance: the "
+        "guidance setting is an input of guidance-distilled variants only, and the pipeline's "
+        "true CFG needs a negative prompt, which locopack does not pass."
     )
     #: the pipeline's default ``max_sequence_length``: the text rows every prompt is padded to
     t5_length: ClassVar[int] = 512
