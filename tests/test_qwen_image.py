@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from locopack.hooks.joint import swap_windows
-from locopack.localize import Rung, Sweep, localize, prompt_pairs
-from locopack.localize.planted import ReferenceScorer, planted_text_window
+from locopack.localize import Rung, Sweep
 from locopack.localize.windows import PromptPair
 from locopack.models import detect_family, get_family, load_pipeline
 
 from .family_checks import (
     adapter_equals_merged,
     listed_sites_fire_in_order,
+    planted_text_window_is_found,
     real_layout,
     recipe,
     twin_recipe_builds_and_audits,
@@ -215,21 +215,7 @@ def test_a_negative_prompt_s_call_is_left_alone(qwen_pipe):
 def test_a_planted_single_site_window_is_found(start, mode, qwen_dir):
     base = get_family("qwen-image").with_t5_length(LENGTH)
     family = type(base.__name__, (base,), {"twin_layers": 6})
-    pipe = family.build_twin(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    steps = 5 if mode == "fast" else 2
-    planted = recipe(qwen_dir, steps=steps, mode=mode)
-    with planted_text_window(pipe, family, start, 1) as paths:
-        originals = [p.original for p in prompt_pairs(planted)]
-        scorer = ReferenceScorer(pipe, family, originals, steps, 3.0, resolutions=(16,))
-        result = localize(
-            pipe, family, planted, scorer=scorer, progress=False, batch=9, full_references=True
-        )
-    assert result.layers == [paths[start]] and result.mode == mode
-    assert result.pooled_only is None
-    assert result.baseline.mean == pytest.approx(0.0, abs=0.01)  # batched vs one: rounding
-    chosen = result.candidates[result.chosen]
-    assert chosen.mean == pytest.approx(result.all_sites.mean, abs=0.01) and chosen.mean < -0.02
+    planted_text_window_is_found(family, qwen_dir, start, mode)
 
 
 def _denoise(transformer):
