@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from locopack.evidence.attacks.feed import encode as feed_encode
+from locopack.evidence.attacks.feed import feeding
 from locopack.hooks.joint import swap_windows
 from locopack.localize import Rung, Sweep
 from locopack.localize.windows import PromptPair
@@ -208,6 +210,23 @@ def test_a_negative_prompt_s_call_is_left_alone(qwen_pipe):
     assert len(outputs) == 5
     torch.testing.assert_close(outputs[2], outputs[4], rtol=0, atol=0)
     assert (outputs[1] - outputs[3]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_given_states_are_read_as_the_prompt_they_encode(qwen_pipe):
+    """An attack's states (``encode``'s, padded under no mask) fed to a call of another
+    length give that call the output of the prompt they encode."""
+    pipe, family = qwen_pipe
+    outputs = {}
+    for prompt in (PROMPT, SHORT):
+        (call,) = _calls(pipe, lambda p=prompt: _generate(pipe, family, p, steps=1))
+        outputs[prompt] = (call, pipe.transformer(**call)[0])
+    for given, into in ((PROMPT, SHORT), (SHORT, PROMPT), (SHORT, SHORT)):
+        states, _ = feed_encode(family, pipe, [given])
+        call = outputs[into][0]
+        with feeding(family, pipe.transformer, states):
+            fed = pipe.transformer(**call)[0]
+        torch.testing.assert_close(fed, outputs[given][1], rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow
