@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 POOLED = "pooled_projections"
 
 
+#: (altered states, conditional states, (name, text mask)) brought to one call's length
+Fitted = tuple[torch.Tensor, torch.Tensor | None, tuple[str, torch.Tensor] | None]
+
+
 class _AlongsideRun:
     """The hooks of one :func:`swap_text_stream`: record in the alongside run, then
     substitute in the real call (a negative prompt's call apart is left alone)."""
@@ -64,8 +68,8 @@ class _AlongsideRun:
         self.recorded: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
         self.text_length = 0
-        #: (altered states, conditional states, text mask) fitted to the call under way
-        self.now: tuple = (altered, None, None)
+        #: the altered states, conditional states and text mask fitted to the call under way
+        self.now: Fitted = (altered, None, None)
 
     def _is_negative_call(self, states: torch.Tensor) -> bool:
         """Whether a call's text is not the conditional prompt's (a negative prompt's call

@@ -46,6 +46,20 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 
+#: the chat template's token that closes the prompt
+END_OF_TURN = "<|im_end|>"
+
+
+class TemplatedPart(TextPart):
+    """The prompt's part of Qwen-Image's text: its last token is the one before the
+    template's closing :data:`END_OF_TURN`, whichever token the tokenizer calls its end."""
+
+    def last_token(self, prompt: str) -> int:
+        ids = self.token_ids(prompt)
+        end = self.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        return max(ids.index(end) - 1, 0) if end in ids else len(ids) - 1
+
+
 class QwenImage(JointAttentionFamily):
     """Qwen-Image: Qwen2.5-VL text streams at the 60 blocks' ``add_k_proj``/``add_v_proj``."""
 
@@ -105,7 +119,7 @@ class QwenImage(JointAttentionFamily):
         def kept(prompt: str) -> str:
             return template.format(prompt)[len(opening) :]
 
-        return [TextPart(cls.encoder_name, 0, cls.t5_length, pipe.tokenizer, kept)]
+        return [TemplatedPart(cls.encoder_name, 0, cls.t5_length, pipe.tokenizer, kept)]
 
     @classmethod
     def _encoded(

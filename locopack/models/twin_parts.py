@@ -6,6 +6,8 @@ Each builder reseeds before constructing, so every component is reproducible on 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers import AutoencoderKL
 from transformers import (
@@ -17,6 +19,9 @@ from transformers import (
 )
 
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLForConditionalGeneration
 
 
 def tiny_vae(
@@ -181,11 +186,13 @@ QWEN_IMAGE_TEMPLATE_WORDS = (
 ).split()
 
 
-def tiny_qwen25_vl(seed: int, hidden: int = 32):
+def tiny_qwen25_vl(
+    seed: int, hidden: int = 32
+) -> tuple[Qwen2_5_VLForConditionalGeneration, PreTrainedTokenizerFast]:
     """A ``Qwen2_5_VLForConditionalGeneration`` (Qwen-Image's encoder type) of 2 text layers
-    and a one-layer vision tower, and a tiny word-level tokenizer with Qwen's chat markers,
-    ``<|im_end|>`` as its end token and the newline as a token of its own (as Qwen's BPE
-    splits it), so that Qwen-Image's template opening is the 34 tokens its pipeline drops."""
+    and a one-layer vision tower, and a tiny word-level tokenizer with Qwen's chat markers and
+    the newline as a token of its own (as Qwen's BPE splits it), so that Qwen-Image's template
+    opening is the 34 tokens its pipeline drops."""
     from tokenizers import AddedToken
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -193,7 +200,6 @@ def tiny_qwen25_vl(seed: int, hidden: int = 32):
 
     tokenizer = tiny_chat_tokenizer((*TWIN_WORDS, *QWEN_IMAGE_TEMPLATE_WORDS))
     tokenizer.add_tokens([AddedToken("\n", normalized=False, special=False)])
-    tokenizer.eos_token = "<|im_end|>"
     vocab = len(tokenizer)  # then the image, video and vision start/end ids
     text = {
         "vocab_size": vocab + 4,
@@ -207,7 +213,7 @@ def tiny_qwen25_vl(seed: int, hidden: int = 32):
         "max_position_embeddings": 1024,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": None,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
     }
     vision = {
         "depth": 1,

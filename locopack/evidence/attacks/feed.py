@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,11 +27,14 @@ from ...models.joint_attention import pad_rows
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
     from ...models.base import ModelFamily
 
 
-def text_encoders(pipe: DiffusionPipeline) -> list[tuple[str, Any, Any]]:
+def text_encoders(
+    pipe: DiffusionPipeline,
+) -> list[tuple[str, PreTrainedTokenizerBase, torch.nn.Module]]:
     """``(name, tokenizer, encoder)`` of every text encoder the pipeline has."""
     found = []
     for suffix in ("", "_2", "_3"):
@@ -42,7 +45,7 @@ def text_encoders(pipe: DiffusionPipeline) -> list[tuple[str, Any, Any]]:
     return found
 
 
-def single_token(tokenizer: Any, word: str) -> int | None:
+def single_token(tokenizer: PreTrainedTokenizerBase, word: str) -> int | None:
     """The id of ``word`` where ``tokenizer`` makes it one known token, else None."""
     ids = tokenizer(word, add_special_tokens=False).input_ids
     unknown = getattr(tokenizer, "unk_token_id", None)
@@ -127,7 +130,7 @@ def feeding(
 
 
 def _given_text(
-    family: type[ModelFamily], kwargs: dict[str, Any], states: torch.Tensor
+    family: type[ModelFamily], kwargs: dict[str, torch.Tensor], states: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The transformer's text arguments with ``states`` in the conditional rows.  Where the
     family masks text padding with a text-only mask and its pipeline trims the text to the
@@ -156,7 +159,7 @@ def _given_text(
 
 def encode(
     family: type[ModelFamily], pipe: DiffusionPipeline, prompts: list[str]
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(states, pooled)`` of ``prompts`` as :func:`feeding` takes them (pooled: None where
     the family has no pooled vector the transformer reads).
 
