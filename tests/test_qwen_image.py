@@ -15,12 +15,15 @@ import torch
 from locopack.evidence.attacks.feed import encode as feed_encode
 from locopack.evidence.attacks.feed import feeding
 from locopack.hooks.joint import swap_windows
-from locopack.localize import Rung, Sweep
+from locopack.localize import Rung, Sweep, plan_sweep
 from locopack.localize.windows import PromptPair
 from locopack.models import detect_family, get_family, load_pipeline
+from locopack.recipe import parse_recipe
 
 from .family_checks import (
+    ROOT,
     adapter_equals_merged,
+    cli_run,
     listed_sites_fire_in_order,
     planted_text_window_is_found,
     real_layout,
@@ -265,12 +268,21 @@ def test_the_adapter_loaded_by_qwen_image_pipeline_equals_the_merged_checkpoint(
     assert len(tensors) == 2 * len(modules)
 
 
-def test_the_real_layout_has_60_text_only_sites(tmp_path):
-    family, denoiser = real_layout(tmp_path, *REAL_LAYOUTS["Qwen/Qwen-Image"])
+def test_the_real_layout_has_60_text_only_sites_and_the_example_is_planned_on_it(tmp_path):
+    family, denoiser = real_layout(tmp_path / "model", *REAL_LAYOUTS["Qwen/Qwen-Image"])
     sites = family.sites(denoiser)
     assert family.name == "qwen-image" and len(sites) == 60
     assert all(s.text_only for s in sites) and sites[-1].path == "transformer_blocks.59.attn"
     assert {(s.in_features, s.out_features) for s in sites} == {(3072, 3072)}
+    # the example recipe, its model the published configs without weights: one pass per
+    # image and step (no CFG), twice where a window is swapped
+    text = (ROOT / "recipes" / "examples" / "qwen-image-remove-van-gogh.yaml").read_text()
+    (tmp_path / "r.yaml").write_text(text.replace("Qwen/Qwen-Image", str(tmp_path / "model")))
+    printed = cli_run("localize", "--plan", str(tmp_path / "r.yaml"))
+    planned = plan_sweep(parse_recipe(text, "r.yaml"), family, 60)
+    assert f"full: {planned.full_passes:,} denoiser passes\n" in printed
+    assert f" fast: {planned.mode_passes:,} denoiser passes at most" in printed
+    assert plan_sweep(parse_recipe(text, "r.yaml"), family.with_t5_length(64), 60) == planned
 
 
 @pytest.mark.slow
