@@ -111,10 +111,14 @@ class _AlongsideRun:
             return kwargs
         name, altered_mask = self.text_mask
         states, mask = kwargs["encoder_hidden_states"], kwargs.get(name)
-        kept = altered_mask.flatten(1).any(0).nonzero()
+        kept = altered_mask.bool().any(0).nonzero()
         length = max(states.shape[1], int(kept.max()) + 1 if len(kept) else 0)
         conditional = None if self.conditional is None else pad_rows(self.conditional, length)
-        self.now = (pad_rows(self.altered, length), conditional, (name, altered_mask[:, :length]))
+        self.now = (
+            pad_rows(self.altered, length),
+            conditional,
+            (name, pad_rows(altered_mask, length)),
+        )
         if length == states.shape[1]:
             return kwargs
         if mask is None:
@@ -123,8 +127,8 @@ class _AlongsideRun:
             raise ModelLayoutError(
                 f"the transformer's {name} also covers image tokens: its text cannot be padded"
             )
-        padded = pad_rows(mask.unsqueeze(-1), length).squeeze(-1)
-        return {**kwargs, "encoder_hidden_states": pad_rows(states, length), name: padded}
+        text = {"encoder_hidden_states": pad_rows(states, length), name: pad_rows(mask, length)}
+        return {**kwargs, **text}
 
     def before_call(self, _module, args, kwargs):
         if self.recording:

@@ -160,8 +160,9 @@ class JointAttentionFamily(ModelFamily):
 
 
 def pad_rows(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """``tensor`` (B, L, ...) cut or zero-padded to ``length`` rows along its second axis (the
-    text rows of families whose pipeline trims the text to the batch's longest prompt)."""
+    """``tensor`` (B, L, ...) cut or zero-padded to ``length`` along its second axis (the text
+    rows, or a (B, L) text mask, of families whose pipeline trims the text to the batch's
+    longest prompt)."""
     if tensor.shape[1] >= length:
         return tensor[:, :length]
     pad = tensor.new_zeros(tensor.shape[0], length - tensor.shape[1], *tensor.shape[2:])

@@ -147,8 +147,8 @@ def _given_text(
     length = max(current.shape[1], int(rows.max()) + 1 if len(rows) else 1)
     if mask is None:  # no prompt of the call is padded
         mask = torch.ones(current.shape[:2], dtype=torch.long, device=current.device)
-    mask = pad_rows(mask.unsqueeze(-1), length).squeeze(-1)
-    given = pad_rows(filled.unsqueeze(-1), length).squeeze(-1)
+    mask = pad_rows(mask, length)
+    given = pad_rows(filled, length)
     return {
         "encoder_hidden_states": replace_conditional(
             pad_rows(current, length), pad_rows(states, length), where
