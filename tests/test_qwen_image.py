@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from locopack.edit.activations import projection_activations
 from locopack.evidence.attacks.feed import encode as feed_encode
 from locopack.evidence.attacks.feed import feeding
 from locopack.hooks.joint import swap_windows
@@ -230,6 +231,43 @@ def test_given_states_are_read_as_the_prompt_they_encode(qwen_pipe):
         with feeding(family, pipe.transformer, states):
             fed = pipe.transformer(**call)[0]
         torch.testing.assert_close(fed, outputs[given][1], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_neuron_activations_are_the_means_over_each_prompt_s_own_rows(qwen_pipe):
+    """At one probe (seed 0, first step): the mean of what a site's key projection emits in
+    the pipeline's first call over each prompt's unmasked rows, however many padded rows
+    the text has."""
+    pipe, family = qwen_pipe
+    text = (ROOT / "recipes" / "twin" / "qwen-image-erase-van-gogh.yaml").read_text()
+    recipe = parse_recipe(text.replace("timesteps: [0.0, 1.0]", "timesteps: [0.0]"), "r.yaml")
+    site, prompts, seen = family.sites(pipe.transformer)[1], [PROMPT, SHORT], []
+    handle = pipe.transformer.get_submodule(site.key).register_forward_hook(
+        lambda _m, _i, out: seen.append(out)
+    )
+    settings = recipe.localize
+
+    def run():
+        pipe(
+            prompt=prompts,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            generator=[torch.Generator().manual_seed(0) for _ in prompts],
+            height=16,
+            width=16,
+            output_type="latent",
+            **family.call_kwargs(),
+        )
+
+    try:
+        call = _calls(pipe, run)[0]
+    finally:
+        handle.remove()
+    kept = call["encoder_hidden_states_mask"].float().unsqueeze(-1)
+    expected = (seen[0] * kept).sum(1) / kept.sum(1)
+    found = projection_activations(pipe, family, prompts, [site.path], "key", recipe)
+    torch.testing.assert_close(found[site.key], expected, rtol=1e-4, atol=1e-5)
+    assert (found[site.key] - seen[0].mean(1)).abs().max() > 1e-3  # the short one's padding
 
 
 @pytest.mark.slow
