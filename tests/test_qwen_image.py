@@ -2,9 +2,11 @@
 pipeline drops, text trimmed to the batch's longest prompt): the twin's template, sites in the
 order hooks fire, the text arguments the transformer receives, padding that changes nothing, a
 swap that fits the call and the altered prompt to one length and leaves a negative prompt's
-call alone, planted windows found in full and fast mode, the adapter through
+call alone, an attack's given states read with their mask, neuron activations over each
+prompt's own rows, planted windows found in full and fast mode, the adapter through
 ``QwenImagePipeline``'s own ``load_lora_weights`` equal to the merged checkpoint, ComfyUI's key
-map, the published layout, and the twin recipe built and audited."""
+map, the published layout with the example recipe planned on it, and the twin recipe built and
+audited."""
 
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ from .family_checks import (
     recipe,
     twin_recipe_builds_and_audits,
 )
-from .test_export_dit import _comfy_loads
 from .test_models_dit import REAL_LAYOUTS
 
 PROMPT = "a painting of a dog in the style of van gogh"
@@ -295,15 +296,22 @@ def test_the_adapter_loaded_by_qwen_image_pipeline_equals_the_merged_checkpoint(
     sites = [s.path for s in family.sites(load_pipeline(str(qwen_dir))[0].transformer)]
     adapter_equals_merged(qwen_dir, tmp_path, family, sites[1:3], recipe(qwen_dir), _denoise)
     # ComfyUI (comfy/lora.py, model_lora_keys_unet, its QwenImage branch) maps
-    # "transformer.<module>" to "diffusion_model.<module>.weight": its Qwen-Image model keeps
-    # diffusers' module names, so every adapter key lands on the projection it was made for
+    # "transformer.<key>" to its weight "diffusion_model.<key>.weight": its Qwen-Image model
+    # keeps diffusers' module names, so each A/B pair lands on the projection it was made for
     from safetensors.torch import load_file
 
     tensors = load_file(tmp_path / "pytorch_lora_weights.safetensors")
+    transformer = load_pipeline(str(qwen_dir))[0].transformer
+    placed = {}
+    for key, tensor in tensors.items():
+        stem, _, kind = key.rpartition(".lora_")
+        module = transformer.get_submodule(stem.removeprefix("transformer."))
+        width = module.out_features if kind == "B.weight" else module.in_features
+        assert stem.startswith("transformer.") and kind in ("A.weight", "B.weight"), key
+        assert tensor.shape[0 if kind == "B.weight" else 1] == width, key
+        placed.setdefault(stem.removeprefix("transformer."), set()).add(kind)
     modules = [f"{p}.{m}" for p in sites[1:3] for m in ("add_k_proj", "add_v_proj")]
-    key_map = {f"transformer.{m}": (f"diffusion_model.{m}.weight", 0, 32) for m in modules}
-    assert sorted(_comfy_loads(tensors, key_map)) == sorted(tensors)
-    assert len(tensors) == 2 * len(modules)
+    assert placed == dict.fromkeys(modules, {"A.weight", "B.weight"})
 
 
 def test_the_real_layout_has_60_text_only_sites_and_the_example_is_planned_on_it(tmp_path):
