@@ -20,7 +20,7 @@ from locopack.release.audit import audit_folder
 pytestmark = pytest.mark.slow
 
 FAMILIES = ("sd1", "sd2", "sdxl", "if", "pixart", "sd3", "flux")
-FAMILIES += ("flux2", "z-image", "lumina2", "sana", "chroma")
+FAMILIES += ("flux2", "z-image", "lumina2", "sana", "chroma", "qwen-image")
 #: image sizes where a pipeline refuses 16 (SANA's sizes are multiples of 32)
 RESOLUTION = {"sana": 32}
 #: one edit at the first site (no sweep), one seed, two steps, a two-image attack

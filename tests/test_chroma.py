@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from locopack.localize import Rung, Sweep, localize, prompt_pairs
-from locopack.localize.planted import ReferenceScorer, planted_text_window
+from locopack.localize import Rung, Sweep
 from locopack.localize.windows import PromptPair
 from locopack.models import get_family, load_pipeline
 
 from .family_checks import (
     adapter_equals_merged,
     listed_sites_fire_in_order,
+    planted_text_window_is_found,
     real_layout,
     recipe,
     twin_recipe_builds_and_audits,
@@ -117,21 +117,7 @@ def test_the_swap_leaves_the_negative_call_alone_and_nothing_moves_without_a_cha
 def test_a_planted_single_site_window_is_found(start, mode, chroma_dir):
     base = get_family("chroma").with_t5_length(LENGTH)
     family = type(base.__name__, (base,), {"twin_layers": (4, 5)})
-    pipe = family.build_twin(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    steps = 5 if mode == "fast" else 2
-    planted = recipe(chroma_dir, steps=steps, mode=mode)
-    with planted_text_window(pipe, family, start, 1) as paths:
-        originals = [p.original for p in prompt_pairs(planted)]
-        scorer = ReferenceScorer(pipe, family, originals, steps, 3.0, resolutions=(16,))
-        result = localize(
-            pipe, family, planted, scorer=scorer, progress=False, batch=9, full_references=True
-        )
-    assert result.layers == [paths[start]] and result.mode == mode
-    assert result.pooled_only is None
-    assert result.baseline.mean == pytest.approx(0.0, abs=0.01)  # batched vs one: rounding
-    chosen = result.candidates[result.chosen]
-    assert chosen.mean == pytest.approx(result.all_sites.mean, abs=0.01) and chosen.mean < -0.02
+    planted_text_window_is_found(family, chroma_dir, start, mode)
 
 
 def _denoise(transformer):

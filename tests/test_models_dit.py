@@ -148,6 +148,23 @@ REAL_LAYOUTS = {
             "patch_size": 1,
         },
     ),
+    # Qwen/Qwen-Image (diffusers' defaults are its values: 60 dual-stream blocks of 24 heads
+    # of 128, Qwen2.5-VL-7B's 3584-wide states)
+    "Qwen/Qwen-Image": (
+        "QwenImagePipeline",
+        {
+            "_class_name": "QwenImageTransformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56],
+            "guidance_embeds": False,
+            "in_channels": 64,
+            "joint_attention_dim": 3584,
+            "num_attention_heads": 24,
+            "num_layers": 60,
+            "out_channels": 16,
+            "patch_size": 2,
+        },
+    ),
     # Efficient-Large-Model/Sana_1600M_1024px_diffusers (diffusers' defaults are its values)
     "Efficient-Large-Model/Sana_1600M_1024px_diffusers": (
         "SanaPipeline",

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLUX = "black-forest-labs/FLUX.1-schnell"
 #: families whose twins conftest builds once per session; the others are built here
 SESSION = ("sd1", "sdxl", "if", "pixart")
-BUILT = ("sd3", "flux", "flux2", "sana", "chroma", "z-image", "lumina2")
+BUILT = ("sd3", "flux", "flux2", "sana", "chroma", "z-image", "lumina2", "qwen-image")
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,7 @@ CASES = [(n, 3.0, 8) for n in SESSION + BUILT] + [
     ("flux", 3.0, 2),
     ("sd1", 3.0, 2),
     ("chroma", 1.0, 8),
+    ("qwen-image", 1.0, 2),
 ]
 
 

@@ -33,6 +33,7 @@ EXAMPLE_HUB_IDS = tuple(
     sorted(EXAMPLE_HUB_IDS + ("Tongyi-MAI/Z-Image-Turbo", "Alpha-VLLM/Lumina-Image-2.0"))
 )
 EXAMPLE_HUB_IDS = tuple(sorted(EXAMPLE_HUB_IDS + ("black-forest-labs/FLUX.2-dev",)))
+EXAMPLE_HUB_IDS = tuple(sorted(EXAMPLE_HUB_IDS + ("Qwen/Qwen-Image",)))
 
 GOOD = f"""\
 version: 1

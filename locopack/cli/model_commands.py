@@ -83,7 +83,8 @@ def layers(model: str, revision: str | None, as_json: bool) -> None:
 def twin(family_name: str, directory: Path, seed: int, force: bool) -> None:
     """Build a tiny seeded twin of FAMILY into DIRECTORY.
 
-    FAMILY: sd1, sd2, sdxl, if, pixart, sd3, flux, flux2, z-image, lumina2, sana or chroma.
+    FAMILY: sd1, sd2, sdxl, if, pixart, sd3, flux, flux2, z-image, lumina2, sana, chroma or
+    qwen-image.
 
     Twins have random weights and the family's real block layout at tiny width: they test
     every code path offline in seconds, but draw noise, not pictures.  A tiny random CLIP

@@ -6,7 +6,10 @@ with one constant; its value is then the mean of what the neuron emits for neutr
 
 In joint-attention transformers (SD3, FLUX) a site reads its block's own text stream, so the
 activations are taken while denoising (:mod:`locopack.edit.stream`, at the recipe's
-``edit.seeds`` x ``edit.timesteps``) and averaged over those probes too.  There the override
+``edit.seeds`` x ``edit.timesteps``) and averaged over those probes too; where the family
+masks text padding (Chroma, Qwen-Image) the masked rows, which no attention reads, are left
+out (Qwen-Image pads every prompt to its text length, a number of rows that would otherwise
+weigh in).  There the override
 makes sense at double-stream (joint) blocks, whose ``add_k_proj``/``add_v_proj`` emit text
 rows only; FLUX's single-stream ``to_k``/``to_v`` emit the image tokens' rows as well, which a
 constant override would flatten, so those sites are refused.  Text-refiner sites (Z-Image)
@@ -94,6 +97,10 @@ def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[s
     n, length = text["encoder_hidden_states"].shape[:2]
     picks = [(k, i) for k in range(n) for i in range(length)]
     inputs = site_columns(pipe.transformer, sites, Group(text, probes), picks)
+    # rows under the family's text mask (Chroma, Qwen-Image) are read by no attention
+    mask = text.get(family.text_mask_argument or "")
+    kept = torch.ones(n, length) if mask is None else mask[:, :length].float()
+    kept = kept.view(1, n, length, 1)
     out = {}
     for site in sites:
         x = inputs[site.path].T.reshape(len(probes), n, length, -1)
@@ -101,7 +108,8 @@ def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[s
             module_path = getattr(site, which)
             module = pipe.transformer.get_submodule(module_path)
             y = module(x.to(module.weight.device, module.weight.dtype)).float()
-            out[module_path] = y.mean(dim=(0, 2))
+            weights = kept.to(y.device)
+            out[module_path] = (y * weights).sum(dim=(0, 2)) / (len(probes) * weights.sum((0, 2)))
     return out
 
 

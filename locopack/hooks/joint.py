@@ -25,7 +25,10 @@ conditional call only).  FLUX's optional "true CFG" (``true_cfg_scale`` > 1) wou
 call too, unrecognized: locopack never enables it.  Where the family masks text padding
 (Chroma's ``attention_mask``), the run alongside masks the altered prompt's padding; the real
 call keeps the original prompt's mask, so at the window's sites the altered tokens beyond the
-original prompt's length are masked as its padding is.
+original prompt's length are masked as its padding is.  Qwen-Image's pipeline trims the text to
+its batch's longest prompt (mask None where none is padded): each call and the altered prompts
+are brought to one length first, the longer of the two, the rows added being padding under
+the mask (which changes nothing: a text row's rotary position does not depend on the length).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 
 from ..errors import ModelLayoutError
 from ..models.base import Site
+from ..models.joint_attention import pad_rows
 from .cross import replace_conditional, swap_text_states, window_replacements
 from .refiner import swap_refined_text
 
@@ -46,6 +50,10 @@ if TYPE_CHECKING:
 
 #: the name a window gives the pooled text path of a joint-attention transformer (not a site)
 POOLED = "pooled_projections"
+
+
+#: (altered states, conditional states, (name, text mask)) brought to one call's length
+Fitted = tuple[torch.Tensor, torch.Tensor | None, tuple[str, torch.Tensor] | None]
 
 
 class _AlongsideRun:
@@ -60,43 +68,80 @@ class _AlongsideRun:
         self.recorded: dict[str, torch.Tensor] = {}
         self.masks: dict[str, torch.Tensor] = {}
         self.text_length = 0
+        #: the altered states, conditional states and text mask fitted to the call under way
+        self.now: Fitted = (altered, None, None)
 
     def _is_negative_call(self, states: torch.Tensor) -> bool:
         """Whether a call's text is not the conditional prompt's (a negative prompt's call
         apart); only asked where the family makes such calls."""
-        if self.conditional is None:
+        conditional = self.now[1]
+        if conditional is None:
             return False
-        rows = states[-self.conditional.shape[0] :]
-        wanted = self.conditional.to(states.device, states.dtype).expand_as(rows)
-        return rows.shape != self.conditional.shape or not torch.allclose(
+        rows = states[-conditional.shape[0] :]
+        wanted = conditional.to(states.device, states.dtype).expand_as(rows)
+        return rows.shape != conditional.shape or not torch.allclose(
             rows, wanted, rtol=1e-4, atol=1e-5
         )
 
     def _alongside(self, kwargs: dict) -> dict:
-        states = kwargs["encoder_hidden_states"]
+        states, (altered_states, _, text_mask) = kwargs["encoder_hidden_states"], self.now
         alongside = {
             **kwargs,
             "encoder_hidden_states": replace_conditional(
-                states, self.altered, "the transformer's text input"
+                states, altered_states, "the transformer's text input"
             ),
         }
-        if self.text_mask is not None and kwargs.get(self.text_mask[0]) is not None:
-            name, altered = self.text_mask
-            mask, length = kwargs[name], altered.shape[1]
+        if text_mask is not None:
+            name, altered = text_mask
+            mask, length = kwargs.get(name), altered.shape[1]
+            if mask is None:  # Qwen-Image's pipeline passes none where no prompt is padded
+                mask = torch.ones(states.shape[:2], dtype=altered.dtype, device=states.device)
             text = replace_conditional(mask[:, :length], altered, f"the transformer's {name}")
             alongside[name] = torch.cat([text, mask[:, length:]], dim=1)
         return alongside
 
+    def _fitted(self, kwargs: dict) -> dict:
+        """The call with its text padded (under the mask) to one length with the altered
+        prompts, which are cut or padded to it as well (in ``self.now``): the longer of the
+        call's text and the altered prompts' own tokens.  Only where the family masks its
+        text, and a change only where the pipeline trims the text to the batch's longest
+        prompt (Qwen-Image); elsewhere the lengths agree already."""
+        self.now = (self.altered, self.conditional, self.text_mask)
+        if self.text_mask is None:
+            return kwargs
+        name, altered_mask = self.text_mask
+        states, mask = kwargs["encoder_hidden_states"], kwargs.get(name)
+        kept = altered_mask.bool().any(0).nonzero()
+        length = max(states.shape[1], int(kept.max()) + 1 if len(kept) else 0)
+        conditional = None if self.conditional is None else pad_rows(self.conditional, length)
+        self.now = (
+            pad_rows(self.altered, length),
+            conditional,
+            (name, pad_rows(altered_mask, length)),
+        )
+        if length == states.shape[1]:
+            return kwargs
+        if mask is None:
+            mask = torch.ones(states.shape[:2], dtype=altered_mask.dtype, device=states.device)
+        if mask.shape[1] != states.shape[1]:
+            raise ModelLayoutError(
+                f"the transformer's {name} also covers image tokens: its text cannot be padded"
+            )
+        text = {"encoder_hidden_states": pad_rows(states, length), name: pad_rows(mask, length)}
+        return {**kwargs, **text}
+
     def before_call(self, _module, args, kwargs):
         if self.recording:
             return None
-        states = kwargs.get("encoder_hidden_states")
-        if states is None:
+        if kwargs.get("encoder_hidden_states") is None:
             raise ModelLayoutError("the transformer was called without encoder_hidden_states")
+        fitted = self._fitted(kwargs)
+        states = fitted["encoder_hidden_states"]
+        changed = None if fitted is kwargs else (args, fitted)
         self.skipping = self._is_negative_call(states)
         if self.skipping:
-            return None
-        alongside = self._alongside(kwargs)
+            return changed
+        alongside = self._alongside(fitted)
         offset = states.shape[0] - self.altered.shape[0]
         self.text_length = states.shape[1]
         self.masks = {
@@ -108,7 +153,7 @@ class _AlongsideRun:
             self.denoiser(*args, **alongside)
         finally:
             self.recording = False
-        return None
+        return changed
 
     def after_call(self, _module, _args, _output):
         if not self.recording:
@@ -261,10 +306,10 @@ def swap_windows(
     """LocoGen's intervention for any family: sample ``b`` reads the altered prompt at the
     sites of ``windows[b]`` and the original everywhere else.
 
-    ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt and
-    Chroma, its (L,) keep-masks).  Joint-attention families get :func:`swap_text_stream`,
-    and a window that names :data:`POOLED` the altered prompt's pooled vector
-    ``altered_pooled`` (P,); text-refiner families (Z-Image, Lumina-2)
+    ``original``/``altered`` are one prompt's encoded states (L, D) (and, for PixArt,
+    Chroma and Qwen-Image, its (L,) keep-masks).  Joint-attention families get
+    :func:`swap_text_stream`, and a window that names :data:`POOLED` the altered prompt's
+    pooled vector ``altered_pooled`` (P,); text-refiner families (Z-Image, Lumina-2)
     :func:`~locopack.hooks.refiner.swap_refined_text` of the prompts' real tokens
     (``*_mask``); the others :func:`~locopack.hooks.cross.swap_text_states` of the per-site
     states.

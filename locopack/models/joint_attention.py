@@ -157,3 +157,13 @@ class JointAttentionFamily(ModelFamily):
         if not swapped:
             return passes
         return passes + images if cls.guidance_calls_apart else 2 * passes
+
+
+def pad_rows(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """``tensor`` (B, L, ...) cut or zero-padded to ``length`` along its second axis (the text
+    rows, or a (B, L) text mask, of families whose pipeline trims the text to the batch's
+    longest prompt)."""
+    if tensor.shape[1] >= length:
+        return tensor[:, :length]
+    pad = tensor.new_zeros(tensor.shape[0], length - tensor.shape[1], *tensor.shape[2:])
+    return torch.cat([tensor, pad], dim=1)

@@ -12,6 +12,7 @@ from .flux import Flux
 from .flux2 import Flux2
 from .lumina2 import Lumina2
 from .pixart import PixArt
+from .qwen_image import QwenImage
 from .sana import Sana
 from .sd1 import StableDiffusion1
 from .sd2 import StableDiffusion2
@@ -38,6 +39,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         Lumina2,
         Sana,
         Chroma,
+        QwenImage,
     )
 }
 

@@ -6,6 +6,8 @@ Each builder reseeds before constructing, so every component is reproducible on 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers import AutoencoderKL
 from transformers import (
@@ -17,6 +19,9 @@ from transformers import (
 )
 
 from .tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLForConditionalGeneration
 
 
 def tiny_vae(
@@ -172,3 +177,59 @@ def tiny_mistral3(seed: int, hidden: int = 16, layers: int = 30):
     )
     torch.manual_seed(seed)
     return Mistral3ForConditionalGeneration(config).eval(), tokenizer
+
+
+#: the words of Qwen-Image's chat template, whole tokens in its twin's tokenizer
+QWEN_IMAGE_TEMPLATE_WORDS = (
+    "system describe image by detailing color shape size texture quantity text spatial "
+    "relationships objects background , :"
+).split()
+
+
+def tiny_qwen25_vl(
+    seed: int, hidden: int = 32
+) -> tuple[Qwen2_5_VLForConditionalGeneration, PreTrainedTokenizerFast]:
+    """A ``Qwen2_5_VLForConditionalGeneration`` (Qwen-Image's encoder type) of 2 text layers
+    and a one-layer vision tower, and a tiny word-level tokenizer with Qwen's chat markers and
+    the newline as a token of its own (as Qwen's BPE splits it), so that Qwen-Image's template
+    opening is the 34 tokens its pipeline drops."""
+    from tokenizers import AddedToken
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from .tokenizers import TWIN_WORDS, tiny_chat_tokenizer
+
+    tokenizer = tiny_chat_tokenizer((*TWIN_WORDS, *QWEN_IMAGE_TEMPLATE_WORDS))
+    tokenizer.add_tokens([AddedToken("\n", normalized=False, special=False)])
+    vocab = len(tokenizer)  # then the image, video and vision start/end ids
+    text = {
+        "vocab_size": vocab + 4,
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        # multimodal RoPE: temporal, height and width sections of half the head width
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        "max_position_embeddings": 1024,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }
+    vision = {
+        "depth": 1,
+        "hidden_size": 16,
+        "intermediate_size": 16,
+        "num_heads": 2,
+        "out_hidden_size": hidden,
+        "fullatt_block_indexes": [0],
+    }
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=vocab,
+        video_token_id=vocab + 1,
+        vision_start_token_id=vocab + 2,
+        vision_end_token_id=vocab + 3,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).eval(), tokenizer

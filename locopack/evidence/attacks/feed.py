@@ -3,7 +3,8 @@
 :func:`feeding` makes each conditional sample read given states (the space of the family's
 ``encode``) wherever text enters the denoiser: at every site for cross-attention families
 (:func:`~locopack.hooks.cross.swap_text_states`), at the transformer's text input (and, where
-given, its pooled vector) for joint-attention ones, whose blocks carry the text on from there.
+given, its pooled vector) for joint-attention ones, whose blocks carry the text on from there
+(Qwen-Image's text mask with it: its calls are as long as their longest prompt).
 The unconditional half of a guided batch keeps its own.
 
 :func:`soft_tokens` replaces, inside every text encoder of a pipeline (CLIP and T5 alike), the
@@ -16,20 +17,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import ModelLayoutError
 from ...hooks.cross import replace_conditional, swap_text_states
+from ...models.joint_attention import pad_rows
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
     from ...models.base import ModelFamily
 
 
-def text_encoders(pipe: DiffusionPipeline) -> list[tuple[str, Any, Any]]:
+def text_encoders(
+    pipe: DiffusionPipeline,
+) -> list[tuple[str, PreTrainedTokenizerBase, torch.nn.Module]]:
     """``(name, tokenizer, encoder)`` of every text encoder the pipeline has."""
     found = []
     for suffix in ("", "_2", "_3"):
@@ -40,7 +45,7 @@ def text_encoders(pipe: DiffusionPipeline) -> list[tuple[str, Any, Any]]:
     return found
 
 
-def single_token(tokenizer: Any, word: str) -> int | None:
+def single_token(tokenizer: PreTrainedTokenizerBase, word: str) -> int | None:
     """The id of ``word`` where ``tokenizer`` makes it one known token, else None."""
     ids = tokenizer(word, add_special_tokens=False).input_ids
     unknown = getattr(tokenizer, "unk_token_id", None)
@@ -110,11 +115,7 @@ def feeding(
         return
 
     def hook(_module, args, kwargs):
-        kwargs = dict(kwargs)
-        where = "the transformer's text input"
-        kwargs["encoder_hidden_states"] = replace_conditional(
-            kwargs["encoder_hidden_states"], states, where
-        )
+        kwargs = {**kwargs, **_given_text(family, kwargs, states)}
         if pooled is not None:
             kwargs["pooled_projections"] = replace_conditional(
                 kwargs["pooled_projections"], pooled, "the transformer's pooled input"
@@ -128,9 +129,37 @@ def feeding(
         handle.remove()
 
 
+def _given_text(
+    family: type[ModelFamily], kwargs: dict[str, torch.Tensor], states: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The transformer's text arguments with ``states`` in the conditional rows.  Where the
+    family masks text padding with a text-only mask and its pipeline trims the text to the
+    batch's longest prompt (Qwen-Image), the call and ``states`` are brought to one length, the
+    longer of the call's text and the rows ``states`` fill, and a given row is masked where it
+    is all zero (the padding its ``encode`` adds)."""
+    where, current = "the transformer's text input", kwargs["encoder_hidden_states"]
+    name = family.text_mask_argument
+    mask = None if name is None else kwargs.get(name)
+    if name is None or (mask is not None and mask.shape[1] != current.shape[1]):
+        return {"encoder_hidden_states": replace_conditional(current, states, where)}
+    filled = states.detach().abs().sum(-1) > 0
+    rows = filled.any(0).nonzero()
+    length = max(current.shape[1], int(rows.max()) + 1 if len(rows) else 1)
+    if mask is None:  # no prompt of the call is padded
+        mask = torch.ones(current.shape[:2], dtype=torch.long, device=current.device)
+    mask = pad_rows(mask, length)
+    given = pad_rows(filled, length)
+    return {
+        "encoder_hidden_states": replace_conditional(
+            pad_rows(current, length), pad_rows(states, length), where
+        ),
+        name: replace_conditional(mask, given, f"the transformer's {name}"),
+    }
+
+
 def encode(
     family: type[ModelFamily], pipe: DiffusionPipeline, prompts: list[str]
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(states, pooled)`` of ``prompts`` as :func:`feeding` takes them (pooled: None where
     the family has no pooled vector the transformer reads).
 
