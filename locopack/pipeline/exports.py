@@ -10,8 +10,8 @@ from typing import Any
 
 from ..errors import ExportError
 from ..export.formats import ExportChoice
+from ..models.loaded import LoadedBase
 from ..release.layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
-from .base import LoadedBase
 from .lock import build_lock, check_free
 
 
@@ -84,7 +84,7 @@ def run_export(
     """
     from ..delta import WeightDelta
     from ..fingerprint import check_base_model
-    from ..models import load_pipeline
+    from ..models import load_base_model
 
     check_free(out)  # before the base is loaded; the lock is taken to write
     delta = WeightDelta.load(delta_path)
@@ -96,15 +96,14 @@ def run_export(
         if not source:
             raise ExportError(f"{delta_path}: its provenance names no base model; pass --model")
         revision = None if model else prov.get("base_commit") or prov.get("base_revision")
-        pipe, family = load_pipeline(
+        base = load_base_model(
             source,
             revision,
             prov.get("base_dtype", "float32"),
             None if model else prov.get("base_variant"),
             allow_pickle=allow_pickle,
         )
-        check_base_model(pipe, family, prov, delta_path, force)
-        base = LoadedBase(pipe, family, source, revision)
+        check_base_model(base.pipe, base.family, prov, delta_path, force)
     with build_lock(out, command="export"):
         return export_delta(delta, out, choice, base)
 

@@ -54,19 +54,22 @@ def reproduce(
     not where the history records it or the recipe names it.
     """
     from ..hub.apply import pipeline_source
-    from ..models import load_pipeline
+    from ..models import load_base_model
     from ..recipe.schema import parse_recipe
-    from .base import LoadedBase, recipe_family
 
     recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
     source, _ = pipeline_source(base_source)
     revision = entry.get("base_commit") or entry.get("base_revision")
     if Path(source).is_dir():
         revision = None
-    pipe, family = load_pipeline(
-        source, revision, recipe.base.dtype, recipe.base.variant, allow_pickle=allow_pickle
+    base = load_base_model(
+        source,
+        revision,
+        recipe.base.dtype,
+        recipe.base.variant,
+        allow_pickle=allow_pickle,
+        t5_length=recipe.base.max_sequence_length,
     )
-    base = LoadedBase(pipe, recipe_family(family, recipe), source, revision)
     checks = []
     layers = delta.sites
     if how is Reproduce.FULL:

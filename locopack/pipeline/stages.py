@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 from ..distributed import ProcessGroup
 from ..errors import RecipeError
 from ..localize.run import SweepMode
+from ..models.loaded import LoadedBase
 from ..release.layout import (
     DELTA_FILE,
     EDIT_FILE,
     NEURON_FILE,
     RECIPE_FILE,
+    base_location,
 )
 from ..storage import atomic_write_text
-from .base import LoadedBase, load_base
+from .base import load_base
 
 if TYPE_CHECKING:
     from ..recipe.schema import Recipe
@@ -290,7 +292,7 @@ def compute_edit(recipe: Recipe, base: LoadedBase, layers: list[str], out: Path)
         scorer = scorer_for(recipe, base.pipe.device)
         cache = CandidateCache(out / CACHE_DIR)
         delta = robust_erase(base, recipe, layers, delta, scorer, cache)
-    delta.provenance["base_location"] = base.location(out)
+    delta.provenance["base_location"] = base_location(base, out)
     delta.provenance["base_commit"] = base.commit
     return delta
 
