@@ -13,7 +13,7 @@ import torch
 from locopack.localize import Rung, Sweep, localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, planted_text_window
 from locopack.localize.windows import PromptPair
-from locopack.models import get_family, load_pipeline
+from locopack.models import LoadedBase, get_family, load_pipeline
 
 from .family_checks import (
     adapter_equals_merged,
@@ -125,7 +125,12 @@ def test_a_planted_single_site_window_is_found(start, mode, chroma_dir):
         originals = [p.original for p in prompt_pairs(planted)]
         scorer = ReferenceScorer(pipe, family, originals, steps, 3.0, resolutions=(16,))
         result = localize(
-            pipe, family, planted, scorer=scorer, progress=False, batch=9, full_references=True
+            LoadedBase(pipe, family),
+            planted,
+            scorer=scorer,
+            progress=False,
+            batch=9,
+            full_references=True,
         )
     assert result.layers == [paths[start]] and result.mode == mode
     assert result.pooled_only is None

@@ -300,9 +300,7 @@ def _build(
     summary.evidence = reusable_evidence(out, inputs)
     if summary.evidence is None:
         scorer = scorer_for(recipe, base.pipe.device)
-        summary.evidence = collect_evidence(
-            base.pipe, base.family, recipe, out, scorer, out, inputs=inputs
-        )
+        summary.evidence = collect_evidence(base, recipe, out, scorer, out, inputs=inputs)
         log.done("evidence")
     else:
         log.done("evidence", "complete for this recipe and delta")

@@ -6,7 +6,7 @@ checkpoint and an ONNX denoiser.  ``locopack build`` and ``locopack export`` bot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
 from ..export.formats import ExportChoice
@@ -14,9 +14,13 @@ from ..models.loaded import LoadedBase
 from ..release.layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
 from .lock import build_lock, check_free
 
+if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.base import ModelFamily
+
 
 def export_delta(
-    delta: Any, out: Path, choice: ExportChoice, base: LoadedBase | None = None
+    delta: WeightDelta, out: Path, choice: ExportChoice, base: LoadedBase | None = None
 ) -> dict[str, Any]:
     """Write the exports of ``delta`` into ``out``: the diffusers/PEFT adapter (+ manifest),
     a kohya file, a merged checkpoint and an ONNX denoiser, as ``choice`` asks.
@@ -41,7 +45,7 @@ def export_delta(
     if choice.onnx:
         from ..export.onnx_tracing import trace_spec
 
-        trace_spec(base.pipe, base.family)  # refuses a denoiser ONNX cannot carry
+        trace_spec(base)  # refuses a denoiser ONNX cannot carry
     written: dict[str, Any] = {}
     out.mkdir(parents=True, exist_ok=True)
     if choice.adapter:
@@ -50,13 +54,13 @@ def export_delta(
     if choice.kohya:
         written["kohya"] = write_kohya(delta, out, choice.max_rank, choice.energy)
     if choice.merged:
-        written["merged"] = write_merged(base.pipe, base.family, delta, out / MERGED_DIR)
+        written["merged"] = write_merged(base, delta, out / MERGED_DIR)
     if choice.onnx:
         from ..export.onnx import export_denoiser_onnx
 
         with delta.applied(base.denoiser):
             written["onnx"] = export_denoiser_onnx(
-                base.pipe, base.family, out / ONNX_DIR, metadata=_onnx_record(delta)
+                base, out / ONNX_DIR, metadata=_onnx_record(delta)
             )
     return written
 
@@ -108,14 +112,14 @@ def run_export(
         return export_delta(delta, out, choice, base)
 
 
-def _delta_family(delta: Any) -> Any:
+def _delta_family(delta: WeightDelta) -> type[ModelFamily]:
     """The family the delta's provenance names."""
     from ..models import get_family
 
     return get_family(str(delta.provenance.get("family")))
 
 
-def _onnx_record(delta: Any) -> dict[str, Any]:
+def _onnx_record(delta: WeightDelta) -> dict[str, Any]:
     """What the ONNX export records of the edit it carries."""
     prov = delta.provenance
     keys = ("recipe_name", "recipe_sha256", "base_fingerprint", "sites")

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..release.layout import HISTORY_FILE, LOCALIZATION_FILE, locate
 
 if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 #: largest difference allowed between a recorded and a recomputed window score
@@ -40,7 +42,7 @@ class Reproduce(str, enum.Enum):
 
 def reproduce(
     entry: dict[str, Any],
-    delta: Any,
+    delta: WeightDelta,
     folder: Path,
     base_source: str,
     scorer_source: str | None,
@@ -84,7 +86,7 @@ def reproduce(
     return checks
 
 
-def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | None):
+def _relocalize(recipe: Recipe, base: LoadedBase, folder: Path, scorer_source: str | None):
     """Run LocoGen again and compare it with the release's ``localization.json``."""
     from ..localize import ClipScorer, LocalizationResult, localize
 
@@ -102,16 +104,7 @@ def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | No
         return ("reproduce localization", False, detail), None
     recorded = LocalizationResult.load(recorded_path)
     scorer = ClipScorer(scorer_source, device=base.pipe.device, name=recipe.localize.scorer)
-    again = localize(
-        base.pipe,
-        base.family,
-        recipe,
-        None,
-        scorer=scorer,
-        mode=recorded.mode,
-        progress=False,
-        fingerprint=base.fingerprint,
-    )
+    again = localize(base, recipe, None, scorer=scorer, mode=recorded.mode, progress=False)
     worst = max(
         (
             abs(a - b)
@@ -124,7 +117,7 @@ def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | No
     if recorded.select == "editable":  # the whole trail of checks, from the same window
         from .select_sites import select_sites, trail_matches
 
-        again = select_sites(base.pipe, base.family, recipe, again, scorer)
+        again = select_sites(base, recipe, again, scorer)
         same_trail, off = trail_matches(recorded, again, SCORE_TOLERANCE)
         worst = max(worst, off)
         matches = "matches" if same_trail else "differs"
@@ -146,14 +139,7 @@ def _redo_edit(recipe, base, layers, delta, entry, how: Reproduce) -> tuple[str,
     from ..edit import compute_delta, extra_rows
 
     # a robust erase's rows are the recorded ones: its attacks are not repeated
-    again = compute_delta(
-        base.pipe,
-        base.family,
-        recipe,
-        layers,
-        fingerprint=base.fingerprint,
-        extra=extra_rows(delta.provenance),
-    )
+    again = compute_delta(base, recipe, layers, extra=extra_rows(delta.provenance))
     exact = library_versions() == entry.get("versions") and base.pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()

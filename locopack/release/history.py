@@ -34,6 +34,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
+    from ..delta import WeightDelta
     from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
@@ -105,7 +106,7 @@ def prior_history(model: str, revision: str | None = None) -> list[dict[str, Any
 
 def new_entry(
     recipe: Recipe,
-    delta: Any,
+    delta: WeightDelta,
     folder: Path,
     previous: list[dict[str, Any]],
     *,

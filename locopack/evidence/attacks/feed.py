@@ -1,10 +1,5 @@
-"""Give a model text that no prompt spells: encoded states, or token embeddings.
-
-:func:`feeding` makes each conditional sample read given states (the space of the family's
-``encode``) wherever text enters the denoiser: at every site for cross-attention families
-(:func:`~locopack.hooks.cross.swap_text_states`), at the transformer's text input (and, where
-given, its pooled vector) for joint-attention ones, whose blocks carry the text on from there.
-The unconditional half of a guided batch keeps its own.
+"""Give a model text that no prompt spells: token embeddings (encoded states are given by
+:func:`locopack.hooks.feed.feeding`).
 
 :func:`soft_tokens` replaces, inside every text encoder of a pipeline (CLIP and T5 alike), the
 input embeddings of a placeholder word by continuous vectors, so that the pipeline's own
@@ -20,13 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...errors import ModelLayoutError
-from ...hooks.cross import replace_conditional, swap_text_states
-
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-    from ...models.base import ModelFamily
 
 
 def text_encoders(pipe: DiffusionPipeline) -> list[tuple[str, Any, Any]]:
@@ -92,56 +82,3 @@ def soft_tokens(
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextlib.contextmanager
-def feeding(
-    family: type[ModelFamily],
-    denoiser: torch.nn.Module,
-    states: torch.Tensor,
-    pooled: torch.Tensor | None = None,
-) -> Iterator[None]:
-    """Within the block, conditional sample ``b`` reads ``states[b]`` (and, for joint-attention
-    families, ``pooled[b]`` where given) as its text; see the module docstring."""
-    if not family.joint_attention:
-        sites = family.sites(denoiser)
-        with swap_text_states(denoiser, {site.path: states for site in sites}):
-            yield
-        return
-
-    def hook(_module, args, kwargs):
-        kwargs = dict(kwargs)
-        where = "the transformer's text input"
-        kwargs["encoder_hidden_states"] = replace_conditional(
-            kwargs["encoder_hidden_states"], states, where
-        )
-        if pooled is not None:
-            kwargs["pooled_projections"] = replace_conditional(
-                kwargs["pooled_projections"], pooled, "the transformer's pooled input"
-            )
-        return args, kwargs
-
-    handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def encode(
-    family: type[ModelFamily], pipe: DiffusionPipeline, prompts: list[str]
-) -> tuple[torch.Tensor, Any]:
-    """``(states, pooled)`` of ``prompts`` as :func:`feeding` takes them (pooled: None where
-    the family has no pooled vector the transformer reads).
-
-    Raises:
-        ModelLayoutError: the family refines its text first (Z-Image, Lumina-2): its sites
-            read each prompt's own rows through the refiner, so no given states replace them.
-    """
-    if family.refines_text:
-        raise ModelLayoutError(
-            f"{family.pretty_name} passes each prompt's own rows through a text refiner first"
-        )
-    if family.joint_attention:
-        return family.encode_with_pooled(pipe, prompts)
-    return family.encode(pipe, prompts), None
