@@ -81,11 +81,6 @@ class LoadedBase:
         """Module paths of the denoiser's text-conditioning sites, in execution order."""
         return [site.path for site in self.sites]
 
-    @property
-    def is_local(self) -> bool:
-        """True when the base is a folder of this machine (not a Hub repo or its copy)."""
-        return self.hub_id is None and Path(self.source).is_dir()
-
 
 def load_base_model(
     source: str,
