@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from ..errors import ModelLayoutError
 from .text_sites import CROSS_ATTENTION, TextSites
@@ -266,21 +267,16 @@ class ModelFamily(ABC):
     @classmethod
     def given_text(
         cls, pipe: DiffusionPipeline, prompts: list[str]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(states, pooled)`` of ``prompts`` that stand in for them when given to the
-        denoiser in their place (pooled: None where the denoiser reads no pooled vector).
-
-        Raises:
-            ModelLayoutError: the sites read no text that can be given in place of a prompt's.
-        """
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(states, pooled)`` that stand in for ``prompts`` when given to the denoiser
+        (pooled: None where it reads none); ModelLayoutError where none can be."""
         return cls.encode(pipe, prompts), None
 
     @classmethod
     def layers_note(cls) -> str | None:
-        """What ``locopack layers`` says below the site table of this family (None: nothing)."""
-        if cls.has_pooled_text_path:
-            return "text also enters through a pooled embedding that is not a site"
-        return None
+        """What ``locopack layers`` says below this family's site table (None: nothing)."""
+        pooled = "text also enters through a pooled embedding that is not a site"
+        return pooled if cls.has_pooled_text_path else None
 
     @classmethod
     def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor | None:
