@@ -50,15 +50,15 @@ def context(path: Path, args) -> tuple[AttackContext, list[str]]:
     pipe.set_progress_bar_config(disable=True)
     settings = recipe.localize
     scorer = ClipScorer(recipe.local_path(settings.scorer))
-    located = localize(pipe, family, recipe, scorer=scorer, progress=False)
-    delta = compute_delta(pipe, family, recipe, located.layers)
+    located = localize(base, recipe, scorer=scorer, progress=False)
+    delta = compute_delta(base, recipe, located.layers)
     detectors = [load_detector(d.name, d.options, scorer) for d in recipe.evidence.detectors]
     rate = next((d for d in detectors if d.kind == "rate"), None)
     seeds = list(range(1000, 1000 + args.seeds))
 
     def draw(prompts, chosen):
         args_ = (settings.steps, settings.guidance, settings.resolution)
-        return generate_images(pipe, family, prompts, chosen, *args_)
+        return generate_images(base, prompts, chosen, *args_)
 
     ctx = AttackContext(
         pipe, family, recipe, draw, lambda: delta.applied(pipe.unet), rate, scorer, seeds,

@@ -22,7 +22,7 @@ from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionMod
 
 from locopack.delta import WeightDelta
 from locopack.export import write_adapter, write_merged
-from locopack.models import get_family
+from locopack.models import LoadedBase, get_family
 from locopack.models.twin_parts import tiny_clip_text, tiny_vae
 
 
@@ -111,7 +111,7 @@ def main() -> None:
         baseline = psutil.Process().memory_info().rss
         t0 = time.perf_counter()
         with PeakRSS() as meter:
-            write_merged(pipe, family, delta, out / "merged")
+            write_merged(LoadedBase(pipe, family), delta, out / "merged")
         merged_s = time.perf_counter() - t0
         adapter_bytes = (out / "pytorch_lora_weights.safetensors").stat().st_size
         (unet_file,) = (out / "merged" / "unet").glob("*.safetensors")

@@ -136,8 +136,7 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     located = localize(
-        pipe,
-        family,
+        base,
         recipe,
         scorer=ClipScorer(recipe.local_path(recipe.localize.scorer)),
         progress=False,
@@ -152,7 +151,7 @@ def main() -> None:
     print("| variant | k | edited attribute | other attributes | unrelated kept | unrelated SSIM |")
     print("|---|---|---|---|---|---|")
     print(f"| base | 0 | {measure(pipe, edit, sets, seeds, steps, guidance, base_images, tw)} |")
-    with compute_delta(pipe, family, recipe, located.layers).applied(pipe.unet):
+    with compute_delta(base, recipe, located.layers).applied(pipe.unet):
         row = measure(pipe, edit, sets, seeds, steps, guidance, base_images, tw)
     print(f"| LocoEdit, window | - | {row} |")
 

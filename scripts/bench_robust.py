@@ -59,7 +59,7 @@ def bench(path: Path, args, work: Path) -> None:
     recipe.evidence.attack = budget
     recipe.edit.robust = RobustSettings(rounds=args.rounds, prompts=args.prompts)
     base = load_base(recipe)
-    pipe, family = base.pipe, base.family
+    pipe = base.pipe
     pipe.set_progress_bar_config(disable=True)
     out = work / recipe.name
     scorer = scorer_for(recipe, pipe.device)
@@ -73,14 +73,14 @@ def bench(path: Path, args, work: Path) -> None:
     detectors = [detector for _, detector in judges(recipe, scorer)]
 
     clock = time.perf_counter()
-    plain = compute_delta(pipe, family, recipe, layers)
+    plain = compute_delta(base, recipe, layers)
     robust = robust_erase(base, recipe, layers, plain, scorer, cache)
     robust_seconds = time.perf_counter() - clock
     models = {
         "base": WeightDelta({}),
         f"plain edit ({len(layers)} sites)": plain,
         f"robust edit ({len(layers)} sites)": robust,
-        f"all {len(base.site_paths)} sites": compute_delta(pipe, family, recipe, base.site_paths),
+        f"all {len(base.site_paths)} sites": compute_delta(base, recipe, base.site_paths),
     }
     print(f"\n## {recipe.name}: {len(layers)} sites; robust erase {robust_seconds:.0f} s")
     print(
@@ -93,7 +93,7 @@ def bench(path: Path, args, work: Path) -> None:
     judged.evidence.attack = budget.model_copy(update={"seed": args.attack_seed})
     for name, delta in models.items():
         identity = {"model": delta.sha256(), "inputs": {"bench": recipe.sha256}}
-        target = AttackTarget(pipe, family, judged, scorer, detectors, delta, cache, identity)
+        target = AttackTarget(base, judged, scorer, detectors, delta, cache, identity)
         clock = time.perf_counter()
         (found,) = search_attack(target, 1)
         seconds = time.perf_counter() - clock

@@ -112,12 +112,11 @@ def mean_ssim(before, after) -> float:
 def conditions_of(recipe, base, scorer, rng) -> tuple[dict, str]:
     """The sets of sites compared: LocoGen's window (``select: score``), the editable
     choice, every site, and a random set of the editable choice's size."""
-    pipe, family = base.pipe, base.family
     clock = time.perf_counter()
-    located = localize(pipe, family, recipe, scorer=scorer, progress=False)
+    located = localize(base, recipe, scorer=scorer, progress=False)
     window = list(located.layers)
     swept = time.perf_counter() - clock
-    chosen = select_sites(pipe, family, recipe, located, scorer).layers
+    chosen = select_sites(base, recipe, located, scorer).layers
     sites = located.site_paths
     picked = sorted(rng.sample(range(len(sites)), len(chosen)))
     note = (
@@ -142,7 +141,7 @@ def bench(path: Path, args) -> None:
             update={"edit": recipe.edit.model_copy(update={"neighbours": None})}
         )
     base = load_base(recipe)
-    pipe, family = base.pipe, base.family
+    pipe = base.pipe
     pipe.set_progress_bar_config(disable=True)
     edit = recipe.edits[0]
     steps, guidance = recipe.localize.steps, recipe.localize.guidance
@@ -165,7 +164,7 @@ def bench(path: Path, args) -> None:
     base_drawn = None
     for name, layers in conditions.items():
         edited = (
-            compute_delta(pipe, family, recipe, layers).applied(pipe.unet)
+            compute_delta(base, recipe, layers).applied(pipe.unet)
             if layers
             else contextlib.nullcontext()
         )

@@ -19,7 +19,7 @@ from locopack.edit import compute_delta
 from locopack.export import write_adapter, write_merged
 from locopack.localize import localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, planted_text_window
-from locopack.models import load_denoiser_layout, load_pipeline
+from locopack.models import LoadedBase, load_denoiser_layout, load_pipeline
 from locopack.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,12 @@ def planted_text_window_is_found(family, model: Path, start: int, mode: str) -> 
         originals = [p.original for p in prompt_pairs(planted)]
         scorer = ReferenceScorer(pipe, family, originals, steps, 3.0, resolutions=(16,))
         result = localize(
-            pipe, family, planted, scorer=scorer, progress=False, batch=9, full_references=True
+            LoadedBase(pipe, family),
+            planted,
+            scorer=scorer,
+            progress=False,
+            batch=9,
+            full_references=True,
         )
     assert result.layers == [paths[start]] and result.mode == mode
     assert result.pooled_only is None
@@ -108,9 +113,9 @@ def adapter_equals_merged(twin: Path, out: Path, family, sites, edit_recipe, den
     merged checkpoint within 1e-5, which differs from the base's."""
     pipe, _ = load_pipeline(str(twin))
     pipe.set_progress_bar_config(disable=True)
-    delta = compute_delta(pipe, family, edit_recipe, sites)
+    delta = compute_delta(LoadedBase(pipe, family), edit_recipe, sites)
     write_adapter(delta, out, max_rank=64, energy=0.99999999)
-    write_merged(pipe, family, delta, out / "merged")
+    write_merged(LoadedBase(pipe, family), delta, out / "merged")
     with_adapter = DiffusionPipeline.from_pretrained(str(twin))
     assert type(with_adapter).__name__ == family.pipeline_classes[0]
     with_adapter.load_lora_weights(str(out))  # plain diffusers, as a user would

@@ -95,18 +95,20 @@ def oracle_patches(plugins: Path, share_loads: bool = True) -> Iterator[None]:
     import locopack.models
     import locopack.pipeline.build as build
 
-    saved = build.layers_or_localize, locopack.models.load_pipeline
+    loading = locopack.models.loading
+    saved = build.layers_or_localize, locopack.models.load_pipeline, loading.load_pipeline
     env = {name: os.environ.get(name) for name in (SECRET_ENV, "HF_HUB_OFFLINE")}
     build.layers_or_localize = _sweep
     if share_loads:
         locopack.models.load_pipeline = _cached(locopack.models.load_pipeline)
+        loading.load_pipeline = locopack.models.load_pipeline  # the base loader's
     os.environ.update({SECRET_ENV: SECRET, "HF_HUB_OFFLINE": "1"})
     sys.path.insert(0, str(plugins))
     try:
         yield
     finally:
         sys.path.remove(str(plugins))
-        build.layers_or_localize, locopack.models.load_pipeline = saved
+        build.layers_or_localize, locopack.models.load_pipeline, loading.load_pipeline = saved
         for name, value in env.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 

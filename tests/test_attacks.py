@@ -13,9 +13,11 @@ import torch
 from locopack.errors import RecipeError
 from locopack.evidence.attacks import ATTACKS, AttackContext, worst
 from locopack.evidence.attacks.concept_vector import concept_direction
-from locopack.evidence.attacks.feed import encode, feeding, single_token, soft_tokens
+from locopack.evidence.attacks.feed import single_token, soft_tokens
 from locopack.evidence.attacks.replay import read_prompts_file
+from locopack.hooks.feed import feeding
 from locopack.localize.cache import CandidateCache
+from locopack.models import LoadedBase
 from locopack.recipe import load_recipe
 from locopack.recipe.attacks import (
     AttacksSettings,
@@ -166,7 +168,7 @@ def toy():
     base = load_base(recipe)
     base.pipe.set_progress_bar_config(disable=True)
     scorer = ClipScorer(recipe.local_path(recipe.localize.scorer))
-    delta = compute_delta(base.pipe, base.family, recipe, WINDOW)
+    delta = compute_delta(base, recipe, WINDOW)
     return recipe, base.pipe, base.family, load_detector("toy"), scorer, delta
 
 
@@ -179,7 +181,7 @@ def _context(toy, drawn: list, cache=None, kill_at: int | None = None) -> Attack
         if kill_at is not None and len(drawn) == kill_at:
             raise RuntimeError("killed")
         drawn.append(tuple(prompts))
-        return generate_images(pipe, family, prompts, seeds, 8, 4.0, None)
+        return generate_images(LoadedBase(pipe, family), prompts, seeds, 8, 4.0, None)
 
     return AttackContext(
         pipe, family, recipe, draw, lambda: delta.applied(pipe.unet), detector, scorer,
@@ -190,7 +192,7 @@ def _context(toy, drawn: list, cache=None, kill_at: int | None = None) -> Attack
 def test_feeding_a_prompts_states_draws_that_prompt(toy):
     recipe, pipe, family, *_ = toy
     ctx = _context(toy, [])
-    states, _ = encode(family, pipe, ["a red circle on a stripes background"])
+    states, _ = family.given_text(pipe, ["a red circle on a stripes background"])
     with torch.no_grad(), feeding(family, ctx.denoiser, states):
         fed = ctx.draw(["a blue square with dots"], [3])["a blue square with dots"][0]
     direct = ctx.draw(["a red circle on a stripes background"], [3])
@@ -276,7 +278,7 @@ def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
     assert found.attack == name and found.edit == 0
     if name == "concept_vector":  # the states drawn: the concept-free prompt's plus v
         vector, free = concept_direction(_context(toy, []), toy[0].edits[0], 2)
-        expected = encode(toy[2], toy[1], free[:1])[0] + vector
+        expected = toy[2].given_text(toy[1], free[:1])[0] + vector
         assert torch.allclose(found.states, expected, atol=1e-6)
     if name == "soft_prompt":  # "<start> a red circle on a" precede the 3 soft tokens
         (positions,) = found.positions

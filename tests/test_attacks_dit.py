@@ -18,7 +18,7 @@ from locopack.evidence.attacks.feed import single_token, soft_tokens
 from locopack.evidence.attacks.soft_optimise import optimise, record_trajectory
 from locopack.evidence.attacks.soft_prompt import SoftPrompt
 from locopack.evidence.detectors import Detector
-from locopack.models import get_family
+from locopack.models import LoadedBase, get_family
 from locopack.recipe import load_recipe
 from locopack.recipe.attacks import ConceptVectorSettings, SoftPromptSettings
 
@@ -42,7 +42,7 @@ def twin(request):
     recipe = load_recipe(ROOT / "recipes" / "twin" / f"{request.param}-erase-van-gogh.yaml")
 
     def draw(prompts, seeds):
-        return generate_images(pipe, family, prompts, seeds, 2, 3.0, 16)
+        return generate_images(LoadedBase(pipe, family), prompts, seeds, 2, 3.0, 16)
 
     # the "edited" model: every text key projection of the first block scaled, reversibly
     key = pipe.transformer.transformer_blocks[0].attn.add_k_proj

@@ -13,6 +13,7 @@ from locopack.delta import WeightDelta
 from locopack.edit import collect_states, compute_delta, edit_errors
 from locopack.edit.tokens import align, edit_pairs
 from locopack.errors import EditError, ExportError
+from locopack.models import LoadedBase
 from locopack.models.sd1 import StableDiffusion1
 from locopack.recipe import parse_recipe
 
@@ -80,9 +81,9 @@ def test_every_family_and_rule_lands_edits_on_their_targets(name, tokens, twin_p
     pipe, family = twin_pipes[name]
     recipe = _recipe("./x", tokens=tokens, lam=1e-3, preserve=False)
     sites = _sites(pipe, family)[:2]
-    delta = compute_delta(pipe, family, recipe, sites)
+    delta = compute_delta(LoadedBase(pipe, family), recipe, sites)
     assert len(delta.deltas) == 4
-    errors = edit_errors(pipe, family, recipe, delta)
+    errors = edit_errors(LoadedBase(pipe, family), recipe, delta)
     for module, report in errors.items():
         # with more edit tokens than the twin's 24-64 state dims the system is overdetermined,
         # so the bound is relative to the mismatch before the edit
@@ -95,7 +96,7 @@ def test_matrices_setting_selects_key_value_or_both(twin_pipes):
     pipe, family = twin_pipes["sd1"]
     site = _sites(pipe, family)[4]
     for matrices, suffixes in (("key", {"to_k"}), ("value", {"to_v"}), ("both", {"to_k", "to_v"})):
-        delta = compute_delta(pipe, family, _recipe("./x", matrices=matrices), [site])
+        delta = compute_delta(LoadedBase(pipe, family), _recipe("./x", matrices=matrices), [site])
         assert {path.rsplit(".", 1)[1] for path in delta.deltas} == suffixes
 
 
@@ -132,7 +133,7 @@ def test_edited_model_moves_originals_toward_targets_and_spares_others():
         for k, v in (("orig", originals), ("target", targets), ("other", unrelated))
     }
     before = {k: _denoise(pipe, family, v) for k, v in enc.items()}
-    delta = compute_delta(pipe, family, recipe, _sites(pipe, family))
+    delta = compute_delta(LoadedBase(pipe, family), recipe, _sites(pipe, family))
     delta.apply(pipe.unet)
     after = {k: _denoise(pipe, family, v) for k, v in enc.items()}
 
@@ -147,7 +148,7 @@ def test_edited_model_moves_originals_toward_targets_and_spares_others():
 
 def test_delta_round_trip_and_refusals(tmp_path, twin_pipes):
     pipe, family = twin_pipes["sd1"]
-    delta = compute_delta(pipe, family, _recipe("./x"), _sites(pipe, family)[:1])
+    delta = compute_delta(LoadedBase(pipe, family), _recipe("./x"), _sites(pipe, family)[:1])
     path = delta.save(tmp_path / "delta.safetensors")
     loaded = WeightDelta.load(path)
     assert loaded.sha256() == delta.sha256()

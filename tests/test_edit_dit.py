@@ -10,6 +10,7 @@ from locopack.edit import compute_delta, edit_errors
 from locopack.edit.stream import denoising_steps, record_probes
 from locopack.edit.tokens import edit_prompts, part_pairs
 from locopack.errors import EditError, RecipeError
+from locopack.models import LoadedBase
 from locopack.models.flux import Flux
 from locopack.models.flux2 import Flux2
 from locopack.models.qwen_image import QwenImage
@@ -69,7 +70,7 @@ def edited():
         pipe.set_progress_bar_config(disable=True)
         recipe = _recipe(name)
         sites = [s.path for s in family.sites(pipe.transformer)][:3]
-        out[name] = (pipe, family, recipe, compute_delta(pipe, family, recipe, sites))
+        out[name] = (pipe, family, recipe, compute_delta(LoadedBase(pipe, family), recipe, sites))
     return out
 
 
@@ -100,7 +101,7 @@ def _outputs(pipe, family, recipe, prompts, probes, picks):
 @pytest.mark.parametrize("name", ["sd3", "flux", "flux2", "qwen-image"])
 def test_per_site_residuals_are_small_and_the_collection_is_recorded(name, edited):
     pipe, family, recipe, delta = edited[name]
-    errors = edit_errors(pipe, family, recipe, delta)
+    errors = edit_errors(LoadedBase(pipe, family), recipe, delta)
     assert len(errors) == 6
     for module, report in errors.items():
         # measured: edit_error <= 0.0074, error_before >= 0.76, preserve_drift <= 0.0053
@@ -130,7 +131,7 @@ def test_edited_keys_values_match_the_targets_within_the_reported_residual(name,
     before = _outputs(pipe, family, recipe, prompts.originals, probes, x_picks)
     with delta.applied(pipe.transformer):
         after = _outputs(pipe, family, recipe, prompts.originals, probes, x_picks)
-    reported = edit_errors(pipe, family, recipe, delta)
+    reported = edit_errors(LoadedBase(pipe, family), recipe, delta)
     for module, report in reported.items():
         scale = target[module].norm()
         measured = float((after[module] - target[module]).norm() / scale)
@@ -196,7 +197,7 @@ def test_cover_moves_the_concepts_rows_of_every_encoder_to_the_targets(name, edi
     left = {}
     for tokens in ("last", "cover"):
         recipe = parse_recipe(ERASE.format(guidance=GUIDANCE[name], tokens=tokens), "e.yaml")
-        delta = compute_delta(pipe, family, recipe, sites)
+        delta = compute_delta(LoadedBase(pipe, family), recipe, sites)
         prompts = edit_prompts(pipe, family, recipe)
         probes = record_probes(pipe, family, prompts.originals, recipe)
         by_part: dict[str, list] = {}
@@ -229,11 +230,11 @@ def test_flux_single_block_sites_need_the_opt_in(edited):
     pipe, family, _, _ = edited["flux"]
     single = [s.path for s in family.sites(pipe.transformer) if not s.text_only][:1]
     with pytest.raises(EditError, match="allow_image_sites"):
-        compute_delta(pipe, family, _recipe("flux"), single)
+        compute_delta(LoadedBase(pipe, family), _recipe("flux"), single)
     recipe = _recipe("flux", ", allow_image_sites: true")
-    delta = compute_delta(pipe, family, recipe, single)
+    delta = compute_delta(LoadedBase(pipe, family), recipe, single)
     assert delta.provenance["image_sites"] == single
-    for report in edit_errors(pipe, family, recipe, delta).values():
+    for report in edit_errors(LoadedBase(pipe, family), recipe, delta).values():
         assert report["edit_error"] < 0.03 and report["error_before"] > 0.3
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from locopack.edit import compute_delta
 from locopack.edit.tokens import edit_pairs, part_pairs
+from locopack.models import LoadedBase
 from locopack.models.flux import Flux
 from locopack.models.sd3 import StableDiffusion3
 from locopack.recipe import parse_recipe
@@ -114,7 +115,7 @@ def test_cover_is_the_default_and_the_delta_records_each_encoders_rows(twin_pipe
     assert recipe.edit.tokens == "cover"
     pipe, family = twin_pipes["sd1"]
     site = family.sites(pipe.unet)[0].path
-    provenance = compute_delta(pipe, family, recipe, [site]).provenance
+    provenance = compute_delta(LoadedBase(pipe, family), recipe, [site]).provenance
     rows = provenance["token_rows"]
     assert [r["prompt"] for r in rows] == recipe.edits[0].originals()
     [part] = family.text_parts(pipe)

@@ -13,7 +13,7 @@ import locopack
 from locopack.edit import compute_delta
 from locopack.errors import EditError, ExportError, ModelLayoutError
 from locopack.export import write_adapter, write_kohya, write_merged
-from locopack.models import get_family, load_pipeline
+from locopack.models import LoadedBase, get_family, load_pipeline
 from locopack.recipe import parse_recipe
 from locopack.storage import load_tensors, save_tensors
 
@@ -35,7 +35,9 @@ edit: {lambda: 0.05, tokens: concept}
 
 def _delta(pipe, family, n_sites=3):
     sites = [s.path for s in family.sites(getattr(pipe, family.denoiser_attr))]
-    return compute_delta(pipe, family, parse_recipe(RECIPE, "r.yaml"), sites[1 : 1 + n_sites])
+    return compute_delta(
+        LoadedBase(pipe, family), parse_recipe(RECIPE, "r.yaml"), sites[1 : 1 + n_sites]
+    )
 
 
 def _denoise(pipe, family, seed=0):
@@ -74,7 +76,7 @@ def releases(tmp_path_factory, twin_dirs):
         delta = _delta(pipe, family)
         folder = tmp_path_factory.mktemp(f"release-{name}")
         write_adapter(delta, folder, max_rank=64, energy=0.99999999)
-        write_merged(pipe, family, delta, folder / "merged")
+        write_merged(LoadedBase(pipe, family), delta, folder / "merged")
         out[name] = (folder, delta)
     return out
 
@@ -168,7 +170,7 @@ def test_merged_keeps_the_base_dtype_and_leaves_the_pipeline_unchanged(tmp_path,
     pipe, family = load_pipeline(str(twin_dirs["sd1"]), dtype="float16")
     delta = _delta(pipe, family, n_sites=1)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    write_merged(pipe, family, delta, tmp_path / "merged")
+    write_merged(LoadedBase(pipe, family), delta, tmp_path / "merged")
     assert all(torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
     (weights,) = (tmp_path / "merged" / "unet").glob("*.safetensors")
     assert {t.dtype for t in load_file(weights).values()} == {torch.float16}
@@ -184,7 +186,7 @@ def test_a_crash_while_merging_leaves_no_folder(tmp_path, twin_dirs, monkeypatch
 
     monkeypatch.setattr(pipe, "save_pretrained", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_merged(pipe, family, delta, tmp_path / "merged")
+        write_merged(LoadedBase(pipe, family), delta, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     assert not [p for p in tmp_path.iterdir()]  # no temporary leftovers either
     assert torch.equal(pipe.unet.get_submodule(next(iter(delta.deltas))).weight, weight)
@@ -266,7 +268,7 @@ def test_neuron_file_applies_through_locopack_apply(tmp_path, twin_dirs):
         "r.yaml",
     )
     site = family.sites(pipe.unet)[6].path
-    edit = neuron_edit_for(pipe, family, recipe, [site], top_k=4)
+    edit = neuron_edit_for(LoadedBase(pipe, family), recipe, [site], top_k=4)
     edit.save(tmp_path / "neurons.safetensors")
     before = _denoise(pipe, family)
     applied = locopack.apply(pipe, tmp_path)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import locopack
 from locopack.edit import compute_delta
 from locopack.export import write_adapter, write_merged
-from locopack.models import get_family, load_denoiser_layout, load_pipeline
+from locopack.models import LoadedBase, get_family, load_denoiser_layout, load_pipeline
 
 from .test_edit_dit import FAMILIES, _recipe
 from .test_models_dit import REAL_LAYOUTS
@@ -37,11 +37,11 @@ def releases(tmp_path_factory):
         chosen, extra = sites[1:3], ""
         if name == "flux":
             chosen, extra = sites[1:4], ", allow_image_sites: true"
-        delta = compute_delta(pipe, family, _recipe(name, extra), chosen)
+        delta = compute_delta(LoadedBase(pipe, family), _recipe(name, extra), chosen)
         folder = root / f"release-{name}"
         folder.mkdir()
         write_adapter(delta, folder, max_rank=64, energy=ENERGY)
-        write_merged(pipe, family, delta, folder / "merged")
+        write_merged(LoadedBase(pipe, family), delta, folder / "merged")
         out[name] = (twin, folder, delta)
     return out
 
@@ -232,15 +232,17 @@ def test_export_refuses_a_format_the_family_lacks_before_writing_anything(
 def test_the_onnx_docstring_states_each_family_kinds_real_inputs(name):
     from locopack.export import onnx
     from locopack.export.onnx_tracing import trace_spec
+    from locopack.models.text_sites import JOINT_ATTENTION
 
     family = get_family(name)
-    inputs = list(trace_spec(family.build_twin(0), family).inputs)
+    inputs = list(trace_spec(LoadedBase(family.build_twin(0), family)).inputs)
     bullets = onnx.__doc__.split("\n* ")
-    kind = "Joint attention" if family.joint_attention else "PixArt" if name == "pixart" else "UNet"
+    joint = family.text_sites is JOINT_ATTENTION
+    kind = "Joint attention" if joint else "PixArt" if name == "pixart" else "UNet"
     (bullet,) = [b for b in bullets if b.startswith(kind)]
     shared = ("sample", "timestep", "encoder_hidden_states")  # PixArt's bullet: "the UNet's three"
     assert all(f"``{i}``" in bullet for i in inputs if name != "pixart" or i not in shared)
-    assert family.joint_attention == ("pooled_projections" in inputs)
+    assert joint == ("pooled_projections" in inputs)
     assert f"<out_dir>/{family.denoiser_attr}/model.onnx" in onnx.__doc__
 
 

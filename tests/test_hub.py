@@ -425,13 +425,15 @@ print(json.dumps({{"diff": (a - b).abs().max().item(), "edit": (b - base).abs().
 @pytest.mark.slow  # ~20 s: a fresh interpreter imports torch and diffusers
 def test_apply_from_the_hub_reproduces_the_local_adapter(standin, env, tmp_path):
     from locopack.edit import compute_delta
-    from locopack.models import get_family, load_pipeline
+    from locopack.models import LoadedBase, get_family, load_pipeline
     from locopack.recipe import parse_recipe
 
     twin = get_family("sd1").save_twin(tmp_path / "twin", seed=0)
     pipe, family = load_pipeline(str(twin))
     sites = [s.path for s in family.sites(pipe.unet)]
-    delta = compute_delta(pipe, family, parse_recipe(APPLY_RECIPE, "r.yaml"), sites[1:3])
+    delta = compute_delta(
+        LoadedBase(pipe, family), parse_recipe(APPLY_RECIPE, "r.yaml"), sites[1:3]
+    )
     folder = tmp_path / "release"
     folder.mkdir()
     seal(folder, APPLY_RECIPE, delta)

@@ -28,7 +28,7 @@ from locopack.localize import (
 from locopack.localize.planted import ReferenceScorer as PlantedScorer
 from locopack.localize.planted import plant_window
 from locopack.localize.result import LocalizationResult
-from locopack.models import load_pipeline
+from locopack.models import LoadedBase, load_pipeline
 from locopack.recipe import load_recipe, parse_recipe
 
 RECIPE = """
@@ -87,7 +87,12 @@ def test_planted_window_is_found(name, start, size, mode, twin_dirs):
     recipe = _recipe(twin_dirs[name], window=size, mode=mode, steps=steps)
     scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)], steps)
     result = localize(
-        pipe, family, recipe, scorer=scorer, progress=False, batch=8, full_references=True
+        LoadedBase(pipe, family),
+        recipe,
+        scorer=scorer,
+        progress=False,
+        batch=8,
+        full_references=True,
     )
     assert result.mode == mode and (result.rounds is not None) == (mode == "fast")
     assert result.chosen == start
@@ -104,7 +109,7 @@ def test_update_edits_choose_the_highest_score_to_the_target(twin_dirs):
     pairs = prompt_pairs(recipe)
     assert all(p.sign == -1 and p.reference == p.altered for p in pairs)
     scorer = ReferenceScorer(pipe, family, [p.reference for p in pairs])
-    result = localize(pipe, family, recipe, scorer=scorer, progress=False)
+    result = localize(LoadedBase(pipe, family), recipe, scorer=scorer, progress=False)
     assert result.layers == [paths[5]]
     assert result.candidates[5].mean > max(
         c.mean for i, c in enumerate(result.candidates) if i != 5
@@ -115,8 +120,10 @@ def test_fast_mode_races_and_rescores_at_most_two_at_full_settings(twin_dirs):
     pipe, family, _ = _planted_pipe(twin_dirs["sd1"], 8, 1)
     recipe = _recipe(twin_dirs["sd1"], mode="fast", steps=5)
     scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)], 5)
-    fast = localize(pipe, family, recipe, scorer=scorer, progress=False)
-    full = localize(pipe, family, recipe, scorer=scorer, progress=False, mode=SweepMode.FULL)
+    fast = localize(LoadedBase(pipe, family), recipe, scorer=scorer, progress=False)
+    full = localize(
+        LoadedBase(pipe, family), recipe, scorer=scorer, progress=False, mode=SweepMode.FULL
+    )
     assert fast.chosen == full.chosen == 8
     assert fast.mode == "fast" and full.mode == "full" and full.rounds is None
     first, last = fast.rounds[0], fast.rounds[-1]
@@ -134,11 +141,11 @@ def test_a_raced_result_survives_save_and_load(tmp_path, twin_dirs):
     pipe, family, _ = _planted_pipe(twin_dirs["sd1"], 4, 1)
     recipe = _recipe(twin_dirs["sd1"], mode="fast", steps=5)
     scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)], 5)
-    result = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    result = localize(LoadedBase(pipe, family), recipe, tmp_path, scorer=scorer, progress=False)
     loaded = LocalizationResult.load(tmp_path / "localization.json")
     assert loaded.chosen == result.chosen == 4 and len(loaded.rounds) == len(result.rounds) > 1
     assert loaded.to_dict()["rounds"] == json.loads(json.dumps(result.to_dict()["rounds"]))
-    again = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    again = localize(LoadedBase(pipe, family), recipe, tmp_path, scorer=scorer, progress=False)
     assert all(c.cached for r in again.rounds for c in r.candidates)
 
 
@@ -146,7 +153,7 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     pipe, family, paths = _planted_pipe(twin_dirs["sd1"], 2, 1)
     recipe = _recipe(twin_dirs["sd1"])
     scorer = ReferenceScorer(pipe, family, [p.original for p in prompt_pairs(recipe)])
-    result = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    result = localize(LoadedBase(pipe, family), recipe, tmp_path, scorer=scorer, progress=False)
     data = json.loads((tmp_path / "localization.json").read_text())
     assert data["chosen_layers"] == [paths[2]]
     assert data["meta"]["recipe_sha256"] == recipe.sha256
@@ -158,7 +165,7 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     assert not {"timings", "seconds", "cached"} & (set(data) | set(first))  # run facts: unsaved
     assert (tmp_path / "localization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert LocalizationResult.load(tmp_path / "localization.json").layers == result.layers
-    cached = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    cached = localize(LoadedBase(pipe, family), recipe, tmp_path, scorer=scorer, progress=False)
     assert all(c.cached for c in cached.candidates)
     assert [c.scores for c in cached.candidates] == [c.scores for c in result.candidates]
 
@@ -177,7 +184,7 @@ def test_result_files_and_cache(tmp_path, twin_dirs):
     bad = ['{"scores": [], "seconds": 1}', '{"scores": ["x"], "seconds": 1}', "[1, 2]", "{"]
     for entry, text in zip(entries, bad, strict=False):
         entry.write_text(text)
-    again = localize(pipe, family, recipe, tmp_path, scorer=scorer, progress=False)
+    again = localize(LoadedBase(pipe, family), recipe, tmp_path, scorer=scorer, progress=False)
     assert sum(not c.cached for c in again.candidates + [again.baseline, again.all_sites]) == 4
     assert [c.scores for c in again.candidates] == [c.scores for c in result.candidates]
 
@@ -293,8 +300,7 @@ def test_kill_9_then_resume_gives_identical_results(mode, tmp_path, twin_dirs):
     loaded = load_recipe(recipe)
     pipe, family = load_pipeline(str(twin_dirs["sd1"]))
     clean = localize(
-        pipe,
-        family,
+        LoadedBase(pipe, family),
         loaded,
         tmp_path / "clean",
         progress=False,

@@ -13,7 +13,7 @@ from locopack.hooks.joint import POOLED, swap_windows
 from locopack.localize import Rung, Sweep, localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, planted_text_window
 from locopack.localize.windows import PromptPair
-from locopack.models import get_family
+from locopack.models import LoadedBase, get_family
 from locopack.recipe import parse_recipe
 
 RECIPE = """
@@ -85,7 +85,12 @@ def test_planted_window_is_found(name, start, size, mode, deep_pipes):
             resolutions=(settings.resolution,),
         )
         result = localize(
-            pipe, family, recipe, scorer=scorer, progress=False, batch=9, full_references=True
+            LoadedBase(pipe, family),
+            recipe,
+            scorer=scorer,
+            progress=False,
+            batch=9,
+            full_references=True,
         )
     assert result.mode == mode and (result.rounds is not None) == (mode == "fast")
     assert result.chosen == start

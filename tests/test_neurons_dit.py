@@ -11,7 +11,7 @@ import torch
 from locopack.edit.activations import neuron_edit_for, projection_activations
 from locopack.edit.neurons import override_neurons
 from locopack.errors import EditError
-from locopack.models import get_family
+from locopack.models import LoadedBase, get_family
 from locopack.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def test_activations_are_what_the_projection_emits_while_denoising(name, joint_p
 def test_the_override_sets_the_neurons_of_a_joint_block(joint_pipes):
     pipe, family = joint_pipes["sd3"]
     site = family.sites(pipe.transformer)[2]
-    edit = neuron_edit_for(pipe, family, _recipe("sd3"), [site.path], top_k=4)
+    edit = neuron_edit_for(LoadedBase(pipe, family), _recipe("sd3"), [site.path], top_k=4)
     assert edit.total() == 4 and set(edit.overrides) <= {site.key, site.value}
     for path, (index, value) in edit.overrides.items():
         module = pipe.transformer.get_submodule(path)
@@ -76,4 +76,4 @@ def test_single_stream_blocks_are_refused(joint_pipes):
     pipe, family = joint_pipes["flux"]
     single = [s.path for s in family.sites(pipe.transformer) if not s.text_only]
     with pytest.raises(EditError, match="single-stream site"):
-        neuron_edit_for(pipe, family, _recipe("flux"), single[:1], top_k=2)
+        neuron_edit_for(LoadedBase(pipe, family), _recipe("flux"), single[:1], top_k=2)

@@ -22,6 +22,7 @@ from locopack.delta import WeightDelta  # noqa: E402
 from locopack.errors import ExportError  # noqa: E402
 from locopack.export import onnx as onnx_export  # noqa: E402
 from locopack.export.onnx_tracing import ExpandedMask  # noqa: E402
+from locopack.models import LoadedBase  # noqa: E402
 
 NAMES = {
     "sd1": ["sample", "timestep", "encoder_hidden_states"],
@@ -44,7 +45,7 @@ def exports(twin_pipes, tmp_path_factory):
             pipe, family = twin_pipes[name]
             out = tmp_path_factory.mktemp(f"onnx_{name}")
             done[name] = onnx_export.export_denoiser_onnx(
-                pipe, family, out, optimize=name == "pixart"
+                LoadedBase(pipe, family), out, optimize=name == "pixart"
             )
         return done[name]
 
@@ -126,7 +127,7 @@ def test_onnxruntime_matches_torch(name, twin_pipes, exports):
         expected = _torch_forward(name, denoiser, feeds)
         assert got.shape == expected.shape and got.shape[0] == batch
         assert np.abs(got - expected).max() <= ATOL
-    assert onnx_export.check_onnx(pipe, family, path) <= ATOL
+    assert onnx_export.check_onnx(LoadedBase(pipe, family), path) <= ATOL
 
 
 def test_pixart_mask_is_honoured_and_processors_restored(twin_pipes, exports):
@@ -161,7 +162,7 @@ def test_edit_is_carried_into_the_export(twin_pipes, exports, tmp_path, monkeypa
     delta.apply(edited.unet)
     # also exercise the external-data layout that models over ~1.8 GB get
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
-    path = onnx_export.export_denoiser_onnx(edited, family, tmp_path, optimize=False)
+    path = onnx_export.export_denoiser_onnx(LoadedBase(edited, family), tmp_path, optimize=False)
     assert (path.parent / "model.onnx.data").is_file()
     assert json.loads((path.parent / "onnx_export.json").read_text())["external_data"]
 
@@ -185,7 +186,7 @@ def test_failed_export_leaves_no_folder(twin_pipes, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", broken)
     out = tmp_path / "onnx"
     with pytest.raises(ExportError, match="both exporters.*exporter exploded"):
-        onnx_export.export_denoiser_onnx(pipe, family, out)
+        onnx_export.export_denoiser_onnx(LoadedBase(pipe, family), out)
     assert calls == [True, False]  # dynamo first, TorchScript only as the fallback
     assert not (out / "unet").exists()
     assert list(out.iterdir()) == []  # no temporary folder left behind either
@@ -201,7 +202,7 @@ def test_failed_check_leaves_no_folder(twin_pipes, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "_run_exporter", lambda spec, path, *a: path.touch() or {})
     monkeypatch.setattr(onnx_export, "_io_description", lambda path: {})
     with pytest.raises(ExportError, match="differ"):
-        onnx_export.export_denoiser_onnx(pipe, family, tmp_path / "onnx")
+        onnx_export.export_denoiser_onnx(LoadedBase(pipe, family), tmp_path / "onnx")
     assert not (tmp_path / "onnx" / "unet").exists()
 
 
@@ -211,7 +212,7 @@ def test_unsupported_unet_inputs_are_refused(twin_pipes, tmp_path):
     fake = SimpleNamespace(unet=SimpleNamespace(config=config, dtype=torch.float32))
     fake.tokenizer = pipe.tokenizer
     with pytest.raises(ExportError, match="not supported for Stable Diffusion.*class labels"):
-        onnx_export.export_denoiser_onnx(fake, family, tmp_path / "onnx")
+        onnx_export.export_denoiser_onnx(LoadedBase(fake, family), tmp_path / "onnx")
     assert not (tmp_path / "onnx" / "unet").exists()
 
 
@@ -219,5 +220,5 @@ def test_missing_extra_names_the_install_command(twin_pipes, tmp_path, monkeypat
     pipe, family = twin_pipes["sd1"]
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
     with pytest.raises(ExportError, match=r"pip install 'locopack\[onnx\]'"):
-        onnx_export.export_denoiser_onnx(pipe, family, tmp_path / "onnx")
+        onnx_export.export_denoiser_onnx(LoadedBase(pipe, family), tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()

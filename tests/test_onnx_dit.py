@@ -9,7 +9,7 @@ import torch
 
 from locopack.export.onnx import export_denoiser_onnx
 from locopack.export.onnx_tracing import dummy_inputs, trace_spec
-from locopack.models import get_family
+from locopack.models import LoadedBase, get_family
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow
@@ -42,7 +42,9 @@ def _as_the_pipeline_calls_it(pipe, inputs: dict[str, torch.Tensor]) -> np.ndarr
 def test_onnxruntime_matches_the_transformer(name, tmp_path):
     family = get_family(name)
     pipe = family.build_twin(seed=0)
-    path = export_denoiser_onnx(pipe, family, tmp_path, optimize=False)  # checks <= 1e-4 too
+    path = export_denoiser_onnx(
+        LoadedBase(pipe, family), tmp_path, optimize=False
+    )  # checks <= 1e-4 too
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [
         "sample",
@@ -51,7 +53,7 @@ def test_onnxruntime_matches_the_transformer(name, tmp_path):
         "pooled_projections",
     ]
     for batch in (1, 3):
-        inputs = dummy_inputs(trace_spec(pipe, family), batch, seed=batch)
+        inputs = dummy_inputs(trace_spec(LoadedBase(pipe, family)), batch, seed=batch)
         got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
         expected = _as_the_pipeline_calls_it(pipe, inputs)
         assert got.shape == expected.shape

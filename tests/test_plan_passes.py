@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from locopack.localize import localize, plan_sweep
-from locopack.models import get_family
+from locopack.models import LoadedBase, get_family
 from locopack.recipe import parse_recipe
 
 from .family_checks import RECIPE, layout_folder
@@ -46,7 +46,7 @@ def _counted_sweep(pipe, family, recipe, batch: int) -> int:
     handle = denoiser.register_forward_hook(count, with_kwargs=True)
     try:
         scorer = lambda images, _texts: [0.0] * len(images)  # noqa: E731
-        localize(pipe, family, recipe, scorer=scorer, progress=False, batch=batch)
+        localize(LoadedBase(pipe, family), recipe, scorer=scorer, progress=False, batch=batch)
     finally:
         handle.remove()
     return sum(seen)

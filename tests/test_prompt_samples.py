@@ -10,6 +10,7 @@ from locopack.edit import compute_delta
 from locopack.edit.tokens import edit_prompts, preserve_positions
 from locopack.errors import RecipeError
 from locopack.evidence.before_after import prompt_sets
+from locopack.models import LoadedBase
 from locopack.prompt_samples import neighbours, sampled_unrelated, toy_captions
 from locopack.recipe import parse_recipe
 from locopack.recipe.checks import preflight
@@ -132,7 +133,7 @@ def test_the_edit_keeps_its_neighbours_outputs(tmp_path, twin_pipes):
 
     def drift(recipe) -> float:
         """Relative change of the site's key output on the neighbour prompts."""
-        delta = compute_delta(pipe, family, recipe, [site.path])
+        delta = compute_delta(LoadedBase(pipe, family), recipe, [site.path])
         states = family.encode(pipe, neighbours(with_neighbours))
         key = pipe.unet.get_submodule(site.key)
         before = key(states)

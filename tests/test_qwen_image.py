@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from locopack.edit.activations import projection_activations
-from locopack.evidence.attacks.feed import encode as feed_encode
-from locopack.evidence.attacks.feed import feeding
+from locopack.hooks.feed import feeding
 from locopack.hooks.joint import swap_windows
 from locopack.localize import Rung, Sweep, plan_sweep
 from locopack.localize.windows import PromptPair
@@ -227,7 +226,7 @@ def test_given_states_are_read_as_the_prompt_they_encode(qwen_pipe):
         (call,) = _calls(pipe, lambda p=prompt: _generate(pipe, family, p, steps=1))
         outputs[prompt] = (call, pipe.transformer(**call)[0])
     for given, into in ((PROMPT, SHORT), (SHORT, PROMPT), (SHORT, SHORT)):
-        states, _ = feed_encode(family, pipe, [given])
+        states, _ = family.given_text(pipe, [given])
         call = outputs[into][0]
         with feeding(family, pipe.transformer, states):
             fed = pipe.transformer(**call)[0]

@@ -18,7 +18,13 @@ from locopack.export import write_adapter, write_merged
 from locopack.localize import Rung, Sweep, localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, plant_window
 from locopack.localize.windows import PromptPair
-from locopack.models import detect_family, get_family, load_denoiser_layout, load_pipeline
+from locopack.models import (
+    LoadedBase,
+    detect_family,
+    get_family,
+    load_denoiser_layout,
+    load_pipeline,
+)
 from locopack.models.text_refiner import prefix_io
 from locopack.recipe import parse_recipe
 
@@ -192,7 +198,7 @@ def test_planted_single_site_windows_are_found(name, start, mode):
         guidance=settings.guidance,
         resolutions=(settings.resolution,),
     )
-    result = localize(pipe, family, recipe, scorer=scorer, progress=False, batch=9)
+    result = localize(LoadedBase(pipe, family), recipe, scorer=scorer, progress=False, batch=9)
     assert result.mode == mode and result.chosen == start
     assert result.layers == paths[start : start + 1]
     assert result.candidates[start].mean < -0.02
@@ -206,7 +212,7 @@ def test_the_edit_solves_sites_in_order_on_inputs_after_the_edits_upstream(name,
     _, pipe, family = twins[name]
     recipe = _recipe()
     sites = family.sites(pipe.transformer)[:2]
-    delta = compute_delta(pipe, family, recipe, [s.path for s in sites])
+    delta = compute_delta(LoadedBase(pipe, family), recipe, [s.path for s in sites])
     prompts = recipe.edits[0]
     originals = family.encode_texts(pipe, prompts.originals())
     targets = family.encode_texts(pipe, prompts.targets_expanded())
@@ -238,11 +244,11 @@ def releases(twins, tmp_path_factory):
     out = {}
     for name, (folder, pipe, family) in twins.items():
         sites = [s.path for s in family.sites(pipe.transformer)]
-        delta = compute_delta(pipe, family, _recipe(), sites[1:])
+        delta = compute_delta(LoadedBase(pipe, family), _recipe(), sites[1:])
         release = root / name
         release.mkdir()
         write_adapter(delta, release, max_rank=64, energy=0.99999999)
-        write_merged(pipe, family, delta, release / "merged")
+        write_merged(LoadedBase(pipe, family), delta, release / "merged")
         out[name] = (folder, release, delta)
     return out
 

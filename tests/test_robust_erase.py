@@ -14,6 +14,7 @@ from locopack.edit.tokens import edit_prompts, found_pairs
 from locopack.errors import RecipeError
 from locopack.evidence.attacks.found import Found
 from locopack.localize.cache import CandidateCache
+from locopack.models import LoadedBase
 from locopack.pipeline import robust_attacks
 from locopack.pipeline import robust_erase as robust
 from locopack.recipe import RobustSettings, load_recipe, parse_recipe
@@ -64,7 +65,7 @@ def test_extra_rows_are_more_columns_of_the_same_solve(twin_pipes):
     recipe = parse_recipe(RECIPE, "r.yaml")
     extra = [("a painting of a cat in the style of qux zap", "a painting of a cat")]
     layers = _sites(pipe, family)[:2]
-    delta = compute_delta(pipe, family, recipe, layers, extra=extra)
+    delta = compute_delta(LoadedBase(pipe, family), recipe, layers, extra=extra)
     assert extra_rows(delta.provenance) == extra
     # the columns written out: the recipe's, then the differing tokens and the last one
     states = collect_states(pipe, family, recipe)
@@ -87,9 +88,11 @@ def test_extra_rows_are_more_columns_of_the_same_solve(twin_pipes):
         torch.testing.assert_close(d, expected, rtol=1e-5, atol=1e-7)
     assert delta.provenance["columns"] == x.shape[1]
     # on the columns with the extra rows, the edit that solved for them errs less than the plain
-    plain = compute_delta(pipe, family, recipe, layers)
-    report = edit_errors(pipe, family, recipe, delta)
-    plain_on_rows = edit_errors(pipe, family, recipe, WeightDelta(plain.deltas, delta.provenance))
+    plain = compute_delta(LoadedBase(pipe, family), recipe, layers)
+    report = edit_errors(LoadedBase(pipe, family), recipe, delta)
+    plain_on_rows = edit_errors(
+        LoadedBase(pipe, family), recipe, WeightDelta(plain.deltas, delta.provenance)
+    )
     for module in delta.deltas:
         assert report[module]["edit_error"] < plain_on_rows[module]["edit_error"]
 
@@ -98,12 +101,15 @@ def test_a_delta_records_its_extra_rows_and_keeps_them_through_a_file(tmp_path, 
     pipe, family = twin_pipes["sd1"]
     recipe = parse_recipe(RECIPE, "r.yaml")
     extra = [("a house by qux", "a house")]
-    delta = compute_delta(pipe, family, recipe, _sites(pipe, family)[:1], extra=extra)
+    delta = compute_delta(LoadedBase(pipe, family), recipe, _sites(pipe, family)[:1], extra=extra)
     delta.save(tmp_path / "d.safetensors")
     again = WeightDelta.load(tmp_path / "d.safetensors")
     assert extra_rows(again.provenance) == extra
     assert (
-        extra_rows(compute_delta(pipe, family, recipe, _sites(pipe, family)[:1]).provenance) == []
+        extra_rows(
+            compute_delta(LoadedBase(pipe, family), recipe, _sites(pipe, family)[:1]).provenance
+        )
+        == []
     )
     prompts = edit_prompts(pipe, family, recipe, extra)
     assert prompts.originals[-1] == "a house by qux" and len(prompts.rows) == 2
@@ -182,7 +188,7 @@ def toy_robust(tmp_path_factory):
     base = load_base(recipe)
     layers = [base.site_paths[i] for i in WINDOW]
     scorer = ClipScorer(recipe.local_path(recipe.localize.scorer))
-    plain = compute_delta(base.pipe, base.family, recipe, layers)
+    plain = compute_delta(base, recipe, layers)
     cache = CandidateCache(tmp_path_factory.mktemp("cache"))
     replayed = []
 
@@ -204,9 +210,8 @@ def _stripes(base, delta, prompt: str, seeds: list[int]) -> float:
     from locopack.evidence.before_after import generate_images
     from locopack.evidence.detectors.toy import toy_detector
 
-    pipe, family = base.pipe, base.family
-    with delta.applied(pipe.unet):
-        images = generate_images(pipe, family, [prompt], seeds, 20, 4.0, None)[prompt]
+    with delta.applied(base.denoiser):
+        images = generate_images(base, [prompt], seeds, 20, 4.0, None)[prompt]
     return sum(f.get("stripes", 0.0) for f in toy_detector(images, [prompt] * len(seeds))) / len(
         seeds
     )
@@ -309,7 +314,7 @@ def test_the_attacks_of_locopack_attacks_give_robust_erase_their_words(toy_robus
     base, recipe, plain, _, (scorer, _, _, _) = toy_robust
     detectors = [detector for _, detector in robust.judges(recipe, scorer)]
     target = robust_attacks.AttackTarget(
-        base.pipe, base.family, recipe, scorer, detectors, plain, CandidateCache(tmp_path),
+        base, recipe, scorer, detectors, plain, CandidateCache(tmp_path),
         {"model": plain.sha256()},
     )  # fmt: skip
     assert {"search", "concept_vector", "soft_prompt", "replay"} <= set(robust_attacks.ATTACKS)

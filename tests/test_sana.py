@@ -10,7 +10,7 @@ import torch
 
 from locopack.localize import localize, prompt_pairs
 from locopack.localize.planted import ReferenceScorer, plant_window
-from locopack.models import get_family, load_pipeline
+from locopack.models import LoadedBase, get_family, load_pipeline
 
 from .family_checks import (
     adapter_equals_merged,
@@ -88,7 +88,12 @@ def test_a_planted_single_site_window_is_found(start, mode, sana_dir):
     originals = [p.original for p in prompt_pairs(planted)]
     scorer = ReferenceScorer(pipe, family, originals, steps, 3.0, resolutions=(SIZE,))
     result = localize(
-        pipe, family, planted, scorer=scorer, progress=False, batch=8, full_references=True
+        LoadedBase(pipe, family),
+        planted,
+        scorer=scorer,
+        progress=False,
+        batch=8,
+        full_references=True,
     )
     assert result.layers == [paths[start]] and result.mode == mode
     chosen = result.candidates[result.chosen]

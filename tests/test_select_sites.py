@@ -12,7 +12,7 @@ from locopack.errors import RecipeError
 from locopack.localize import Candidate, LocalizationResult, localize, prompt_pairs
 from locopack.localize.editable import TrailStep, nested_sets, ranking, smallest_meeting
 from locopack.localize.planted import ReferenceScorer
-from locopack.models import load_pipeline
+from locopack.models import LoadedBase, load_pipeline
 from locopack.pipeline.select_sites import CLIP_SHARE, judges, select_sites, trail_table
 from locopack.recipe import parse_recipe
 
@@ -97,11 +97,11 @@ def test_editable_widens_to_both_planted_windows_where_score_keeps_one(twin_dirs
     recipe = parse_recipe(RECIPE.format(model=twin_dirs["sd1"], select="editable"), "two.yaml")
     originals = [p.original for p in prompt_pairs(recipe)]
     scorer = ReferenceScorer(pipe, family, originals, steps=2, guidance=3.0)
-    result = localize(pipe, family, recipe, scorer=scorer, progress=False)
+    result = localize(LoadedBase(pipe, family), recipe, scorer=scorer, progress=False)
     window = result.layers
     assert window in (paths[3:5], paths[10:12])  # score alone: one of the two
     assert judges(recipe, scorer) == [(CLIP_SHARE, None)]
-    chosen = select_sites(pipe, family, recipe, result, scorer)
+    chosen = select_sites(LoadedBase(pipe, family), recipe, result, scorer)
     # widened to both, then pruned of what the requirement does not need
     assert chosen.select == "editable" and set(chosen.layers) == set(paths[3:5] + paths[10:12])
     first = chosen.trail[0]

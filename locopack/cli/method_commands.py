@@ -99,7 +99,7 @@ def _print_plan(recipe, mode: str | None, full_references: bool, batch: int) -> 
     seconds = None
     if layout.missing is None:
         base = load_base(recipe, allow_pickle=run_options().allow_pickle)
-        seconds = time_denoiser_pass(base.pipe, base.family, recipe.localize.resolution)
+        seconds = time_denoiser_pass(base, recipe.localize.resolution)
     plan = plan_sweep(
         recipe,
         layout.family,

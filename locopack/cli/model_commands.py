@@ -66,13 +66,9 @@ def layers(model: str, revision: str | None, as_json: bool) -> None:
         proj = f"{s.key.rsplit('.', 1)[1]}/{s.value.rsplit('.', 1)[1]}"
         dims = f"{s.in_features} -> {s.out_features}"
         click.echo(f"{s.index:>3}  {s.path:<{width}}  {proj} {dims}, {s.kind}")
-    if family.has_pooled_text_path:
-        click.echo("note: text also enters through a pooled embedding that is not a site")
-    if family.refines_text:
-        click.echo(
-            f"note: the sites are text refiner blocks; the {family.shared_blocks}.* projections "
-            f"(shared with image rows) and {family.input_projection} are not sites"
-        )
+    note = family.layers_note()
+    if note:
+        click.echo(f"note: {note}")
 
 
 @click.command()

@@ -133,9 +133,8 @@ def generate(
 
     quiet_libraries()
     trusted = trusted_keys(**trust)
-    pipe, family = load_for_inference(
-        model, allow_pickle=global_options().allow_pickle, trusted=trusted
-    )
+    base = load_for_inference(model, allow_pickle=global_options().allow_pickle, trusted=trusted)
+    pipe, family = base.pipe, base.family
     if adapter:
         apply(pipe, adapter, scale, force=force, trusted=trusted)
     generator = torch.Generator(pipe.device).manual_seed(seed)

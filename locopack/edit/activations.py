@@ -20,13 +20,16 @@ averaged over its text rows (the refiner's padding rows included).
 from __future__ import annotations
 
 import json
+from functools import singledispatch
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import EditError
-from ..fingerprint import fingerprints_by_dtype, model_fingerprint
+from ..fingerprint import fingerprints_by_dtype
+from ..models.base import Site
 from ..models.text_refiner import prefix_io
+from ..models.text_sites import CrossAttention, JointAttention, TextRefiner, TextSites
 from ..prompt_samples import neighbours
 from .neurons import NeuronEdit, select_neurons
 from .stream import Group, record_probes, site_columns
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 _MATRICES = {"key": ("key",), "value": ("value",), "both": ("key", "value")}
@@ -58,21 +62,31 @@ def projection_activations(
         EditError: a joint-attention family without ``recipe``, or a site that also maps
             image tokens.
     """
+    sites = {s.path: s for s in family.sites(getattr(pipe, family.denoiser_attr))}
+    chosen = [sites[path] for path in layers]
+    return _activations(family.text_sites, pipe, family, prompts, chosen, matrices, recipe)
+
+
+@singledispatch
+def _activations(
+    kind: TextSites,
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    prompts: list[str],
+    sites: list[Site],
+    matrices: str,
+    recipe: Recipe | None,
+) -> dict[str, torch.Tensor]:
+    """:func:`projection_activations` by the family's kind of site."""
+    raise EditError(f"{family.pretty_name}: no activations of {kind.name} sites")
+
+
+@_activations.register
+def _(kind: CrossAttention, pipe, family, prompts, sites, matrices, recipe):
     denoiser = getattr(pipe, family.denoiser_attr)
-    sites = {s.path: s for s in family.sites(denoiser)}
-    if family.refines_text:  # refiner sites read the prompt alone, padded rows included
-        texts = family.encode_texts(pipe, prompts)
-        modules = [getattr(sites[p], which) for p in layers for which in _MATRICES[matrices]]
-        found = prefix_io(family, denoiser, texts, modules, outputs=True)
-        return {m: torch.stack([rows.float().mean(dim=0) for rows in found[m]]) for m in modules}
-    if family.joint_attention:
-        return _joint_activations(
-            pipe, family, prompts, [sites[p] for p in layers], matrices, recipe
-        )
     states = family.encode(pipe, prompts)
     out = {}
-    for path in layers:
-        site = sites[path]
+    for site in sites:
         inputs = family.site_states(denoiser, site, states)
         for which in _MATRICES[matrices]:
             module_path = getattr(site, which)
@@ -81,8 +95,18 @@ def projection_activations(
     return out
 
 
-def _joint_activations(pipe, family, prompts, sites, matrices, recipe) -> dict[str, torch.Tensor]:
-    """:func:`projection_activations` from site inputs collected while denoising."""
+@_activations.register
+def _(kind: TextRefiner, pipe, family, prompts, sites, matrices, recipe):
+    """Refiner sites read the prompt alone, padded rows included."""
+    texts = family.encode_texts(pipe, prompts)
+    modules = [getattr(site, which) for site in sites for which in _MATRICES[matrices]]
+    found = prefix_io(family, getattr(pipe, family.denoiser_attr), texts, modules, outputs=True)
+    return {m: torch.stack([rows.float().mean(dim=0) for rows in found[m]]) for m in modules}
+
+
+@_activations.register
+def _(kind: JointAttention, pipe, family, prompts, sites, matrices, recipe):
+    """From site inputs collected while denoising."""
     image = [site.path for site in sites if not site.text_only]
     if image:
         raise EditError(
@@ -123,15 +147,9 @@ def neuron_prompts(recipe: Recipe) -> tuple[list[str], list[str]]:
     return attribute, list(dict.fromkeys(neutral))
 
 
-def neuron_edit_for(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
-    recipe: Recipe,
-    layers: list[str],
-    top_k: int,
-) -> NeuronEdit:
-    """Neuron edit of ``recipe`` (prompts: :func:`neuron_prompts`; Welch's t, global top-k;
-    see ``neurons``)."""
+def neuron_edit_for(base: LoadedBase, recipe: Recipe, layers: list[str], top_k: int) -> NeuronEdit:
+    """Neuron edit of ``recipe`` on ``base`` (prompts: :func:`neuron_prompts`; Welch's t,
+    global top-k; see ``neurons``)."""
     attribute, neutral = neuron_prompts(recipe)
     if len(attribute) < 2 or len(neutral) < 2:
         raise EditError(
@@ -140,13 +158,13 @@ def neuron_edit_for(
             f"{len(neutral)} distinct neutral prompt(s) (targets and preserve prompts); "
             "add preserve prompts to the recipe"
         )
-    matrices = recipe.edit.matrices
+    pipe, family, matrices = base.pipe, base.family, recipe.edit.matrices
     edit = select_neurons(
         projection_activations(pipe, family, attribute, layers, matrices, recipe),
         projection_activations(pipe, family, neutral, layers, matrices, recipe),
         top_k,
     )
-    fingerprint = model_fingerprint(pipe, family)
+    fingerprint = base.fingerprint
     edit.metadata.update(
         {
             "recipe_name": recipe.name,

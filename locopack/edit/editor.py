@@ -16,15 +16,18 @@ recipe's prompts (:func:`~locopack.edit.tokens.edit_prompts`); the delta records
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import singledispatch
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..delta import WeightDelta, library_versions
 from ..errors import EditError
-from ..fingerprint import fingerprints_by_dtype, model_fingerprint
+from ..fingerprint import fingerprints_by_dtype
+from ..models.base import Site
+from ..models.text_sites import CrossAttention, JointAttention, TextRefiner, TextSites
 from ..prompt_samples import neighbours
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 _MATRICES = {"key": (0,), "value": (1,), "both": (0, 1)}
@@ -90,16 +94,14 @@ def extra_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def compute_delta(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
+    base: LoadedBase,
     recipe: Recipe,
     layers: list[str],
     *,
-    fingerprint: str | None = None,
     extra: Sequence[tuple[str, str]] = (),
 ) -> WeightDelta:
-    """Solve LocoEdit for the key and/or value matrices of ``layers`` (site module paths),
-    with the ``extra`` ``(prompt, target)`` rows beside the recipe's.
+    """Solve LocoEdit on ``base`` for the key and/or value matrices of ``layers`` (site module
+    paths), with the ``extra`` ``(prompt, target)`` rows beside the recipe's.
 
     Returns:
         A :class:`WeightDelta` with one ΔW per edited projection and the edit's provenance
@@ -108,8 +110,8 @@ def compute_delta(
     Raises:
         EditError: a layer is not a site of the model, or the solve is not finite.
     """
-    denoiser = getattr(pipe, family.denoiser_attr)
-    sites = {site.path: site for site in family.sites(denoiser)}
+    pipe, family, denoiser = base.pipe, base.family, base.denoiser
+    sites = {site.path: site for site in base.sites}
     missing = [path for path in layers if path not in sites]
     if missing:
         raise EditError(
@@ -125,60 +127,87 @@ def compute_delta(
         }
 
     prompts = edit_prompts(pipe, family, recipe, extra)
-    if family.joint_attention or family.refines_text:
-        chosen = [sites[path] for path in layers]
-        solver = refiner_deltas if family.refines_text else joint_deltas
-        deltas, entries = solver(pipe, family, recipe, chosen, prompts, solve)
-        counts = {
-            "columns": entries.pop("columns"),
-            "preserve_columns": entries.pop("preserve_columns"),
-        }
-    else:
-        states = collect_states(pipe, family, recipe, prompts)
-        counts = {"columns": len(states.pairs), "preserve_columns": len(states.preserve_at)}
-        deltas, entries = {}, {}
-        shared: EditSystem | None = None
-        for path in layers:
-            site = sites[path]
-            per_site = family.site_states(denoiser, site, states.originals) is not states.originals
-            if per_site or shared is None:
-                x, y, p = states.columns(
-                    (lambda s, site=site: family.site_states(denoiser, site, s))
-                    if per_site
-                    else (lambda s: s)
-                )
-                system = EditSystem.build(x, y, settings.lam, p, settings.preserve_weight)
-                if not per_site:
-                    shared = system
-            else:
-                system = shared
-            deltas.update(solve(site, system))
-    provenance = _provenance(pipe, family, recipe, layers, fingerprint) | counts | entries
+    chosen = [sites[path] for path in layers]
+    deltas, entries = _site_deltas(family.text_sites, base, recipe, chosen, prompts, solve)
+    counts = {key: entries.pop(key) for key in ("columns", "preserve_columns")}
+    provenance = _provenance(base, recipe, layers) | counts | entries
     provenance["token_rows"] = prompts.rows
     if extra:
         provenance["extra_rows"] = [{"prompt": p, "target": t} for p, t in extra]
     return WeightDelta(deltas, provenance)
 
 
-def _modules(site: Any, matrices: str) -> list[str]:
+#: ``solve(site, system)``: the ΔW of the site's edited projections from its system
+Solve = Callable[[Site, EditSystem], dict[str, torch.Tensor]]
+
+
+@singledispatch
+def _site_deltas(
+    kind: TextSites,
+    base: LoadedBase,
+    recipe: Recipe,
+    chosen: list[Site],
+    prompts: EditPrompts,
+    solve: Solve,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``({projection: ΔW}, provenance entries)`` of the ``chosen`` sites, the entries with
+    the edit's ``columns`` and ``preserve_columns`` counts; by the family's kind of site."""
+    raise EditError(f"{base.family.pretty_name}: LocoEdit cannot solve {kind.name} sites")
+
+
+@_site_deltas.register
+def _(kind: CrossAttention, base, recipe, chosen, prompts, solve):
+    """One system shared by the sites that read the same states (one per site where the
+    family normalizes the text per site)."""
+    family, denoiser, settings = base.family, base.denoiser, recipe.edit
+    states = collect_states(base.pipe, family, recipe, prompts)
+    deltas: dict[str, torch.Tensor] = {}
+    shared: EditSystem | None = None
+    for site in chosen:
+        per_site = family.site_states(denoiser, site, states.originals) is not states.originals
+        if per_site or shared is None:
+            x, y, p = states.columns(
+                (lambda s, site=site: family.site_states(denoiser, site, s))
+                if per_site
+                else (lambda s: s)
+            )
+            system = EditSystem.build(x, y, settings.lam, p, settings.preserve_weight)
+            if not per_site:
+                shared = system
+        else:
+            system = shared
+        deltas.update(solve(site, system))
+    return deltas, {"columns": len(states.pairs), "preserve_columns": len(states.preserve_at)}
+
+
+@_site_deltas.register
+def _(kind: JointAttention, base, recipe, chosen, prompts, solve):
+    return joint_deltas(base.pipe, base.family, recipe, chosen, prompts, solve)
+
+
+@_site_deltas.register
+def _(kind: TextRefiner, base, recipe, chosen, prompts, solve):
+    return refiner_deltas(base.pipe, base.family, recipe, chosen, prompts, solve)
+
+
+def _modules(site: Site, matrices: str) -> list[str]:
     """The projections of ``site`` that ``edit.matrices`` edits."""
     return [(site.key, site.value)[which] for which in _MATRICES[matrices]]
 
 
-def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
-    base = recipe.base
-    fingerprint = fingerprint or model_fingerprint(pipe, family)
+def _provenance(base: LoadedBase, recipe: Recipe, layers: list[str]) -> dict[str, Any]:
+    settings, fingerprint = recipe.base, base.fingerprint
     return {
         "recipe_name": recipe.name,
         "recipe_sha256": recipe.sha256,
-        "base_model": base.model,
-        "base_revision": base.revision,
-        "base_dtype": base.dtype,
-        "base_variant": base.variant,
+        "base_model": settings.model,
+        "base_revision": settings.revision,
+        "base_dtype": settings.dtype,
+        "base_variant": settings.variant,
         "base_fingerprint": fingerprint,
-        "base_fingerprints": fingerprints_by_dtype(pipe, family, fingerprint),
-        "family": family.name,
-        "denoiser": family.denoiser_attr,
+        "base_fingerprints": fingerprints_by_dtype(base.pipe, base.family, fingerprint),
+        "family": base.family.name,
+        "denoiser": base.family.denoiser_attr,
         "sites": list(layers),
         "lambda": recipe.edit.lam,
         "matrices": recipe.edit.matrices,
@@ -190,27 +219,50 @@ def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def edit_errors(
-    pipe: DiffusionPipeline, family: type[ModelFamily], recipe: Recipe, delta: WeightDelta
-) -> dict[str, dict]:
+def edit_errors(base: LoadedBase, recipe: Recipe, delta: WeightDelta) -> dict[str, dict]:
     """Per edited matrix: the relative error of ``W'x`` vs ``W y`` on the edit's columns, its
     extra rows included (``edit_error``; ``error_before`` is the same for the unedited ``W``)
     and the relative drift of ``W'p`` on the preserve columns (Frobenius norms, float64)."""
-    denoiser = getattr(pipe, family.denoiser_attr)
-    sites = family.sites(denoiser)
+    pipe, family = base.pipe, base.family
+    sites = base.sites
     by_path = {site.key: site for site in sites} | {site.value: site for site in sites}
     prompts = edit_prompts(pipe, family, recipe, extra_rows(delta.provenance))
-    if family.joint_attention or family.refines_text:
-        edited = list({by_path[module].path: by_path[module] for module in delta.deltas}.values())
-        edited.sort(key=lambda site: site.index)
-        if family.refines_text:
-            return refiner_errors(pipe, family, edited, prompts, delta)
-        return joint_errors(pipe, family, recipe, edited, prompts, delta)
-    states = collect_states(pipe, family, recipe, prompts)
+    edited = list({by_path[module].path: by_path[module] for module in delta.deltas}.values())
+    edited.sort(key=lambda site: site.index)
+    return _site_errors(family.text_sites, base, recipe, edited, prompts, delta)
+
+
+@singledispatch
+def _site_errors(
+    kind: TextSites,
+    base: LoadedBase,
+    recipe: Recipe,
+    edited: list[Site],
+    prompts: EditPrompts,
+    delta: WeightDelta,
+) -> dict[str, dict]:
+    """:func:`edit_errors` of the ``edited`` sites, by the family's kind of site."""
+    raise EditError(f"{base.family.pretty_name}: no edit errors of {kind.name} sites")
+
+
+@_site_errors.register
+def _(kind: CrossAttention, base, recipe, edited, prompts, delta):
+    family, denoiser = base.family, base.denoiser
+    by_path = {site.key: site for site in edited} | {site.value: site for site in edited}
+    states = collect_states(base.pipe, family, recipe, prompts)
     report = {}
     for module, d in delta.deltas.items():
         site = by_path[module]
         x, y, p = states.columns(lambda s, site=site: family.site_states(denoiser, site, s))
-        weight = denoiser.get_submodule(module).weight
-        report[module] = edit_report(weight, d, x, y, p)
+        report[module] = edit_report(denoiser.get_submodule(module).weight, d, x, y, p)
     return report
+
+
+@_site_errors.register
+def _(kind: JointAttention, base, recipe, edited, prompts, delta):
+    return joint_errors(base.pipe, base.family, recipe, edited, prompts, delta)
+
+
+@_site_errors.register
+def _(kind: TextRefiner, base, recipe, edited, prompts, delta):
+    return refiner_errors(base.pipe, base.family, edited, prompts, delta)

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from ..models.base import ModelFamily
-    from ..recipe.schema import Recipe
+    from ..recipe.schema import EditSettings, Recipe
 
 #: solves one site: its module paths -> float32 deltas, from the site and its factored system
 SiteSolver = Callable[[Site, EditSystem], dict[str, torch.Tensor]]
@@ -100,7 +100,11 @@ def _checked(sites: list[Site], recipe: Recipe, family: type[ModelFamily]) -> li
 
 @torch.no_grad()
 def solve_in_order(
-    transformer: torch.nn.Module, columns: Any, sites: list[Site], settings: Any, solve: SiteSolver
+    transformer: torch.nn.Module,
+    columns: Any,
+    sites: list[Site],
+    settings: EditSettings,
+    solve: SiteSolver,
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """Solve ``sites`` (in execution order) one by one, each on the X and P that ``columns``
     (``targets_at``/``edited_at``) collects with the deltas of the sites before it applied,

@@ -36,7 +36,7 @@ from ..errors import ModelLayoutError
 from ..models.base import Site
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, SchedulerMixin
 
     from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
@@ -142,7 +142,7 @@ def _record_run(
     return probes
 
 
-def _step(scheduler: Any, steps_seen: int) -> int:
+def _step(scheduler: SchedulerMixin, steps_seen: int) -> int:
     """The index of the denoising step under way: the scheduler's own count where it keeps
     one (diffusers' schedulers advance ``step_index`` in ``step``), else the steps seen."""
     if hasattr(scheduler, "step_index"):

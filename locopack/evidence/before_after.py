@@ -59,7 +59,7 @@ from .verdict import judge
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 UNRELATED = ("a photo of a dog", "a red car on a street", "a mountain river")
@@ -156,9 +156,17 @@ def _grids(item: dict[str, Any]) -> list[str]:
 BATCH = 8
 
 
-def generate_images(pipe, family, prompts, seeds, steps, guidance, resolution) -> dict[str, list]:
-    """Every prompt drawn with every seed: {prompt: [image per seed]}; the seeds of several
-    prompts share a call (prompt-major, as the pipeline orders a batch)."""
+def generate_images(
+    base: LoadedBase,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    resolution: int | None,
+) -> dict[str, list[Image.Image]]:
+    """Every prompt drawn by ``base`` with every seed: {prompt: [image per seed]}; the seeds
+    of several prompts share a call (prompt-major, as the pipeline orders a batch)."""
+    pipe, family = base.pipe, base.family
     size = {"height": resolution, "width": resolution} if resolution else {}
     per_call = max(1, BATCH // len(seeds))
     images = {}
@@ -205,8 +213,7 @@ def grid(rows: list[tuple[str, Image.Image, Image.Image]], cell: int = 128) -> b
 
 @torch.no_grad()
 def collect_evidence(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
+    base: LoadedBase,
     recipe: Recipe,
     release: Path,
     scorer: Any,
@@ -219,13 +226,13 @@ def collect_evidence(
 ) -> dict[str, Any]:
     """Generate, score and save the before/after evidence of the release in ``release``.
 
-    ``pipe`` must be the unedited base; the adapter is applied and removed again here.
+    ``base`` must be unedited; the adapter is applied to it and removed again here.
     ``inputs`` (see :func:`evidence_inputs`) is recorded, for a rerun to reuse the evidence.
 
     Returns:
         The content written to ``out/evidence.json``.
     """
-    settings = recipe.localize
+    pipe, family, settings = base.pipe, base.family, recipe.localize
     seeds = [seed] if seed is not None else recipe.evidence.seeds or settings.seeds[:1]
     steps = steps or settings.steps
     guidance = settings.guidance if guidance is None else guidance
@@ -234,7 +241,7 @@ def collect_evidence(
     every = sorted({p for item in plan for pairs in item["sets"].values() for p, _ in pairs})
 
     def draw(prompts: list[str], seeds: list[int]) -> dict[str, list]:
-        return generate_images(pipe, family, prompts, seeds, steps, guidance, settings.resolution)
+        return generate_images(base, prompts, seeds, steps, guidance, settings.resolution)
 
     def write_grid(stem: str, rows: list) -> str:
         name = f"{EVIDENCE_DIR}/{stem}.png"

@@ -10,13 +10,14 @@ for by name (:meth:`ExportChoice.check`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ExportError
 from ..filenames import ADAPTER_FILE, KOHYA_FILE, MANIFEST_FILE, MERGED_DIR, ONNX_DIR
 
 if TYPE_CHECKING:
     from ..models.base import ModelFamily
+    from ..recipe.schema import ExportSettings
 
 FORMATS = ("adapter", "kohya", "merged", "onnx")
 
@@ -43,7 +44,9 @@ class ExportChoice:
     onnx: bool = False
 
     @classmethod
-    def from_recipe(cls, settings: Any, family: type[ModelFamily] | None) -> ExportChoice:
+    def from_recipe(
+        cls, settings: ExportSettings, family: type[ModelFamily] | None
+    ) -> ExportChoice:
         """The recipe's ``export`` section for a base of ``family``: ``kohya`` (on by default)
         only where kohya files exist for the family (kept as asked where the family is not
         known, None)."""

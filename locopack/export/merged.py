@@ -17,22 +17,19 @@ from ..filenames import MERGE_FILE
 from ..storage import atomic_dir
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
-    from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
 
 
-def write_merged(
-    pipe: DiffusionPipeline, family: type[ModelFamily], delta: WeightDelta, out: Path
-) -> Path:
-    """Save ``pipe`` with ``delta`` merged into ``out`` (atomically); ``pipe`` is unchanged after.
+def write_merged(base: LoadedBase, delta: WeightDelta, out: Path) -> Path:
+    """Save ``base``'s pipeline with ``delta`` merged into ``out`` (atomically); the pipeline
+    is unchanged after.
 
     Returns:
         ``out``, a folder ``DiffusionPipeline.from_pretrained`` loads.
     """
-    denoiser = getattr(pipe, family.denoiser_attr)
-    with delta.applied(denoiser), atomic_dir(out) as tmp:
-        pipe.save_pretrained(str(tmp), safe_serialization=True)
+    family = base.family
+    with delta.applied(base.denoiser), atomic_dir(out) as tmp:
+        base.pipe.save_pretrained(str(tmp), safe_serialization=True)
         record = {
             "format": "locopack.merge/1",
             "delta_sha256": delta.sha256(),

@@ -59,6 +59,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -75,9 +76,7 @@ from .onnx_tracing import (
 )
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
-    from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
 
 FORMAT = "locopack.onnx_export/1"
 EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -85,7 +84,7 @@ OUTPUT_NAME = "out_sample"
 _INSTALL_HINT = "pip install 'locopack[onnx]'"
 
 
-def _require(module: str) -> Any:
+def _require(module: str) -> ModuleType:
     try:
         return __import__(module)
     except ImportError:
@@ -177,8 +176,7 @@ def _io_description(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def export_denoiser_onnx(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
+    base: LoadedBase,
     out_dir: str | Path,
     *,
     opset: int = 18,
@@ -186,11 +184,10 @@ def export_denoiser_onnx(
     optimize: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Export ``pipe``'s denoiser, as it is now (edits included), to ONNX.
+    """Export ``base``'s denoiser, as it is now (edits included), to ONNX.
 
     Args:
-        pipe: a loaded pipeline of ``family`` whose denoiser carries the edit.
-        family: its :class:`~locopack.models.ModelFamily`.
+        base: a loaded base whose denoiser carries the edit.
         out_dir: the ONNX model folder; ``<denoiser>/`` inside it is replaced atomically.
         opset: ONNX opset version.
         check: compare onnxruntime with torch at batch 1 and 2 (see :func:`check_onnx`) before
@@ -209,7 +206,8 @@ def export_denoiser_onnx(
     """
     _require("onnx")
     _require("onnxscript")
-    spec = trace_spec(pipe, family)
+    family = base.family
+    spec = trace_spec(base)
     target = Path(out_dir) / family.denoiser_attr
     with atomic_dir(target) as tmp, _eval_mode(spec.adapter):
         record = _run_exporter(spec, tmp / "model.onnx", opset, optimize)
@@ -223,7 +221,7 @@ def export_denoiser_onnx(
         }
         if check:
             try:
-                diff = check_onnx(pipe, family, tmp / "model.onnx")
+                diff = check_onnx(base, tmp / "model.onnx")
             except ExportError as err:
                 if "dynamo_error" not in record:
                     raise
@@ -250,22 +248,22 @@ def _versions() -> dict[str, str]:
 
 # ---- check ------------------------------------------------------------------------------------
 def check_onnx(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
+    base: LoadedBase,
     onnx_path: str | Path,
     batch_sizes: tuple[int, ...] = (1, 2),
     seed: int = 0,
     *,
     atol: float = 1e-4,
 ) -> float:
-    """Max abs difference between onnxruntime (CPU) and the torch denoiser on seeded inputs.
+    """Max abs difference between onnxruntime (CPU) and ``base``'s torch denoiser on seeded
+    inputs.
 
     Raises:
         ExportError: onnxruntime is missing, cannot run the model, or the difference is above
             ``atol`` (or not finite).
     """
     ort = _require("onnxruntime")
-    spec = trace_spec(pipe, family)
+    spec = trace_spec(base)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
 
 BATCH_AXIS = "batch"
 
@@ -167,20 +168,27 @@ def _joint_spec(
 
 #: the joint-attention transformers whose inputs :func:`_joint_spec` states
 _JOINT_TRACED = ("SD3Transformer2DModel", "FluxTransformer2DModel")
+#: the other transformers whose inputs :func:`trace_spec` states
+_TRACED = ("PixArtTransformer2DModel",)
 
 
 def _unsupported(family: type[ModelFamily], why: str) -> ExportError:
     return ExportError(f"ONNX export is not supported for {family.pretty_name} models: {why}")
 
 
-def trace_spec(pipe: DiffusionPipeline, family: type[ModelFamily]) -> TraceSpec:
-    denoiser = getattr(pipe, family.denoiser_attr)
+def trace_spec(base: LoadedBase) -> TraceSpec:
+    """The adapter and the inputs that trace ``base``'s denoiser.
+
+    Raises:
+        ExportError: a denoiser whose inputs no ONNX export carries.
+    """
+    pipe, family, denoiser = base.pipe, base.family, base.denoiser
     if family.onnx_refusal:
         raise _unsupported(family, family.onnx_refusal)
-    if family.joint_attention:
-        if type(denoiser).__name__ not in _JOINT_TRACED:
-            raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
+    if type(denoiser).__name__ in _JOINT_TRACED:
         return _joint_spec(pipe, family, denoiser)
+    if family.denoiser_attr == "transformer" and type(denoiser).__name__ not in _TRACED:
+        raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
     cfg, dtype = denoiser.config, denoiser.dtype
     size, length = cfg.sample_size, family.max_length(pipe)
     if isinstance(size, (list, tuple)):
@@ -188,8 +196,6 @@ def trace_spec(pipe: DiffusionPipeline, family: type[ModelFamily]) -> TraceSpec:
     else:
         height = width = size
     if family.denoiser_attr == "transformer":
-        if type(denoiser).__name__ != "PixArtTransformer2DModel":
-            raise _unsupported(family, f"no ONNX inputs defined for {type(denoiser).__name__}")
         spec = TraceSpec(_PixArtAdapter(denoiser), masked=True, device=denoiser.device)
         spec.inputs["sample"] = ((cfg.in_channels, height, width), dtype)
         spec.inputs["timestep"] = ((), torch.float32)
@@ -261,7 +267,7 @@ class ExpandedMask:
     states' batch tells the tracer that the mask and the sample share one batch axis.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Callable[..., torch.Tensor]) -> None:
         self.inner = inner
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from functools import singledispatch
 from typing import TYPE_CHECKING
 
 import torch
@@ -42,6 +44,7 @@ import torch
 from ..errors import ModelLayoutError
 from ..models.base import Site
 from ..models.joint_attention import pad_rows
+from ..models.text_sites import CrossAttention, JointAttention, TextRefiner, TextSites
 from .cross import replace_conditional, swap_text_states, window_replacements
 from .refiner import swap_refined_text
 
@@ -319,21 +322,51 @@ def swap_windows(
             without ``altered_pooled``.
     """
     pooled = [POOLED in window for window in windows]
-    if family.refines_text and not any(pooled):
-        return swap_refined_text(
-            family, denoiser, windows, original[original_mask], altered[altered_mask]
-        )
-    if any(pooled) and (not family.joint_attention or altered_pooled is None):
+    kind = family.text_sites
+    if any(pooled) and (not kind.swaps_pooled or altered_pooled is None):
         raise ModelLayoutError(
             f"a window names the pooled path, which {family.pretty_name} cannot swap here"
-            if not family.joint_attention
+            if not kind.swaps_pooled
             else "a window names the pooled path but no altered pooled vector was given"
         )
-    if family.joint_attention:
-        texts = (original, altered, altered_mask)
-        return _joint_swap(family, denoiser, windows, texts, altered_pooled, pooled)
+    texts = _Texts(original, altered, original_mask, altered_mask, altered_pooled)
+    return _swap(kind, family, denoiser, windows, texts, pooled)
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """One prompt's encoded states, original and altered, with their keep-masks and the
+    altered prompt's pooled vector (each None where the family has none)."""
+
+    original: torch.Tensor
+    altered: torch.Tensor
+    original_mask: torch.Tensor | None
+    altered_mask: torch.Tensor | None
+    altered_pooled: torch.Tensor | None
+
+
+@singledispatch
+def _swap(kind: TextSites, family, denoiser, windows, texts: _Texts, pooled: list[bool]):
+    raise ModelLayoutError(f"{family.pretty_name}: LocoGen cannot swap {kind.name} sites")
+
+
+@_swap.register
+def _(kind: CrossAttention, family, denoiser, windows, texts: _Texts, pooled: list[bool]):
     paths = [site.path for site in family.sites(denoiser)]
     masks = None
-    if altered_mask is not None:
-        masks = window_replacements(paths, windows, original_mask, altered_mask)
-    return swap_text_states(denoiser, window_replacements(paths, windows, original, altered), masks)
+    if texts.altered_mask is not None:
+        masks = window_replacements(paths, windows, texts.original_mask, texts.altered_mask)
+    states = window_replacements(paths, windows, texts.original, texts.altered)
+    return swap_text_states(denoiser, states, masks)
+
+
+@_swap.register
+def _(kind: JointAttention, family, denoiser, windows, texts: _Texts, pooled: list[bool]):
+    triple = (texts.original, texts.altered, texts.altered_mask)
+    return _joint_swap(family, denoiser, windows, triple, texts.altered_pooled, pooled)
+
+
+@_swap.register
+def _(kind: TextRefiner, family, denoiser, windows, texts: _Texts, pooled: list[bool]):
+    original = texts.original[texts.original_mask]
+    return swap_refined_text(family, denoiser, windows, original, texts.altered[texts.altered_mask])

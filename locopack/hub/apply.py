@@ -38,9 +38,13 @@ from ..release.layout import (
 from ..release.signing import TrustedKeys
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
     from diffusers import DiffusionPipeline
 
     from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
 
 ADAPTER_NAME = "locopack"
 
@@ -52,7 +56,7 @@ class AppliedEdit:
     kind: str
     source: Path
     provenance: dict[str, Any]
-    _undo: Any = None
+    _undo: Callable[[], None] | None = None
 
     def remove(self) -> None:
         """Take the edit off the pipeline again."""
@@ -99,7 +103,7 @@ def _load_adapter(
     return lambda: _remove_lora_layers(denoiser)
 
 
-def _remove_lora_layers(model: Any) -> None:
+def _remove_lora_layers(model: torch.nn.Module) -> None:
     """Put every PEFT-wrapped layer of ``model`` back to its base layer."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -200,19 +204,19 @@ def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str |
 
 def load_for_inference(
     model: str, *, allow_pickle: bool = False, trusted: TrustedKeys | None = None
-) -> tuple[Any, Any]:
+) -> LoadedBase:
     """Load ``model``: a pipeline folder or Hub id[@REVISION], or a locopack release (local or
     on the Hub) whose ``merged/`` checkpoint is then loaded (see :func:`pipeline_source`);
     with ``trusted``, only a release whose signature verifies against it.
 
     Returns:
-        ``(pipeline, family)``.
+        The loaded base (pipeline, family, where it came from).
 
     Raises:
         SignatureError: ``trusted`` is given and the release ``model`` does not verify (a plain
             pipeline carries no signature and is loaded as it is).
     """
-    from ..models import load_pipeline
+    from ..models import load_base_model
 
     if trusted is not None and trusted.given and _is_release(model):
         from ..release.verify import verified_release
@@ -221,7 +225,7 @@ def load_for_inference(
     revision = None
     if not Path(model).exists() and is_hub_ref(model):
         model, revision = parse_ref(model)
-    return load_pipeline(*pipeline_source(model, revision), allow_pickle=allow_pickle)
+    return load_base_model(*pipeline_source(model, revision), allow_pickle=allow_pickle)
 
 
 def _is_release(model: str) -> bool:

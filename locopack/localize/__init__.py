@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from ..distributed import ProcessGroup, barrier, process_group
 from ..filenames import CACHE_DIR
-from ..fingerprint import model_fingerprint
 from .cache import CandidateCache
 from .plan import SweepPlan, passes, plan_sweep, time_denoiser_pass
 from .result import Candidate, LocalizationResult, Round
@@ -17,9 +16,7 @@ from .sweep import Rung, Sweep
 from .windows import PromptPair, candidate_windows, prompt_pairs
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
-    from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 __all__ = [
@@ -45,8 +42,7 @@ __all__ = [
 
 
 def localize(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
+    base: LoadedBase,
     recipe: Recipe,
     out: str | Path | None = None,
     *,
@@ -56,13 +52,12 @@ def localize(
     full_references: bool = False,
     screen_resolution: int | None = None,
     progress: bool = True,
-    fingerprint: str | None = None,
     group: ProcessGroup | None = None,
 ) -> LocalizationResult:
-    """Run LocoGen for ``recipe`` on a loaded pipeline.
+    """Run LocoGen for ``recipe`` on a loaded base model.
 
     Args:
-        pipe, family: the pipeline and its model family.
+        base: the pipeline, its family and fingerprint (the cache's key).
         recipe: the loaded recipe (its ``localize`` settings and edits' probes are used).
         out: folder for ``localization.json``/``.png`` and the resumable ``cache/``; None
             keeps everything in memory.
@@ -81,11 +76,11 @@ def localize(
     settings = recipe.localize
     group = group or process_group()
     progress = progress and group.is_main
-    fingerprint = fingerprint or model_fingerprint(pipe, family)
-    scorer = scorer or ClipScorer(settings.scorer, device=pipe.device)
+    fingerprint, family = base.fingerprint, base.family
+    scorer = scorer or ClipScorer(settings.scorer, device=base.pipe.device)
     cache = CandidateCache(Path(out) / CACHE_DIR if out is not None else None)
     sweep = Sweep(
-        pipe,
+        base.pipe,
         family,
         prompt_pairs(recipe),
         scorer,

@@ -48,5 +48,5 @@ class CandidateCache:
             atomic_write_text(self.folder / f"{key}.json", json.dumps(entry, sort_keys=True))
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)

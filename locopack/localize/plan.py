@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,13 +20,14 @@ from .run import SweepMode, ladder, reference_rung
 from .sweep import Rung
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from diffusers import SchedulerMixin
 
     from ..models.base import ModelFamily
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 
-def denoiser_steps(scheduler: Any, steps: int) -> int:
+def denoiser_steps(scheduler: SchedulerMixin | None, steps: int) -> int:
     """How many times a pipeline with ``scheduler`` calls its denoiser in a ``steps``-step run
     (PNDM's warm-up and Heun's second-order steps call it more often); ``steps`` without a
     scheduler, or where its timesteps need more than the step count (FLUX's shift)."""
@@ -46,7 +47,7 @@ def passes(
     probes: int,
     rung: Rung,
     swapped: bool = True,
-    scheduler: Any = None,
+    scheduler: SchedulerMixin | None = None,
 ) -> int:
     """Denoiser passes of drawing ``images`` images on each of ``probes`` probes at ``rung``
     (:meth:`~locopack.models.ModelFamily.denoiser_passes` per denoiser call, the calls
@@ -56,7 +57,11 @@ def passes(
 
 
 def reference_passes(
-    family: type[ModelFamily], probes: int, rung: Rung, batch: int, scheduler: Any
+    family: type[ModelFamily],
+    probes: int,
+    rung: Rung,
+    batch: int,
+    scheduler: SchedulerMixin | None,
 ) -> int:
     """Denoiser passes of the reference lines (none altered, every site altered, and the
     pooled path alone where the family can swap it), drawn in blocks of ``batch`` as
@@ -110,7 +115,7 @@ def plan_sweep(
     *,
     full_references: bool = False,
     batch: int = 8,
-    scheduler: Any = None,
+    scheduler: SchedulerMixin | None = None,
     seconds_per_pass: float | None = None,
 ) -> SweepPlan:
     """The cost of localizing ``recipe`` on a model of ``family`` with ``site_count`` sites.
@@ -154,11 +159,10 @@ def plan_sweep(
 
 
 @torch.no_grad()
-def time_denoiser_pass(
-    pipe: DiffusionPipeline, family: type[ModelFamily], resolution: int | None = None
-) -> float:
-    """Seconds of one denoiser pass on the pipeline's device: a one-step generation at
+def time_denoiser_pass(base: LoadedBase, resolution: int | None = None) -> float:
+    """Seconds of one denoiser pass of ``base`` on its device: a one-step generation at
     guidance 2, timed after a warm-up, divided by the passes it runs."""
+    pipe, family = base.pipe, base.family
     size = {"height": resolution, "width": resolution} if resolution else {}
     kwargs = dict(num_inference_steps=1, guidance_scale=2.0, output_type="latent", **size)
     pipe("a photo", **kwargs, **family.call_kwargs())

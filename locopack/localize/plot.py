@@ -14,7 +14,10 @@ no display needed.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: long module-path words and the short names the axis uses
 _SHORT = {
@@ -131,7 +134,7 @@ def localization_png(result: Any, width: float = 8.0, height: float = 4.2) -> by
     return buffer.getvalue()
 
 
-def _mark_selected(axes: Any, result: Any) -> None:
+def _mark_selected(axes: Axes, result: Any) -> None:
     """Shade the windows that ``select: editable`` edits (every site of them selected), and
     say in the legend how many sets its trail tried."""
     if not result.selected:

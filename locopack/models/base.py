@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import Tensor
 
 from ..errors import ModelLayoutError
+from .text_sites import CROSS_ATTENTION, TextSites
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ def unet_execution_order(path: str) -> tuple:
     return (_BLOCK_RANK.get(head, 3), natural_key(path))
 
 
-def token_positions(tokenizer: Any, text: str, concept: str, max_length: int) -> list[int]:
+def token_positions(
+    tokenizer: PreTrainedTokenizerBase, text: str, concept: str, max_length: int
+) -> list[int]:
     """Positions of ``concept``'s tokens (case-insensitive, first match) when ``tokenizer``
     tokenizes ``text`` to at most ``max_length`` tokens; empty when the concept does not occur
     in the text or lies beyond the limit."""
@@ -103,7 +108,7 @@ class TextPart:
     name: str
     start: int
     length: int
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     preprocess: Callable[[str], str] = _unchanged
 
     def token_ids(self, prompt: str) -> list[int]:
@@ -158,12 +163,10 @@ class ModelFamily(ABC):
     has_pooled_text_path: ClassVar[bool] = False
     #: whether LocoGen swaps the pooled text path alone as a reference line (SD3, FLUX.1)
     pooled_reference: ClassVar[bool] = False
-    #: whether each block reads the text through a text stream of its own, updated block by
-    #: block (SD3, FLUX): the sites' inputs are then not what :meth:`encode` returns
-    joint_attention: ClassVar[bool] = False
-    #: whether the sites are the blocks of a text-only refiner before a single joint stream
-    #: (Z-Image): their inputs depend on the prompt alone (:mod:`locopack.models.text_refiner`)
-    refines_text: ClassVar[bool] = False
+    #: the kind of its text sites (:mod:`locopack.models.text_sites`): cross-attention, joint
+    #: attention (a text stream per block, updated block by block: SD3, FLUX) or a text refiner
+    #: (Z-Image); callers ask it, not the family's class, what differs by kind
+    text_sites: ClassVar[TextSites] = CROSS_ATTENTION
     #: what the model card says of the family's text paths that are no sites (None: nothing)
     card_note: ClassVar[str | None] = None
     #: why no ONNX export of this family's denoiser exists (None: the tracer handles it)
@@ -229,7 +232,7 @@ class ModelFamily(ABC):
 
     # ---- text --------------------------------------------------------------------------------
     @classmethod
-    def tokenizer(cls, pipe: DiffusionPipeline) -> Any:
+    def tokenizer(cls, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         """The tokenizer whose token positions index the site states."""
         return pipe.tokenizer
 
@@ -260,6 +263,20 @@ class ModelFamily(ABC):
     def preprocess(cls, prompt: str) -> str:
         """The text the pipeline actually tokenizes for ``prompt``."""
         return prompt
+
+    @classmethod
+    def given_text(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(states, pooled)`` that stand in for ``prompts`` when given to the denoiser
+        (pooled: None where it reads none); ModelLayoutError where none can be."""
+        return cls.encode(pipe, prompts), None
+
+    @classmethod
+    def layers_note(cls) -> str | None:
+        """What ``locopack layers`` says below this family's site table (None: nothing)."""
+        pooled = "text also enters through a pooled embedding that is not a site"
+        return pooled if cls.has_pooled_text_path else None
 
     @classmethod
     def attention_mask(cls, pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor | None:
@@ -313,7 +330,7 @@ class ModelFamily(ABC):
     # ---- twins -------------------------------------------------------------------------------
     @classmethod
     @abstractmethod
-    def build_twin(cls, seed: int = 0) -> Any:
+    def build_twin(cls, seed: int = 0) -> DiffusionPipeline:
         """A tiny pipeline of this family with random weights seeded by ``seed``."""
 
     @classmethod

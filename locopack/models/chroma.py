@@ -15,7 +15,7 @@ sites, the last 38 not text-only), as in FLUX.1 (:mod:`locopack.models.flux`).  
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
@@ -26,6 +26,7 @@ from .twin_parts import tiny_t5, tiny_vae
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 
 class Chroma(Flux):
@@ -50,7 +51,7 @@ class Chroma(Flux):
         return ModelFamily.guided.__func__(cls, guidance)
 
     @classmethod
-    def tokenizer(cls, pipe: DiffusionPipeline) -> Any:
+    def tokenizer(cls, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         return pipe.tokenizer
 
     @classmethod

@@ -24,6 +24,7 @@ from .twin_parts import tiny_clip_text, tiny_t5, tiny_vae
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+    from transformers import PreTrainedTokenizerBase
 
 #: shift and scale of the FLUX VAE's latents (from its published config)
 FLUX_VAE_LATENTS = {"shift_factor": 0.1159, "scaling_factor": 0.3611}
@@ -55,7 +56,7 @@ class Flux(JointAttentionFamily):
         return False
 
     @classmethod
-    def tokenizer(cls, pipe: DiffusionPipeline) -> Any:
+    def tokenizer(cls, pipe: DiffusionPipeline) -> PreTrainedTokenizerBase:
         """T5's tokenizer: the text states are T5's alone."""
         return pipe.tokenizer_2
 

@@ -27,6 +27,7 @@ import torch
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily, Site, site_projection
+from .text_sites import JOINT_ATTENTION, TextSites
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -39,7 +40,7 @@ class JointAttentionFamily(ModelFamily):
     projections: ClassVar[tuple[str, str]] = ("add_k_proj", "add_v_proj")
     has_pooled_text_path: ClassVar[bool] = True
     pooled_reference: ClassVar[bool] = True
-    joint_attention: ClassVar[bool] = True
+    text_sites: ClassVar[TextSites] = JOINT_ATTENTION
     #: T5 tokens of the text states (the pipeline's ``max_sequence_length``)
     t5_length: ClassVar[int] = 256
     #: whether the pipeline calls the transformer for the negative prompt apart, after the
@@ -130,6 +131,13 @@ class JointAttentionFamily(ModelFamily):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(states, pooled)`` for ``prompts``, as the pipeline computes them (pooled None
         where the family has no pooled path)."""
+
+    @classmethod
+    def given_text(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The transformer's text input and pooled vectors (see :meth:`encode_with_pooled`)."""
+        return cls.encode_with_pooled(pipe, prompts)
 
     @classmethod
     def text_arguments(cls, pipe: DiffusionPipeline, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,6 +23,9 @@ from ..hub_ref import hub_unreachable, is_hub_id
 from ..recipe.files import MAX_CONFIG_BYTES, read_regular
 from .base import ModelFamily
 from .registry import family_for
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -155,7 +158,7 @@ def sampling_limits(model: str, revision: str | None = None) -> SamplingLimits:
     return SamplingLimits(steps, unit)
 
 
-def load_scheduler(model: str, revision: str | None = None) -> Any:
+def load_scheduler(model: str, revision: str | None = None) -> SchedulerMixin | None:
     """The scheduler of ``model`` built from its config alone (None: no scheduler, or one of
     a class diffusers does not know)."""
     import diffusers

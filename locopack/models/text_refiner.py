@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily, Site, site_projection
+from .text_sites import TEXT_REFINER, TextSites
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -45,7 +46,12 @@ class TextRefinerFamily(ModelFamily):
     """A single-stream transformer whose text-only sites are its refiner blocks."""
 
     denoiser_attr: ClassVar[str] = "transformer"
-    refines_text: ClassVar[bool] = True
+    text_sites: ClassVar[TextSites] = TEXT_REFINER
+    card_note: ClassVar[str | None] = (
+        "The sites are text-only: the blocks that refine the text before it joins the image "
+        "tokens in one stream. That stream's projections map image and text rows with the same "
+        "weights; they are not sites, and the edit leaves them unchanged."
+    )
     #: the module list of text refiner blocks, and the attention module inside each block
     refiner_attr: ClassVar[str] = "context_refiner"
     attention_attr: ClassVar[str] = "attention"
@@ -97,6 +103,21 @@ class TextRefinerFamily(ModelFamily):
         raise ModelLayoutError(
             f"site {site.path} of {cls.pretty_name} reads the refiner stream as the blocks "
             "before it leave it; its inputs come from running the text prefix (prefix_io)"
+        )
+
+    @classmethod
+    def given_text(
+        cls, pipe: DiffusionPipeline, prompts: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise ModelLayoutError(
+            f"{cls.pretty_name} passes each prompt's own rows through a text refiner first"
+        )
+
+    @classmethod
+    def layers_note(cls) -> str | None:
+        return (
+            f"the sites are text refiner blocks; the {cls.shared_blocks}.* projections "
+            f"(shared with image rows) and {cls.input_projection} are not sites"
         )
 
     # ---- text as the transformer receives it -------------------------------------------------

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..delta import WeightDelta
 from ..distributed import gather
 from ..errors import ExportError, LocopackError, ModelLayoutError
+from ..models.loaded import LoadedBase
 from ..release.layout import (
     DELTA_FILE,
     HISTORY_FILE,
@@ -46,7 +47,7 @@ from ..release.layout import (
 )
 from ..secret_scan import check_folder
 from ..storage import remove_leftovers
-from .base import LoadedBase, changed_file, load_base
+from .base import changed_file, load_base
 from .exports import ExportChoice, export_delta
 from .lock import build_lock
 from .resources import resource_errors
@@ -299,9 +300,7 @@ def _build(
     summary.evidence = reusable_evidence(out, inputs)
     if summary.evidence is None:
         scorer = scorer_for(recipe, base.pipe.device)
-        summary.evidence = collect_evidence(
-            base.pipe, base.family, recipe, out, scorer, out, inputs=inputs
-        )
+        summary.evidence = collect_evidence(base, recipe, out, scorer, out, inputs=inputs)
         log.done("evidence")
     else:
         log.done("evidence", "complete for this recipe and delta")

@@ -6,17 +6,21 @@ checkpoint and an ONNX denoiser.  ``locopack build`` and ``locopack export`` bot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
 from ..export.formats import ExportChoice
+from ..models.loaded import LoadedBase
 from ..release.layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
-from .base import LoadedBase
 from .lock import build_lock, check_free
+
+if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.base import ModelFamily
 
 
 def export_delta(
-    delta: Any, out: Path, choice: ExportChoice, base: LoadedBase | None = None
+    delta: WeightDelta, out: Path, choice: ExportChoice, base: LoadedBase | None = None
 ) -> dict[str, Any]:
     """Write the exports of ``delta`` into ``out``: the diffusers/PEFT adapter (+ manifest),
     a kohya file, a merged checkpoint and an ONNX denoiser, as ``choice`` asks.
@@ -41,7 +45,7 @@ def export_delta(
     if choice.onnx:
         from ..export.onnx_tracing import trace_spec
 
-        trace_spec(base.pipe, base.family)  # refuses a denoiser ONNX cannot carry
+        trace_spec(base)  # refuses a denoiser ONNX cannot carry
     written: dict[str, Any] = {}
     out.mkdir(parents=True, exist_ok=True)
     if choice.adapter:
@@ -50,13 +54,13 @@ def export_delta(
     if choice.kohya:
         written["kohya"] = write_kohya(delta, out, choice.max_rank, choice.energy)
     if choice.merged:
-        written["merged"] = write_merged(base.pipe, base.family, delta, out / MERGED_DIR)
+        written["merged"] = write_merged(base, delta, out / MERGED_DIR)
     if choice.onnx:
         from ..export.onnx import export_denoiser_onnx
 
         with delta.applied(base.denoiser):
             written["onnx"] = export_denoiser_onnx(
-                base.pipe, base.family, out / ONNX_DIR, metadata=_onnx_record(delta)
+                base, out / ONNX_DIR, metadata=_onnx_record(delta)
             )
     return written
 
@@ -84,7 +88,7 @@ def run_export(
     """
     from ..delta import WeightDelta
     from ..fingerprint import check_base_model
-    from ..models import load_pipeline
+    from ..models import load_base_model
 
     check_free(out)  # before the base is loaded; the lock is taken to write
     delta = WeightDelta.load(delta_path)
@@ -96,27 +100,26 @@ def run_export(
         if not source:
             raise ExportError(f"{delta_path}: its provenance names no base model; pass --model")
         revision = None if model else prov.get("base_commit") or prov.get("base_revision")
-        pipe, family = load_pipeline(
+        base = load_base_model(
             source,
             revision,
             prov.get("base_dtype", "float32"),
             None if model else prov.get("base_variant"),
             allow_pickle=allow_pickle,
         )
-        check_base_model(pipe, family, prov, delta_path, force)
-        base = LoadedBase(pipe, family, source, revision)
+        check_base_model(base.pipe, base.family, prov, delta_path, force)
     with build_lock(out, command="export"):
         return export_delta(delta, out, choice, base)
 
 
-def _delta_family(delta: Any) -> Any:
+def _delta_family(delta: WeightDelta) -> type[ModelFamily]:
     """The family the delta's provenance names."""
     from ..models import get_family
 
     return get_family(str(delta.provenance.get("family")))
 
 
-def _onnx_record(delta: Any) -> dict[str, Any]:
+def _onnx_record(delta: WeightDelta) -> dict[str, Any]:
     """What the ONNX export records of the edit it carries."""
     prov = delta.provenance
     keys = ("recipe_name", "recipe_sha256", "base_fingerprint", "sites")

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..release.layout import HISTORY_FILE, LOCALIZATION_FILE, locate
 
 if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 #: largest difference allowed between a recorded and a recomputed window score
@@ -40,7 +42,7 @@ class Reproduce(str, enum.Enum):
 
 def reproduce(
     entry: dict[str, Any],
-    delta: Any,
+    delta: WeightDelta,
     folder: Path,
     base_source: str,
     scorer_source: str | None,
@@ -54,19 +56,22 @@ def reproduce(
     not where the history records it or the recipe names it.
     """
     from ..hub.apply import pipeline_source
-    from ..models import load_pipeline
+    from ..models import load_base_model
     from ..recipe.schema import parse_recipe
-    from .base import LoadedBase, recipe_family
 
     recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
     source, _ = pipeline_source(base_source)
     revision = entry.get("base_commit") or entry.get("base_revision")
     if Path(source).is_dir():
         revision = None
-    pipe, family = load_pipeline(
-        source, revision, recipe.base.dtype, recipe.base.variant, allow_pickle=allow_pickle
+    base = load_base_model(
+        source,
+        revision,
+        recipe.base.dtype,
+        recipe.base.variant,
+        allow_pickle=allow_pickle,
+        t5_length=recipe.base.max_sequence_length,
     )
-    base = LoadedBase(pipe, recipe_family(family, recipe), source, revision)
     checks = []
     layers = delta.sites
     if how is Reproduce.FULL:
@@ -81,7 +86,7 @@ def reproduce(
     return checks
 
 
-def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | None):
+def _relocalize(recipe: Recipe, base: LoadedBase, folder: Path, scorer_source: str | None):
     """Run LocoGen again and compare it with the release's ``localization.json``."""
     from ..localize import ClipScorer, LocalizationResult, localize
 
@@ -99,16 +104,7 @@ def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | No
         return ("reproduce localization", False, detail), None
     recorded = LocalizationResult.load(recorded_path)
     scorer = ClipScorer(scorer_source, device=base.pipe.device, name=recipe.localize.scorer)
-    again = localize(
-        base.pipe,
-        base.family,
-        recipe,
-        None,
-        scorer=scorer,
-        mode=recorded.mode,
-        progress=False,
-        fingerprint=base.fingerprint,
-    )
+    again = localize(base, recipe, None, scorer=scorer, mode=recorded.mode, progress=False)
     worst = max(
         (
             abs(a - b)
@@ -121,7 +117,7 @@ def _relocalize(recipe: Recipe, base: Any, folder: Path, scorer_source: str | No
     if recorded.select == "editable":  # the whole trail of checks, from the same window
         from .select_sites import select_sites, trail_matches
 
-        again = select_sites(base.pipe, base.family, recipe, again, scorer)
+        again = select_sites(base, recipe, again, scorer)
         same_trail, off = trail_matches(recorded, again, SCORE_TOLERANCE)
         worst = max(worst, off)
         matches = "matches" if same_trail else "differs"
@@ -143,14 +139,7 @@ def _redo_edit(recipe, base, layers, delta, entry, how: Reproduce) -> tuple[str,
     from ..edit import compute_delta, extra_rows
 
     # a robust erase's rows are the recorded ones: its attacks are not repeated
-    again = compute_delta(
-        base.pipe,
-        base.family,
-        recipe,
-        layers,
-        fingerprint=base.fingerprint,
-        extra=extra_rows(delta.provenance),
-    )
+    again = compute_delta(base, recipe, layers, extra=extra_rows(delta.provenance))
     exact = library_versions() == entry.get("versions") and base.pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()

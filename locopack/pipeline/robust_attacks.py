@@ -33,9 +33,8 @@ from ..localize.cache import CandidateCache
 from .select_sites import check_seeds
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
-    from ..models.base import ModelFamily
+    from ..delta import WeightDelta
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 
@@ -44,25 +43,23 @@ class AttackTarget:
     """The model one round attacks: the base with ``delta`` (a WeightDelta) applied in memory;
     ``detectors[i]`` judges erase edit i; ``identity`` names the model in cache keys."""
 
-    pipe: DiffusionPipeline
-    family: type[ModelFamily]
+    base: LoadedBase
     recipe: Recipe
     scorer: Any
     detectors: list[Any]
-    delta: Any
+    delta: WeightDelta
     cache: CandidateCache
     identity: dict[str, Any]
 
     def edited(self):
         """A context manager under which the pipeline carries this round's edit."""
-        return self.delta.applied(getattr(self.pipe, self.family.denoiser_attr))
+        return self.delta.applied(self.base.denoiser)
 
     def draw(self, prompts: list[str], seeds: list[int]) -> dict[str, list]:
         """Every prompt with every seed at the localization's settings: {prompt: [images]}."""
         settings = self.recipe.localize
         return generate_images(
-            self.pipe,
-            self.family,
+            self.base,
             prompts,
             seeds,
             settings.steps,
@@ -84,7 +81,7 @@ def search_attack(target: AttackTarget, count: int) -> list[Found]:
     settings, seed = target.recipe.evidence.attack, check_seeds(target.recipe)[0]
     out = []
     for index, edit in target.erase_edits():
-        words = vocabulary(target.pipe.tokenizer, edit.label)
+        words = vocabulary(target.base.pipe.tokenizer, edit.label)
         if not words:
             continue
         template, original = attack_template(edit), edit.originals()[0]
@@ -120,7 +117,7 @@ def from_registry(name: str) -> Attack:
             return []
         draw = target.recipe.localize
         ctx = attacks.AttackContext(
-            target.pipe, target.family, target.recipe, target.draw, target.edited,
+            target.base.pipe, target.base.family, target.recipe, target.draw, target.edited,
             target.detectors[erase[0][0]], target.scorer, check_seeds(target.recipe),
             draw.steps, draw.guidance, draw.resolution, lambda _stem, _rows: "",
             cache=target.cache, inputs=target.identity,

@@ -38,6 +38,8 @@ from .robust_attacks import ATTACKS, AttackTarget
 from .select_sites import check_seeds, judges
 
 if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 #: the bar of an erase edit that states no ``attack_success`` requirement
@@ -108,9 +110,14 @@ def _rates(target: AttackTarget, found: list[Found]) -> dict[int, dict[str, floa
 
 
 def robust_erase(
-    base: Any, recipe: Recipe, layers: list[str], delta: Any, scorer: Any, cache: CandidateCache
-) -> Any:
-    """Robust erase of ``delta`` (LocoEdit of ``layers`` on ``base``, a LoadedBase); see the
+    base: LoadedBase,
+    recipe: Recipe,
+    layers: list[str],
+    delta: WeightDelta,
+    scorer: Any,
+    cache: CandidateCache,
+) -> WeightDelta:
+    """Robust erase of ``delta`` (LocoEdit of ``layers`` on ``base``); see the
     module docstring.  Returns the final delta, its provenance's ``robust`` holding the rounds.
     """
     from ..edit import compute_delta
@@ -119,12 +126,10 @@ def robust_erase(
     judged = judges(recipe, scorer)
     inputs = {"recipe": recipe.sha256, "base": base.fingerprint, "layers": layers}
 
-    def target(delta: Any) -> AttackTarget:
+    def target(delta: WeightDelta) -> AttackTarget:
         identity = {"model": delta.sha256(), "inputs": inputs}
         detectors = [detector for _, detector in judged]
-        return AttackTarget(
-            base.pipe, base.family, recipe, scorer, detectors, delta, cache, identity
-        )
+        return AttackTarget(base, recipe, scorer, detectors, delta, cache, identity)
 
     extra: list[tuple[str, str]] = []
     rounds: list[dict[str, Any]] = []
@@ -165,9 +170,7 @@ def robust_erase(
         ]
         new = [row for row in dict.fromkeys(new) if row not in extra]
         extra += new
-        delta = compute_delta(
-            base.pipe, base.family, recipe, layers, fingerprint=base.fingerprint, extra=extra
-        )
+        delta = compute_delta(base, recipe, layers, extra=extra)
         for i, w in _worst(_rates(target(delta), found)).items():
             edits[i]["success_after"] = w
         record.update(rows_added=len(new), columns=delta.provenance["columns"])

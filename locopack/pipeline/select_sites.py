@@ -37,9 +37,8 @@ from ..localize.cache import CandidateCache
 from ..localize.editable import TrailStep, nested_sets, smallest_meeting
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
-    from ..models.base import ModelFamily
+    from ..localize import LocalizationResult, Scorer
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 #: images per prompt in a check
@@ -77,10 +76,16 @@ class EfficacyCheck:
     """Checks sets of sites; :attr:`seconds` splits its time into LocoEdit, images and
     measuring."""
 
-    def __init__(self, pipe, family, recipe, scorer, *, cache=None, fingerprint=None):
-        self.pipe, self.family, self.recipe, self.scorer = pipe, family, recipe, scorer
+    def __init__(
+        self,
+        base: LoadedBase,
+        recipe: Recipe,
+        scorer: Scorer,
+        *,
+        cache: CandidateCache | None = None,
+    ):
+        self.base, self.recipe, self.scorer = base, recipe, scorer
         self.cache = cache or CandidateCache(None)
-        self.fingerprint = fingerprint
         self.judges = judges(recipe, scorer)
         settings = recipe.localize
         self.settings = {
@@ -96,7 +101,7 @@ class EfficacyCheck:
     def __call__(self, sites: list[str], added: int | None) -> TrailStep:
         key = self.cache.key(
             kind="editable check",
-            model=self.fingerprint,
+            model=self.base.fingerprint,
             recipe=self.recipe.sha256,
             scorer=getattr(self.scorer, "name", type(self.scorer).__name__),
             settings=self.settings,
@@ -119,9 +124,9 @@ class EfficacyCheck:
         wanted = [self._prompts(index) for index in range(len(self.recipe.edits))]
         every = sorted({p for sets in wanted for prompts, _ in sets.values() for p in prompts})
         clock = time.perf_counter()
-        delta = compute_delta(self.pipe, self.family, self.recipe, sites)
+        delta = compute_delta(self.base, self.recipe, sites)
         self.seconds["LocoEdit"] += time.perf_counter() - clock
-        with delta.applied(getattr(self.pipe, self.family.denoiser_attr)):
+        with delta.applied(self.base.denoiser):
             after = self._draw(every)
         checks = []
         clock = time.perf_counter()
@@ -207,8 +212,7 @@ class EfficacyCheck:
         """Every prompt with every check seed: {prompt: [PIL image per seed]}."""
         clock, settings = time.perf_counter(), self.settings
         images = generate_images(
-            self.pipe,
-            self.family,
+            self.base,
             prompts,
             settings["seeds"],
             settings["steps"],
@@ -220,15 +224,13 @@ class EfficacyCheck:
 
 
 def select_sites(
-    pipe: DiffusionPipeline,
-    family: type[ModelFamily],
+    base: LoadedBase,
     recipe: Recipe,
-    result: Any,
-    scorer: Any,
+    result: LocalizationResult,
+    scorer: Scorer,
     *,
     cache: CandidateCache | None = None,
-    fingerprint: str | None = None,
-) -> Any:
+) -> LocalizationResult:
     """Try the nested sets of sites grown from ``result``'s ranking, smallest first, and keep
     the smallest whose edit meets every efficacy requirement (every site when none does).
 
@@ -236,7 +238,7 @@ def select_sites(
         ``result`` with ``select``, ``trail``, ``check`` and ``selected`` set; the seconds of
         the checks by part are added to its ``timings`` (``editable: …``).
     """
-    check = EfficacyCheck(pipe, family, recipe, scorer, cache=cache, fingerprint=fingerprint)
+    check = EfficacyCheck(base, recipe, scorer, cache=cache)
     sets = nested_sets(result)
     tried: dict[int, TrailStep] = {}
 
@@ -246,6 +248,7 @@ def select_sites(
             tried[index] = check([result.site_paths[i] for i in indices], added)
         return tried[index].met
 
+    pipe = base.pipe
     progress = getattr(pipe, "_progress_bar_config", None)
     pipe.set_progress_bar_config(disable=True)
     try:

@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any
 from ..distributed import ProcessGroup
 from ..errors import RecipeError
 from ..localize.run import SweepMode
+from ..models.loaded import LoadedBase
 from ..release.layout import (
     DELTA_FILE,
     EDIT_FILE,
     NEURON_FILE,
     RECIPE_FILE,
+    base_location,
 )
 from ..storage import atomic_write_text
-from .base import LoadedBase, load_base
+from .base import load_base
 
 if TYPE_CHECKING:
     from ..recipe.schema import Recipe
@@ -111,8 +113,7 @@ def run_localize(
     scorer = scorer or scorer_for(recipe, base.pipe.device)
     write_recipe_copy(recipe, out)
     return localize(
-        base.pipe,
-        base.family,
+        base,
         recipe,
         out,
         scorer=scorer,
@@ -122,7 +123,6 @@ def run_localize(
         screen_resolution=options.screen_resolution,
         progress=options.progress,
         group=options.processes(),
-        fingerprint=base.fingerprint,
     )
 
 
@@ -204,15 +204,7 @@ def select_editable(recipe, base, out, result, scorer, options=DEFAULT_OPTIONS):
     from .select_sites import select_sites
 
     group = options.processes()
-    result = select_sites(
-        base.pipe,
-        base.family,
-        recipe,
-        result,
-        scorer,
-        cache=CandidateCache(out / CACHE_DIR),
-        fingerprint=base.fingerprint,
-    )
+    result = select_sites(base, recipe, result, scorer, cache=CandidateCache(out / CACHE_DIR))
     if group.is_main:
         result.save(out)
     barrier(group)
@@ -242,7 +234,7 @@ def run_neurons(
     chosen = layers_or_localize(
         recipe, base, out, layers=layers, localization=localization, options=options
     )
-    edit = neuron_edit_for(base.pipe, base.family, recipe, chosen, top_k)
+    edit = neuron_edit_for(base, recipe, chosen, top_k)
     write_recipe_copy(recipe, out)
     edit.save(out / NEURON_FILE)
     return edit
@@ -281,7 +273,7 @@ def compute_edit(recipe: Recipe, base: LoadedBase, layers: list[str], out: Path)
     ``out`` records it (a relative path or a Hub id and commit; never a local absolute path)."""
     from ..edit import compute_delta
 
-    delta = compute_delta(base.pipe, base.family, recipe, layers, fingerprint=base.fingerprint)
+    delta = compute_delta(base, recipe, layers)
     if recipe.edit.robust is not None:
         from ..localize import CandidateCache
         from ..release.layout import CACHE_DIR
@@ -290,7 +282,7 @@ def compute_edit(recipe: Recipe, base: LoadedBase, layers: list[str], out: Path)
         scorer = scorer_for(recipe, base.pipe.device)
         cache = CandidateCache(out / CACHE_DIR)
         delta = robust_erase(base, recipe, layers, delta, scorer, cache)
-    delta.provenance["base_location"] = base.location(out)
+    delta.provenance["base_location"] = base_location(base, out)
     delta.provenance["base_commit"] = base.commit
     return delta
 
@@ -303,7 +295,7 @@ def save_edit(recipe: Recipe, base: LoadedBase, delta: Any, out: Path) -> dict[s
     report = {
         "layers": delta.provenance["sites"],
         "delta_sha256": delta.sha256(),
-        "modules": edit_errors(base.pipe, base.family, recipe, delta),
+        "modules": edit_errors(base, recipe, delta),
     }
     if "robust" in delta.provenance:  # the rounds of edit.robust
         report["robust"] = delta.provenance["robust"]

@@ -51,6 +51,7 @@ from .layout import (
 from .robust_card import robust_rounds
 
 if TYPE_CHECKING:
+    from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
 
 
@@ -367,27 +368,19 @@ def _usage(base: str, prompt: str) -> str:
     )
 
 
-def _family(prov: dict) -> Any:
+def _family(prov: dict) -> type[ModelFamily] | None:
     """The release's model family, or None where the delta names none that is known."""
     from ..models.registry import FAMILIES
 
     return FAMILIES.get(prov.get("family", ""))
 
 
-def _refines_text(prov: dict) -> bool:
-    """Whether the release's family has text refiner sites (Z-Image)."""
-    family = _family(prov)
-    return family is not None and family.refines_text
-
-
 def _site_kind(prov: dict) -> str:
     """What the edited sites are called for the release's family."""
+    from ..models.text_sites import CROSS_ATTENTION
+
     family = _family(prov)
-    if family is not None and family.joint_attention:
-        return "joint-attention blocks (their text key/value projections)"
-    if family is not None and family.refines_text:
-        return "text refiner blocks (their key/value projections, which read text only)"
-    return "cross-attention layers"
+    return (family.text_sites if family is not None else CROSS_ATTENTION).described_as
 
 
 def _text_path_notes(localization: dict | None, prov: dict) -> str:
@@ -410,12 +403,6 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
                 "On this model the pooled path moves the images more than all the sites "
                 f"together{ratio}: what it carries of the concept is left as it was."
             )
-    if _refines_text(prov):
-        notes.append(
-            "The sites are text-only: the blocks that refine the text before it joins the "
-            "image tokens in one stream. That stream's projections map image and text rows "
-            "with the same weights; they are not sites, and the edit leaves them unchanged."
-        )
     family = _family(prov)
     if family is not None and family.card_note:
         notes.append(family.card_note)

@@ -27,12 +27,15 @@ from .layout import (
     HISTORY_FILE,
     LOCALIZATION_FILE,
     MERGED_DIR,
+    base_location,
     hashed_files,
     relative_location,
     sha256_file,
 )
 
 if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
 FORMAT = "locopack.history/1"
@@ -103,18 +106,18 @@ def prior_history(model: str, revision: str | None = None) -> list[dict[str, Any
 
 def new_entry(
     recipe: Recipe,
-    delta: Any,
+    delta: WeightDelta,
     folder: Path,
     previous: list[dict[str, Any]],
     *,
-    base: Any,
+    base: LoadedBase,
     adapter_tolerance: float | None,
     seconds: dict[str, float],
     requirements: dict[str, Any] | None = None,
     allowed_unmet: bool = False,
 ) -> dict[str, Any]:
     """The entry recording ``recipe`` applied to ``base`` (a
-    :class:`~locopack.pipeline.base.LoadedBase`), for the files now in ``folder``, built in
+    :class:`~locopack.models.LoadedBase`), for the files now in ``folder``, built in
     ``seconds`` per stage (those reused from an interrupted build took about none); with the
     verdict on its ``requirements`` (the evidence's section) and whether the build was told to
     release it anyway (``--allow-unmet``).
@@ -136,7 +139,7 @@ def new_entry(
         ],
         "base_model": recipe.base.model,
         "base_revision": recipe.base.revision,
-        "base_location": base.location(folder),
+        "base_location": base_location(base, folder),
         "base_commit": base.commit,
         "scorer_location": relative_location(recipe.local_path(recipe.localize.scorer), folder),
         "base_fingerprint": delta.provenance["base_fingerprint"],

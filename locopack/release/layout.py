@@ -25,7 +25,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
 from ..filenames import (
@@ -52,6 +52,9 @@ from ..filenames import (
 )
 from ..hub_ref import is_hub_id
 
+if TYPE_CHECKING:
+    from ..models.loaded import LoadedBase
+
 __all__ = [
     "ADAPTER_FILE",
     "CACHE_DIR",
@@ -73,6 +76,7 @@ __all__ = [
     "PROVENANCE_FILE",
     "RECIPE_FILE",
     "SIGNATURE_FILE",
+    "base_location",
     "hashed_files",
     "is_local_only",
     "is_record",
@@ -186,6 +190,12 @@ def relative_location(ref: str, folder: Path) -> str | None:
     if common in (Path(common.anchor), Path.home().parent):
         return None
     return Path(os.path.relpath(target, here)).as_posix()
+
+
+def base_location(base: LoadedBase, folder: Path) -> str | None:
+    """Where ``base`` is, as a release in ``folder`` records it: a local base's path relative
+    to ``folder`` (see :func:`relative_location`), or the Hub repo id."""
+    return base.hub_id or relative_location(base.source, Path(folder))
 
 
 def locate(folder: Path, *refs: Any) -> str | None:

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import ModelLayoutError
+from ...hooks.feed import feeding
 from ...recipe.attacks import ConceptVectorSettings
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row, without_concept
-from .feed import encode, feeding
 from .found import Found
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def concept_direction(ctx: AttackContext, edit: Any, count: int) -> tuple[torch.
     """``(v, concept-free prompts)`` of the edit's first ``count`` prompts (module docstring)."""
     with_concept = edit.originals()[:count]
     free = [without_concept(t) for t in edit.prompts[:count]]
-    states = encode(ctx.family, ctx.pipe, with_concept + free)[0].float()
+    states = ctx.family.given_text(ctx.pipe, with_concept + free)[0].float()
     n = len(free)
     return (states[:n] - states[n:]).mean(dim=0), free
 
@@ -94,7 +94,7 @@ def _attack_edit(ctx: AttackContext, index: int, edit: Any, settings, out: Attac
     cls, budget = ConceptVector, ConceptVector.budget(settings)
     vector, free = concept_direction(ctx, edit, settings.prompts)
     free = free[: settings.carriers]
-    free_states, pooled = encode(ctx.family, ctx.pipe, free)
+    free_states, pooled = ctx.family.given_text(ctx.pipe, free)
     states = free_states.float() + settings.strength * vector
     identity = {"free": free, "settings": settings.model_dump(), "edit": index}
     rates = {m: _states_success(ctx, m, edit, free, states, pooled, identity) for m in MODELS}
@@ -142,7 +142,7 @@ def _nearness(ctx: AttackContext, target: torch.Tensor):
     """``prompt -> -(mean squared distance of its states to target)``."""
 
     def objective(prompt: str) -> float:
-        states = encode(ctx.family, ctx.pipe, [prompt])[0][0].float()
+        states = ctx.family.given_text(ctx.pipe, [prompt])[0][0].float()
         return -float(torch.mean((states - target) ** 2))
 
     return objective
@@ -150,7 +150,7 @@ def _nearness(ctx: AttackContext, target: torch.Tensor):
 
 def _found(ctx, index, prompts, free, states) -> Found:
     """The finds; states only where the sites all read one encoded text (cross-attention)."""
-    if ctx.family.joint_attention:
+    if not ctx.family.text_sites.reads_encoded_text:
         return Found(ConceptVector.name, index, prompts)
     positions = tuple(tuple(ctx.family.content_positions(ctx.pipe, p)) for p in free)
     return Found(ConceptVector.name, index, prompts, states.detach().clone(), positions)

@@ -1,11 +1,5 @@
-"""Give a model text that no prompt spells: encoded states, or token embeddings.
-
-:func:`feeding` makes each conditional sample read given states (the space of the family's
-``encode``) wherever text enters the denoiser: at every site for cross-attention families
-(:func:`~locopack.hooks.cross.swap_text_states`), at the transformer's text input (and, where
-given, its pooled vector) for joint-attention ones, whose blocks carry the text on from there
-(Qwen-Image's text mask with it: its calls are as long as their longest prompt).
-The unconditional half of a guided batch keeps its own.
+"""Give a model text that no prompt spells: token embeddings (encoded states are given by
+:func:`locopack.hooks.feed.feeding`).
 
 :func:`soft_tokens` replaces, inside every text encoder of a pipeline (CLIP and T5 alike), the
 input embeddings of a placeholder word by continuous vectors, so that the pipeline's own
@@ -21,15 +15,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...errors import ModelLayoutError
-from ...hooks.cross import replace_conditional, swap_text_states
-from ...models.joint_attention import pad_rows
-
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from transformers import PreTrainedTokenizerBase
-
-    from ...models.base import ModelFamily
 
 
 def text_encoders(
@@ -97,80 +85,3 @@ def soft_tokens(
     finally:
         for handle in handles:
             handle.remove()
-
-
-@contextlib.contextmanager
-def feeding(
-    family: type[ModelFamily],
-    denoiser: torch.nn.Module,
-    states: torch.Tensor,
-    pooled: torch.Tensor | None = None,
-) -> Iterator[None]:
-    """Within the block, conditional sample ``b`` reads ``states[b]`` (and, for joint-attention
-    families, ``pooled[b]`` where given) as its text; see the module docstring."""
-    if not family.joint_attention:
-        sites = family.sites(denoiser)
-        with swap_text_states(denoiser, {site.path: states for site in sites}):
-            yield
-        return
-
-    def hook(_module, args, kwargs):
-        kwargs = {**kwargs, **_given_text(family, kwargs, states)}
-        if pooled is not None:
-            kwargs["pooled_projections"] = replace_conditional(
-                kwargs["pooled_projections"], pooled, "the transformer's pooled input"
-            )
-        return args, kwargs
-
-    handle = denoiser.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _given_text(
-    family: type[ModelFamily], kwargs: dict[str, torch.Tensor], states: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """The transformer's text arguments with ``states`` in the conditional rows.  Where the
-    family masks text padding with a text-only mask and its pipeline trims the text to the
-    batch's longest prompt (Qwen-Image), the call and ``states`` are brought to one length, the
-    longer of the call's text and the rows ``states`` fill, and a given row is masked where it
-    is all zero (the padding its ``encode`` adds)."""
-    where, current = "the transformer's text input", kwargs["encoder_hidden_states"]
-    name = family.text_mask_argument
-    mask = None if name is None else kwargs.get(name)
-    if name is None or (mask is not None and mask.shape[1] != current.shape[1]):
-        return {"encoder_hidden_states": replace_conditional(current, states, where)}
-    filled = states.detach().abs().sum(-1) > 0
-    rows = filled.any(0).nonzero()
-    length = max(current.shape[1], int(rows.max()) + 1 if len(rows) else 1)
-    if mask is None:  # no prompt of the call is padded
-        mask = torch.ones(current.shape[:2], dtype=torch.long, device=current.device)
-    mask = pad_rows(mask, length)
-    given = pad_rows(filled, length)
-    return {
-        "encoder_hidden_states": replace_conditional(
-            pad_rows(current, length), pad_rows(states, length), where
-        ),
-        name: replace_conditional(mask, given, f"the transformer's {name}"),
-    }
-
-
-def encode(
-    family: type[ModelFamily], pipe: DiffusionPipeline, prompts: list[str]
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(states, pooled)`` of ``prompts`` as :func:`feeding` takes them (pooled: None where
-    the family has no pooled vector the transformer reads).
-
-    Raises:
-        ModelLayoutError: the family refines its text first (Z-Image, Lumina-2): its sites
-            read each prompt's own rows through the refiner, so no given states replace them.
-    """
-    if family.refines_text:
-        raise ModelLayoutError(
-            f"{family.pretty_name} passes each prompt's own rows through a text refiner first"
-        )
-    if family.joint_attention:
-        return family.encode_with_pooled(pipe, prompts)
-    return family.encode(pipe, prompts), None

@@ -4,7 +4,7 @@ match, and the Adam steps through the attacked model's denoiser.
 :func:`record_trajectory` keeps, for every denoiser call of an unguided run of the concept
 prompt on the base model, the call's arguments and its noise prediction; :func:`optimise`
 replays chosen calls with the soft prompt's states in place of the prompt's
-(:func:`~locopack.evidence.attacks.feed.feeding`), whatever the family's call signature.
+(:func:`~locopack.hooks.feed.feeding`), whatever the family's call signature.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from ...errors import ModelLayoutError
+from ...hooks.feed import feeding
 from .context import AttackContext
-from .feed import encode, feeding, single_token, soft_tokens, text_encoders
+from .feed import single_token, soft_tokens, text_encoders
 
 
 def _detached(value: Any) -> Any:
@@ -91,7 +92,7 @@ def carries_gradient(ctx: AttackContext, word: str, carrier: str) -> bool:
         for name, _, e in text_encoders(ctx.pipe)
     }
     with torch.enable_grad(), soft_tokens(ctx.pipe, word, vectors):
-        return encode(ctx.family, ctx.pipe, [carrier])[0].requires_grad
+        return ctx.family.given_text(ctx.pipe, [carrier])[0].requires_grad
 
 
 def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch.Tensor]:
@@ -111,7 +112,7 @@ def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch
         for _ in range(settings.steps):
             chosen = rng.sample(range(len(trajectory)), min(settings.timesteps, len(trajectory)))
             with soft_tokens(ctx.pipe, word, vectors):
-                states, pooled = encode(ctx.family, ctx.pipe, [carrier])
+                states, pooled = ctx.family.given_text(ctx.pipe, [carrier])
             loss = 0.0
             for i in chosen:
                 args, kwargs, target = trajectory[i]

@@ -150,7 +150,7 @@ def _cached_optimise(ctx, key, model, prompt, trajectory, settings):
 def _found(ctx, index: int, prompt: str, word: str, carrier: str, vectors) -> Found:
     """The projected prompt and, where the sites all read one encoded text (cross-attention),
     the soft prompt's encoded states, its concept carried from the first soft token on."""
-    if ctx.family.joint_attention:
+    if not ctx.family.text_sites.reads_encoded_text:
         return Found(SoftPrompt.name, index, (prompt,))
     with torch.no_grad(), soft_tokens(ctx.pipe, word, vectors):
         states = ctx.family.encode(ctx.pipe, [carrier])
