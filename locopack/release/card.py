@@ -12,18 +12,17 @@ The body says what was edited and why, where (the localized layers and the local
 how well and at what cost to other prompts (efficacy, specificity and robustness, each with its
 numbers and grids), how to use it, its limitations, the full recipe and the hash of every file.
 
-:func:`build_card` reads only files in the release folder (through :func:`read_inputs`) and
-names any that is missing.  Text from the recipe (and from what the stages derived from it:
-prompts found by the attack, sampled prompts) is shown literally: it is escaped in Python
-through :mod:`.markdown_text` before it reaches the template, never as HTML, a link or an
-image.  Jinja's autoescape is for HTML (entities that Markdown code spans show as typed, and
-no escaping of Markdown's own links, images and tables), so it stays off.
+:func:`build_card` reads only files in the release folder (through
+:func:`~.card_inputs.read_inputs`) and names any that is missing.  Text from the recipe (and
+from what the stages derived from it: prompts found by the attack, sampled prompts) is shown
+literally: it is escaped in Python through :mod:`.markdown_text` before it reaches the
+template, never as HTML, a link or an image.  Jinja's autoescape is for HTML (entities that
+Markdown code spans show as typed, and no escaping of Markdown's own links, images and
+tables), so it stays off.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,24 +34,17 @@ from ..hub_ref import is_hub_id
 from ..storage import atomic_write_text
 from . import card_body as body
 from . import markdown_text as md
-from .card_sections import card_images, evidence_values
+from .card_inputs import CardInputs, read_inputs, recorded_allow_unmet
+from .card_sections import evidence_values
 from .card_signature import signature_section
 from .card_verdict import requirements_section
 from .layout import (
     ADAPTER_FILE,
     CARD_FILE,
-    DELTA_FILE,
-    EDIT_FILE,
-    EVIDENCE_FILE,
-    HISTORY_FILE,
     KOHYA_FILE,
-    LOCALIZATION_FILE,
     LOCALIZATION_PLOT,
-    MANIFEST_FILE,
     MERGED_DIR,
-    PIPELINE_INDEX,
     PROVENANCE_FILE,
-    RECIPE_FILE,
     SIGNATURE_FILE,
     is_record,
     recorded_base,
@@ -79,19 +71,6 @@ def card_files(folder: Path) -> list[str]:
 
 def _is_hub_id(ref: str) -> bool:
     return is_hub_id(ref) and not Path(ref).exists()
-
-
-def _read_json(folder: Path, name: str, needed_for: str) -> dict:
-    path = folder / name
-    if not path.is_file():
-        raise ExportError(
-            f"{folder}: {name} is missing ({needed_for}); re-run the stage "
-            "that writes it before building the card"
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ExportError(f"{path}: not valid JSON ({err})") from None
 
 
 def _license(recipe: Recipe, base: str) -> str | None:
@@ -134,47 +113,6 @@ def build_card(
             f"not hold what locopack writes ({type(err).__name__}: {err}); were they edited by "
             "hand? Re-run the build to rewrite them"
         ) from None
-
-
-@dataclass(frozen=True)
-class CardInputs:
-    """What the card is built from: the recipe and the records the stages wrote."""
-
-    recipe: Recipe
-    edit: dict
-    evidence: dict
-    manifest: dict
-    localization: dict | None
-    merged: bool
-
-
-def read_inputs(folder: Path) -> CardInputs:
-    """The card's inputs from the release in ``folder``; raises ExportError naming a file that
-    is missing, or one the card refers to (an image, the adapter) that is not there."""
-    from ..recipe.schema import load_recipe
-
-    if not (folder / RECIPE_FILE).is_file():
-        raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
-    evidence = _read_json(folder, EVIDENCE_FILE, "the before/after evidence")
-    localization = None
-    if (folder / LOCALIZATION_FILE).is_file():
-        localization = _read_json(folder, LOCALIZATION_FILE, "the localization scores")
-    inputs = CardInputs(
-        recipe=load_recipe(folder / RECIPE_FILE),
-        edit=_read_json(folder, EDIT_FILE, "the edited layers and edit quality"),
-        evidence=evidence,
-        manifest=_read_json(folder, MANIFEST_FILE, "the adapter's ranks"),
-        localization=localization,
-        merged=(folder / MERGED_DIR / PIPELINE_INDEX).is_file(),
-    )
-    referenced = card_images(evidence)
-    referenced += [g["image"] for g in evidence.get("gallery", [])]
-    referenced += [DELTA_FILE, ADAPTER_FILE]
-    referenced += [LOCALIZATION_PLOT] if localization else []
-    for name in referenced:
-        if not (folder / name).is_file():
-            raise ExportError(f"{folder}: {name} is missing but the card refers to it")
-    return inputs
 
 
 def _metadata(inputs: CardInputs, folder: Path) -> ModelCardData:
@@ -254,33 +192,13 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
     inputs = read_inputs(folder)
     data = _metadata(inputs, folder)
     if allowed_unmet is None:
-        allowed_unmet = _recorded_allow_unmet(folder)
+        allowed_unmet = recorded_allow_unmet(folder)
     values = _values(inputs, folder, allowed_unmet, signer)
     card = ModelCard.from_template(data, template_path=str(TEMPLATE), **values)
     return str(card), data.to_dict()
-
-
-def _recorded_allow_unmet(folder: Path) -> bool:
-    """Whether the history's last entry says the release was built with ``--allow-unmet``."""
-    from .history import read_history
-
-    try:
-        entries = read_history(folder / HISTORY_FILE)
-    except LocopackError:
-        return False
-    return bool(entries and entries[-1].get("requirements", {}).get("allowed_unmet"))
 
 
 def write_card(folder: Path, allowed_unmet: bool | None = None, signer: str | None = None) -> Path:
     """Build the card and write ``README.md`` atomically (see :func:`build_card`)."""
     text, _ = build_card(Path(folder), allowed_unmet, signer)
     return atomic_write_text(Path(folder) / CARD_FILE, text)
-
-
-def card_metadata_is_valid(path: Path) -> dict:
-    """Parse a written card with ``ModelCard.load`` and return its metadata as a dict."""
-    from huggingface_hub import ModelCard
-
-    data = ModelCard.load(path).data.to_dict()
-    yaml.safe_dump(data)
-    return data

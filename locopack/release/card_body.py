@@ -70,7 +70,7 @@ def localization_values(localization: dict | None) -> dict[str, str] | None:
     }
 
 
-def family(prov: dict) -> type[ModelFamily] | None:
+def _family(prov: dict) -> type[ModelFamily] | None:
     """The release's model family, or None where the delta names none that is known."""
     from ..models.registry import FAMILIES
 
@@ -79,7 +79,7 @@ def family(prov: dict) -> type[ModelFamily] | None:
 
 def site_kind(prov: dict) -> str:
     """What the edited sites are called for the release's family."""
-    found = family(prov)
+    found = _family(prov)
     if found is not None and found.joint_attention:
         return "joint-attention blocks (their text key/value projections)"
     if found is not None and found.refines_text:
@@ -103,7 +103,7 @@ def text_paths(localization: dict | None, prov: dict) -> dict[str, object]:
             "dominates": abs(alone) > abs(sites),
             "ratio": f"{abs(alone) / abs(sites):.0f}" if sites and abs(alone) > abs(sites) else "",
         }
-    found = family(prov)
+    found = _family(prov)
     return {
         "pooled": pooled,
         "refiner_sites": found is not None and found.refines_text,
