@@ -135,7 +135,8 @@ def _take_every_branch(out: Path) -> None:
     """Change the records of a copied release so that its card takes the branches the twin's
     build does not: a rate detector, flagged prompts, missed requirements, three seeds, a rate
     attack with an edit skipped, a robust erase, FLUX.2 (joint attention, its note, a pooled
-    path that outweighs the sites, single-stream sites) and a held-out prompt that lagged."""
+    path that outweighs the sites, single-stream sites), the sets of sites an editable
+    selection tried, and a held-out prompt that lagged."""
     records = {name: json.loads((out / name).read_text()) for name in BRANCH_RECORDS}
     evidence, edit = records["evidence.json"], records["edit.json"]
     evidence["seeds"] = [0, 1, 2]
@@ -157,6 +158,14 @@ def _take_every_branch(out: Path) -> None:
     localization = records["localization.json"]
     localization["pooled_only"] = {"mean": localization["baseline"]["mean"] + 5.0}
     localization["all_sites"]["mean"] = localization["baseline"]["mean"] + 1.0
+    paths = localization["site_paths"]
+    check = {"set": "held_out", "requirement": "concept_left", "rule": "at most", "threshold": 0.1}
+    localization["trail"] = [
+        {"sites": paths[:2], "added": 3, "met": False, "checks": [{**check, "measured": 0.5}]},
+        {"sites": paths[:5], "added": None, "met": True, "checks": [{**check, "measured": 0.0}]},
+        {"sites": paths[1:5], "added": None, "removed": paths[:1], "met": True, "checks": []},
+    ]
+    localization.update(selected=paths[1:5], check={"seeds": [0, 1], "judges": ["toy", "toy"]})
     provenance = records["lora_manifest.json"]["provenance"]
     provenance.update(family="flux2", image_sites=["single_transformer_blocks.0.attn"])
     first = {"edit": 0, "label": "van gogh", "success_before": 0.5, "success_after": 0.1}

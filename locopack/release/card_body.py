@@ -56,8 +56,6 @@ def localization_values(localization: dict | None) -> dict[str, str] | None:
     """LocoGen's scores: windows tried, the chosen one's score against the baselines."""
     if not localization:
         return None
-    from ..pipeline.select_sites import trail_table  # the editable selection's trail, if any
-
     chosen = localization["candidates"][localization["chosen"]]
     return {
         "windows": str(len(localization["candidates"])),
@@ -66,7 +64,50 @@ def localization_values(localization: dict | None) -> dict[str, str] | None:
         "chosen": f"{chosen['mean']:.2f}",
         "baseline": f"{localization['baseline']['mean']:.2f}",
         "all_sites": f"{localization['all_sites']['mean']:.2f}",
-        "trail": trail_table(localization),
+        "trail": _trail(localization),
+    }
+
+
+def _trail(localization: dict) -> dict[str, object] | None:
+    """The editable selection's trail (``select: editable``): one row per set of sites tried
+    (its sites, the step that made it, what its edit measured); None for ``select: score``."""
+    from ..localize.plot import short_site
+
+    trail = localization.get("trail")
+    if not trail:
+        return None
+    rows = []
+    for step in trail:
+        changed = step.get("removed") or []
+        how = "left out " if changed else "added "
+        how += (
+            ", ".join(short_site(s) for s in changed)
+            if changed
+            else (f"window {step['added']}" if step["added"] is not None else "every site")
+        )
+        measured = "; ".join(
+            f"{c['set'].replace('_', '-')} {c['requirement'].replace('_', ' ')} "
+            f"{100 * c['measured']:.0f}% ({c['rule']} {100 * c['threshold']:.0f}%)"
+            for c in step["checks"]
+        )
+        rows.append(
+            {
+                "count": str(len(step["sites"])),
+                "sites": md.inline(", ".join(short_site(s) for s in step["sites"])),
+                "step": md.inline(how),
+                "measured": md.inline(measured or "no efficacy requirement in force"),
+                "met": bool(step["met"]),
+            }
+        )
+    kept = localization.get("selected") or []
+    check = localization.get("check") or {}
+    return {
+        "rows": rows,
+        "met": any(s["met"] and s["sites"] == kept for s in trail),
+        "kept": str(len(kept)),
+        "count": str(len(localization["site_paths"])),
+        "seeds": str(check.get("seeds")),
+        "judges": md.inline(", ".join(dict.fromkeys(check.get("judges", [])))),
     }
 
 
