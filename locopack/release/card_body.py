@@ -52,8 +52,9 @@ def edits(recipe: Recipe) -> list[dict[str, str]]:
     ]
 
 
-def localization_values(localization: dict | None) -> dict[str, str] | None:
-    """LocoGen's scores: windows tried, the chosen one's score against the baselines."""
+def localization_values(localization: dict | None) -> dict[str, object] | None:
+    """LocoGen's scores (windows tried, the chosen one's score against the baselines) and the
+    editable selection's trail; None without ``localization.json``."""
     if not localization:
         return None
     chosen = localization["candidates"][localization["chosen"]]
