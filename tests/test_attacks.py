@@ -144,13 +144,17 @@ def load_recipe_text(text: str):
 
 
 def test_the_card_shows_one_attack_table_and_the_protocol_once():
-    from locopack.release.card_sections import _robustness
+    from locopack.release.card_sections import robustness
 
-    lines = _robustness({"edits": [], "attacks": _rows(0.1, 0.5)})
-    heads = [line for line in lines if line.startswith("| edit | attack | budget |")]
-    assert len(heads) == 1
-    assert sum("judged by toy (its decision; locopack 0\\.1\\.0)" in line for line in lines) == 1
-    assert "| stripes | a1 | b | 100% | 50% | – |" in lines
+    table = robustness({"edits": [], "attacks": _rows(0.1, 0.5)})["attacks"]
+    protocol = table["protocol"]  # one protocol for every row: the template states it once
+    assert protocol["rate"] and protocol["detector"] == "toy"
+    assert (protocol["threshold"], protocol["version"]) == ("its decision", "locopack 0\\.1\\.0")
+    cells = [
+        [r[k] for k in ("label", "name", "budget", "base", "edited", "chance")]
+        for r in table["rows"]
+    ]
+    assert ["stripes", "a1", "b", "100%", "50%", "–"] in cells
 
 
 # --- the attacks on the toy model --------------------------------------------------------------

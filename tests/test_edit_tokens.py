@@ -11,7 +11,7 @@ from locopack.models import LoadedBase
 from locopack.models.flux import Flux
 from locopack.models.sd3 import StableDiffusion3
 from locopack.recipe import parse_recipe
-from locopack.release.card import token_rows_text
+from locopack.release.card_body import token_rows_text
 
 from .conftest import FAMILY_NAMES
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import json
 import random
 import re
@@ -19,11 +20,13 @@ from locopack.delta import WeightDelta
 from locopack.errors import ExportError
 from locopack.pipeline.reproduce import Reproduce
 from locopack.release.audit import audit_folder
-from locopack.release.card import build_card, write_card
+from locopack.release.card import TEMPLATE, build_card, write_card
 from locopack.release.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "card_twin_sd1.md"
+#: the same card with its records changed to take every branch (see _take_every_branch)
+GOLDEN_BRANCHES = GOLDEN.with_name("card_twin_sd1_branches.md")
 RECIPE = (ROOT / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
 
 
@@ -115,6 +118,76 @@ def test_card_text_matches_the_golden_file(workspace):
     if not GOLDEN.exists():  # first run writes it; review the diff like any other change
         GOLDEN.write_text(normalized)
     golden = GOLDEN.read_text()
+    diff = difflib.unified_diff(golden.splitlines(), normalized.splitlines(), lineterm="")
+    assert normalized == golden, "\n".join(diff)
+
+
+def test_the_card_template_ships_in_the_wheel():
+    """pyproject's package data names the template (setuptools leaves other files out)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = found["package-data"]["locopack.release"]
+    name = TEMPLATE.relative_to(ROOT / "locopack" / "release").as_posix()
+    assert TEMPLATE.is_file() and any(fnmatch.fnmatch(name, p) for p in patterns)
+
+
+def _take_every_branch(out: Path) -> None:
+    """Change the records of a copied release so that its card takes the branches the twin's
+    build does not: a rate detector, flagged prompts, missed requirements, three seeds, a rate
+    attack with an edit skipped, a robust erase, FLUX.2 (joint attention, its note, a pooled
+    path that outweighs the sites, single-stream sites), the sets of sites an editable
+    selection tried, and a held-out prompt that lagged."""
+    records = {name: json.loads((out / name).read_text()) for name in BRANCH_RECORDS}
+    evidence, edit = records["evidence.json"], records["edit.json"]
+    evidence["seeds"] = [0, 1, 2]
+    sets = evidence["edits"][0]["sets"]
+    for item in sets.values():
+        item["detectors"]["toy"] = {"kind": "rate", "before": {"concept": 0.5, "prompt": 1.0},
+                                    "after": {"concept": 0.0, "target": 0.75}}  # fmt: skip
+    sets["preserve"]["flagged"] = list(sets["preserve"]["prompts"])
+    sets["preserve"]["flagged_grid"] = sets["preserve"]["grid"]
+    held = sets["held_out"]["scores"]
+    held["after"]["original"] = [b + 50 for b in held["before"]["original"]]
+    needs = evidence["requirements"]
+    needs.update(met=False, unmet=["efficacy (van gogh): 50% > 10%"], not_judged=[])
+    needs["items"][0].update(measured=0.5, met=False)
+    attacks = evidence["attacks"]
+    attacks["protocol"].update(kind="rate", detector="toy", threshold=0.6, version="v <1>")
+    attacks["skipped"] = [{"name": "word search", "label": "van gogh", "why": "no <rate> judge"}]
+    attacks["rows"][0]["chance"] = None
+    localization = records["localization.json"]
+    localization["pooled_only"] = {"mean": localization["baseline"]["mean"] + 5.0}
+    localization["all_sites"]["mean"] = localization["baseline"]["mean"] + 1.0
+    paths = localization["site_paths"]
+    check = {"set": "held_out", "requirement": "concept_left", "rule": "at most", "threshold": 0.1}
+    localization["trail"] = [
+        {"sites": paths[:2], "added": 3, "met": False, "checks": [{**check, "measured": 0.5}]},
+        {"sites": paths[:5], "added": None, "met": True, "checks": [{**check, "measured": 0.0}]},
+        {"sites": paths[1:5], "added": None, "removed": paths[:1], "met": True, "checks": []},
+    ]
+    localization.update(selected=paths[1:5], check={"seeds": [0, 1], "judges": ["toy", "toy"]})
+    provenance = records["lora_manifest.json"]["provenance"]
+    provenance.update(family="flux2", image_sites=["single_transformer_blocks.0.attn"])
+    first = {"edit": 0, "label": "van gogh", "success_before": 0.5, "success_after": 0.1}
+    edit["robust"] = {
+        "rounds": [{"round": 1, "rows_added": 1, "found": [{"edit": 0, "prompts": ["a | `b`"]}],
+                    "edits": [{**first, "bar": 0.2}]}],
+        "met": False, "attacks": ["search"], "prompts": 1, "rounds_allowed": 2, "seeds": [0],
+        "judges": ["toy", "toy"],
+    }  # fmt: skip
+    for name, record in records.items():
+        (out / name).write_text(json.dumps(record))
+
+
+BRANCH_RECORDS = ("evidence.json", "edit.json", "localization.json", "lora_manifest.json")
+
+
+def test_card_branches_match_their_golden_file(workspace, tmp_path):
+    out = _copy(workspace, tmp_path)
+    _take_every_branch(out)
+    text, _ = build_card(out, allowed_unmet=True, signer="Sigstore publisher@example.com")
+    normalized = _normalized(text, workspace)
+    golden = GOLDEN_BRANCHES.read_text()
     diff = difflib.unified_diff(golden.splitlines(), normalized.splitlines(), lineterm="")
     assert normalized == golden, "\n".join(diff)
 

@@ -247,12 +247,10 @@ def test_a_rerun_of_robust_erase_draws_nothing_it_judged(toy_robust, monkeypatch
 
 def test_the_card_shows_each_round(toy_robust):
     _, _, _, made, _ = toy_robust
-    text = robust_rounds({"robust": made.provenance["robust"]})
-    rows = [
-        line for line in text.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
-    ]
-    assert len(rows) == 2 and "`a red circle on a an re ackground background`" in rows[0]
-    assert robust_rounds({}) == ""  # a plain edit: no section
+    rows = robust_rounds({"robust": made.provenance["robust"]})["rows"]
+    assert [row["round"] for row in rows] == ["1", "2"]
+    assert rows[0]["best"] == "`a red circle on a an re ackground background`"
+    assert robust_rounds({}) is None  # a plain edit: no section
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from locopack.localize import Candidate, LocalizationResult, localize, prompt_pa
 from locopack.localize.editable import TrailStep, nested_sets, ranking, smallest_meeting
 from locopack.localize.planted import ReferenceScorer
 from locopack.models import LoadedBase, load_pipeline
-from locopack.pipeline.select_sites import CLIP_SHARE, judges, select_sites, trail_table
+from locopack.pipeline.select_sites import CLIP_SHARE, judges, select_sites
 from locopack.recipe import parse_recipe
+from locopack.release.card_body import localization_values
 
 RECIPE = """
 version: 1
@@ -112,11 +113,9 @@ def test_editable_widens_to_both_planted_windows_where_score_keeps_one(twin_dirs
     # the trail goes to localization.json, the card's table and back
     data = json.loads(json.dumps(chosen.to_dict()))
     assert data["chosen_layers"] == chosen.layers and data["check"]["seeds"] == [0, 1, 2, 3]
-    table = trail_table(data)
-    assert (
-        f"{len(chosen.layers)} of 16 sites were edited" in table
-        and table.count("\n| ") == len(chosen.trail) + 1
-    )
+    trail = localization_values(data)["trail"]  # "N of 16 sites were edited", one row a set
+    assert trail["met"] and (trail["kept"], trail["count"]) == (str(len(chosen.layers)), "16")
+    assert len(trail["rows"]) == len(chosen.trail)
 
 
 def test_score_selection_writes_no_trail_and_older_files_still_load(tmp_path):

@@ -37,6 +37,7 @@ from ..localize.cache import CandidateCache
 from ..localize.editable import TrailStep, nested_sets, smallest_meeting
 
 if TYPE_CHECKING:
+    from ..evidence.detectors import Detector
     from ..localize import LocalizationResult, Scorer
     from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
@@ -57,7 +58,7 @@ def check_seeds(recipe: Recipe) -> list[int]:
     return seeds
 
 
-def judges(recipe: Recipe, scorer: Any) -> list[tuple[str, Any]]:
+def judges(recipe: Recipe, scorer: Scorer | None) -> list[tuple[str, Detector | None]]:
     """Per edit, ``(name, detector)``: the rate detector that judges it, or
     ``(CLIP_SHARE, None)`` where the recipe has none."""
     loaded = {d.name: load_detector(d.name, d.options, scorer) for d in recipe.evidence.detectors}
@@ -268,7 +269,9 @@ def select_sites(
     return result
 
 
-def _pruned(result: Any, sets: list, check: EfficacyCheck, trail: list[TrailStep]) -> list[str]:
+def _pruned(
+    result: LocalizationResult, sets: list, check: EfficacyCheck, trail: list[TrailStep]
+) -> list[str]:
     """Leave out of the last set, one group at a time, the sites that each earlier step
     added (LocoGen's window first), where the edit still meets the requirements without
     them: redundant sites that a window ranked high brought in.  Appends to ``trail``."""
@@ -288,7 +291,9 @@ def _pruned(result: Any, sets: list, check: EfficacyCheck, trail: list[TrailStep
     return [result.site_paths[i] for i in sorted(kept)]
 
 
-def trail_matches(recorded: Any, again: Any, tolerance: float) -> tuple[bool, float]:
+def trail_matches(
+    recorded: LocalizationResult, again: LocalizationResult, tolerance: float
+) -> tuple[bool, float]:
     """Whether ``again``'s trail tries the same sets, with the same outcomes, as
     ``recorded``'s, every measurement within ``tolerance``; and the largest difference."""
     old = [asdict(s) for s in recorded.trail or []]
@@ -301,52 +306,3 @@ def trail_matches(recorded: Any, again: Any, tolerance: float) -> tuple[bool, fl
         for x, y in zip(a["checks"], b["checks"], strict=False):
             worst = max(worst, abs(x["measured"] - y["measured"]))
     return same and worst <= tolerance, worst
-
-
-def trail_table(localization: dict[str, Any]) -> str:
-    """The card's account of an editable selection (a ``localization.json`` mapping): one
-    row per set of sites tried; empty for ``select: score``."""
-    from ..localize.plot import short_site
-    from ..release import markdown_text as md
-
-    trail = localization.get("trail")
-    if not trail:
-        return ""
-    count = len(localization["site_paths"])
-    rows = []
-    for number, step in enumerate(trail, 1):
-        sites = ", ".join(short_site(s) for s in step["sites"])
-        how = "left out " if step.get("removed") else "added "
-        changed = step.get("removed") or []
-        how += (
-            ", ".join(short_site(s) for s in changed)
-            if changed
-            else (f"window {step['added']}" if step["added"] is not None else "every site")
-        )
-        measured = (
-            "; ".join(
-                f"{c['set'].replace('_', '-')} {c['requirement'].replace('_', ' ')} "
-                f"{100 * c['measured']:.0f}% ({c['rule']} {100 * c['threshold']:.0f}%)"
-                for c in step["checks"]
-            )
-            or "no efficacy requirement in force"
-        )
-        rows.append(
-            f"| {number} | {len(step['sites'])} | {md.inline(sites)} | {md.inline(how)} | "
-            f"{md.inline(measured)} | {'yes' if step['met'] else 'no'} |"
-        )
-    kept = localization.get("selected") or []
-    if any(s["met"] and s["sites"] == kept for s in trail):
-        verdict = f"{len(kept)} of {count} sites were edited: the smallest set found that met it."
-    else:
-        verdict = f"No set of sites met it; all {count} sites were edited as the last resort."
-    check = localization.get("check") or {}
-    judged = ", ".join(dict.fromkeys(check.get("judges", [])))
-    return (
-        "\nThe sites were chosen by what an edit of them can do (`select: editable`): LocoEdit "
-        f"was solved for each set below and its images (seeds {check.get('seeds')}) judged by "
-        f"{md.inline(judged)} against the efficacy requirements. {verdict}\n\n"
-        "| # | count | sites | step | measured | met |\n|---|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
-    )

@@ -1,4 +1,5 @@
-"""The card's "Signature" section: signed or not, by whom, and the command that verifies it.
+"""The card's "Signature" section: signed or not, by whom, and the command that verifies it
+(the sentences are in the card's template).
 
 The card is written before the release is signed (the signature covers the card), so signing
 rewrites the card naming the signer it is about to use (:func:`~locopack.release.attest.
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import markdown_text as md
-from .layout import PROVENANCE_FILE, SIGNATURE_FILE
+from .layout import SIGNATURE_FILE
 
 
 def verify_command(where: str, signer: str) -> str:
@@ -25,10 +26,11 @@ def verify_command(where: str, signer: str) -> str:
     return f"locopack audit {where} {trust}"
 
 
-def signature_section(folder: Path, where: str, signer: str | None = None) -> str:
-    """The section for the release in ``folder`` (``where``: how users name it, its Hub repo
-    when the recipe gives one); ``signer``: who is about to sign it [default: as its
-    ``release.sig`` claims, or unsigned when it has none]."""
+def signature_section(folder: Path, where: str, signer: str | None = None) -> dict[str, str]:
+    """The values of the section for the release in ``folder`` (``where``: how users name it,
+    its Hub repo when the recipe gives one); ``signer``: who is about to sign it [default: as
+    its ``release.sig`` claims, or unsigned when it has none]: the signer (escaped) and the
+    command that verifies it, both empty when unsigned."""
     if signer is None and (folder / SIGNATURE_FILE).is_file():
         from .signing import SignatureError, claimed_signer
 
@@ -37,17 +39,5 @@ def signature_section(folder: Path, where: str, signer: str | None = None) -> st
         except SignatureError:
             signer = None
     if signer is None:
-        return (
-            "## Signature\n\nNot signed: the history's hash chain shows that this release is "
-            "consistent with itself, not who made it. The publisher can sign it with "
-            f"{md.code('locopack sign')} (see the locopack README).\n"
-        )
-    return f"""## Signature
-
-Signed by {md.code(signer)}. {md.code(SIGNATURE_FILE)} (an OpenSSF model-signing Sigstore bundle)
-covers every file of this release, this card and {md.code(PROVENANCE_FILE)} (the build's
-SLSA provenance) included. Get the publisher's public key or certificate from the publisher,
-not from this repository, and verify before use:
-
-{md.fenced(verify_command(where, signer))}
-"""
+        return {"signer": "", "verify": ""}
+    return {"signer": md.code(signer), "verify": md.fenced(verify_command(where, signer))}

@@ -2,7 +2,8 @@
 
 The verdict line comes first (:func:`verdict_line`, from the ``requirements`` section of
 ``evidence.json``), then one table row per requirement, and, when
-the release was built with ``--allow-unmet``, a sentence saying it was published anyway.
+the release was built with ``--allow-unmet``, a sentence saying it was published anyway
+(the sentences are in the card's template; :func:`requirements_section` computes the rest).
 ``audit`` reads the line back (:func:`card_verdict`) and fails when it disagrees.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from ..errors import LocopackError
 from ..evidence.verdict import describe, judged_count
@@ -18,42 +18,38 @@ from . import markdown_text as md
 from .layout import CARD_FILE, EVIDENCE_FILE, RECIPE_FILE
 
 HEADING = "## Requirements"
-ALLOWED_UNMET = (
-    "This release was built with `--allow-unmet`: its publisher chose to release it although it "
-    "misses the requirements above."
-)
 
 
-def requirements_section(evidence: dict[str, Any], allowed_unmet: bool) -> str:
-    """The card's requirements section ("" for a release made before requirements)."""
+def requirements_section(evidence: dict, allowed_unmet: bool) -> dict[str, object] | None:
+    """The values of the card's requirements section (None for a release made before
+    requirements): the verdict line, one row per judged or stated requirement, and the
+    requirements not judged, grouped by why."""
     section = evidence.get("requirements")
     if not section:
-        return ""
+        return None
     rows = [
-        f"| {md.inline(describe(item))} | {_state(item)} |"
+        {"requirement": md.inline(describe(item)), "state": _state(item)}
         for item in section["items"]
         if item["met"] is not None or item.get("stated")
     ]
-    lines = [HEADING, "", verdict_line(section), ""]
-    if allowed_unmet and not section["met"]:
-        lines += [ALLOWED_UNMET, ""]
-    if rows:
-        lines += ["| requirement (edit): measured vs threshold | |", "|---|---|", *rows, ""]
     unjudged: dict[str, list[str]] = {}
     for item in section["items"]:
         if item["met"] is None and not item.get("stated"):
             name = describe(item).partition(":")[0]
             unjudged.setdefault(item.get("why", "no measurement"), []).append(name)
-    for why, names in unjudged.items():
-        listed = ", ".join(md.inline(name) for name in names)
-        lines += [
-            f"*Not judged* (defaults the evidence cannot measure): {listed}: {md.inline(why)}.",
-            "",
-        ]
-    return "\n".join(lines)
+    return {
+        "heading": HEADING,
+        "verdict": verdict_line(section),
+        "allowed_unmet": allowed_unmet and not section["met"],
+        "rows": rows,
+        "unjudged": [
+            {"names": ", ".join(md.inline(name) for name in names), "why": md.inline(why)}
+            for why, names in unjudged.items()
+        ],
+    }
 
 
-def verdict_line(section: dict[str, Any]) -> str:
+def verdict_line(section: dict) -> str:
     """The card's first line about the requirements (recipe text in it escaped)."""
     if section["met"]:
         judged = judged_count(section)
@@ -63,7 +59,7 @@ def verdict_line(section: dict[str, Any]) -> str:
     return f"**Does not meet its requirements**: {unmet}."
 
 
-def _state(item: dict[str, Any]) -> str:
+def _state(item: dict) -> str:
     return {True: "met", False: "**missed**", None: "**not judged**"}[item["met"]]
 
 

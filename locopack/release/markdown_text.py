@@ -14,6 +14,10 @@ in code spans.  Escaping is kept to the characters that can start markup, so the
 
 Every helper first drops terminal control sequences
 (:func:`~locopack.control_chars.strip_controls`).
+
+The model card is a Jinja template (``templates/model_card.md.j2``) whose values are escaped
+here, in Python: Jinja's autoescape writes HTML entities, which Markdown shows literally in
+code spans and which leave Markdown's own markup (links, images, tables) open.
 """
 
 from __future__ import annotations
@@ -63,8 +67,12 @@ def code(text: str, *, cell: bool = False) -> str:
     return f"{fence}{body}{fence}"
 
 
+def fence(text: str) -> str:
+    """The fence of a code block holding ``text``: longer than any backtick run in it."""
+    return "`" * max(3, max(map(len, re.findall(r"`+", text)), default=0) + 1)
+
+
 def fenced(text: str, info: str = "") -> str:
     """``text`` as a fenced code block whose fence is longer than any backtick run in it."""
     body = strip_controls(text).rstrip()
-    fence = "`" * max(3, max(map(len, re.findall(r"`+", body)), default=0) + 1)
-    return f"{fence}{info}\n{body}\n{fence}"
+    return f"{fence(body)}{info}\n{body}\n{fence(body)}"
