@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 #: ``--out`` of the commands that write a recipe's outputs
 out_option = click.option(
@@ -33,7 +39,31 @@ allow_unmet_option = click.option(
 )
 
 
-def out_dir(out: Path | None, recipe) -> Path:
+def format_options(command: Callable[..., None]) -> Callable[..., None]:
+    """One option per registered export format (:mod:`locopack.export.formats`), each with the
+    format's help: ``--NAME/--no-NAME`` (on by default) for a format every release carries,
+    ``--NAME`` for the others.  The command gets them together as ``formats`` ({name: bool})."""
+    from ..export.formats import export_formats
+
+    names = [fmt.name for fmt in export_formats()]
+
+    @functools.wraps(command)
+    def with_formats(**kwargs: object) -> None:
+        flags = {name: bool(kwargs.pop(f"format_{name}")) for name in names}
+        command(formats=flags, **kwargs)
+
+    for fmt in reversed(export_formats()):
+        flag = fmt.name.replace("_", "-")
+        if fmt.required:
+            decls = (f"--{flag}/--no-{flag}", f"format_{fmt.name}")
+            option = click.option(*decls, default=True, show_default=True, help=fmt.help)
+        else:
+            option = click.option(f"--{flag}", f"format_{fmt.name}", is_flag=True, help=fmt.help)
+        with_formats = option(with_formats)
+    return with_formats
+
+
+def out_dir(out: Path | None, recipe: Recipe) -> Path:
     """``--out``, or ``out/<recipe name>``."""
     return out if out is not None else Path("out") / recipe.name
 

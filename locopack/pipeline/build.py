@@ -307,7 +307,7 @@ def _build(
         log.done("evidence", "complete for this recipe and delta")
     for name in (PROVENANCE_FILE, SIGNATURE_FILE):  # what a rebuild changes voids them
         (out / name).unlink(missing_ok=True)
-    write_card(out, allowed_unmet=allow_unmet)
+    write_card(out, allowed_unmet=allow_unmet, recipe=recipe)
     check_folder(out, release_files(out))  # before the history seals the release
     log.done("card")
     entry = new_entry(

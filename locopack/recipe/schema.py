@@ -40,9 +40,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
+from locopack.export.formats import export_formats
 from locopack.recipe.attacks import AttacksSettings
 from locopack.recipe.errors import line_of, show, validation_message
 from locopack.recipe.requirements import Requirements
@@ -321,19 +323,52 @@ class EditSettings(_Strict):
 
 
 class ExportSettings(_Strict):
-    adapter: bool = True
+    """The recipe's ``export`` section: the LoRA factors' ``max_rank`` and ``energy``, and one
+    boolean per registered export format (:mod:`locopack.export.registry`), with the format's
+    default; :func:`sync_export_formats` adds the fields of the formats registered."""
+
     max_rank: int = Field(64, ge=1)
     energy: float = Field(0.99999999, gt=0, le=1)
-    kohya: bool = True
-    merged: bool = False
-    onnx: bool = False
 
-    @field_validator("adapter")
-    @classmethod
-    def _adapter_always(cls, value: bool) -> bool:
-        if not value:  # the evidence is generated, and the audit checks, through the adapter
-            raise _expected("true: every release carries its LoRA adapter (omit the key)")
+    def asked(self) -> dict[str, bool]:
+        """{format name: whether this section asks for it}, for every format it has a key for."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name in _FORMATS}
+
+
+#: the names of the export formats ExportSettings has a field for
+_FORMATS: list[str] = []
+
+
+def _required(why: str) -> AfterValidator:
+    def check(value: bool) -> bool:
+        if not value:
+            raise _expected(f"true: {why} (omit the key)")
         return value
+
+    return AfterValidator(check)
+
+
+def _set_export_fields() -> None:
+    """Make :class:`ExportSettings`' fields one boolean per registered format (formats first,
+    in registry order, with their defaults; then ``max_rank`` and ``energy``).
+
+    The model is rebuilt in place (pydantic's ``model_rebuild``), so the class every module
+    imported stays the one that validates, and a format registered after this module was
+    imported (a plug-in, a test's toy format) becomes a recipe key like the built-in ones.
+    """
+    formats = export_formats()
+    fields = ExportSettings.model_fields
+    lora = {name: fields[name] for name in ("max_rank", "energy")}
+    fields.clear()
+    for fmt in formats:
+        annotation = Annotated[bool, _required(fmt.required)] if fmt.required else bool
+        fields[fmt.name] = FieldInfo.from_annotated_attribute(annotation, fmt.default)
+    fields.update(lora)
+    _FORMATS[:] = [f.name for f in formats]
+    ExportSettings.model_rebuild(force=True)
+
+
+_set_export_fields()
 
 
 class DetectorSpec(_Strict):
@@ -440,6 +475,15 @@ class Recipe(_Strict):
         return path if spelled_as_path or os.path.lexists(path) else ref
 
 
+def sync_export_formats() -> None:
+    """Give :class:`ExportSettings` one boolean field per registered export format, where the
+    registry changed since the last call (see :func:`_set_export_fields`); a recipe is then
+    validated against the registry as it is."""
+    if _FORMATS != [f.name for f in export_formats()]:
+        _set_export_fields()
+        Recipe.model_rebuild(force=True)
+
+
 _SECTIONS = {
     name: Recipe.model_fields[name].annotation
     for name in ("base", "localize", "edit", "export", "evidence", "card", "hub")
@@ -481,6 +525,7 @@ def _validate(text: str, source: str, digest: str) -> Recipe:
             f"{source}:{line_of(root)}: expected a YAML mapping at the top level (with 'version', "
             f"'base' and 'edits'), found {show(data)}"
         )
+    sync_export_formats()
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

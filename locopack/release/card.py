@@ -40,12 +40,11 @@ from .layout import (
     LOCALIZATION_FILE,
     LOCALIZATION_PLOT,
     MANIFEST_FILE,
-    MERGED_DIR,
-    PIPELINE_INDEX,
     RECIPE_FILE,
     is_record,
     recorded_base,
     release_files,
+    release_recipe,
     sha256_file,
 )
 from .robust_card import robust_rounds
@@ -123,18 +122,22 @@ def _limitations(evidence: dict) -> list[str]:
 
 
 def build_card(
-    folder: Path, allowed_unmet: bool | None = None, signer: str | None = None
+    folder: Path,
+    allowed_unmet: bool | None = None,
+    signer: str | None = None,
+    recipe: Recipe | None = None,
 ) -> tuple[str, dict]:
     """The card's text and metadata for the release in ``folder``; ``allowed_unmet``: it was
     built with ``--allow-unmet`` [default: as its history's last entry says]; ``signer``: who
-    is about to sign it [default: as its ``release.sig`` says, if any].
+    is about to sign it [default: as its ``release.sig`` says, if any]; ``recipe``: the
+    release's recipe, already read (see :func:`~locopack.release.layout.release_recipe`).
 
     Raises:
         ExportError: a file the card describes is missing or does not hold what the stage
             that writes it writes; the message names it.
     """
     try:
-        return _build_card(folder, allowed_unmet, signer)
+        return _build_card(folder, allowed_unmet, signer, recipe)
     except LocopackError:
         raise
     except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError) as err:
@@ -145,14 +148,16 @@ def build_card(
         ) from None
 
 
-def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) -> tuple[str, dict]:
+def _build_card(
+    folder: Path, allowed_unmet: bool | None, signer: str | None, known: Recipe | None
+) -> tuple[str, dict]:
     from huggingface_hub import ModelCard, ModelCardData
 
-    from ..recipe.schema import load_recipe
+    from ..export.formats import export_formats
 
     if not (folder / RECIPE_FILE).is_file():
         raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
-    recipe = load_recipe(folder / RECIPE_FILE)
+    recipe = release_recipe(folder, known)
     edit = _read_json(folder, EDIT_FILE, "the edited layers and edit quality")
     evidence = _read_json(folder, EVIDENCE_FILE, "the before/after evidence")
     manifest = _read_json(folder, MANIFEST_FILE, "the adapter's ranks")
@@ -168,12 +173,13 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
             raise ExportError(f"{folder}: {name} is missing but the card refers to it")
 
     provenance = manifest["provenance"]
-    merged = (folder / MERGED_DIR / PIPELINE_INDEX).is_file()
+    formats = [fmt for fmt in export_formats() if fmt.present_in(folder)]
+    whole = any(fmt.whole_model for fmt in formats)
     kinds = sorted({e.card_tag for e in recipe.edits})
     data = ModelCardData(
         # the Hub's base_model must name a Hub repo; a local base is named in the body only
         base_model=recipe.base.model if _is_hub_id(recipe.base.model) else None,
-        base_model_relation=("finetune" if merged else "adapter")
+        base_model_relation=("finetune" if whole else "adapter")
         if _is_hub_id(recipe.base.model)
         else None,
         library_name="diffusers",
@@ -183,7 +189,7 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
         tags=[
             "locopack",
             "text-to-image",
-            *(["lora"] if not merged else ["lora", "merged"]),
+            *(tag for fmt in formats for tag in fmt.card_tags),
             *kinds,
             provenance.get("family", ""),
         ],
@@ -194,7 +200,9 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
     )
     if allowed_unmet is None:
         allowed_unmet = _recorded_allow_unmet(folder)
-    body = _body(recipe, folder, edit, evidence, manifest, localization, merged)
+    # how to load a whole model first, then the adapter's other files
+    notes = [fmt.card_note for fmt in sorted(formats, key=lambda f: not f.whole_model)]
+    body = _body(recipe, folder, edit, evidence, manifest, localization, notes)
     title, _, rest = body.partition("\n\n")  # the verdict comes right after the title
     verdict = requirements_section(evidence, allowed_unmet)
     body = f"{title}\n\n{verdict}\n{rest}" if verdict else body
@@ -220,7 +228,15 @@ def token_rows_text(parts: list[dict[str, Any]]) -> str:
     return ", ".join(words)
 
 
-def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str:
+def _body(
+    recipe: Recipe,
+    folder: Path,
+    edit: dict,
+    evidence: dict,
+    manifest: dict,
+    localization: dict | None,
+    notes: list[str],
+) -> str:
     prov = manifest["provenance"]
     what = "\n".join(
         f"- **{e.kind}** {e.subject} *{md.inline(e.label)}* → "
@@ -277,11 +293,7 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
     )
     if rows:
         rows = f"\n- edited token rows (positions within each encoder's tokens): {rows}"
-    merged_note = (
-        "The merged checkpoint in `merged/` loads with `DiffusionPipeline.from_pretrained`."
-        if merged
-        else ""
-    )
+    format_notes = "\n".join(note for note in notes if note)
     return f"""
 # {md.inline(recipe.name)}
 
@@ -321,9 +333,7 @@ was applied as a user loads it ({evidence["applied"]}).{_plugin_note(recipe)}
 {_usage(usage_base, recipe.edits[0].originals()[0])}
 
 Or `locopack.apply(pipe, "<repo or folder>")`, which also checks the base model's fingerprint.
-{merged_note}
-`lora_kohya.safetensors` (when present) is the same adapter in the kohya format that ComfyUI and
-AUTOMATIC1111 load.
+{format_notes}
 
 ## Limitations
 
@@ -440,9 +450,14 @@ def _recorded_allow_unmet(folder: Path) -> bool:
     return bool(entries and entries[-1].get("requirements", {}).get("allowed_unmet"))
 
 
-def write_card(folder: Path, allowed_unmet: bool | None = None, signer: str | None = None) -> Path:
+def write_card(
+    folder: Path,
+    allowed_unmet: bool | None = None,
+    signer: str | None = None,
+    recipe: Recipe | None = None,
+) -> Path:
     """Build the card and write ``README.md`` atomically (see :func:`build_card`)."""
-    text, _ = build_card(Path(folder), allowed_unmet, signer)
+    text, _ = build_card(Path(folder), allowed_unmet, signer, recipe)
     return atomic_write_text(Path(folder) / CARD_FILE, text)
 
 

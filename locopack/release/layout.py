@@ -25,7 +25,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
 from ..filenames import (
@@ -51,6 +51,9 @@ from ..filenames import (
     SIGNATURE_FILE,
 )
 from ..hub_ref import is_hub_id
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 __all__ = [
     "ADAPTER_FILE",
@@ -82,6 +85,7 @@ __all__ = [
     "refuse_links",
     "relative_location",
     "release_files",
+    "release_recipe",
     "sha256_file",
 ]
 
@@ -204,3 +208,19 @@ def recorded_base(record: dict[str, Any], folder: Path) -> str | None:
     :func:`locate`)."""
     legacy = record.get("base_path")  # releases of locopack 0.1
     return locate(folder, record.get("base_location") or legacy, record.get("base_model"))
+
+
+def release_recipe(folder: Path, known: Recipe | None = None) -> Recipe:
+    """The recipe of the release in ``folder``: ``known`` where it is the one the folder's
+    ``recipe.yaml`` holds (the command that built or pushes it has read it already; a recipe is
+    parsed once per command), else ``recipe.yaml`` read and validated.
+
+    Raises:
+        RecipeError: the folder's recipe is invalid (or missing: an OSError's message).
+    """
+    path = Path(folder) / RECIPE_FILE
+    if known is not None and path.read_bytes() == known.source_text.encode("utf-8"):
+        return known
+    from ..recipe.schema import load_recipe
+
+    return load_recipe(path)
