@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,28 +37,31 @@ allow_unmet_option = click.option(
 )
 
 
-def format_options(command: Callable[..., None]) -> Callable[..., None]:
-    """One option per registered export format (:mod:`locopack.export.formats`), each with the
-    format's help: ``--NAME/--no-NAME`` (on by default) for a format every release carries,
-    ``--NAME`` for the others.  The command gets them together as ``formats`` ({name: bool})."""
-    from ..export.formats import export_formats
+class FormatsCommand(click.Command):
+    """A command with one option per export format registered when it runs
+    (:mod:`locopack.export.formats`), after its first argument: ``--NAME/--no-NAME`` (on by
+    default) for a format every release carries, ``--NAME`` for the others, each with the
+    format's help.  The callback gets them as ``format_NAME`` keywords; :func:`chosen_formats`
+    turns those into {name: bool}."""
 
-    names = [fmt.name for fmt in export_formats()]
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from ..export.formats import export_formats
 
-    @functools.wraps(command)
-    def with_formats(**kwargs: object) -> None:
-        flags = {name: bool(kwargs.pop(f"format_{name}")) for name in names}
-        command(formats=flags, **kwargs)
+        params = super().get_params(ctx)
+        options: list[click.Parameter] = []
+        for fmt in export_formats():
+            flag, dest = fmt.name.replace("_", "-"), f"format_{fmt.name}"
+            if fmt.required:
+                decls = [f"--{flag}/--no-{flag}", dest]
+                options.append(click.Option(decls, default=True, show_default=True, help=fmt.help))
+            else:
+                options.append(click.Option([f"--{flag}", dest], is_flag=True, help=fmt.help))
+        return params[:1] + options + params[1:]
 
-    for fmt in reversed(export_formats()):
-        flag = fmt.name.replace("_", "-")
-        if fmt.required:
-            decls = (f"--{flag}/--no-{flag}", f"format_{fmt.name}")
-            option = click.option(*decls, default=True, show_default=True, help=fmt.help)
-        else:
-            option = click.option(f"--{flag}", f"format_{fmt.name}", is_flag=True, help=fmt.help)
-        with_formats = option(with_formats)
-    return with_formats
+
+def chosen_formats(flags: dict[str, bool]) -> dict[str, bool]:
+    """{format name: asked for} from the ``format_NAME`` keywords of a :class:`FormatsCommand`."""
+    return {key.removeprefix("format_"): value for key, value in flags.items()}
 
 
 def out_dir(out: Path | None, recipe: Recipe) -> Path:

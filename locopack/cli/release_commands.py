@@ -17,8 +17,9 @@ from ..errors import LocopackError
 from ..filenames import RECIPE_FILE
 from .group import UnmetError, UserError, echo, global_options, quiet_libraries
 from .options import (
+    FormatsCommand,
     allow_unmet_option,
-    format_options,
+    chosen_formats,
     mode_option,
     offline_option,
     out_dir,
@@ -33,9 +34,8 @@ if TYPE_CHECKING:
     from ..recipe.schema import Recipe
 
 
-@click.command("export")
+@click.command("export", cls=FormatsCommand)
 @click.argument("delta", type=click.Path(path_type=Path))
-@format_options
 @click.option("--max-rank", default=64, show_default=True, help="Largest LoRA rank per module.")
 @click.option(
     "--energy",
@@ -48,14 +48,15 @@ if TYPE_CHECKING:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 def export_cmd(
     delta: Path,
-    formats: dict[str, bool],
     max_rank: int,
     energy: float,
     model: str | None,
     force: bool,
     out: Path,
+    **formats: bool,
 ) -> None:
-    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference.
+    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference, in the
+    formats asked for (one option per registered format).
 
     Every format asked for is checked against the delta's model family first: one it cannot
     have is refused, naming it, before anything is written.
@@ -63,7 +64,7 @@ def export_cmd(
     from ..pipeline.exports import ExportChoice, run_export
 
     quiet_libraries()
-    choice = ExportChoice.from_flags(formats, max_rank, energy)
+    choice = ExportChoice.from_flags(chosen_formats(formats), max_rank, energy)
     written = run_export(
         delta,
         out,
