@@ -44,6 +44,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
+from locopack.evidence.detectors.registry import detector_entry, detector_names
 from locopack.export.formats import export_formats
 from locopack.recipe.attacks import AttacksSettings
 from locopack.recipe.errors import line_of, show, validation_message
@@ -98,10 +99,18 @@ ModelRef = Annotated[str, _rule(_MODEL_REF, "a Hub id 'org/name' or a local fold
 _SLUG = "a slug: lowercase letters, digits, '.', '_' or '-', starting alphanumeric, <= 64 long"
 Slug = Annotated[str, _rule(r"[a-z0-9][a-z0-9._-]{0,63}", _SLUG)]
 RepoId = Annotated[str, _rule(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", "a Hub repo id 'org/name'")]
-_DETECTOR = "a built-in detector (clip, toy, toy-deep, nudenet) or 'module:callable'"
-DetectorName = Annotated[
-    str, _rule(r"clip|toy|toy-deep|nudenet|[A-Za-z_][\w.]*:[A-Za-z_]\w*", _DETECTOR)
-]
+_PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _detector_name(value: str) -> str:
+    """Accept a registered detector's name or a plug-in's ``module:callable``."""
+    if detector_entry(value) is None and not _PLUGIN.fullmatch(value):
+        names = ", ".join(detector_names())
+        raise _expected(f"a built-in detector ({names}) or 'module:callable'")
+    return value
+
+
+DetectorName = Annotated[str, AfterValidator(_detector_name)]
 License = Annotated[str, _rule(r"[A-Za-z0-9][A-Za-z0-9.+-]*", "'inherit' or a license id")]
 #: a random seed: torch.Generator.manual_seed takes any 64-bit value, and a seed must also fit
 #: the signed 64-bit integers of JSON readers and tensors; 2**64 would fail at the first image
@@ -372,8 +381,9 @@ _set_export_fields()
 
 
 class DetectorSpec(_Strict):
-    """A detector of the evidence: a built-in name (``clip``, ``toy``, ``toy-deep``, ``nudenet``) or
-    ``module:callable``, with keyword ``options``; a bare string is the name alone."""
+    """A detector of the evidence: a registered name (``clip``, ``toy``, ``toy-deep``,
+    ``nudenet``: :mod:`locopack.evidence.detectors.registry`) or ``module:callable``, with
+    keyword ``options``; a bare string is the name alone."""
 
     name: DetectorName
     options: dict[str, Any] = {}

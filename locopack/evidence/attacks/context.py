@@ -154,10 +154,12 @@ def detector_version(name: str) -> str:
     ``nudenet``), and locopack's for its own."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ..detectors import BUILT_IN
+    from ..detectors import target
+    from ..detectors.registry import detector_entry
 
-    module = BUILT_IN.get(name, name).split(":")[0].split(".")[0]
-    wanted = ["locopack"] + (["nudenet"] if name == "nudenet" else [])
+    entry = detector_entry(name)
+    module = target(name).split(":")[0].split(".")[0]
+    wanted = ["locopack", *(entry.packages if entry else ())]
     wanted = wanted if module == "locopack" else [module]
     found = []
     for package in wanted:
