@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import HubError
 from ..hub_ref import parse_ref
@@ -42,6 +42,8 @@ from .calls import with_retries
 from .pull import resolve_release
 
 if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
     from ..recipe.schema import Recipe
 
 T = TypeVar("T")
@@ -227,13 +229,14 @@ def _describe_release(recipe: Recipe, message: str | None) -> tuple[str, str, st
     return f"{recipe.name}-{short}", title, body
 
 
-def _commit(api: Any, repo: str, folder: Path, files: list[str], revision: str, title, body):
+def _commit(api: HfApi, repo: str, folder: Path, files: list[str], revision: str, title, body):
     """One commit that makes ``revision`` hold exactly ``files`` (plus ``.gitattributes``)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     info = api.model_info(repo, revision=revision)
     keep = set(files) | KEEP_REMOTE
-    ops: list[Any] = [CommitOperationAdd(f, str(folder / f)) for f in files]
+    ops: list[CommitOperationAdd | CommitOperationDelete]
+    ops = [CommitOperationAdd(f, str(folder / f)) for f in files]
     ops += [
         CommitOperationDelete(s.rfilename) for s in info.siblings or [] if s.rfilename not in keep
     ]
@@ -248,7 +251,7 @@ def _commit(api: Any, repo: str, folder: Path, files: list[str], revision: str, 
     )
 
 
-def _tag(api: Any, repo: str, tag: str, commit: str, message: str) -> None:
+def _tag(api: HfApi, repo: str, tag: str, commit: str, message: str) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -264,7 +267,7 @@ def _tag(api: Any, repo: str, tag: str, commit: str, message: str) -> None:
             ) from None
 
 
-def _same_files(api: Any, repo: str, commit: str, folder: Path, files: list[str]) -> bool:
+def _same_files(api: HfApi, repo: str, commit: str, folder: Path, files: list[str]) -> bool:
     """Whether ``commit`` holds exactly ``files`` with the local contents."""
     from huggingface_hub.hf_api import RepoFile
 

@@ -84,7 +84,7 @@ def _template(text: str) -> str:
     return text
 
 
-def _layer_ref(value: Any) -> str | int:
+def _layer_ref(value: object) -> str | int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and value.strip():
@@ -178,7 +178,7 @@ class EraseEdit(_EditMixin, _Strict):
 
     @field_validator("target", mode="before")
     @classmethod
-    def _target_shape(cls, value: Any, info: ValidationInfo) -> Any:
+    def _target_shape(cls, value: object, info: ValidationInfo) -> object:
         prompts = info.data.get("prompts")
         if isinstance(value, str) and value.strip():
             return value
@@ -274,7 +274,7 @@ class LocalizeSettings(_Strict):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _one_seed(cls, value: Any) -> Any:
+    def _one_seed(cls, value: object) -> object:
         return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
@@ -390,7 +390,7 @@ class DetectorSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _bare_name(cls, value: Any) -> Any:
+    def _bare_name(cls, value: object) -> object:
         return {"name": value} if isinstance(value, str) else value
 
 

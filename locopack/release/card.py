@@ -50,6 +50,7 @@ from .layout import (
 from .robust_card import robust_rounds
 
 if TYPE_CHECKING:
+    from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
 
 
@@ -377,7 +378,7 @@ def _usage(base: str, prompt: str) -> str:
     )
 
 
-def _family(prov: dict) -> Any:
+def _family(prov: dict) -> type[ModelFamily] | None:
     """The release's model family, or None where the delta names none that is known."""
     from ..models.registry import FAMILIES
 

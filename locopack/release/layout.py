@@ -192,7 +192,7 @@ def relative_location(ref: str, folder: Path) -> str | None:
     return Path(os.path.relpath(target, here)).as_posix()
 
 
-def locate(folder: Path, *refs: Any) -> str | None:
+def locate(folder: Path, *refs: object) -> str | None:
     """The first of ``refs`` (recorded locations relative to the release ``folder``, or
     references as a recipe wrote them) that names a folder here, else the first that is a Hub
     id; None when none does (e.g. a release copied away from its base)."""

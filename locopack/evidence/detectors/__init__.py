@@ -36,10 +36,13 @@ import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import RecipeError
 from .registry import detector_entry
+
+if TYPE_CHECKING:
+    from ...localize.scorers import Scorer
 
 
 def target(name: str) -> str:
@@ -118,7 +121,9 @@ def plugin_problem(name: str) -> str | None:
     return None
 
 
-def _source_function(origin: str, attribute: str) -> tuple[ast.Module | None, Any]:
+def _source_function(
+    origin: str, attribute: str
+) -> tuple[ast.Module | None, ast.FunctionDef | ast.AsyncFunctionDef | None]:
     """The parsed module at ``origin`` and its (last) top-level ``def attribute``; None for
     either that is not there (the file does not parse, or no such function)."""
     try:
@@ -196,7 +201,9 @@ def options_problem(name: str, options: dict[str, Any]) -> str | None:
     return None
 
 
-def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any = None) -> Detector:
+def load_detector(
+    name: str, options: dict[str, Any] | None = None, scorer: Scorer | None = None
+) -> Detector:
     """The detector a recipe names: a registered name (:mod:`.registry`) or ``module:callable``.
 
     Raises:
