@@ -107,6 +107,23 @@ def test_an_unregistered_format_is_an_unknown_key_naming_the_registered_ones(nor
     assert all(name in message for name in ("adapter", "kohya", "merged", "onnx"))
 
 
+def test_a_format_that_needs_the_base_is_refused_without_one_before_anything_is_written(
+    norms, tmp_path
+):
+    import torch
+
+    from locopack.errors import ExportError
+    from locopack.pipeline.exports import export_delta
+
+    delta = WeightDelta({"mid.attn2.to_k": torch.ones(4, 4)}, {"family": "sd1"})
+    choice = ExportChoice(("adapter", "merged", "onnx", "delta_norms"))
+    with pytest.raises(ExportError, match="a merged or onnx export needs the base model"):
+        export_delta(delta, tmp_path / "out", choice)
+    assert not (tmp_path / "out").exists()
+    export_delta(delta, tmp_path / "out", ExportChoice(("delta_norms",)))  # needs no base
+    assert json.loads((tmp_path / "out" / NORMS_FILE).read_text()) == {"mid.attn2.to_k": 4.0}
+
+
 def test_the_export_command_offers_one_option_per_registered_format(norms):
     shown = CliRunner().invoke(cli, ["export", "--help"]).output
     assert "--delta-norms" in shown and NORMS.help.split(" (")[0] in shown

@@ -50,13 +50,13 @@ class ExportJob:
     pipe: DiffusionPipeline | None = None
 
     def base_pipe(self) -> DiffusionPipeline:
-        """The base pipeline, which a merged or ONNX export needs.
+        """The base pipeline, which a format that ``needs_base`` writes from.
 
         Raises:
             ExportError: no base was given.
         """
         if self.pipe is None:
-            raise ExportError("a merged or ONNX export needs the base model the delta was made for")
+            raise no_base(["this"])
         return self.pipe
 
 
@@ -68,6 +68,11 @@ class AskedFormats(Protocol):
     energy: float
 
     def asked(self) -> dict[str, bool]: ...
+
+
+def no_base(names: list[str]) -> ExportError:
+    """The refusal of formats that need the base model (``names``) where none was given."""
+    return ExportError(f"a {' or '.join(names)} export needs the base model the delta was made for")
 
 
 def _always(family: type[ModelFamily]) -> str | None:

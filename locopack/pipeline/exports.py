@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ExportError
 from ..export.formats import ExportChoice, ExportJob, Written
+from ..export.registry import no_base
 from ..release.layout import recorded_base
 from .base import LoadedBase
 from .lock import build_lock, check_free
@@ -41,7 +42,7 @@ def export_delta(
             nothing is written then.
     """
     if choice.needs_base and base is None:
-        raise ExportError("a merged or ONNX export needs the base model the delta was made for")
+        raise no_base([f.name for f in choice.chosen() if f.needs_base])
     family = _delta_family(delta)
     choice.check(family)
     for fmt in choice.chosen():

@@ -30,8 +30,8 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.machinery
+import math
 import os
-import statistics
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -246,7 +246,15 @@ def load_detector(
 def rates(findings: list[dict[str, float]], label: str) -> dict[str, float]:
     """Mean findings of a set of images: ``concept`` (the finding named ``label``, 0 where
     absent) and ``prompt`` (where every image has one)."""
-    out = {"concept": statistics.fmean(f.get(label, 0.0) for f in findings)}
+    out = {"concept": _mean([f.get(label, 0.0) for f in findings])}
     if findings and all("prompt" in f for f in findings):
-        out["prompt"] = statistics.fmean(f["prompt"] for f in findings)
+        out["prompt"] = _mean([f["prompt"] for f in findings])
     return out
+
+
+def _mean(values: list[float]) -> float:
+    """``statistics.fmean`` (fsum / n), without importing statistics where the recipe schema
+    reads the registry."""
+    if not values:
+        raise ValueError("the mean of no findings")
+    return math.fsum(values) / len(values)
