@@ -17,7 +17,8 @@ YAML within hard limits (size, nesting, keys, alias expansion) lives in
 :mod:`locopack.recipe.yaml_limits`; turning pydantic errors into located lines in
 :mod:`locopack.recipe.errors`; checking a loaded recipe against a model and summarizing it in
 :mod:`locopack.recipe.review`; the checks that need no model run (paths, Hub ids, concepts,
-pairs, the window) in :mod:`locopack.recipe.checks`.  :mod:`locopack.recipe` re-exports
+pairs, the window) in :mod:`locopack.recipe.checks`; the keys that registries define (export
+formats, detector names) in :mod:`locopack.recipe.registered`.  :mod:`locopack.recipe` re-exports
 the public names of all of them.
 """
 
@@ -38,16 +39,19 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
-from locopack.evidence.detectors.registry import detector_entry, detector_names
 from locopack.export.formats import export_formats
 from locopack.recipe.attacks import AttacksSettings
 from locopack.recipe.errors import line_of, show, validation_message
+from locopack.recipe.registered import (
+    DetectorSpec,
+    ExportSettings,
+    exported_formats,
+    set_export_fields,
+)
 from locopack.recipe.requirements import Requirements
 from locopack.recipe.yaml_limits import load_yaml, read_text
 
@@ -99,18 +103,6 @@ ModelRef = Annotated[str, _rule(_MODEL_REF, "a Hub id 'org/name' or a local fold
 _SLUG = "a slug: lowercase letters, digits, '.', '_' or '-', starting alphanumeric, <= 64 long"
 Slug = Annotated[str, _rule(r"[a-z0-9][a-z0-9._-]{0,63}", _SLUG)]
 RepoId = Annotated[str, _rule(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", "a Hub repo id 'org/name'")]
-_PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-
-
-def _detector_name(value: str) -> str:
-    """Accept a registered detector's name or a plug-in's ``module:callable``."""
-    if detector_entry(value) is None and not _PLUGIN.fullmatch(value):
-        names = ", ".join(detector_names())
-        raise _expected(f"a built-in detector ({names}) or 'module:callable'")
-    return value
-
-
-DetectorName = Annotated[str, AfterValidator(_detector_name)]
 License = Annotated[str, _rule(r"[A-Za-z0-9][A-Za-z0-9.+-]*", "'inherit' or a license id")]
 #: a random seed: torch.Generator.manual_seed takes any 64-bit value, and a seed must also fit
 #: the signed 64-bit integers of JSON readers and tensors; 2**64 would fail at the first image
@@ -331,69 +323,6 @@ class EditSettings(_Strict):
     robust: RobustSettings | None = None
 
 
-class ExportSettings(_Strict):
-    """The recipe's ``export`` section: the LoRA factors' ``max_rank`` and ``energy``, and one
-    boolean per registered export format (:mod:`locopack.export.registry`), with the format's
-    default; :func:`sync_export_formats` adds the fields of the formats registered."""
-
-    max_rank: int = Field(64, ge=1)
-    energy: float = Field(0.99999999, gt=0, le=1)
-
-    def asked(self) -> dict[str, bool]:
-        """{format name: whether this section asks for it}, for every format it has a key for."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name in _FORMATS}
-
-
-#: the names of the export formats ExportSettings has a field for
-_FORMATS: list[str] = []
-
-
-def _required(why: str) -> AfterValidator:
-    def check(value: bool) -> bool:
-        if not value:
-            raise _expected(f"true: {why} (omit the key)")
-        return value
-
-    return AfterValidator(check)
-
-
-def _set_export_fields() -> None:
-    """Make :class:`ExportSettings`' fields one boolean per registered format (formats first,
-    in registry order, with their defaults; then ``max_rank`` and ``energy``).
-
-    The model is rebuilt in place (pydantic's ``model_rebuild``), so the class every module
-    imported stays the one that validates, and a format registered after this module was
-    imported (a plug-in, a test's toy format) becomes a recipe key like the built-in ones.
-    """
-    formats = export_formats()
-    fields = ExportSettings.model_fields
-    lora = {name: fields[name] for name in ("max_rank", "energy")}
-    fields.clear()
-    for fmt in formats:
-        annotation = Annotated[bool, _required(fmt.required)] if fmt.required else bool
-        fields[fmt.name] = FieldInfo.from_annotated_attribute(annotation, fmt.default)
-    fields.update(lora)
-    _FORMATS[:] = [f.name for f in formats]
-    ExportSettings.model_rebuild(force=True)
-
-
-_set_export_fields()
-
-
-class DetectorSpec(_Strict):
-    """A detector of the evidence: a registered name (``clip``, ``toy``, ``toy-deep``,
-    ``nudenet``: :mod:`locopack.evidence.detectors.registry`) or ``module:callable``, with
-    keyword ``options``; a bare string is the name alone."""
-
-    name: DetectorName
-    options: dict[str, Any] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_name(cls, value: object) -> object:
-        return {"name": value} if isinstance(value, str) else value
-
-
 class AttackSettings(_Strict):
     """The evidence's search attack on each erase edit (:mod:`locopack.evidence.attacks.search`):
     ``tokens`` words searched in place of the concept, ``candidates`` tried per position, at
@@ -486,11 +415,11 @@ class Recipe(_Strict):
 
 
 def sync_export_formats() -> None:
-    """Give :class:`ExportSettings` one boolean field per registered export format, where the
-    registry changed since the last call (see :func:`_set_export_fields`); a recipe is then
-    validated against the registry as it is."""
-    if _FORMATS != [f.name for f in export_formats()]:
-        _set_export_fields()
+    """Give :class:`ExportSettings` one boolean field per registered export format where the
+    registry changed since the last call (:func:`~locopack.recipe.registered.set_export_fields`),
+    and rebuild :class:`Recipe` around it: a recipe is validated against the registry as it is."""
+    if exported_formats() != [f.name for f in export_formats()]:
+        set_export_fields()
         Recipe.model_rebuild(force=True)
 
 
