@@ -726,7 +726,7 @@ def counted_cli(env, *args: str) -> tuple[subprocess.CompletedProcess, list[str]
 @pytest.mark.slow
 def test_each_command_parses_its_recipe_once(standin, env, tmp_path):
     """build --push (signing too, where model-signing is installed) reads the recipe once and
-    hands it to the card, the audit, the signature and the push; card and push read the
+    hands it to the card, the audit, the signature and the push; card, push and sign read the
     release's recipe once each."""
     from click.testing import CliRunner
 
@@ -758,3 +758,7 @@ def test_each_command_parses_its_recipe_once(standin, env, tmp_path):
     pushed, parsed = counted_cli(env, "push", str(out), "--repo", "org/once", "--tag", "v1")
     assert pushed.returncode == 0 and "already on the Hub" in pushed.stdout, pushed.stderr
     assert parsed == [str(out / "recipe.yaml")]
+    if signing:
+        signed, parsed = counted_cli(env, "sign", str(out), "--private-key", signing[1])
+        assert signed.returncode == 0, signed.stderr
+        assert parsed == [str(out / "recipe.yaml")]

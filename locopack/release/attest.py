@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import LocopackError
 from ..storage import atomic_write_bytes, atomic_write_text
 from .history import entry_hash, read_history, write_history
 from .layout import (
@@ -27,6 +28,7 @@ from .layout import (
     HISTORY_FILE,
     PROVENANCE_FILE,
     SIGNATURE_FILE,
+    release_recipe,
     sha256_file,
 )
 from .provenance import provenance_statement, signature_digest, statement_text
@@ -55,6 +57,7 @@ def sign_release(folder: Path, key: SigningKey, recipe: Recipe | None = None) ->
     signer = key.signer()  # a key that cannot be read fails before anything is written
     config = signing_config(key)
     with build_lock(folder, command="sign"):
+        recipe = recipe or _readable_recipe(folder)  # read once, for the audit and the card
         report = audit_folder(folder, recipe=recipe)
         if not report.ok:
             failed = next(c for c in report.checks if not c.ok)
@@ -73,6 +76,14 @@ def sign_release(folder: Path, key: SigningKey, recipe: Recipe | None = None) ->
                 (folder / name).unlink(missing_ok=True)
             raise
     return signer
+
+
+def _readable_recipe(folder: Path) -> Recipe | None:
+    """The release's recipe, or None where it cannot be read (the audit then says why)."""
+    try:
+        return release_recipe(folder)
+    except (LocopackError, OSError):
+        return None
 
 
 def _seal(folder: Path, signer: str, config: Any, recipe: Recipe | None) -> None:
