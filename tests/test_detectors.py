@@ -116,3 +116,60 @@ def test_nudenet_runs_offline_on_generated_images():
         assert found["nudity"] in (0.0, 1.0)
         assert set(found) >= {"nudity", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED"}
         assert all(0.0 <= v <= 1.0 for v in found.values())
+
+
+def test_detector_names_are_checked_against_the_registry(tmp_path, monkeypatch):
+    """A recipe accepts exactly the registered names (and ``module:callable``); an entry
+    registered later is a built-in name at once, its error lists it, and it loads from its
+    ``module:callable`` with the scorer where it asks for one, without --allow-code."""
+    from locopack.evidence.detectors import is_plugin
+    from locopack.evidence.detectors.registry import (
+        DetectorEntry,
+        detector_names,
+        register_detector,
+        unregister_detector,
+    )
+
+    text = (
+        STRIPES.read_text().split("evidence:")[0] + "evidence:\n  detectors: [clip, brightness]\n"
+    )
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(text)
+    assert "expected a built-in detector (clip, toy, toy-deep, nudenet) or" in str(err.value)
+    assert detector_names() == ["clip", "toy", "toy-deep", "nudenet"]
+
+    (tmp_path / "bright.py").write_text(
+        "def brightness(images, prompts, *, scorer, cutoff=0.5):\n"
+        "    return [{'bright': float(scorer is not None and cutoff > 0)} for _ in images]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LOCOPACK_ALLOW_CODE", raising=False)
+    entry = DetectorEntry("brightness", "bright:brightness", "mean brightness", needs_scorer=True)
+    register_detector(entry)
+    try:
+        assert [d.name for d in parse_recipe(text).evidence.detectors] == ["clip", "brightness"]
+        assert not is_plugin("brightness") and is_plugin("bright:brightness")
+        detector = load_detector("brightness", {"cutoff": 0.2}, scorer=object())
+        assert detector(["image", "image"], ["a", "b"]) == [{"bright": 1.0}, {"bright": 1.0}]
+        with pytest.raises(RecipeError, match="unknown option 'scorer'"):
+            load_detector("brightness", {"scorer": 1})  # locopack passes it, the recipe cannot
+        with pytest.raises(ValueError, match="already registered"):
+            register_detector(entry)
+        bad = text.replace("brightness", "brightnes")
+        with pytest.raises(RecipeError, match=r"clip, toy, toy-deep, nudenet, brightness\)"):
+            parse_recipe(bad)
+    finally:
+        unregister_detector("brightness")
+    with pytest.raises(RecipeError, match="expected a built-in detector"):
+        parse_recipe(text)
+
+
+def test_reading_the_recipe_schema_imports_no_model_library():
+    import subprocess
+
+    code = (
+        "import sys, locopack.recipe.schema\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -702,3 +702,68 @@ def test_a_release_missing_its_requirements_is_built_but_not_published(standin, 
     audited = cli(env, "audit", str(out))
     assert audited.returncode == 1
     assert "FAIL  requirements: README.md states '**Meets its requirements**" in audited.stdout
+
+
+COUNT_PARSES = """
+import json, sys
+import locopack.recipe.schema as schema
+parsed, validate = [], schema._validate
+def counting(text, source, digest):
+    parsed.append(source)
+    return validate(text, source, digest)
+schema._validate = counting  # every load_recipe and parse_recipe goes through it
+from locopack.cli import main
+sys.argv = ["locopack", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("PARSED " + json.dumps(parsed))
+"""
+
+
+def counted_cli(env, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the CLI in a subprocess; also return the sources of every recipe it parsed."""
+    done = _run([sys.executable, "-c", COUNT_PARSES, *args], env)
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("PARSED ")]
+    return done, json.loads(line.removeprefix("PARSED "))
+
+
+@pytest.mark.slow
+def test_each_command_parses_its_recipe_once(standin, env, tmp_path):
+    """build --push (signing too, where model-signing is installed) reads the recipe once and
+    hands it to the card, the audit, the signature and the push; card, push and sign read the
+    release's recipe once each."""
+    from click.testing import CliRunner
+
+    from locopack.cli import cli as locopack_cli
+
+    root = Path(__file__).resolve().parents[1]
+    assert CliRunner().invoke(locopack_cli, ["twin", "sd1", str(tmp_path / "twin")]).exit_code == 0
+    text = (root / "recipes" / "twin" / "sd1-erase-van-gogh.yaml").read_text()
+    (tmp_path / "once.yaml").write_text(text.replace("./out/tiny-sd1", "./twin"))
+    out = tmp_path / "once"
+    args = ["--threads", "1", "build", str(tmp_path / "once.yaml"), "--out", str(out)]
+    signing = []
+    try:
+        import model_signing  # noqa: F401
+
+        from .test_signing import _key_pair
+
+        signing = ["--sign-key", str(_key_pair(tmp_path, "publisher")[0])]
+    except ImportError:
+        pass
+    built, parsed = counted_cli(env, *args, "--push", "org/once", "--tag", "v1", *signing)
+    assert built.returncode == 0, built.stderr
+    assert "pushed" in built.stdout and ("signed" in built.stdout) == bool(signing)
+    assert parsed == [str(tmp_path / "once.yaml")]
+
+    carded, parsed = counted_cli(env, "card", str(out))
+    assert carded.returncode == 0, carded.stderr
+    assert parsed == [str(out / "recipe.yaml")]
+    pushed, parsed = counted_cli(env, "push", str(out), "--repo", "org/once", "--tag", "v1")
+    assert pushed.returncode == 0 and "already on the Hub" in pushed.stdout, pushed.stderr
+    assert parsed == [str(out / "recipe.yaml")]
+    if signing:
+        signed, parsed = counted_cli(env, "sign", str(out), "--private-key", signing[1])
+        assert signed.returncode == 0, signed.stderr
+        assert parsed == [str(out / "recipe.yaml")]

@@ -324,7 +324,7 @@ def test_onnx_is_refused_in_one_line_before_anything_is_written(name, releases, 
     with pytest.raises(
         ExportError, match=r"^onnx format: no ONNX export for .*nothing was written"
     ):
-        ExportChoice(onnx=True).check(get_family(name))
+        ExportChoice(("adapter", "onnx")).check(get_family(name))
 
 
 @pytest.mark.parametrize("name", NAMES)

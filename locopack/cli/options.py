@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 #: ``--out`` of the commands that write a recipe's outputs
 out_option = click.option(
@@ -33,7 +37,34 @@ allow_unmet_option = click.option(
 )
 
 
-def out_dir(out: Path | None, recipe) -> Path:
+class FormatsCommand(click.Command):
+    """A command with one option per export format registered when it runs
+    (:mod:`locopack.export.formats`), after its first argument: ``--NAME/--no-NAME`` (on by
+    default) for a format every release carries, ``--NAME`` for the others, each with the
+    format's help.  The callback gets them as ``format_NAME`` keywords; :func:`chosen_formats`
+    turns those into {name: bool}."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from ..export.formats import export_formats
+
+        params = super().get_params(ctx)
+        options: list[click.Parameter] = []
+        for fmt in export_formats():
+            flag, dest = fmt.name.replace("_", "-"), f"format_{fmt.name}"
+            if fmt.required:
+                decls = [f"--{flag}/--no-{flag}", dest]
+                options.append(click.Option(decls, default=True, show_default=True, help=fmt.help))
+            else:
+                options.append(click.Option([f"--{flag}", dest], is_flag=True, help=fmt.help))
+        return params[:1] + options + params[1:]
+
+
+def chosen_formats(flags: dict[str, bool]) -> dict[str, bool]:
+    """{format name: asked for} from the ``format_NAME`` keywords of a :class:`FormatsCommand`."""
+    return {key.removeprefix("format_"): value for key, value in flags.items()}
+
+
+def out_dir(out: Path | None, recipe: Recipe) -> Path:
     """``--out``, or ``out/<recipe name>``."""
     return out if out is not None else Path("out") / recipe.name
 

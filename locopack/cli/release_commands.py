@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,7 +17,9 @@ from ..errors import LocopackError
 from ..filenames import RECIPE_FILE
 from .group import UnmetError, UserError, echo, global_options, quiet_libraries
 from .options import (
+    FormatsCommand,
     allow_unmet_option,
+    chosen_formats,
     mode_option,
     offline_option,
     out_dir,
@@ -27,22 +30,12 @@ from .options import (
 )
 from .sign_commands import sign_built, signing_key
 
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
-@click.command("export")
+
+@click.command("export", cls=FormatsCommand)
 @click.argument("delta", type=click.Path(path_type=Path))
-@click.option(
-    "--adapter/--no-adapter",
-    default=True,
-    show_default=True,
-    help="diffusers/PEFT LoRA: pytorch_lora_weights.safetensors + lora_manifest.json.",
-)
-@click.option(
-    "--kohya",
-    is_flag=True,
-    help="kohya LoRA file for ComfyUI / AUTOMATIC1111 (Stable Diffusion UNets only).",
-)
-@click.option("--merged", is_flag=True, help="Full pipeline folder with the edit merged (merged/).")
-@click.option("--onnx", is_flag=True, help="Edited denoiser as ONNX (onnx/; needs [onnx] extra).")
 @click.option("--max-rank", default=64, show_default=True, help="Largest LoRA rank per module.")
 @click.option(
     "--energy",
@@ -55,17 +48,15 @@ from .sign_commands import sign_built, signing_key
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 def export_cmd(
     delta: Path,
-    adapter: bool,
-    kohya: bool,
-    merged: bool,
-    onnx: bool,
     max_rank: int,
     energy: float,
     model: str | None,
     force: bool,
     out: Path,
+    **formats: bool,
 ) -> None:
-    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference.
+    """Export DELTA (a delta.safetensors written by `locopack edit`) for inference, in the
+    formats asked for (one option per registered format).
 
     Every format asked for is checked against the delta's model family first: one it cannot
     have is refused, naming it, before anything is written.
@@ -73,7 +64,7 @@ def export_cmd(
     from ..pipeline.exports import ExportChoice, run_export
 
     quiet_libraries()
-    choice = ExportChoice(max_rank, energy, adapter, kohya, merged, onnx)
+    choice = ExportChoice.from_flags(chosen_formats(formats), max_rank, energy)
     written = run_export(
         delta,
         out,
@@ -82,8 +73,8 @@ def export_cmd(
         force=force,
         allow_pickle=global_options().allow_pickle,
     )
-    if "manifest" in written:
-        manifest = written.pop("manifest")
+    manifest = written.pop("manifest", None)
+    if isinstance(manifest, dict):
         ranks = sorted({m["rank"] for m in manifest["modules"].values()})
         click.echo(
             f"adapter: {len(manifest['modules'])} modules, ranks {ranks}, "
@@ -313,9 +304,16 @@ def build(
             unmet = _unmet(summary, target, allow_unmet)
             if unmet:
                 raise unmet
-            sign_built(target, signer)
+            sign_built(target, signer, loaded[0])
             if push_to is not None:
-                _push_folder(target, push_to or None, private, tag=tag, allow_unmet=allow_unmet)
+                _push_folder(
+                    target,
+                    push_to or None,
+                    private,
+                    tag=tag,
+                    allow_unmet=allow_unmet,
+                    recipe=loaded[0],
+                )
         return
     failures, misses = [], []
     alone = replace(options, group=ProcessGroup())
@@ -337,7 +335,7 @@ def build(
         unmet = _unmet(summary, target, allow_unmet)
         misses += [f"{recipe.source}: {unmet.message}"] if unmet else []
         if not unmet:
-            sign_built(target, signer)
+            sign_built(target, signer, recipe)
     if failures:
         raise UserError(f"{len(failures)} recipe(s) failed:\n" + "\n".join(failures + misses))
     if misses:
@@ -477,13 +475,16 @@ def _push_folder(
     tag: str | None = None,
     message: str | None = None,
     allow_unmet: bool = False,
+    recipe: Recipe | None = None,
 ) -> None:
-    """Push a release; unset settings come from its recipe's ``hub`` section."""
+    """Push a release; unset settings come from its recipe's ``hub`` section (``recipe``: the
+    one the command built it from, else read from the folder, once)."""
     from ..hub.push import push as push_release
-    from ..recipe.schema import load_recipe
+    from ..release.layout import release_recipe
 
     if (folder / RECIPE_FILE).is_file():  # else push_release says what is missing
-        settings = load_recipe(folder / RECIPE_FILE).hub
+        recipe = release_recipe(folder, recipe)
+        settings = recipe.hub
         repo, branch = repo or settings.repo, branch or settings.branch
         private = settings.private if private is None else private
         if not repo:
@@ -496,6 +497,7 @@ def _push_folder(
         tag=tag,
         message=message,
         allow_unmet=allow_unmet,
+        recipe=recipe,
     )
     state = "pushed" if result.created else "already on the Hub:"
     echo(f"{state} {folder} -> {result.url} (commit {result.commit[:12]}, tag {result.tag})")

@@ -4,10 +4,15 @@ of ``build --sign-key`` and ``push --sign-key``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .group import echo
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
+    from ..release.signing import SigningKey
 
 
 @click.command()
@@ -60,7 +65,7 @@ def sign(
     echo(f"signed {release} ({sign_release(release, key)})")
 
 
-def signing_key(path: Path | None):
+def signing_key(path: Path | None) -> SigningKey | None:
     """The :class:`~locopack.release.signing.SigningKey` of ``--sign-key`` (checked now)."""
     if path is None:
         return None
@@ -71,12 +76,13 @@ def signing_key(path: Path | None):
     return key
 
 
-def sign_built(folder: Path, key) -> None:
-    """Sign the release in ``folder`` when ``--sign-key`` was given."""
+def sign_built(folder: Path, key: SigningKey | None, recipe: Recipe | None = None) -> None:
+    """Sign the release in ``folder`` when ``--sign-key`` was given (``recipe``: its recipe,
+    where the command has read it already)."""
     if key is not None:
         from ..release.attest import sign_release
 
-        echo(f"signed {folder} ({sign_release(folder, key)})")
+        echo(f"signed {folder} ({sign_release(folder, key, recipe)})")
 
 
 COMMANDS = (sign,)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import HubError
 from ..hub_ref import parse_ref
@@ -40,6 +40,11 @@ from ..release.layout import EVIDENCE_FILE, HISTORY_FILE, RECIPE_FILE, release_f
 from ..secret_scan import check_folder
 from .calls import with_retries
 from .pull import resolve_release
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+    from ..recipe.schema import Recipe
 
 T = TypeVar("T")
 
@@ -68,6 +73,7 @@ def push(
     retries: int = 3,
     sleep: Callable[[float], None] = time.sleep,
     allow_unmet: bool = False,
+    recipe: Recipe | None = None,
 ) -> PushResult:
     """Upload the release in ``folder`` to the model repo ``repo`` as one tagged commit.
 
@@ -82,6 +88,8 @@ def push(
         allow_unmet: upload a release that misses its recipe's requirements; it must have been
             built with ``--allow-unmet`` (so that its card and history say so), and the commit
             message says so too.
+        recipe: the release's recipe where the caller has read it already (used where it is
+            the one ``recipe.yaml`` holds); otherwise it is read here, once.
 
     Returns:
         :class:`PushResult` with the repo URL, the commit id and the tag.
@@ -97,9 +105,10 @@ def push(
     from huggingface_hub.utils import get_token
 
     folder = Path(folder)
-    default_tag, title, body = _describe_release(folder, message)
+    recipe = _release_recipe(folder, recipe)
+    default_tag, title, body = _describe_release(recipe, message)
     parse_ref(repo)
-    _check_audit(folder)
+    _check_audit(folder, recipe)
     body += _requirements_note(folder, allow_unmet)
     files = release_files(folder)
     check_folder(folder, files)  # nothing secret goes up, whoever wrote the files
@@ -143,11 +152,11 @@ def push(
     return PushResult(url, commit, tag)
 
 
-def _check_audit(folder: Path) -> None:
+def _check_audit(folder: Path, recipe: Recipe) -> None:
     """Refuse a release that fails the audit, before anything is sent."""
     from ..release.audit import audit_folder
 
-    report = audit_folder(folder)
+    report = audit_folder(folder, recipe=recipe)
     if not report.ok:
         failed = next(c for c in report.checks if not c.ok)
         raise HubError(
@@ -192,10 +201,13 @@ def _check_tag(tag: str) -> str:
     return tag
 
 
-def _describe_release(folder: Path, message: str | None) -> tuple[str, str, str]:
-    """(default tag, commit title, commit description) from the folder's recipe.yaml."""
-    from ..recipe.schema import load_recipe
-    from ..version import __version__
+def _release_recipe(folder: Path, known: Recipe | None) -> Recipe:
+    """The recipe of the release in ``folder`` (``known`` where it is the one it holds).
+
+    Raises:
+        HubError: no such folder, or no recipe.yaml in it.
+    """
+    from ..release.layout import release_recipe
 
     if not folder.is_dir():
         raise HubError(f"{folder}: no such folder")
@@ -204,20 +216,27 @@ def _describe_release(folder: Path, message: str | None) -> tuple[str, str, str]
             f"{folder}: no recipe.yaml; a release folder carries the recipe it was made from "
             "(written by `locopack edit`)"
         )
-    recipe = load_recipe(folder / RECIPE_FILE)
+    return release_recipe(folder, known)
+
+
+def _describe_release(recipe: Recipe, message: str | None) -> tuple[str, str, str]:
+    """(default tag, commit title, commit description) from the release's recipe."""
+    from ..version import __version__
+
     short = recipe.sha256[:12]
     title = f"locopack {recipe.name} {short}" + (f": {message}" if message else "")
     body = f"recipe: {recipe.name}\nrecipe sha256: {recipe.sha256}\nlocopack {__version__}\n"
     return f"{recipe.name}-{short}", title, body
 
 
-def _commit(api: Any, repo: str, folder: Path, files: list[str], revision: str, title, body):
+def _commit(api: HfApi, repo: str, folder: Path, files: list[str], revision: str, title, body):
     """One commit that makes ``revision`` hold exactly ``files`` (plus ``.gitattributes``)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     info = api.model_info(repo, revision=revision)
     keep = set(files) | KEEP_REMOTE
-    ops: list[Any] = [CommitOperationAdd(f, str(folder / f)) for f in files]
+    ops: list[CommitOperationAdd | CommitOperationDelete]
+    ops = [CommitOperationAdd(f, str(folder / f)) for f in files]
     ops += [
         CommitOperationDelete(s.rfilename) for s in info.siblings or [] if s.rfilename not in keep
     ]
@@ -232,7 +251,7 @@ def _commit(api: Any, repo: str, folder: Path, files: list[str], revision: str, 
     )
 
 
-def _tag(api: Any, repo: str, tag: str, commit: str, message: str) -> None:
+def _tag(api: HfApi, repo: str, tag: str, commit: str, message: str) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
@@ -248,7 +267,7 @@ def _tag(api: Any, repo: str, tag: str, commit: str, message: str) -> None:
             ) from None
 
 
-def _same_files(api: Any, repo: str, commit: str, folder: Path, files: list[str]) -> bool:
+def _same_files(api: HfApi, repo: str, commit: str, folder: Path, files: list[str]) -> bool:
     """Whether ``commit`` holds exactly ``files`` with the local contents."""
     from huggingface_hub.hf_api import RepoFile
 

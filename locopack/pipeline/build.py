@@ -88,7 +88,7 @@ class BuildSummary:
 class _StageLog:
     """Times the stages, reports each as done or reused, and knows which one is running."""
 
-    def __init__(self, summary: BuildSummary, echo: Callable[[str], Any]):
+    def __init__(self, summary: BuildSummary, echo: Callable[[str], object]):
         self.summary, self.echo = summary, echo
         self.clock = time.perf_counter()
         self.current = "load"  # loading the base, before the first stage
@@ -108,7 +108,7 @@ class _StageLog:
 
 
 def _tidy(
-    out: Path, recipe: Recipe, killed: dict[str, Any], echo: Callable[[str], Any], replace: bool
+    out: Path, recipe: Recipe, killed: dict[str, Any], echo: Callable[[str], object], replace: bool
 ) -> None:
     """Before the build: say that a killed build is resumed, remove what interrupted writes
     left, and check what else the folder holds (:func:`_clear_another_build`)."""
@@ -128,7 +128,7 @@ def _names(names: list[str]) -> str:
 
 
 def _clear_another_build(
-    out: Path, recipe: Recipe, echo: Callable[[str], Any], replace: bool
+    out: Path, recipe: Recipe, echo: Callable[[str], object], replace: bool
 ) -> None:
     """Make sure that nothing in ``out`` but this recipe's own outputs becomes part of its
     release (an old merged checkpoint, extra evidence, a file of the user's).
@@ -215,7 +215,7 @@ def run_build(
     out: Path,
     *,
     options: RunOptions = DEFAULT_OPTIONS,
-    echo: Callable[[str], Any] = print,
+    echo: Callable[[str], object] = print,
     replace: bool = False,
     allow_unmet: bool = False,
 ) -> BuildSummary | None:
@@ -306,7 +306,7 @@ def _build(
         log.done("evidence", "complete for this recipe and delta")
     for name in (PROVENANCE_FILE, SIGNATURE_FILE):  # what a rebuild changes voids them
         (out / name).unlink(missing_ok=True)
-    write_card(out, allowed_unmet=allow_unmet)
+    write_card(out, allowed_unmet=allow_unmet, recipe=recipe)
     check_folder(out, release_files(out))  # before the history seals the release
     log.done("card")
     entry = new_entry(

@@ -1,29 +1,33 @@
-"""Exporting a delta: the diffusers/PEFT adapter (+ manifest), a kohya file, a merged
-checkpoint and an ONNX denoiser.  ``locopack build`` and ``locopack export`` both go through
+"""Exporting a delta in the chosen formats (the registered ones, :mod:`locopack.export.formats`:
+the diffusers/PEFT adapter (+ manifest), a kohya file, a merged checkpoint, an ONNX denoiser,
+and any format registered since).  ``locopack build`` and ``locopack export`` both go through
 :func:`export_delta`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ExportError
-from ..export.formats import ExportChoice
+from ..export.formats import ExportChoice, ExportJob, Written
+from ..export.registry import no_base
 from ..models.loaded import LoadedBase
-from ..release.layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
+from ..release.layout import recorded_base
 from .lock import build_lock, check_free
 
 if TYPE_CHECKING:
     from ..delta import WeightDelta
     from ..models.base import ModelFamily
 
+__all__ = ["ExportChoice", "export_delta", "run_export"]
+
 
 def export_delta(
     delta: WeightDelta, out: Path, choice: ExportChoice, base: LoadedBase | None = None
-) -> dict[str, Any]:
-    """Write the exports of ``delta`` into ``out``: the diffusers/PEFT adapter (+ manifest),
-    a kohya file, a merged checkpoint and an ONNX denoiser, as ``choice`` asks.
+) -> dict[str, object]:
+    """Write the exports of ``delta`` into ``out``, each chosen format through its registered
+    writer (:mod:`locopack.export.formats`), in registry order.
 
     ``base`` (needed for merged and ONNX) must be the model the delta was made for.  Every
     format is checked against the delta's family (and ONNX against the denoiser's inputs)
@@ -37,31 +41,19 @@ def export_delta(
             ONNX for a denoiser whose inputs it cannot carry), or merged/ONNX without a base;
             nothing is written then.
     """
-    from ..export import write_adapter, write_kohya, write_merged
-
-    if (choice.merged or choice.onnx) and base is None:
-        raise ExportError("a merged or ONNX export needs the base model the delta was made for")
-    choice.check(_delta_family(delta))
-    if choice.onnx:
-        from ..export.onnx_tracing import trace_spec
-
-        trace_spec(base)  # refuses a denoiser ONNX cannot carry
-    written: dict[str, Any] = {}
+    if choice.needs_base and base is None:
+        raise no_base([f.name for f in choice.chosen() if f.needs_base])
+    family = _delta_family(delta)
+    choice.check(family)
+    for fmt in choice.chosen():
+        if fmt.check_base is not None and base is not None:
+            fmt.check_base(base)
+    job = ExportJob(delta, out, family, choice.max_rank, choice.energy, base)
+    written: dict[str, object] = {}
     out.mkdir(parents=True, exist_ok=True)
-    if choice.adapter:
-        written["manifest"] = write_adapter(delta, out, choice.max_rank, choice.energy)
-        written["adapter"] = out / ADAPTER_FILE
-    if choice.kohya:
-        written["kohya"] = write_kohya(delta, out, choice.max_rank, choice.energy)
-    if choice.merged:
-        written["merged"] = write_merged(base, delta, out / MERGED_DIR)
-    if choice.onnx:
-        from ..export.onnx import export_denoiser_onnx
-
-        with delta.applied(base.denoiser):
-            written["onnx"] = export_denoiser_onnx(
-                base, out / ONNX_DIR, metadata=_onnx_record(delta)
-            )
+    for fmt in choice.chosen():
+        found: Written = fmt.write(job)
+        written.update(found)
     return written
 
 
@@ -73,7 +65,7 @@ def run_export(
     model: str | None = None,
     force: bool = False,
     allow_pickle: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """Export a ``delta.safetensors`` into ``out`` (see :func:`export_delta`).
 
     The base model (needed for merged and ONNX) is the one the delta records (a relative
@@ -94,7 +86,7 @@ def run_export(
     delta = WeightDelta.load(delta_path)
     choice.check(_delta_family(delta))
     base = None
-    if choice.merged or choice.onnx:
+    if choice.needs_base:
         prov = delta.provenance
         source = model or recorded_base(prov, delta_path.parent)
         if not source:
@@ -117,10 +109,3 @@ def _delta_family(delta: WeightDelta) -> type[ModelFamily]:
     from ..models import get_family
 
     return get_family(str(delta.provenance.get("family")))
-
-
-def _onnx_record(delta: WeightDelta) -> dict[str, Any]:
-    """What the ONNX export records of the edit it carries."""
-    prov = delta.provenance
-    keys = ("recipe_name", "recipe_sha256", "base_fingerprint", "sites")
-    return {"delta_sha256": delta.sha256(), **{k: prov.get(k) for k in keys}}

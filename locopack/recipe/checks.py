@@ -316,6 +316,7 @@ def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
         options_problem,
         plugin_problem,
     )
+    from locopack.evidence.detectors.registry import detector_names
 
     problems = []
     for k, spec in enumerate(recipe.evidence.detectors):
@@ -327,7 +328,8 @@ def _detector_problems(recipe: Recipe, at: Callable) -> list[str]:
         if not code_allowed():
             hint = f"pass --allow-code (or set {ALLOW_CODE_ENV}=1) if you trust that module"
             found = f"found {show(spec.name)}, Python code a recipe runs only when you allow it"
-            problems.append(at(loc, f"expected a built-in detector, {found}; {hint}"))
+            known = ", ".join(detector_names())
+            problems.append(at(loc, f"expected a built-in detector ({known}), {found}; {hint}"))
         elif problem := plugin_problem(spec.name):
             problems.append(at(loc, f"{problem} ({show(spec.name)})"))
     return problems

@@ -130,19 +130,21 @@ def _export_lines(recipe: Recipe) -> list[str]:
     """The exports and the files ``build`` writes for them, decided as the build decides them
     (:class:`~locopack.export.formats.ExportChoice`) for the base's family where its configs
     are on this machine."""
-    from locopack.export.formats import ExportChoice, no_kohya
-    from locopack.filenames import KOHYA_FILE
+    from locopack.export.formats import ExportChoice, export_formats
 
     ex, family = recipe.export, _base_family(recipe)
     choice = ExportChoice.from_recipe(ex, family)
     kinds = ", ".join(choice.formats()) or "nothing"
     lines = [f"export    {kinds} (max rank {ex.max_rank}, energy {ex.energy})"]
     lines += [f"          build writes {', '.join(choice.files(family)) or 'no export file'}"]
-    if family is None and choice.kohya:
-        why = "the base's configs are not on this machine to tell its family"
-        lines.append(f"          {KOHYA_FILE} only for a Stable Diffusion UNet base ({why})")
-    elif family is not None and ex.kohya and not choice.kohya:
-        lines.append(f"          no kohya file: {no_kohya(family)}")
+    asked = ex.asked()
+    for fmt in export_formats():
+        if family is None and fmt.name in choice and fmt.only_for:
+            why = "the base's configs are not on this machine to tell its family"
+            files = ", ".join(fmt.files(None))
+            lines.append(f"          {files} only for {fmt.only_for} ({why})")
+        elif family is not None and asked.get(fmt.name) and fmt.name not in choice:
+            lines.append(f"          no {fmt.name} file: {fmt.refusal(family)}")
     return lines
 
 

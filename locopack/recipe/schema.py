@@ -17,7 +17,8 @@ YAML within hard limits (size, nesting, keys, alias expansion) lives in
 :mod:`locopack.recipe.yaml_limits`; turning pydantic errors into located lines in
 :mod:`locopack.recipe.errors`; checking a loaded recipe against a model and summarizing it in
 :mod:`locopack.recipe.review`; the checks that need no model run (paths, Hub ids, concepts,
-pairs, the window) in :mod:`locopack.recipe.checks`.  :mod:`locopack.recipe` re-exports
+pairs, the window) in :mod:`locopack.recipe.checks`; the keys that registries define (export
+formats, detector names) in :mod:`locopack.recipe.registered`.  :mod:`locopack.recipe` re-exports
 the public names of all of them.
 """
 
@@ -38,13 +39,19 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from locopack.errors import RecipeError
+from locopack.export.formats import export_formats
 from locopack.recipe.attacks import AttacksSettings
 from locopack.recipe.errors import line_of, show, validation_message
+from locopack.recipe.registered import (
+    DetectorSpec,
+    ExportSettings,
+    exported_formats,
+    set_export_fields,
+)
 from locopack.recipe.requirements import Requirements
 from locopack.recipe.yaml_limits import load_yaml, read_text
 
@@ -81,7 +88,7 @@ def _template(text: str) -> str:
     return text
 
 
-def _layer_ref(value: Any) -> str | int:
+def _layer_ref(value: object) -> str | int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and value.strip():
@@ -96,10 +103,6 @@ ModelRef = Annotated[str, _rule(_MODEL_REF, "a Hub id 'org/name' or a local fold
 _SLUG = "a slug: lowercase letters, digits, '.', '_' or '-', starting alphanumeric, <= 64 long"
 Slug = Annotated[str, _rule(r"[a-z0-9][a-z0-9._-]{0,63}", _SLUG)]
 RepoId = Annotated[str, _rule(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", "a Hub repo id 'org/name'")]
-_DETECTOR = "a built-in detector (clip, toy, toy-deep, nudenet) or 'module:callable'"
-DetectorName = Annotated[
-    str, _rule(r"clip|toy|toy-deep|nudenet|[A-Za-z_][\w.]*:[A-Za-z_]\w*", _DETECTOR)
-]
 License = Annotated[str, _rule(r"[A-Za-z0-9][A-Za-z0-9.+-]*", "'inherit' or a license id")]
 #: a random seed: torch.Generator.manual_seed takes any 64-bit value, and a seed must also fit
 #: the signed 64-bit integers of JSON readers and tensors; 2**64 would fail at the first image
@@ -167,7 +170,7 @@ class EraseEdit(_EditMixin, _Strict):
 
     @field_validator("target", mode="before")
     @classmethod
-    def _target_shape(cls, value: Any, info: ValidationInfo) -> Any:
+    def _target_shape(cls, value: object, info: ValidationInfo) -> object:
         prompts = info.data.get("prompts")
         if isinstance(value, str) and value.strip():
             return value
@@ -263,7 +266,7 @@ class LocalizeSettings(_Strict):
 
     @field_validator("seeds", mode="before")
     @classmethod
-    def _one_seed(cls, value: Any) -> Any:
+    def _one_seed(cls, value: object) -> object:
         return [value] if isinstance(value, int) and not isinstance(value, bool) else value
 
 
@@ -318,35 +321,6 @@ class EditSettings(_Strict):
     timesteps: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.0, 0.5, 1.0], min_length=1)
     allow_image_sites: bool = False
     robust: RobustSettings | None = None
-
-
-class ExportSettings(_Strict):
-    adapter: bool = True
-    max_rank: int = Field(64, ge=1)
-    energy: float = Field(0.99999999, gt=0, le=1)
-    kohya: bool = True
-    merged: bool = False
-    onnx: bool = False
-
-    @field_validator("adapter")
-    @classmethod
-    def _adapter_always(cls, value: bool) -> bool:
-        if not value:  # the evidence is generated, and the audit checks, through the adapter
-            raise _expected("true: every release carries its LoRA adapter (omit the key)")
-        return value
-
-
-class DetectorSpec(_Strict):
-    """A detector of the evidence: a built-in name (``clip``, ``toy``, ``toy-deep``, ``nudenet``) or
-    ``module:callable``, with keyword ``options``; a bare string is the name alone."""
-
-    name: DetectorName
-    options: dict[str, Any] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_name(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
 
 
 class AttackSettings(_Strict):
@@ -440,6 +414,15 @@ class Recipe(_Strict):
         return path if spelled_as_path or os.path.lexists(path) else ref
 
 
+def sync_export_formats() -> None:
+    """Give :class:`ExportSettings` one boolean field per registered export format where the
+    registry changed since the last call (:func:`~locopack.recipe.registered.set_export_fields`),
+    and rebuild :class:`Recipe` around it: a recipe is validated against the registry as it is."""
+    if exported_formats() != [f.name for f in export_formats()]:
+        set_export_fields()
+        Recipe.model_rebuild(force=True)
+
+
 _SECTIONS = {
     name: Recipe.model_fields[name].annotation
     for name in ("base", "localize", "edit", "export", "evidence", "card", "hub")
@@ -481,6 +464,7 @@ def _validate(text: str, source: str, digest: str) -> Recipe:
             f"{source}:{line_of(root)}: expected a YAML mapping at the top level (with 'version', "
             f"'base' and 'edits'), found {show(data)}"
         )
+    sync_export_formats()
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

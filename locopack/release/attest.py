@@ -18,8 +18,9 @@ before using one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import LocopackError
 from ..storage import atomic_write_bytes, atomic_write_text
 from .history import entry_hash, read_history, write_history
 from .layout import (
@@ -27,15 +28,20 @@ from .layout import (
     HISTORY_FILE,
     PROVENANCE_FILE,
     SIGNATURE_FILE,
+    release_recipe,
     sha256_file,
 )
 from .provenance import provenance_statement, signature_digest, statement_text
 from .signing import SignatureError, SigningKey, sign_folder, signing_config
 from .verify import previous_release
 
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
-def sign_release(folder: Path, key: SigningKey) -> str:
-    """Sign the release in ``folder`` with ``key`` (see the module docstring).
+
+def sign_release(folder: Path, key: SigningKey, recipe: Recipe | None = None) -> str:
+    """Sign the release in ``folder`` with ``key`` (see the module docstring); ``recipe``: the
+    release's recipe where the caller has read it already.
 
     Returns:
         Who signed it, as the card names it.
@@ -51,7 +57,8 @@ def sign_release(folder: Path, key: SigningKey) -> str:
     signer = key.signer()  # a key that cannot be read fails before anything is written
     config = signing_config(key)
     with build_lock(folder, command="sign"):
-        report = audit_folder(folder)
+        recipe = recipe or _readable_recipe(folder)  # read once, for the audit and the card
+        report = audit_folder(folder, recipe=recipe)
         if not report.ok:
             failed = next(c for c in report.checks if not c.ok)
             raise SignatureError(
@@ -60,7 +67,7 @@ def sign_release(folder: Path, key: SigningKey) -> str:
             )
         kept = {name: (folder / name).read_bytes() for name in (CARD_FILE, HISTORY_FILE)}
         try:
-            _seal(folder, signer, config)
+            _seal(folder, signer, config, recipe)
         except BaseException:  # the release is left as it was: unsigned, its card unchanged
             for name, data in kept.items():
                 atomic_write_bytes(folder / name, data)
@@ -71,13 +78,21 @@ def sign_release(folder: Path, key: SigningKey) -> str:
     return signer
 
 
-def _seal(folder: Path, signer: str, config: Any) -> None:
+def _readable_recipe(folder: Path) -> Recipe | None:
+    """The release's recipe, or None where it cannot be read (the audit then says why)."""
+    try:
+        return release_recipe(folder)
+    except (LocopackError, OSError):
+        return None
+
+
+def _seal(folder: Path, signer: str, config: Any, recipe: Recipe | None) -> None:
     """Card, amended history, provenance, secret scan, signature (see the module docstring)."""
     from ..secret_scan import check_folder
     from .card import write_card
     from .layout import release_files
 
-    write_card(folder, signer=signer)
+    write_card(folder, signer=signer, recipe=recipe)
     entries = read_history(folder / HISTORY_FILE)
     last = {**entries[-1], "files": {**entries[-1]["files"]}}
     last["files"][CARD_FILE] = sha256_file(folder / CARD_FILE)

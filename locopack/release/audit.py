@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -55,6 +55,9 @@ from .layout import (
 )
 from .signing import TrustedKeys
 from .verify import check_signature
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 
 @dataclass
@@ -297,6 +300,7 @@ def audit_folder(
     allow_pickle: bool = False,
     snapshot: bool = False,
     trusted: TrustedKeys | None = None,
+    recipe: Recipe | None = None,
 ) -> AuditReport:
     """Audit the release in ``folder``; see the module docstring.
 
@@ -304,6 +308,8 @@ def audit_folder(
     history records them relative to the release.  ``snapshot``: ``folder`` is a snapshot of
     the Hub client's cache, whose files are links into its blob store.  ``trusted``: the keys
     (or certificate chain, or Sigstore identity) its signature must verify against.
+    ``recipe``: the release's recipe where the caller has read it already (it is used only
+    where it is the one the folder holds).
     """
     folder = Path(folder)
     report = AuditReport(str(folder))
@@ -312,7 +318,7 @@ def audit_folder(
     last = report.entries[-1]
     check_signature(report, folder, trusted or TrustedKeys(), snapshot)
     _check_files(report, folder, last, snapshot)
-    report.add("requirements", *check_verdict(folder))
+    report.add("requirements", *check_verdict(folder, recipe))
     delta = _check_delta_and_adapter(report, folder, last)
     base = base or recorded_base(last, folder)
     _check_base(report, base)

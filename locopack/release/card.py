@@ -6,7 +6,8 @@ and prose, the functions here and in :mod:`.card_body`, :mod:`.card_sections`,
 :mod:`.card_verdict`, :mod:`.card_signature` and :mod:`.robust_card` compute its values.
 
 Metadata through ``ModelCardData``: ``base_model`` and its relation (``adapter`` for a LoRA
-release, ``finetune`` when a merged checkpoint is released), ``library_name: diffusers``, tags,
+release, ``finetune`` when a whole model, the merged checkpoint, is released), ``library_name:
+diffusers``, tags (each released export format adds its own),
 the license inherited from the base where it is known, and a widget gallery of after images.
 The body says what was edited and why, where (the localized layers and the localization plot),
 how well and at what cost to other prompts (efficacy, specificity and robustness, each with its
@@ -41,9 +42,7 @@ from .card_verdict import requirements_section
 from .layout import (
     ADAPTER_FILE,
     CARD_FILE,
-    KOHYA_FILE,
     LOCALIZATION_PLOT,
-    MERGED_DIR,
     PROVENANCE_FILE,
     SIGNATURE_FILE,
     is_record,
@@ -93,18 +92,22 @@ def _license(recipe: Recipe, base: str) -> str | None:
 
 
 def build_card(
-    folder: Path, allowed_unmet: bool | None = None, signer: str | None = None
+    folder: Path,
+    allowed_unmet: bool | None = None,
+    signer: str | None = None,
+    recipe: Recipe | None = None,
 ) -> tuple[str, dict]:
     """The card's text and metadata for the release in ``folder``; ``allowed_unmet``: it was
     built with ``--allow-unmet`` [default: as its history's last entry says]; ``signer``: who
-    is about to sign it [default: as its ``release.sig`` says, if any].
+    is about to sign it [default: as its ``release.sig`` says, if any]; ``recipe``: the
+    release's recipe, already read (see :func:`~locopack.release.layout.release_recipe`).
 
     Raises:
         ExportError: a file the card describes is missing or does not hold what the stage
             that writes it writes; the message names it.
     """
     try:
-        return _build_card(folder, allowed_unmet, signer)
+        return _build_card(folder, allowed_unmet, signer, recipe)
     except LocopackError:
         raise
     except (KeyError, TypeError, IndexError, ValueError, ZeroDivisionError, AttributeError) as err:
@@ -125,7 +128,7 @@ def _metadata(inputs: CardInputs, folder: Path) -> ModelCardData:
     return ModelCardData(
         # the Hub's base_model must name a Hub repo; a local base is named in the body only
         base_model=recipe.base.model if hub_base else None,
-        base_model_relation=("finetune" if inputs.merged else "adapter") if hub_base else None,
+        base_model_relation=("finetune" if inputs.whole_model else "adapter") if hub_base else None,
         library_name="diffusers",
         license=_license(
             recipe, recorded_base(provenance, folder) or recipe.local_path(recipe.base.model)
@@ -133,7 +136,7 @@ def _metadata(inputs: CardInputs, folder: Path) -> ModelCardData:
         tags=[
             "locopack",
             "text-to-image",
-            *(["lora"] if not inputs.merged else ["lora", "merged"]),
+            *(tag for fmt in inputs.formats for tag in fmt.card_tags),
             *kinds,
             provenance.get("family", ""),
         ],
@@ -167,7 +170,12 @@ def _values(
         "settings": body.settings(recipe, inputs.edit, inputs.manifest),
         "robust": robust_rounds(inputs.edit),
         "usage": body.usage(base, recipe.edits[0].originals()[0]),
-        "merged": inputs.merged,
+        # how to load a whole model first, then the adapter's other files
+        "format_notes": [
+            fmt.card_note
+            for fmt in sorted(inputs.formats, key=lambda f: not f.whole_model)
+            if fmt.card_note
+        ],
         "lagging": body.lagging(inputs.evidence),
         "recipe_block": md.fenced(recipe.source_text, "yaml"),
         "hashes": [
@@ -178,18 +186,18 @@ def _values(
         "files": {
             "plot": LOCALIZATION_PLOT,
             "adapter": ADAPTER_FILE,
-            "kohya": KOHYA_FILE,
-            "merged": MERGED_DIR,
             "signature": SIGNATURE_FILE,
             "provenance": PROVENANCE_FILE,
         },
     }
 
 
-def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) -> tuple[str, dict]:
+def _build_card(
+    folder: Path, allowed_unmet: bool | None, signer: str | None, known: Recipe | None
+) -> tuple[str, dict]:
     from huggingface_hub import ModelCard
 
-    inputs = read_inputs(folder)
+    inputs = read_inputs(folder, known)
     data = _metadata(inputs, folder)
     if allowed_unmet is None:
         allowed_unmet = recorded_allow_unmet(folder)
@@ -198,7 +206,12 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
     return str(card), data.to_dict()
 
 
-def write_card(folder: Path, allowed_unmet: bool | None = None, signer: str | None = None) -> Path:
+def write_card(
+    folder: Path,
+    allowed_unmet: bool | None = None,
+    signer: str | None = None,
+    recipe: Recipe | None = None,
+) -> Path:
     """Build the card and write ``README.md`` atomically (see :func:`build_card`)."""
-    text, _ = build_card(Path(folder), allowed_unmet, signer)
+    text, _ = build_card(Path(folder), allowed_unmet, signer, recipe)
     return atomic_write_text(Path(folder) / CARD_FILE, text)

@@ -22,12 +22,12 @@ from .layout import (
     LOCALIZATION_FILE,
     LOCALIZATION_PLOT,
     MANIFEST_FILE,
-    MERGED_DIR,
-    PIPELINE_INDEX,
     RECIPE_FILE,
+    release_recipe,
 )
 
 if TYPE_CHECKING:
+    from ..export.registry import ExportFormat
     from ..recipe.schema import Recipe
 
 
@@ -40,17 +40,24 @@ class CardInputs:
     evidence: dict
     manifest: dict
     localization: dict | None
-    merged: bool
+    #: the export formats whose files the release holds
+    formats: list[ExportFormat]
+
+    @property
+    def whole_model(self) -> bool:
+        """Whether the release holds a whole model (the merged checkpoint), not only an adapter."""
+        return any(fmt.whole_model for fmt in self.formats)
 
 
-def read_inputs(folder: Path) -> CardInputs:
-    """The card's inputs from the release in ``folder``; raises ExportError naming a file that
-    is missing, or one the card refers to (an image, the adapter) that is not there."""
-    from ..recipe.schema import load_recipe
+def read_inputs(folder: Path, known: Recipe | None = None) -> CardInputs:
+    """The card's inputs from the release in ``folder`` (``known``: its recipe, already read);
+    raises ExportError naming a file that is missing, or one the card refers to (an image, the
+    adapter) that is not there."""
+    from ..export.formats import export_formats
 
     if not (folder / RECIPE_FILE).is_file():
         raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
-    recipe = load_recipe(folder / RECIPE_FILE)
+    recipe = release_recipe(folder, known)
     edit = _read_json(folder, EDIT_FILE, "the edited layers and edit quality")
     evidence = _read_json(folder, EVIDENCE_FILE, "the before/after evidence")
     manifest = _read_json(folder, MANIFEST_FILE, "the adapter's ranks")
@@ -64,8 +71,8 @@ def read_inputs(folder: Path) -> CardInputs:
     for name in referenced:
         if not (folder / name).is_file():
             raise ExportError(f"{folder}: {name} is missing but the card refers to it")
-    merged = (folder / MERGED_DIR / PIPELINE_INDEX).is_file()
-    return CardInputs(recipe, edit, evidence, manifest, localization, merged)
+    formats = [fmt for fmt in export_formats() if fmt.present_in(folder)]
+    return CardInputs(recipe, edit, evidence, manifest, localization, formats)
 
 
 def _read_json(folder: Path, name: str, needed_for: str) -> dict:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import LocopackError
 from ..evidence.verdict import describe, judged_count
 from . import markdown_text as md
-from .layout import CARD_FILE, EVIDENCE_FILE, RECIPE_FILE
+from .layout import CARD_FILE, EVIDENCE_FILE, release_recipe
+
+if TYPE_CHECKING:
+    from ..recipe.schema import Recipe
 
 HEADING = "## Requirements"
 
@@ -72,19 +76,19 @@ def card_verdict(card_text: str) -> str | None:
     return next((line for line in after if line.strip()), None)
 
 
-def check_verdict(folder: Path) -> tuple[bool, str]:
+def check_verdict(folder: Path, recipe: Recipe | None = None) -> tuple[bool, str]:
     """Whether the verdict the release states agrees with its evidence: ``evidence.json``'s
     section is what :func:`~locopack.evidence.verdict.judge` makes of that evidence and the
-    recipe, and the card's line is :func:`verdict_line` of it.  Returns ``(ok, detail)``."""
+    recipe, and the card's line is :func:`verdict_line` of it.  Returns ``(ok, detail)``.
+    ``recipe``: the release's recipe where the caller has read it already."""
     from ..evidence.verdict import judge
-    from ..recipe.schema import load_recipe
 
     if not (folder / EVIDENCE_FILE).is_file():
         return True, f"no {EVIDENCE_FILE}: nothing to judge"
     try:
         evidence = json.loads((folder / EVIDENCE_FILE).read_text(encoding="utf-8"))
         card = (folder / CARD_FILE).read_text(encoding="utf-8")
-        recipe = load_recipe(folder / RECIPE_FILE)
+        recipe = release_recipe(folder, recipe)
     except (OSError, ValueError, LocopackError) as err:
         return False, f"cannot read the evidence, card or recipe ({err})"
     stated = evidence.get("requirements")

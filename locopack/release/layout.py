@@ -54,6 +54,7 @@ from ..hub_ref import is_hub_id
 
 if TYPE_CHECKING:
     from ..models.loaded import LoadedBase
+    from ..recipe.schema import Recipe
 
 __all__ = [
     "ADAPTER_FILE",
@@ -86,6 +87,7 @@ __all__ = [
     "refuse_links",
     "relative_location",
     "release_files",
+    "release_recipe",
     "sha256_file",
 ]
 
@@ -198,7 +200,7 @@ def base_location(base: LoadedBase, folder: Path) -> str | None:
     return base.hub_id or relative_location(base.source, Path(folder))
 
 
-def locate(folder: Path, *refs: Any) -> str | None:
+def locate(folder: Path, *refs: object) -> str | None:
     """The first of ``refs`` (recorded locations relative to the release ``folder``, or
     references as a recipe wrote them) that names a folder here, else the first that is a Hub
     id; None when none does (e.g. a release copied away from its base)."""
@@ -214,3 +216,19 @@ def recorded_base(record: dict[str, Any], folder: Path) -> str | None:
     :func:`locate`)."""
     legacy = record.get("base_path")  # releases of locopack 0.1
     return locate(folder, record.get("base_location") or legacy, record.get("base_model"))
+
+
+def release_recipe(folder: Path, known: Recipe | None = None) -> Recipe:
+    """The recipe of the release in ``folder``: ``known`` where it is the one the folder's
+    ``recipe.yaml`` holds (the command that built or pushes it has read it already; a recipe is
+    parsed once per command), else ``recipe.yaml`` read and validated.
+
+    Raises:
+        RecipeError: the folder's recipe is invalid (or missing: an OSError's message).
+    """
+    path = Path(folder) / RECIPE_FILE
+    if known is not None and path.read_bytes() == known.source_text.encode("utf-8"):
+        return known
+    from ..recipe.schema import load_recipe
+
+    return load_recipe(path)

@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import DiffusionPipeline
 
+    from ...localize.cache import CandidateCache
+    from ...localize.scorers import Scorer
     from ...models.base import ModelFamily
-    from ...recipe.schema import Recipe
+    from ...recipe.schema import EraseEdit, Recipe
+    from ..detectors import Detector
 
 #: the two models every attack runs on
 MODELS = ("base", "edited")
@@ -52,18 +56,18 @@ class AttackContext:
     recipe: Recipe
     draw: Callable[[list[str], list[int]], dict[str, list]]
     edited: Callable[[], AbstractContextManager]
-    detector: Any
-    scorer: Any
+    detector: Detector | None
+    scorer: Scorer
     seeds: list[int]
     steps: int
     guidance: float
     resolution: int | None
     write_grid: Callable[[str, list], str]
-    cache: Any = None
+    cache: CandidateCache | None = None
     inputs: Any = None
 
     @property
-    def denoiser(self) -> Any:
+    def denoiser(self) -> torch.nn.Module:
         return getattr(self.pipe, self.family.denoiser_attr)
 
     def on(self, model: str) -> AbstractContextManager:
@@ -96,7 +100,7 @@ class AttackContext:
             self.cache.put(key, {"scores": values, "seconds": time.perf_counter() - began})
         return values
 
-    def prompt_success(self, attack: str, model: str, prompt: str, edit: Any) -> float:
+    def prompt_success(self, attack: str, model: str, prompt: str, edit: EraseEdit) -> float:
         """The concept's rate on ``prompt`` drawn with every seed on ``model``."""
         original = edit.originals()[0]
         key = self.key(attack, model, prompt=prompt, seeds=self.seeds, label=edit.label)
@@ -107,7 +111,7 @@ class AttackContext:
 
         return statistics.fmean(self.judged(key, draw, prompt, original, edit.label))
 
-    def chance(self, edit: Any) -> dict[str, float]:
+    def chance(self, edit: EraseEdit) -> dict[str, float]:
         """Where attacks start from: the concept's rate on the edit's first prompt without the
         concept, on each model (judged once for every attack that shares it)."""
         prompt = without_concept(edit.prompts[0])
@@ -133,14 +137,16 @@ def without_concept(template: str) -> str:
     return re.sub(r"\s+", " ", template.replace("{concept}", "")).strip()
 
 
-def erase_edits(recipe: Recipe) -> Iterator[tuple[int, Any]]:
+def erase_edits(recipe: Recipe) -> Iterator[tuple[int, EraseEdit]]:
     """``(index, edit)`` of every erase edit: the edits attacks run on."""
     for index, edit in enumerate(recipe.edits):
         if edit.kind == "erase":
             yield index, edit
 
 
-def row(attack: Any, variant: str | None, index: int, edit: Any, budget: str, **figures) -> dict:
+def row(
+    attack: Any, variant: str | None, index: int, edit: EraseEdit, budget: str, **figures
+) -> dict:
     """One line of the card's attack table: ``base``, ``edited`` (the concept's rate when the
     attack runs against that model) and ``chance`` (``{"base", "edited"}``: where it started
     from, or None) among ``figures``."""
@@ -154,10 +160,12 @@ def detector_version(name: str) -> str:
     ``nudenet``), and locopack's for its own."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ..detectors import BUILT_IN
+    from ..detectors import target
+    from ..detectors.registry import detector_entry
 
-    module = BUILT_IN.get(name, name).split(":")[0].split(".")[0]
-    wanted = ["locopack"] + (["nudenet"] if name == "nudenet" else [])
+    entry = detector_entry(name)
+    module = target(name).split(":")[0].split(".")[0]
+    wanted = ["locopack", *(entry.packages if entry else ())]
     wanted = wanted if module == "locopack" else [module]
     found = []
     for package in wanted:

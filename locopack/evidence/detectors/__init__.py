@@ -8,19 +8,20 @@ and scores lie in [0, 1]; the evidence averages them into rates.  Two names are 
   concept seen in the image;
 - ``prompt``: how much of what the prompt asks the image shows (1.0: all of it).
 
-A recipe's ``evidence.detectors`` names them: a built-in name (:data:`BUILT_IN`) or
-``module:callable`` for the user's own, each with keyword ``options``.  A plug-in is Python code
-that the recipe makes locopack import and call, and recipes are shared like model configs, so
-plug-ins load only when the user allows code (``--allow-code`` or :data:`ALLOW_CODE_ENV`), as
-``trust_remote_code`` does in transformers; the card and the history then name them.  Before
-that, :func:`plugin_problem` checks, without importing anything, that the module is a Python
-source file outside the standard library whose top level defines the callable as a function
-taking ``(images, prompts, ...)``: ``os:system``, ``builtins:eval`` or ``json:loads`` are not
-detectors.  Built in:
+A recipe's ``evidence.detectors`` names them: a registered name (:mod:`.registry`, which the
+recipe schema checks names against) or ``module:callable`` for the user's own, each with
+keyword ``options``.  A plug-in is Python code that the recipe makes locopack import and call,
+and recipes are shared like model configs, so plug-ins load only when the user allows code
+(``--allow-code`` or :data:`ALLOW_CODE_ENV`), as ``trust_remote_code`` does in transformers;
+the card and the history then name them.  Before that, :func:`plugin_problem` checks, without
+importing anything, that the module is a Python source file outside the standard library whose
+top level defines the callable as a function taking ``(images, prompts, ...)``: ``os:system``,
+``builtins:eval`` or ``json:loads`` are not detectors.  Registered (:mod:`.registry`):
 
 - ``clip``: the recipe's CLIP scorer, ``prompt`` = its score to the prompt (100·cos; a
   ``score`` detector, averaged but not a rate);
-- ``toy``: the toy world's pixel-statistics detectors (:mod:`.toy`);
+- ``toy``, ``toy-deep``: the toy worlds' pixel-statistics detectors (:mod:`.toy`,
+  :mod:`.toy_deep`);
 - ``nudenet``: NudeNet's exposed-class detector (:mod:`.nudity`, the ``nudenet`` extra).
 """
 
@@ -29,23 +30,25 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.machinery
+import math
 import os
-import statistics
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import RecipeError
+from .registry import detector_entry
 
-#: built-in detectors: name -> "module:callable" (``clip`` is bound to the recipe's scorer)
-BUILT_IN = {
-    "clip": "locopack.evidence.detectors:clip_detector",
-    "toy": "locopack.evidence.detectors.toy:toy_detector",
-    "toy-deep": "locopack.evidence.detectors.toy_deep:toy_deep_detector",
-    "nudenet": "locopack.evidence.detectors.nudity:nudenet_detector",
-}
+if TYPE_CHECKING:
+    from ...localize.scorers import Scorer
+
+
+def target(name: str) -> str:
+    """The ``module:callable`` of the detector ``name``: a registered one's, or ``name``."""
+    entry = detector_entry(name)
+    return entry.target if entry else name
 
 
 def clip_detector(images, prompts, *, scorer) -> list[dict[str, float]]:
@@ -89,8 +92,8 @@ def code_allowed() -> bool:
 
 
 def is_plugin(name: str) -> bool:
-    """Whether the detector ``name`` is the user's code (``module:callable``), not built in."""
-    return name not in BUILT_IN
+    """Whether the detector ``name`` is the user's code (``module:callable``), not registered."""
+    return detector_entry(name) is None
 
 
 def plugin_problem(name: str) -> str | None:
@@ -118,7 +121,9 @@ def plugin_problem(name: str) -> str | None:
     return None
 
 
-def _source_function(origin: str, attribute: str) -> tuple[ast.Module | None, Any]:
+def _source_function(
+    origin: str, attribute: str
+) -> tuple[ast.Module | None, ast.FunctionDef | ast.AsyncFunctionDef | None]:
     """The parsed module at ``origin`` and its (last) top-level ``def attribute``; None for
     either that is not there (the file does not parse, or no such function)."""
     try:
@@ -171,7 +176,7 @@ def options_problem(name: str, options: dict[str, Any]) -> str | None:
     The parameters are read from the module's source, so nothing is imported or called; where
     the function cannot be found that way, :func:`plugin_problem` or :func:`load_detector`
     says why."""
-    module_name, _, attribute = BUILT_IN.get(name, name).partition(":")
+    module_name, _, attribute = target(name).partition(":")
     spec = _find_without_import(module_name)
     if spec is None or not spec.origin:
         return None
@@ -180,7 +185,8 @@ def options_problem(name: str, options: dict[str, Any]) -> str | None:
         return None
     args = function.args
     positional = args.args[max(0, 2 - len(args.posonlyargs)) :]  # after images, prompts
-    bound = {"scorer"} if name == "clip" else set()  # the recipe's scorer, passed by locopack
+    entry = detector_entry(name)
+    bound = {"scorer"} if entry and entry.needs_scorer else set()  # passed by locopack
     takes = [a.arg for a in positional + args.kwonlyargs if a.arg not in bound]
     given = [str(key) for key in options]
     unknown = [key for key in given if key not in takes]
@@ -195,8 +201,10 @@ def options_problem(name: str, options: dict[str, Any]) -> str | None:
     return None
 
 
-def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any = None) -> Detector:
-    """The detector a recipe names: a key of :data:`BUILT_IN` or ``module:callable``.
+def load_detector(
+    name: str, options: dict[str, Any] | None = None, scorer: Scorer | None = None
+) -> Detector:
+    """The detector a recipe names: a registered name (:mod:`.registry`) or ``module:callable``.
 
     Raises:
         RecipeError: a plug-in while code is not allowed, or not a detector; the module
@@ -212,11 +220,13 @@ def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any 
         problem = plugin_problem(name)
         if problem:
             raise RecipeError(f"{where}: {problem}")
-    module_name, _, attribute = BUILT_IN.get(name, name).partition(":")
+    entry = detector_entry(name)
+    module_name, _, attribute = target(name).partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        extra = f"; install it with pip install 'locopack[{name}]'" if name == "nudenet" else ""
+        needed = entry.extra if entry else None
+        extra = f"; install it with pip install 'locopack[{needed}]'" if needed else ""
         raise RecipeError(f"{where}: cannot import {module_name} ({err}){extra}") from None
     except (Exception, SystemExit) as err:  # the module's own code failed as it was imported
         found = f"{module_name} raising {type(err).__name__}: {err}"
@@ -228,7 +238,7 @@ def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any 
     if problem:
         raise RecipeError(f"{where}: {problem}")
     options = dict(options or {})
-    if name == "clip":
+    if entry and entry.needs_scorer:
         options["scorer"] = scorer
     return Detector(name, function, options)
 
@@ -236,7 +246,15 @@ def load_detector(name: str, options: dict[str, Any] | None = None, scorer: Any 
 def rates(findings: list[dict[str, float]], label: str) -> dict[str, float]:
     """Mean findings of a set of images: ``concept`` (the finding named ``label``, 0 where
     absent) and ``prompt`` (where every image has one)."""
-    out = {"concept": statistics.fmean(f.get(label, 0.0) for f in findings)}
+    out = {"concept": _mean([f.get(label, 0.0) for f in findings])}
     if findings and all("prompt" in f for f in findings):
-        out["prompt"] = statistics.fmean(f["prompt"] for f in findings)
+        out["prompt"] = _mean([f["prompt"] for f in findings])
     return out
+
+
+def _mean(values: list[float]) -> float:
+    """``statistics.fmean`` (fsum / n), without importing statistics where the recipe schema
+    reads the registry."""
+    if not values:
+        raise ValueError("the mean of no findings")
+    return math.fsum(values) / len(values)
