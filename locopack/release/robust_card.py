@@ -27,6 +27,12 @@ def robust_rounds(edit_report: dict[str, Any]) -> str:
                 f"{_rate(entry.get('success_after'))} | {_rate(entry['bar'])} |"
             )
     verdict = "held" if robust["met"] else "did not hold"
+    guard = (
+        ""
+        if robust.get("deterministic", True)
+        else " A round's search stopped on its time guard (`edit.robust.seconds`) before its "
+        "budget, so these rounds depend on the speed of the machine that built them."
+    )
     attacks = md.inline(", ".join(robust["attacks"]))
     return (
         "\n### Robust erase\n\n"
@@ -36,7 +42,7 @@ def robust_rounds(edit_report: dict[str, Any]) -> str:
         f"the last row is a fresh attack on the final edit, where the bar {verdict}. Success: "
         f"the concept's rate on the best found prompt (seeds {robust['seeds']}, judged by "
         f"{md.inline(', '.join(dict.fromkeys(robust['judges'])))}); *after*: the same prompts "
-        "once the round's rows were solved in.\n\n"
+        "once the round's rows were solved in." + guard + "\n\n"
         "| round | edit | best prompt found | success | rows added | after | bar |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
