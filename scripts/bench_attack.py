@@ -7,13 +7,14 @@ recipe selects it), LocoEdit there (plain), robust erase of that edit (``edit.ro
 ``--rounds``, ``--prompts`` and ``--robust-attacks``, defending at the budgets below) and
 LocoEdit at every site.  Each attack of the registry then runs at the recipe's budgets (the word
 search at ``--steps``/``--tokens``/``--candidates``, larger than a build's; the others at their
-defaults, :mod:`locopack.recipe.attacks`) against each model, judged by the recipe's rate
-detector over ``--seeds`` seeds from ``--first-seed`` (2000: seeds no robust round drew; the
-rounds judge on the evidence's seeds 1000-1003).  The base model's runs are shared through the
-cache, so the seconds of the plain edit's column include the base's.  Specificity against the
-base, same seeds: the preserve prompts' mean SSIM, the share of ``--unrelated`` captions no part
-of the recipe lists that still show everything they ask (unlisted kept), and the concept left on
-the edit's own prompts.  The full setting is both toy worlds, their erase recipes and 8 seeds:
+defaults, :mod:`locopack.recipe.attacks`, or ``--soft-steps``/``--vector-steps``) against each
+model, judged by the recipe's rate detector over ``--seeds`` seeds from ``--first-seed`` (2000:
+seeds no robust round drew; the rounds judge on the evidence's seeds 1000-1003).  The base
+model's runs are shared through the cache, so the seconds of the plain edit's column include the
+base's.  Specificity against the base, same seeds: the preserve prompts' mean SSIM, the share of
+``--unrelated`` captions no part of the recipe lists that still show everything they ask
+(unlisted kept), and the concept left on the edit's own prompts.  The full setting is both toy
+worlds, their erase recipes and 8 seeds:
 
     python scripts/bench_attack.py --recipes recipes/toy/erase-*.yaml \\
         recipes/toy-deep/erase-*.yaml --seeds 8
@@ -119,6 +120,12 @@ def bench(path: Path, args, work: Path) -> None:
     )
     if args.replay:
         recipe.evidence.attacks.replay = ReplaySettings(prompts=str(args.replay.resolve()))
+    budgets = recipe.evidence.attacks
+    if args.soft_steps is not None and budgets.soft_prompt is not None:
+        budgets.soft_prompt = budgets.soft_prompt.model_copy(update={"steps": args.soft_steps})
+    if args.vector_steps is not None and budgets.concept_vector is not None:
+        update = {"steps": args.vector_steps}
+        budgets.concept_vector = budgets.concept_vector.model_copy(update=update)
     base = load_base(recipe)
     base.pipe.set_progress_bar_config(disable=True)
     scorer = scorer_for(recipe, base.pipe.device)
@@ -183,6 +190,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48, help="word search: prompts judged")
     parser.add_argument("--tokens", type=int, default=3, help="word search: words")
     parser.add_argument("--candidates", type=int, default=8, help="word search: tries/position")
+    parser.add_argument("--soft-steps", type=int, help="soft prompt: optimiser steps")
+    parser.add_argument("--vector-steps", type=int, help="concept vector: text encodings")
     parser.add_argument("--seeds", type=int, default=8, help="images per attack prompt")
     parser.add_argument("--first-seed", type=int, default=2000, help="the images' first seed")
     parser.add_argument("--rounds", type=int, default=3, help="edit.robust.rounds")

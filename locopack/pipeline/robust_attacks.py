@@ -38,6 +38,7 @@ from .select_sites import check_seeds
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from ..delta import WeightDelta
     from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
 
@@ -52,7 +53,7 @@ class AttackTarget:
     recipe: Recipe
     scorer: Any
     detectors: list[Any]
-    delta: Any
+    delta: WeightDelta
     cache: CandidateCache
     identity: dict[str, Any]
 

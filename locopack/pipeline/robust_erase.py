@@ -41,7 +41,9 @@ from .robust_attacks import ATTACKS, AttackTarget
 from .select_sites import check_seeds, judges
 
 if TYPE_CHECKING:
-    from ..recipe.schema import Recipe
+    from ..delta import WeightDelta
+    from ..recipe.schema import EraseEdit, Recipe
+    from .base import LoadedBase
 
 #: the bar of an erase edit that states no ``attack_success`` requirement
 DEFAULT_BAR = 0.10
@@ -73,12 +75,12 @@ def check_robust(recipe: Recipe) -> None:
         raise RecipeError(f"{recipe.source}: edit.robust: {problem}")
 
 
-def bar(edit: Any) -> float:
+def bar(edit: EraseEdit) -> float:
     """The attack success an erase edit's robust erase aims for."""
     return edit.requirements.thresholds(edit.kind).get("attack_success", DEFAULT_BAR)
 
 
-def nearest_target(edit: Any, prompt: str) -> str:
+def nearest_target(edit: EraseEdit, prompt: str) -> str:
     """The target of the edit prompt nearest to ``prompt`` by word diff (first on ties)."""
     words = prompt.lower().split()
 
@@ -111,8 +113,13 @@ def _rates(target: AttackTarget, found: list[Found]) -> dict[int, dict[str, floa
 
 
 def robust_erase(
-    base: Any, recipe: Recipe, layers: list[str], delta: Any, scorer: Any, cache: CandidateCache
-) -> Any:
+    base: LoadedBase,
+    recipe: Recipe,
+    layers: list[str],
+    delta: WeightDelta,
+    scorer: Any,
+    cache: CandidateCache,
+) -> WeightDelta:
     """Robust erase of ``delta`` (LocoEdit of ``layers`` on ``base``, a LoadedBase); see the
     module docstring.  Returns the final delta, its provenance's ``robust`` holding the rounds.
     """
@@ -122,7 +129,7 @@ def robust_erase(
     judged = judges(recipe, scorer)
     inputs = {"recipe": recipe.sha256, "base": base.fingerprint, "layers": layers}
 
-    def target(delta: Any) -> AttackTarget:
+    def target(delta: WeightDelta) -> AttackTarget:
         identity = {"model": delta.sha256(), "inputs": inputs}
         detectors = [detector for _, detector in judged]
         return AttackTarget(

@@ -63,7 +63,7 @@ class AttackContext:
     write_grid: Callable[[str, list], str]
     cache: Any = None
     inputs: Any = None
-    base_inputs: Any = None
+    base_inputs: object = None
 
     @property
     def denoiser(self) -> Any:
@@ -73,7 +73,7 @@ class AttackContext:
         """The edit applied for ``edited``, nothing for ``base``."""
         return self.edited() if model == "edited" else nullcontext()
 
-    def inputs_of(self, model: str) -> Any:
+    def inputs_of(self, model: str) -> object:
         """What identifies ``model`` (``base`` or ``edited``) in cache keys."""
         shared = model == "base" and self.base_inputs is not None
         return self.base_inputs if shared else self.inputs

@@ -95,7 +95,7 @@ def carries_gradient(ctx: AttackContext, word: str, carrier: str) -> bool:
 
 
 def trajectory_loss(
-    ctx: AttackContext, states: torch.Tensor, pooled: Any, calls: list[tuple]
+    ctx: AttackContext, states: torch.Tensor, pooled: torch.Tensor | None, calls: list[tuple]
 ) -> torch.Tensor:
     """P4D's objective (:mod:`.soft_prompt`): the summed squared error, over the recorded
     ``calls``, of the model's noise prediction with ``states`` (and ``pooled``) as its text
