@@ -145,9 +145,9 @@ def bench(path: Path, args, work: Path) -> None:
     chances = next((e["chance"] for e in table.values() if e.get("chance")), {})
     figures = " | ".join(_rate(chances.get(m)) for m in MODELS)
     print(f"| chance (the prompt without the concept) | | {figures} |")
-    print("\n| attack | seconds: plain (with base) | robust | all sites |\n|---|---|---|---|")
+    print("\n| seconds of | plain (with base) | robust | all sites |\n|---|---|---|---|")
     for name, times in seconds.items():
-        print(f"| {name} | " + " | ".join(f"{times[m]:.0f}" for m in MODELS[1:]) + " |")
+        print(f"| {name} (s) | " + " | ".join(f"{times[m]:.0f}" for m in MODELS[1:]) + " |")
     edit = recipe.edits[0]
     keep = list(dict.fromkeys(list(edit.preserve) + list(recipe.preserve)))
     unrelated = unrelated_captions(recipe, args.unrelated)

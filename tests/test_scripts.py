@@ -65,7 +65,7 @@ def test_bench_attack_prints_every_attack_against_the_four_models_and_their_spec
         rates = cells[name][1:]  # base, plain, robust, all sites
         assert len(rates) == 4 and all(r.endswith("%") for r in rates), (name, rates)
     assert cells["concept vector (states)"][1] == "100%"  # the base model draws the concept
-    seconds = {n: cells[n] for n in ("word search", "concept vector", "soft prompt")}
+    seconds = {n: cells[f"{n} (s)"] for n in ("word search", "concept vector", "soft prompt")}
     assert all(len(s) == 3 and all(v.isdigit() for v in s) for s in seconds.values())
     # specificity: the base against itself is exact
     assert cells["base"][1] == "1.000" and int(cells["base"][0].rstrip("%")) >= 50
