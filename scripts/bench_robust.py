@@ -51,6 +51,29 @@ RECIPES = [
 ]
 
 
+def edit_specificity(
+    target: AttackTarget, keep: list[str], unrelated: list[str], seeds: list[int], base_keep=None
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    """The model of ``target`` against the base, same seeds: ``preserve SSIM`` of the ``keep``
+    prompts' images to ``base_keep`` (the base model's; this model's own where None), the
+    share of ``unrelated`` images that show all they ask (``unlisted kept``), and the concept
+    left on the first edit's prompts (``concept left``); and this model's ``keep`` images."""
+    recipe, edit = target.recipe, target.recipe.edits[0]
+    with target.edited():
+        drawn = target.draw(list(dict.fromkeys([*keep, *unrelated])), seeds)
+        left = target.draw(edit.originals(), seeds)
+    arrays = {p: [np.asarray(im.convert("RGB")) for im in ims] for p, ims in drawn.items()}
+    kept = [im for p in keep for im in arrays[p]]
+    others = [im for p in unrelated for im in arrays[p]]
+    shots = [im for p in edit.originals() for im in left[p]]
+    judge = (target.detectors[0], target.scorer, edit.label, "")
+    return {
+        "preserve SSIM": mean_ssim(base_keep or kept, kept),
+        "unlisted kept": specificity(others, unrelated, len(seeds), world_of(recipe)),
+        "concept left": success(shots, edit.originals()[0], *judge),
+    }, kept
+
+
 def bench(path: Path, args, work: Path) -> None:
     recipe = load_recipe(path)
     budget = AttackSettings(
@@ -66,7 +89,6 @@ def bench(path: Path, args, work: Path) -> None:
     cache = CandidateCache(out / "cache")
     layers = layers_or_localize(recipe, base, out)
     edit = recipe.edits[0]
-    tw = world_of(recipe)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     unrelated = unrelated_captions(recipe, args.unrelated)
     keep = list(dict.fromkeys(list(edit.preserve) + list(recipe.preserve)))
@@ -88,7 +110,7 @@ def bench(path: Path, args, work: Path) -> None:
         f"| preserve SSIM | {len(unrelated)} unlisted kept | search s |"
     )
     print("|---|---|---|---|---|---|---|")
-    drawn_base: dict[str, list] = {}
+    base_keep = None
     judged = recipe.model_copy(deep=True)  # the search that judges: its own seed
     judged.evidence.attack = budget.model_copy(update={"seed": args.attack_seed})
     for name, delta in models.items():
@@ -99,19 +121,13 @@ def bench(path: Path, args, work: Path) -> None:
         seconds = time.perf_counter() - clock
         prompt = found.prompts[0]
         with target.edited():
-            drawn = target.draw(list(dict.fromkeys([prompt, *keep, *unrelated])), seeds)
-            left = target.draw(edit.originals(), seeds)
-        arrays = {p: [np.asarray(im.convert("RGB")) for im in ims] for p, ims in drawn.items()}
-        kept_images = [im for p in keep for im in arrays[p]]
-        others = [im for p in unrelated for im in arrays[p]]
-        drawn_base = drawn_base or {"keep": kept_images}
+            drawn = target.draw([prompt], seeds)
+        figures, kept = edit_specificity(target, keep, unrelated, seeds, base_keep)
+        base_keep = base_keep or kept
         rate = success(drawn[prompt], prompt, detectors[0], scorer, edit.label, prompt)
-        shots = [im for p in edit.originals() for im in left[p]]
-        concept = success(shots, edit.originals()[0], detectors[0], scorer, edit.label, "")
         print(
-            f"| {name} | {prompt} | {rate:.0%} | {concept:.0%} | "
-            f"{mean_ssim(drawn_base['keep'], kept_images):.3f} | "
-            f"{specificity(others, unrelated, len(seeds), tw):.0%} | {seconds:.0f} |",
+            f"| {name} | {prompt} | {rate:.0%} | {figures['concept left']:.0%} | "
+            f"{figures['preserve SSIM']:.3f} | {figures['unlisted kept']:.0%} | {seconds:.0f} |",
             flush=True,
         )
     rounds = robust.provenance["robust"]

@@ -326,3 +326,40 @@ def test_a_family_whose_text_cannot_be_given_as_states_is_skipped_with_why(toy):
         assert run.rows == [] and drawn == []
         (skipped,) = run.skipped
         assert skipped["why"] == "its text cannot be given as states (no site reads one text here)"
+
+
+def test_the_soft_prompts_words_are_among_the_nearest_and_lower_its_objective(toy):
+    from locopack.evidence.attacks.search import attack_template, vocabulary
+    from locopack.evidence.attacks.soft_optimise import record_trajectory, trajectory_loss
+    from locopack.evidence.attacks.soft_project import CALLS, evenly_spaced, project
+
+    recipe, pipe, family, *_ = toy
+    ctx, edit = _context(toy, []), recipe.edits[0]
+    template, words = attack_template(edit), vocabulary(pipe.tokenizer, edit.label)
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    ids = [single_token(pipe.tokenizer, w) for w in ("dots", "checker", "red")]
+    noise = torch.randn(3, table.shape[1], generator=torch.Generator().manual_seed(0))
+    vectors = {"text_encoder": table[ids] + table.std() * noise}
+    with torch.no_grad():
+        trajectory = record_trajectory(ctx, edit.originals()[0], 0)
+    calls = evenly_spaced(trajectory, CALLS)
+
+    def nearest(vector, count):  # cosine, one word at a time
+        word_ids = [single_token(pipe.tokenizer, w) for w in words]
+        cos = [float(torch.cosine_similarity(vector, table[i], dim=0)) for i in word_ids]
+        return [w for _, w in sorted(zip(cos, words, strict=True), key=lambda t: -t[0])[:count]]
+
+    def loss(chosen):
+        with torch.no_grad():
+            states, pooled = family.given_text(pipe, [template.format(words=" ".join(chosen))])
+            return float(trajectory_loss(ctx, states, pooled, calls))
+
+    first = [nearest(v, 1)[0] for v in vectors["text_encoder"]]
+    assert project(ctx, vectors, words, template, trajectory, 1) == first
+    chosen = project(ctx, vectors, words, template, trajectory, 4)
+    assert chosen == project(ctx, vectors, words, template, trajectory, 4)  # deterministic
+    assert all(w in nearest(v, 4) for w, v in zip(chosen, vectors["text_encoder"], strict=True))
+    assert chosen != first and loss(chosen) < loss(first)
+    # the last position was searched last: none of its other candidates does better
+    last = nearest(vectors["text_encoder"][-1], 4)
+    assert all(loss(chosen[:-1] + [w]) >= loss(chosen) for w in last)

@@ -176,6 +176,51 @@ def test_the_recipe_takes_robust_settings_with_documented_defaults():
     assert "edit.robust.attacks: expected each attack named once" in str(error.value)
 
 
+class _Words:
+    """A tokenizer of a few whole words (all the word search reads of one)."""
+
+    all_special_tokens: list[str] = []
+
+    def get_vocab(self):
+        return {w: i for i, w in enumerate(("alpha", "beta", "gamma", "delta", "omega"))}
+
+
+@pytest.mark.parametrize("guard", [None, 1e-9])
+def test_a_rounds_search_runs_its_evaluations_whatever_the_time_unless_guarded(guard, monkeypatch):
+    """``evidence.attack.seconds`` (here next to nothing) does not cut a round's search: it
+    judges its ``steps`` prompts on any machine; ``edit.robust.seconds`` is a guard that does,
+    and the find then says so."""
+    import time
+    from types import SimpleNamespace
+
+    from locopack.recipe import AttackSettings
+
+    recipe = load_recipe(STRIPES)
+    recipe.evidence.attack = AttackSettings(steps=6, tokens=2, candidates=2, seconds=1e-9)
+    recipe.edit.robust = RobustSettings(seconds=guard)
+    judged: list[str] = []
+
+    def objective(*_args):
+        def value(prompt: str) -> float:
+            judged.append(prompt)
+            time.sleep(0.002)  # slower than either time limit
+            return float(len(judged))  # every trial improves: the search never stalls
+
+        return value
+
+    monkeypatch.setattr(robust_attacks, "concept_objective", objective)
+    base = SimpleNamespace(pipe=SimpleNamespace(tokenizer=_Words()), denoiser=torch.nn.Module())
+    target = robust_attacks.AttackTarget(
+        base, recipe, SimpleNamespace(), [None], WeightDelta({}), None, {}
+    )
+    (found,) = robust_attacks.search_attack(target, 2)
+    if guard is None:
+        assert len(judged) == 6 and not found.guarded
+    else:
+        assert len(judged) < 6 and found.guarded
+    assert found.prompts == tuple(reversed(judged[-2:]))  # the two best, best first
+
+
 @pytest.fixture(scope="module")
 def toy_robust(tmp_path_factory):
     """The stripes erase at LocoGen's window, plain and robust against a replay of the word
@@ -250,6 +295,10 @@ def test_the_card_shows_each_round(toy_robust):
     rows = robust_rounds({"robust": made.provenance["robust"]})["rows"]
     assert [row["round"] for row in rows] == ["1", "2"]
     assert rows[0]["best"] == "`a red circle on a an re ackground background`"
+    assert made.provenance["robust"]["deterministic"]
+    assert not robust_rounds({"robust": made.provenance["robust"]})["guarded"]
+    guarded = made.provenance["robust"] | {"deterministic": False}
+    assert robust_rounds({"robust": guarded})["guarded"]
     assert robust_rounds({}) is None  # a plain edit: no section
 
 

@@ -47,3 +47,28 @@ def test_bench_localize_sweeps_plantings_of_both_layouts():
     assert all(row[5] == "yes" for row in rows), out  # fast chooses what full chooses
     assert f"fast equals full on {len(rows)} of {len(rows)} plantings" in out
     assert "70-site twin, planted 30: paper loop" in out
+
+
+@pytest.mark.slow
+def test_bench_attack_prints_every_attack_against_the_four_models_and_their_specificity(tmp_path):
+    stripes = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
+    command = [sys.executable, str(ROOT / "scripts" / "bench_attack.py"), "--recipes", str(stripes)]
+    command += ["--steps", "2", "--tokens", "1", "--candidates", "2", "--seeds", "1"]
+    command += ["--soft-steps", "1", "--vector-steps", "2", "--rounds", "1", "--prompts", "1"]
+    command += ["--unrelated", "2", "--work", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=True)
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
+    cells = {row[0].strip(): [c.strip() for c in row[1:]] for row in rows}
+    attacks = ["word search", "concept vector (states)", "concept vector (words)"]
+    attacks += ["soft prompt (embeddings)", "soft prompt (words)"]
+    for name in attacks + ["chance (the prompt without the concept)"]:
+        rates = cells[name][1:]  # base, plain, robust, all sites
+        assert len(rates) == 4 and all(r.endswith("%") for r in rates), (name, rates)
+    assert cells["concept vector (states)"][1] == "100%"  # the base model draws the concept
+    seconds = {n: cells[f"{n} (s)"] for n in ("word search", "concept vector", "soft prompt")}
+    assert all(len(s) == 3 and all(v.isdigit() for v in s) for s in seconds.values())
+    # specificity: the base against itself is exact
+    assert cells["base"][1] == "1.000" and int(cells["base"][0].rstrip("%")) >= 50
+    assert {"plain", "robust", "all sites"} <= set(cells)
+    assert "robust erase (search, concept_vector, soft_prompt; " in done.stdout
+    assert "- round 1: stripes " in done.stdout

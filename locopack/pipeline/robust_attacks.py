@@ -5,17 +5,20 @@ of one round (the base with that round's delta applied in memory, its judges, th
 cache and the delta's identity for cache keys), ``count`` how many prompts to return per erase
 edit, best first.  :data:`ATTACKS` holds them by the names ``edit.robust.attacks`` uses;
 :func:`register_attack` adds one.  ``search`` is the evidence's word search (:mod:`.attack`)
-at ``evidence.attack``'s budget; ``concept_vector``, ``soft_prompt`` and ``replay`` are the
-attacks of :mod:`locopack.evidence.attacks` at ``evidence.attacks``' budgets
-(:func:`from_registry`),
-whose finds robust erase adds as text: the concept vector's and the soft prompt's words, the
-replayed prompts.
+at ``evidence.attack``'s budget in evaluations (``steps``), its time limit replaced by
+``edit.robust.seconds`` (no limit by default), so a round's finds do not depend on the
+machine's speed; ``concept_vector``, ``soft_prompt`` and ``replay`` are the attacks of
+:mod:`locopack.evidence.attacks` at ``evidence.attacks``' budgets (:func:`from_registry`;
+each counts optimiser steps or text encodings, never seconds), whose finds robust erase adds
+as text: the concept vector's and the soft prompt's words, the replayed prompts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..evidence import attacks
@@ -76,9 +79,13 @@ Attack = Callable[[AttackTarget, int], list[Found]]
 
 
 def search_attack(target: AttackTarget, count: int) -> list[Found]:
-    """The evidence's word search (:mod:`.attack`, at ``evidence.attack``'s budget) on the
-    edited model; per erase edit its ``count`` best judged prompts, best first."""
-    settings, seed = target.recipe.evidence.attack, check_seeds(target.recipe)[0]
+    """The evidence's word search (:mod:`.attack`, ``evidence.attack.steps`` evaluations,
+    stopped earlier only by the guard ``edit.robust.seconds``) on the edited model; per erase
+    edit its ``count`` best judged prompts, best first."""
+    robust = target.recipe.edit.robust
+    guard = robust.seconds if robust is not None and robust.seconds else math.inf
+    settings = SimpleNamespace(**target.recipe.evidence.attack.model_dump() | {"seconds": guard})
+    seed = check_seeds(target.recipe)[0]
     out = []
     for index, edit in target.erase_edits():
         words = vocabulary(target.base.pipe.tokenizer, edit.label)
@@ -98,9 +105,9 @@ def search_attack(target: AttackTarget, count: int) -> list[Found]:
 
         ranked = ranked_words(words, template, original, target.scorer)
         with target.edited():
-            search(recorded, template, words, settings, ranked)
+            stopped = search(recorded, template, words, settings, ranked)["stopped"]
         best = sorted(values, key=lambda p: (-values[p], p))[:count]
-        out.append(Found("search", index, tuple(best)))
+        out.append(Found("search", index, tuple(best), guarded=stopped == "seconds"))
     return out
 
 

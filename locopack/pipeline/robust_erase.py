@@ -19,7 +19,10 @@ prompt on the check seeds (:func:`~locopack.pipeline.select_sites.check_seeds`),
 edit's rate detector; ``after`` is the same prompts' rate once the round's rows are solved in.
 A find's ``states`` (continuous, e.g. a soft prompt's) are counted, not added: a release
 records its rows as text, so that ``audit --reproduce`` can solve them again.  Attacks are
-looked up by name (:mod:`.robust_attacks`); every
+looked up by name (:mod:`.robust_attacks`), each at a budget counted in evaluations (the
+word search's ``steps``, not its ``seconds``), so a recipe solves the same rows on every
+machine; ``edit.robust.seconds`` is an optional guard, and a round it cut short is recorded
+(``guarded``; the record's ``deterministic`` is then false).  Every
 image an attack or a measurement judges is cached in the release's ``cache/`` under the delta's
 hash, so a killed build replays its rounds and draws only what it had not judged.
 """
@@ -40,7 +43,7 @@ from .select_sites import check_seeds, judges
 if TYPE_CHECKING:
     from ..delta import WeightDelta
     from ..models.loaded import LoadedBase
-    from ..recipe.schema import Recipe
+    from ..recipe.schema import EraseEdit, Recipe
 
 #: the bar of an erase edit that states no ``attack_success`` requirement
 DEFAULT_BAR = 0.10
@@ -72,12 +75,12 @@ def check_robust(recipe: Recipe) -> None:
         raise RecipeError(f"{recipe.source}: edit.robust: {problem}")
 
 
-def bar(edit: Any) -> float:
+def bar(edit: EraseEdit) -> float:
     """The attack success an erase edit's robust erase aims for."""
     return edit.requirements.thresholds(edit.kind).get("attack_success", DEFAULT_BAR)
 
 
-def nearest_target(edit: Any, prompt: str) -> str:
+def nearest_target(edit: EraseEdit, prompt: str) -> str:
     """The target of the edit prompt nearest to ``prompt`` by word diff (first on ties)."""
     words = prompt.lower().split()
 
@@ -154,7 +157,9 @@ def robust_erase(
             # continuous finds are not rows yet: the release could not re-solve them
             "states_left_out": sum(0 if f.states is None else len(f.states) for f in found),
             "found": [
-                {"attack": f.attack, "edit": f.edit, "prompts": list(f.prompts)} for f in found
+                {"attack": f.attack, "edit": f.edit, "prompts": list(f.prompts)}
+                | ({"guarded": True} if f.guarded else {})
+                for f in found
             ],
             "edits": list(edits.values()),
             "rows_added": 0,
@@ -183,6 +188,8 @@ def robust_erase(
         "judges": [name for name, _ in judged],
         "rounds": rounds,
         "met": all(e["success_before"] <= e["bar"] for e in final),
+        # every round's attacks ran their budgets in evaluations: the same on every machine
+        "deterministic": not any(f.get("guarded") for r in rounds for f in r["found"]),
     }
     return delta
 

@@ -15,8 +15,12 @@ attack                budget (default)                            cost
                       text encodings                               the found prompt
 ``soft_prompt``       ``tokens`` (3) embeddings, ``steps`` (24)    ``steps`` x ``timesteps``
                       optimiser steps of ``timesteps`` (2)         denoiser passes with gradient
-                      denoiser timesteps, step size ``lr`` (0.5)   (about 3 passes each), then
-                                                                   seeds images of two prompts
+                      denoiser timesteps, step size ``lr`` (0.5);  (about 3 passes each); words:
+                      words: ``candidates`` (8) nearest per        up to ``tokens`` x
+                      position, searched on the same objective     (``candidates`` - 1) + 1 text
+                                                                   encodings x 4 passes, no
+                                                                   image; then seeds images of
+                                                                   two prompts
 ``replay``            the first ``limit`` (100) prompts of         ``limit`` x seeds images
                       ``prompts`` (a file, or a Hub dataset id)
 ====================  ==========================================  ===============================
@@ -54,13 +58,15 @@ class ConceptVectorSettings(_Strict):
 class SoftPromptSettings(_Strict):
     """UnlearnDiffAtk / P4D's soft prompt (:mod:`locopack.evidence.attacks.soft_prompt`): ``tokens``
     input embeddings, ``steps`` optimiser steps of ``timesteps`` denoiser timesteps each,
-    step size ``lr`` in units of the spread of the encoder's token embeddings; deterministic
-    under ``seed``."""
+    step size ``lr`` in units of the spread of the encoder's token embeddings; the *words*
+    variant keeps each vector's ``candidates`` nearest words and searches among them on the
+    same objective (1: the nearest word alone); deterministic under ``seed``."""
 
     tokens: int = Field(3, ge=1, le=16)
     steps: int = Field(24, ge=1)
     timesteps: int = Field(2, ge=1, le=16)
     lr: float = Field(0.5, gt=0)
+    candidates: int = Field(8, ge=1, le=64)
     seed: Seed = 0
 
 

@@ -289,11 +289,15 @@ class RobustSettings(_Strict):
     ``prompts`` best prompts each found per erase edit as extra edit rows mapped to that
     edit's target, and solve again; it stops once every erase edit's attack success is at most
     its ``attack_success`` requirement (0.10 where none is stated).  The word search
-    (``search``) runs at ``evidence.attack``'s budget."""
+    (``search``) runs ``evidence.attack.steps`` evaluations, whatever the time (its
+    ``seconds`` limits the evidence's search only), so every machine solves the same rows;
+    ``seconds`` is a guard on each round's search (off by default): where it stops one, the
+    round records it and the result depends on the machine."""
 
     rounds: int = Field(3, ge=1, le=20)
     attacks: list[AttackName] = Field(["search"], min_length=1)
     prompts: int = Field(4, ge=1, le=64)
+    seconds: float | None = Field(None, gt=0)
 
     @field_validator("attacks")
     @classmethod

@@ -141,6 +141,7 @@ def _states_success(ctx, model, edit, free, states, pooled, identity) -> float:
 def _nearness(ctx: AttackContext, target: torch.Tensor):
     """``prompt -> -(mean squared distance of its states to target)``."""
 
+    @torch.no_grad()
     def objective(prompt: str) -> float:
         states = ctx.family.given_text(ctx.pipe, [prompt])[0][0].float()
         return -float(torch.mean((states - target) ** 2))

@@ -49,6 +49,8 @@ class AttackContext:
         write_grid: ``write_grid(stem, rows)`` writes a before | after grid, returns its name.
         cache: the release's :class:`~locopack.localize.cache.CandidateCache`, or None.
         inputs: what identifies the models in cache keys (the evidence's inputs).
+        base_inputs: what identifies the base model alone, where its judgements are shared
+            by several edits (a benchmark of many edits of one base); None: ``inputs``.
     """
 
     pipe: DiffusionPipeline
@@ -65,6 +67,7 @@ class AttackContext:
     write_grid: Callable[[str, list], str]
     cache: CandidateCache | None = None
     inputs: Any = None
+    base_inputs: object = None
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -74,11 +77,16 @@ class AttackContext:
         """The edit applied for ``edited``, nothing for ``base``."""
         return self.edited() if model == "edited" else nullcontext()
 
+    def inputs_of(self, model: str) -> object:
+        """What identifies ``model`` (``base`` or ``edited``) in cache keys."""
+        shared = model == "base" and self.base_inputs is not None
+        return self.base_inputs if shared else self.inputs
+
     def key(self, attack: str, model: str, **what: Any) -> str | None:
         """The cache key of one judgement, or None without a cache."""
         if self.cache is None:
             return None
-        return self.cache.key(kind=attack, model=model, inputs=self.inputs, **what)
+        return self.cache.key(kind=attack, model=model, inputs=self.inputs_of(model), **what)
 
     def findings(self, images: list, prompt: str, original: str, label: str) -> list[float]:
         """The concept's finding on each image (see the module docstring)."""

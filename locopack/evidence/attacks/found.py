@@ -16,6 +16,8 @@ class Found:
     continuous finds, (n, L, D) as the sites receive encoded prompts (``EditStates.originals``
     of :mod:`locopack.edit.editor`), with ``positions[k]`` the positions of row set k that
     carry the concept; only for families whose sites all read one encoded text (cross-attention).
+    ``guarded``: a time guard, not the attack's budget, stopped it (the finds depend on the
+    machine's speed).
     """
 
     attack: str
@@ -23,3 +25,4 @@ class Found:
     prompts: tuple[str, ...] = ()
     states: torch.Tensor | None = None
     positions: tuple[tuple[int, ...], ...] = field(default_factory=tuple)
+    guarded: bool = False

@@ -197,8 +197,8 @@ def run_attacks(
     ``draw(prompts, seeds)`` returns ``{prompt: [image per seed]}`` on the model as it is;
     ``edited()`` is a context manager under which the release's edit is applied;
     ``write_grid(name, rows)`` writes a before | after grid into the evidence and returns
-    its file name.  ``cache`` (with ``inputs``, what identifies the models) makes the
-    searches resumable (see :func:`cached`).
+    its file name.  ``cache`` (with ``inputs``, what identifies each model:
+    ``{"base": ..., "edited": ...}``) makes the searches resumable (see :func:`cached`).
     """
     settings = recipe.evidence.attack
     if settings.steps == 0:
@@ -217,7 +217,9 @@ def run_attacks(
         judge = (detector, scorer, edit.label, original)
         objective = concept_objective(draw, detector, scorer, edit.label, original, seeds[0])
         judged = {
-            model: cached(objective, cache, model=model, inputs=inputs, seed=seeds[0])
+            model: cached(
+                objective, cache, model=model, inputs=(inputs or {}).get(model), seed=seeds[0]
+            )
             for model in ("base", "edited")
         }
         ranked = ranked_words(words, template, original, scorer)

@@ -95,6 +95,20 @@ def carries_gradient(ctx: AttackContext, word: str, carrier: str) -> bool:
         return ctx.family.given_text(ctx.pipe, [carrier])[0].requires_grad
 
 
+def trajectory_loss(
+    ctx: AttackContext, states: torch.Tensor, pooled: torch.Tensor | None, calls: list[tuple]
+) -> torch.Tensor:
+    """P4D's objective (:mod:`.soft_prompt`): the summed squared error, over the recorded
+    ``calls``, of the model's noise prediction with ``states`` (and ``pooled``) as its text
+    against the base model's on the concept prompt."""
+    loss = torch.zeros(())
+    for args, kwargs, target in calls:
+        with feeding(ctx.family, ctx.denoiser, states, pooled):
+            predicted = _prediction(ctx.denoiser(*args, **kwargs))
+        loss = loss + torch.nn.functional.mse_loss(predicted.float(), target.float())
+    return loss
+
+
 def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch.Tensor]:
     """The soft prompt {encoder name: (k, D)} after ``settings.steps`` Adam steps on the model
     as it is (see :mod:`.soft_prompt`)."""
@@ -113,12 +127,7 @@ def optimise(ctx, word, start, carrier, trajectory, settings) -> dict[str, torch
             chosen = rng.sample(range(len(trajectory)), min(settings.timesteps, len(trajectory)))
             with soft_tokens(ctx.pipe, word, vectors):
                 states, pooled = ctx.family.given_text(ctx.pipe, [carrier])
-            loss = 0.0
-            for i in chosen:
-                args, kwargs, target = trajectory[i]
-                with feeding(ctx.family, ctx.denoiser, states, pooled):
-                    predicted = _prediction(ctx.denoiser(*args, **kwargs))
-                loss = loss + torch.nn.functional.mse_loss(predicted.float(), target.float())
+            loss = trajectory_loss(ctx, states, pooled, [trajectory[i] for i in chosen])
             if not loss.requires_grad:  # the sites read the text on a path without gradient
                 raise ModelLayoutError(
                     f"{ctx.family.pretty_name}'s prediction carries no gradient to its text here"

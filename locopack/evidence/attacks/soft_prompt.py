@@ -19,14 +19,15 @@ Two variants, each judged on base and edited, where the attack ran against that 
 
 - *embeddings*: the soft prompt itself, drawn through the pipeline's own encoding (white-box
   upper bound: no user can type it);
-- *words*: each vector projected to its nearest whole word (cosine, in the embedding table of
-  the encoder whose tokens index the sites) and that prompt drawn.
+- *words*: the soft prompt projected to whole words (:mod:`.soft_project`: each vector's
+  ``candidates`` nearest words, and a short coordinate search among them on the same
+  objective) and that prompt drawn.
 
 Chance is the edit's first prompt without the concept.  Its finds (:class:`Found`) are the
 edited model's projected prompt and, for cross-attention families, the soft prompt's encoded
 states (the positions from its first soft token to the end of text).  The optimised
-embeddings are cached, so an interrupted build neither optimises nor draws again what it
-finished.  An erase edit is
+embeddings and the projected words are cached, so an interrupted build neither optimises,
+projects nor draws again what it finished.  An erase edit is
 skipped, with why, where no placeholder word exists or the pipeline encodes prompts without
 gradient (DeepFloyd IF).
 """
@@ -46,6 +47,7 @@ from .context import MODELS, AttackContext, erase_edits, row
 from .feed import single_token, soft_tokens, text_encoders
 from .found import Found
 from .soft_optimise import carries_gradient, optimise, record_trajectory
+from .soft_project import project
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -68,7 +70,8 @@ class SoftPrompt(Attack):
     def budget(cls, settings: SoftPromptSettings) -> str:
         return (
             f"{settings.tokens} embeddings, {settings.steps} steps x {settings.timesteps} "
-            f"timesteps, lr {settings.lr:g} (seed {settings.seed})"
+            f"timesteps, lr {settings.lr:g}; words: {settings.candidates} per position "
+            f"(seed {settings.seed})"
         )
 
     @classmethod
@@ -113,7 +116,11 @@ def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | 
                 return ctx.draw([carrier], ctx.seeds)[carrier]
 
         embedded[model] = statistics.fmean(ctx.judged(drawn, draw, carrier, concept, edit.label))
-        finds[model] = template.format(words=" ".join(_nearest(ctx, vectors, usable)))
+        projected_key = ctx.key(SoftPrompt.name, model, variant="projected", **identity)
+        chosen = _cached_project(
+            ctx, projected_key, model, (vectors, usable, template, trajectory), settings.candidates
+        )
+        finds[model] = template.format(words=" ".join(chosen))
         projected[model] = ctx.prompt_success(SoftPrompt.name, model, finds[model], edit)
     chance = ctx.chance(edit)
     budget = SoftPrompt.budget(settings)
@@ -161,11 +168,15 @@ def _found(ctx, index: int, prompt: str, word: str, carrier: str, vectors) -> Fo
     return Found(SoftPrompt.name, index, (prompt,), states, positions)
 
 
-def _nearest(ctx: AttackContext, vectors: dict[str, torch.Tensor], words: list[str]) -> list[str]:
-    """Each vector's nearest word (cosine) in the encoder whose tokens index the sites."""
-    primary = ctx.family.tokenizer(ctx.pipe)
-    name, tokenizer, encoder = next(e for e in text_encoders(ctx.pipe) if e[1] is primary)
-    ids = torch.tensor([single_token(tokenizer, w) for w in words])
-    table = torch.nn.functional.normalize(encoder.get_input_embeddings().weight[ids].float(), dim=1)
-    chosen = torch.nn.functional.normalize(vectors[name].float(), dim=1) @ table.T
-    return [words[i] for i in chosen.argmax(dim=1).tolist()]
+def _cached_project(ctx, key, model, what, candidates: int) -> list[str]:
+    """The projected words (:func:`.soft_project.project` of ``what``: the vectors, the usable
+    words, the template, the trajectory) on ``model``, from the cache when there (stored as
+    indices into the words)."""
+    vectors, words, template, trajectory = what
+    if key is not None and (hit := ctx.cache.get(key)) is not None:
+        return [words[int(i)] for i in hit["scores"]]
+    with ctx.on(model):
+        chosen = project(ctx, vectors, words, template, trajectory, candidates)
+    if key is not None:
+        ctx.cache.put(key, {"scores": [float(words.index(w)) for w in chosen], "seconds": 0.0})
+    return chosen

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Attack, AttackRun
-from .context import AttackContext, row
+from .context import MODELS, AttackContext, row
 
 if TYPE_CHECKING:
     from ...recipe.schema import Recipe
@@ -42,9 +42,8 @@ class WordSearch(Attack):
 
         detectors = [ctx.detector] if ctx.detector is not None else []
         args = (ctx.draw, ctx.edited, detectors, ctx.scorer, ctx.seeds, ctx.write_grid)
-        record = run_attacks(
-            ctx.recipe, ctx.pipe.tokenizer, *args, cache=ctx.cache, inputs=ctx.inputs
-        )
+        inputs = {m: ctx.inputs_of(m) for m in MODELS}
+        record = run_attacks(ctx.recipe, ctx.pipe.tokenizer, *args, cache=ctx.cache, inputs=inputs)
         rows = []
         for item in record["edits"]:
             base, edited = item["searches"]["base"], item["searches"]["edited"]
