@@ -48,7 +48,7 @@ ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (WordSearch, ConceptVector, SoftPrompt, Replay)
 }
 
-FORMAT = "locopack.evidence.attacks/1"
+FORMAT = "locopack.attacks/1"
 
 
 def get_attack(name: str) -> type[Attack]:
