@@ -84,10 +84,10 @@ def export_cmd(
     )
     if "manifest" in written:
         manifest = written.pop("manifest")
-        ranks = sorted({m["rank"] for m in manifest["modules"].values()})
+        ranks = sorted({m.rank for m in manifest.modules.values()})
         click.echo(
-            f"adapter: {len(manifest['modules'])} modules, ranks {ranks}, "
-            f"max relative error {manifest['max_relative_error']:.1e}"
+            f"adapter: {len(manifest.modules)} modules, ranks {ranks}, "
+            f"max relative error {manifest.max_relative_error:.1e}"
         )
     for what, path in written.items():
         click.echo(f"wrote {what}: {path}")

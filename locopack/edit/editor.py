@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..delta import WeightDelta, library_versions
+from ..delta_record import DeltaProvenance
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from ..prompt_samples import neighbours
@@ -83,9 +84,9 @@ def collect_states(
     )
 
 
-def extra_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
+def extra_rows(provenance: DeltaProvenance) -> list[tuple[str, str]]:
     """The extra ``(prompt, target)`` rows a delta was solved with (none for a plain edit)."""
-    return [(row["prompt"], row["target"]) for row in provenance.get("extra_rows", [])]
+    return [(row.prompt, row.target) for row in provenance.extra_rows]
 
 
 @torch.no_grad()
@@ -157,7 +158,7 @@ def compute_delta(
     provenance["token_rows"] = prompts.rows
     if extra:
         provenance["extra_rows"] = [{"prompt": p, "target": t} for p, t in extra]
-    return WeightDelta(deltas, provenance)
+    return WeightDelta(deltas, DeltaProvenance.parse(provenance, "the edit's provenance"))
 
 
 def _modules(site: Any, matrices: str) -> list[str]:

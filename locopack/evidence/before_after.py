@@ -35,7 +35,6 @@ instead of drawing it again, as the sweep's cache does for its windows.
 from __future__ import annotations
 
 import io
-import json
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,11 +44,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import LocopackError
 from ..fingerprint import tensors_sha256
 from ..localize.cache import CandidateCache
 from ..prompt_samples import sampled_unrelated
 from ..release.layout import ADAPTER_FILE, CACHE_DIR, EVIDENCE_DIR, EVIDENCE_FILE
-from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
+from ..release.records.evidence import EvidenceRecord
+from ..storage import atomic_write_bytes, load_tensors
 from .attacks import AttackContext, run_all
 from .charts import SUMMARY_CHART, summary_png
 from .detectors import load_detector, rates
@@ -111,16 +112,17 @@ def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] |
     """The evidence already in ``release`` when it was drawn from ``inputs`` and every image
     it names is there; else None (it is then drawn again)."""
     try:
-        found = json.loads((release / EVIDENCE_FILE).read_text(encoding="utf-8"))
-        images = [g for e in found["edits"] for s in e["sets"].values() for g in _grids(s)]
-        images += [g["image"] for g in found["gallery"]] + [found["summary_chart"]]
-        images += [a["grid"] for a in (found["attack"] or {"edits": []})["edits"]]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        found = EvidenceRecord.read(release / EVIDENCE_FILE)
+        images = [g for e in found.edits for s in e.sets.values() for g in _grids(s)]
+        images += [g.image for g in found.gallery] + [found.summary_chart]
+        images += [a["grid"] for a in (found.attack or {"edits": []})["edits"]]
+    except (LocopackError, TypeError, KeyError):
         return None
     complete = all(isinstance(i, str) and (release / i).is_file() for i in images)
     # evidence older than the requirements or the attack table: redrawn
-    complete = complete and "requirements" in found and "attacks" in found
-    return found if complete and found.get("inputs") == inputs else None
+    complete = complete and found.requirements is not None and found.attacks is not None
+    same = found.inputs is not None and found.inputs.to_json() == inputs
+    return found.to_json() if complete and same else None
 
 
 @contextmanager
@@ -290,7 +292,7 @@ def collect_evidence(
     result["requirements"] = judge(recipe, result)
     atomic_write_bytes(out / SUMMARY_CHART, summary_png(result))
     result["summary_chart"] = SUMMARY_CHART
-    atomic_write_text(out / EVIDENCE_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    EvidenceRecord.parse(result, "the evidence").write(out / EVIDENCE_FILE)
     return result
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..delta import WeightDelta
 from ..filenames import MERGE_FILE
 from ..storage import atomic_dir
+from .records import MergeRecord
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -33,13 +34,11 @@ def write_merged(
     denoiser = getattr(pipe, family.denoiser_attr)
     with delta.applied(denoiser), atomic_dir(out) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
-        record = {
-            "format": "locopack.merge/1",
-            "delta_sha256": delta.sha256(),
-            "edited_tensors": sorted(f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas),
-            "provenance": delta.provenance,
-        }
-        (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        MergeRecord(
+            delta_sha256=delta.sha256(),
+            edited_tensors=sorted(f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas),
+            provenance=delta.provenance,
+        ).write(tmp / MERGE_FILE)
         _forget_source_paths(tmp)
     return out
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
+    from ..release.records.history import HistoryEntry
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -181,12 +182,12 @@ def check_finite(base: LoadedBase) -> None:
                 )
 
 
-def changed_file(folder: Path, entry: dict[str, Any]) -> str | None:
+def changed_file(folder: Path, entry: HistoryEntry) -> str | None:
     """What differs between the pipeline ``folder`` and the merged checkpoint that the history
     ``entry`` of its release recorded (the first file missing or with another sha256); None
     when nothing does or the entry records no merged checkpoint."""
     prefix = f"{MERGED_DIR}/"
-    recorded = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    recorded = entry.files
     for name, digest in sorted(recorded.items()):
         path = Path(folder) / name.removeprefix(prefix)
         if not name.startswith(prefix):

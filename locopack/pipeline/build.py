@@ -62,6 +62,7 @@ from .stages import (
 
 if TYPE_CHECKING:
     from ..recipe.schema import Recipe
+    from ..release.records.history import HistoryEntry
 
 STAGES = ("localize", "edit", "export", "evidence", "card", "history")
 
@@ -146,14 +147,14 @@ def _clear_another_build(
     copy = out / RECIPE_FILE
     if not present or (copy.is_file() and copy.read_text(encoding="utf-8") == recipe.source_text):
         return  # a new folder, or this recipe's own build to resume
-    last = (read_history(out / HISTORY_FILE) or [{}])[-1]
-    recorded = last.get("files")
-    if not isinstance(recorded, dict) or not recorded:
+    entries = read_history(out / HISTORY_FILE)
+    recorded = entries[-1].files if entries else {}
+    if not recorded:
         raise ExportError(
             f"{out}: holds files that no {HISTORY_FILE} records ({_names(present)}); nothing "
             "was removed: move them out of the folder, or build into another --out"
         )
-    earlier = f"the release of recipe {last.get('recipe_name')!r}"
+    earlier = f"the release of recipe {entries[-1].recipe_name!r}"
     foreign = [
         name
         for name in present
@@ -197,7 +198,7 @@ def _reusable_delta(path: Path, recipe: Recipe, base: LoadedBase) -> WeightDelta
     return delta if same and delta.sites else None
 
 
-def _check_recorded_base(base: LoadedBase, previous: list[dict[str, Any]]) -> None:
+def _check_recorded_base(base: LoadedBase, previous: list[HistoryEntry]) -> None:
     """Refuse a base that is a release's merged checkpoint no longer holding what its history
     recorded (damaged or altered weights the fingerprint does not cover)."""
     folder = Path(base.source)  # also a Hub release's downloaded merged/
@@ -316,12 +317,12 @@ def _build(
         out,
         previous,
         base=base,
-        adapter_tolerance=manifest["max_relative_error"],
+        adapter_tolerance=manifest.max_relative_error,
         seconds=summary.seconds,
         requirements=summary.requirements,
         allowed_unmet=allow_unmet,
     )
     write_history(out, [*previous, entry])
     log.done("history")
-    summary.files = sorted(entry["files"]) + [HISTORY_FILE]
+    summary.files = sorted(entry.files) + [HISTORY_FILE]
     return summary

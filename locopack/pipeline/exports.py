@@ -6,7 +6,7 @@ checkpoint and an ONNX denoiser.  ``locopack build`` and ``locopack export`` bot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExportError
 from ..export.formats import ExportChoice
@@ -14,9 +14,13 @@ from ..release.layout import ADAPTER_FILE, MERGED_DIR, ONNX_DIR, recorded_base
 from .base import LoadedBase
 from .lock import build_lock, check_free
 
+if TYPE_CHECKING:
+    from ..delta import WeightDelta
+    from ..models.base import ModelFamily
+
 
 def export_delta(
-    delta: Any, out: Path, choice: ExportChoice, base: LoadedBase | None = None
+    delta: WeightDelta, out: Path, choice: ExportChoice, base: LoadedBase | None = None
 ) -> dict[str, Any]:
     """Write the exports of ``delta`` into ``out``: the diffusers/PEFT adapter (+ manifest),
     a kohya file, a merged checkpoint and an ONNX denoiser, as ``choice`` asks.
@@ -95,29 +99,34 @@ def run_export(
         source = model or recorded_base(prov, delta_path.parent)
         if not source:
             raise ExportError(f"{delta_path}: its provenance names no base model; pass --model")
-        revision = None if model else prov.get("base_commit") or prov.get("base_revision")
+        revision = None if model else prov.base_commit or prov.base_revision
         pipe, family = load_pipeline(
             source,
             revision,
-            prov.get("base_dtype", "float32"),
-            None if model else prov.get("base_variant"),
+            prov.base_dtype or "float32",
+            None if model else prov.base_variant,
             allow_pickle=allow_pickle,
         )
-        check_base_model(pipe, family, prov, delta_path, force)
+        check_base_model(pipe, family, prov.to_json(), delta_path, force)
         base = LoadedBase(pipe, family, source, revision)
     with build_lock(out, command="export"):
         return export_delta(delta, out, choice, base)
 
 
-def _delta_family(delta: Any) -> Any:
+def _delta_family(delta: WeightDelta) -> type[ModelFamily]:
     """The family the delta's provenance names."""
     from ..models import get_family
 
-    return get_family(str(delta.provenance.get("family")))
+    return get_family(str(delta.provenance.family))
 
 
-def _onnx_record(delta: Any) -> dict[str, Any]:
+def _onnx_record(delta: WeightDelta) -> dict[str, str | list[str] | None]:
     """What the ONNX export records of the edit it carries."""
     prov = delta.provenance
-    keys = ("recipe_name", "recipe_sha256", "base_fingerprint", "sites")
-    return {"delta_sha256": delta.sha256(), **{k: prov.get(k) for k in keys}}
+    return {
+        "delta_sha256": delta.sha256(),
+        "recipe_name": prov.recipe_name,
+        "recipe_sha256": prov.recipe_sha256,
+        "base_fingerprint": prov.base_fingerprint,
+        "sites": prov.sites,
+    }

@@ -26,6 +26,7 @@ from ..release.layout import HISTORY_FILE, LOCALIZATION_FILE, locate
 
 if TYPE_CHECKING:
     from ..recipe.schema import Recipe
+    from ..release.records.history import HistoryEntry
 
 #: largest difference allowed between a recorded and a recomputed window score
 SCORE_TOLERANCE = 1e-4
@@ -39,7 +40,7 @@ class Reproduce(str, enum.Enum):
 
 
 def reproduce(
-    entry: dict[str, Any],
+    entry: HistoryEntry,
     delta: Any,
     folder: Path,
     base_source: str,
@@ -58,9 +59,9 @@ def reproduce(
     from ..recipe.schema import parse_recipe
     from .base import LoadedBase, recipe_family
 
-    recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
+    recipe = parse_recipe(entry.recipe_text, f"{HISTORY_FILE}:{entry.index + 1}")
     source, _ = pipeline_source(base_source)
-    revision = entry.get("base_commit") or entry.get("base_revision")
+    revision = entry.base_commit or entry.base_revision
     if Path(source).is_dir():
         revision = None
     pipe, family = load_pipeline(
@@ -71,7 +72,7 @@ def reproduce(
     layers = delta.sites
     if how is Reproduce.FULL:
         scorer_source = scorer_source or locate(
-            folder, entry.get("scorer_location"), recipe.localize.scorer
+            folder, entry.scorer_location, recipe.localize.scorer
         )
         check, layers = _relocalize(recipe, base, folder, scorer_source)
         checks.append(check)
@@ -151,7 +152,7 @@ def _redo_edit(recipe, base, layers, delta, entry, how: Reproduce) -> tuple[str,
         fingerprint=base.fingerprint,
         extra=extra_rows(delta.provenance),
     )
-    exact = library_versions() == entry.get("versions") and base.pipe.device.type == "cpu"
+    exact = library_versions() == entry.versions and base.pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()
         tolerance = "bit-exact (same versions, CPU)"

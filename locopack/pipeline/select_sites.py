@@ -39,6 +39,7 @@ from ..localize.editable import TrailStep, nested_sets, smallest_meeting
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from ..localize.result import LocalizationResult
     from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
 
@@ -300,44 +301,44 @@ def trail_matches(recorded: Any, again: Any, tolerance: float) -> tuple[bool, fl
     return same and worst <= tolerance, worst
 
 
-def trail_table(localization: dict[str, Any]) -> str:
-    """The card's account of an editable selection (a ``localization.json`` mapping): one
-    row per set of sites tried; empty for ``select: score``."""
+def trail_table(localization: LocalizationResult) -> str:
+    """The card's account of an editable selection: one row per set of sites tried; empty for
+    ``select: score``."""
     from ..localize.plot import short_site
     from ..release import markdown_text as md
 
-    trail = localization.get("trail")
+    trail = localization.trail
     if not trail:
         return ""
-    count = len(localization["site_paths"])
+    count = len(localization.site_paths)
     rows = []
     for number, step in enumerate(trail, 1):
-        sites = ", ".join(short_site(s) for s in step["sites"])
-        how = "left out " if step.get("removed") else "added "
-        changed = step.get("removed") or []
+        sites = ", ".join(short_site(s) for s in step.sites)
+        how = "left out " if step.removed else "added "
+        changed = step.removed or []
         how += (
             ", ".join(short_site(s) for s in changed)
             if changed
-            else (f"window {step['added']}" if step["added"] is not None else "every site")
+            else (f"window {step.added}" if step.added is not None else "every site")
         )
         measured = (
             "; ".join(
                 f"{c['set'].replace('_', '-')} {c['requirement'].replace('_', ' ')} "
                 f"{100 * c['measured']:.0f}% ({c['rule']} {100 * c['threshold']:.0f}%)"
-                for c in step["checks"]
+                for c in step.checks
             )
             or "no efficacy requirement in force"
         )
         rows.append(
-            f"| {number} | {len(step['sites'])} | {md.inline(sites)} | {md.inline(how)} | "
-            f"{md.inline(measured)} | {'yes' if step['met'] else 'no'} |"
+            f"| {number} | {len(step.sites)} | {md.inline(sites)} | {md.inline(how)} | "
+            f"{md.inline(measured)} | {'yes' if step.met else 'no'} |"
         )
-    kept = localization.get("selected") or []
-    if any(s["met"] and s["sites"] == kept for s in trail):
+    kept = localization.selected or []
+    if any(s.met and s.sites == kept for s in trail):
         verdict = f"{len(kept)} of {count} sites were edited: the smallest set found that met it."
     else:
         verdict = f"No set of sites met it; all {count} sites were edited as the last resort."
-    check = localization.get("check") or {}
+    check = localization.check or {}
     judged = ", ".join(dict.fromkeys(check.get("judges", [])))
     return (
         "\nThe sites were chosen by what an edit of them can do (`select: editable`): LocoEdit "

@@ -24,7 +24,9 @@ import yaml
 from ..control_chars import strip_controls
 from ..errors import ExportError, LocopackError
 from ..evidence.detectors import is_plugin
+from ..export.records import LoraManifest
 from ..hub_ref import is_hub_id
+from ..localize.result import LocalizationResult
 from ..storage import atomic_write_text
 from . import markdown_text as md
 from .card_sections import card_images, evidence_sections
@@ -48,9 +50,13 @@ from .layout import (
     release_files,
     sha256_file,
 )
+from .records.edit import EditRecord
+from .records.evidence import EvidenceRecord
 from .robust_card import robust_rounds
 
 if TYPE_CHECKING:
+    from ..delta_record import DeltaProvenance
+    from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
 
 
@@ -65,17 +71,14 @@ def _is_hub_id(ref: str) -> bool:
     return is_hub_id(ref) and not Path(ref).exists()
 
 
-def _read_json(folder: Path, name: str, needed_for: str) -> dict:
+def _require(folder: Path, name: str, needed_for: str) -> Path:
     path = folder / name
     if not path.is_file():
         raise ExportError(
             f"{folder}: {name} is missing ({needed_for}); re-run the stage "
             "that writes it before building the card"
         )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ExportError(f"{path}: not valid JSON ({err})") from None
+    return path
 
 
 def _license(recipe: Recipe, base: str) -> str | None:
@@ -97,14 +100,14 @@ def _license(recipe: Recipe, base: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _limitations(evidence: dict) -> list[str]:
+def _limitations(evidence: EvidenceRecord) -> list[str]:
     """Held-out prompts whose score moved less than half as much as the edited prompts'."""
     notes = []
-    for edit in evidence["edits"]:
-        sets = edit["sets"]
+    for edit in evidence.edits:
+        sets = edit.sets
         if "edited" not in sets or "held_out" not in sets:
             continue
-        key, sign = edit["success_score"]
+        key, sign = edit.success_score
 
         def moves(item, key=key, sign=sign):
             before, after = item["scores"]["before"][key], item["scores"]["after"][key]
@@ -116,7 +119,7 @@ def _limitations(evidence: dict) -> list[str]:
         for prompt, move in zip(held["prompts"], moves(held), strict=True):
             if move < 0.5 * typical:
                 notes.append(
-                    f"- {md.code(prompt)} ({md.inline(edit['label'])}): moved {move:+.2f} "
+                    f"- {md.code(prompt)} ({md.inline(edit.label)}): moved {move:+.2f} "
                     f"vs {typical:+.2f} on the edited prompts"
                 )
     return notes
@@ -153,21 +156,21 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
     if not (folder / RECIPE_FILE).is_file():
         raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
     recipe = load_recipe(folder / RECIPE_FILE)
-    edit = _read_json(folder, EDIT_FILE, "the edited layers and edit quality")
-    evidence = _read_json(folder, EVIDENCE_FILE, "the before/after evidence")
-    manifest = _read_json(folder, MANIFEST_FILE, "the adapter's ranks")
+    edit = EditRecord.read(_require(folder, EDIT_FILE, "the edited layers and edit quality"))
+    evidence = EvidenceRecord.read(_require(folder, EVIDENCE_FILE, "the before/after evidence"))
+    manifest = LoraManifest.read(_require(folder, MANIFEST_FILE, "the adapter's ranks"))
     localization = None
     if (folder / LOCALIZATION_FILE).is_file():
-        localization = _read_json(folder, LOCALIZATION_FILE, "the localization scores")
-    referenced = card_images(evidence)
-    referenced += [g["image"] for g in evidence.get("gallery", [])]
+        localization = LocalizationResult.load(folder / LOCALIZATION_FILE)
+    referenced = card_images(evidence.to_json())
+    referenced += [g.image for g in evidence.gallery]
     referenced += [DELTA_FILE, ADAPTER_FILE]
     referenced += [LOCALIZATION_PLOT] if localization else []
     for name in referenced:
         if not (folder / name).is_file():
             raise ExportError(f"{folder}: {name} is missing but the card refers to it")
 
-    provenance = manifest["provenance"]
+    provenance = manifest.provenance
     merged = (folder / MERGED_DIR / PIPELINE_INDEX).is_file()
     kinds = sorted({e.card_tag for e in recipe.edits})
     data = ModelCardData(
@@ -185,11 +188,10 @@ def _build_card(folder: Path, allowed_unmet: bool | None, signer: str | None) ->
             "text-to-image",
             *(["lora"] if not merged else ["lora", "merged"]),
             *kinds,
-            provenance.get("family", ""),
+            provenance.family or "",
         ],
         widget=[
-            {"text": strip_controls(g["prompt"]), "output": {"url": g["image"]}}
-            for g in evidence.get("gallery", [])
+            {"text": strip_controls(g.prompt), "output": {"url": g.image}} for g in evidence.gallery
         ],
     )
     if allowed_unmet is None:
@@ -221,7 +223,7 @@ def token_rows_text(parts: list[dict[str, Any]]) -> str:
 
 
 def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str:
-    prov = manifest["provenance"]
+    prov = manifest.provenance
     what = "\n".join(
         f"- **{e.kind}** {e.subject} *{md.inline(e.label)}* → "
         f"{', '.join(md.inline(repr(t)) for t in dict.fromkeys(e.targets_expanded()))} "
@@ -229,28 +231,28 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
         for e in recipe.edits
     )
     description = md.prose(recipe.card.description or recipe.description or "")
-    layers = "\n".join(f"- {md.code(prov['denoiser'] + '.' + path)}" for path in edit["layers"])
+    layers = "\n".join(f"- {md.code(prov.denoiser + '.' + path)}" for path in edit.layers)
     where = ""
     if localization:
-        chosen = localization["candidates"][localization["chosen"]]
-        baseline, everything = localization["baseline"], localization["all_sites"]
+        chosen = localization.candidates[localization.chosen]
+        baseline, everything = localization.baseline, localization.all_sites
         where = (
-            f"\nLocoGen scored {len(localization['candidates'])} windows of "
-            f"{localization['window']} consecutive sites ({localization['mode']} mode); the "
-            f"chosen window scored {chosen['mean']:.2f} (baseline {baseline['mean']:.2f}, "
-            f"all sites altered {everything['mean']:.2f}).\n\n"
+            f"\nLocoGen scored {len(localization.candidates)} windows of "
+            f"{localization.window} consecutive sites ({localization.mode} mode); the "
+            f"chosen window scored {chosen.mean:.2f} (baseline {baseline.mean:.2f}, "
+            f"all sites altered {everything.mean:.2f}).\n\n"
             "![localization](localization.png)\n"
         )
         from ..pipeline.select_sites import trail_table  # the editable selection's trail, if any
 
         where += trail_table(localization)
     where += _text_path_notes(localization, prov)
-    errors = edit["modules"].values()
+    errors = edit.modules.values()
     limitations = _limitations(evidence) or [
         "- none of the held-out prompts lagged (see the rule below)"
     ]
-    ranks = sorted({m["rank"] for m in manifest["modules"].values()})
-    versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.get("versions", {}).items()))
+    ranks = sorted({m.rank for m in manifest.modules.values()})
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items()))
     hashes = "\n".join(
         f"| {md.code(p, cell=True)} | `{sha256_file(folder / p)}` |" for p in card_files(folder)
     )
@@ -261,19 +263,19 @@ def _body(recipe, folder, edit, evidence, manifest, localization, merged) -> str
         if hub_like
         else md.code(usage_base)
     )
-    seeds = ", ".join(map(str, evidence.get("seeds", [evidence["seed"]])))
+    seeds = ", ".join(map(str, evidence.all_seeds()))
     settings = (
-        f"λ = {prov['lambda']}, matrices: {prov['matrices']}, tokens: {prov['tokens']}, "
-        f"preserve weight {prov['preserve_weight']}"
+        f"λ = {prov.lam}, matrices: {prov.matrices}, tokens: {prov.tokens}, "
+        f"preserve weight {prov.preserve_weight}"
     )
     kept = (
-        f" (the preserve prompts include {len(prov['neighbours'])} neighbours drawn from "
+        f" (the preserve prompts include {len(prov.neighbours)} neighbours drawn from "
         f"{md.code(recipe.edit.neighbours.source)}: prompts no part of the recipe lists)"
-        if prov.get("neighbours") and recipe.edit.neighbours
+        if prov.neighbours and recipe.edit.neighbours
         else ""
     )
     rows = "; ".join(
-        f"{md.code(r['prompt'])}: {token_rows_text(r['parts'])}" for r in prov.get("token_rows", [])
+        f"{md.code(r['prompt'])}: {token_rows_text(r['parts'])}" for r in prov.token_rows
     )
     if rows:
         rows = f"\n- edited token rows (positions within each encoder's tokens): {rows}"
@@ -302,20 +304,20 @@ Models*, ICML 2024).
 {where}
 ## How well: before / after evidence
 
-Before and after share their seeds ({seeds}), {evidence["steps"]} steps,
-guidance {evidence["guidance"]}; CLIP score (100·cos) with {md.code(evidence["scorer"])}; the edit
-was applied as a user loads it ({evidence["applied"]}).{_plugin_note(recipe)}
+Before and after share their seeds ({seeds}), {evidence.steps} steps,
+guidance {evidence.guidance}; CLIP score (100·cos) with {md.code(evidence.scorer)}; the edit
+was applied as a user loads it ({evidence.applied}).{_plugin_note(recipe)}
 
-{evidence_sections(evidence)}
+{evidence_sections(evidence.to_json())}
 ## Edit settings
 
 - {settings}
-- {prov["columns"]} edit columns, {prov["preserve_columns"]} preserve columns{kept}{rows}
-- largest relative edit error ‖W′x − Wy‖/‖Wy‖: {max(m["edit_error"] for m in errors):.2e}
-- LoRA ranks {ranks}, largest relative reconstruction error {manifest["max_relative_error"]:.1e}
-- base fingerprint `{prov["base_fingerprint"]}`; recipe sha256 `{prov["recipe_sha256"]}`
+- {prov.columns} edit columns, {prov.preserve_columns} preserve columns{kept}{rows}
+- largest relative edit error ‖W′x − Wy‖/‖Wy‖: {max(m.edit_error for m in errors):.2e}
+- LoRA ranks {ranks}, largest relative reconstruction error {manifest.max_relative_error:.1e}
+- base fingerprint `{prov.base_fingerprint}`; recipe sha256 `{prov.recipe_sha256}`
 - versions: {versions}
-{robust_rounds(edit)}
+{robust_rounds(edit.to_json())}
 ## How to use
 
 {_usage(usage_base, recipe.edits[0].originals()[0])}
@@ -367,20 +369,20 @@ def _usage(base: str, prompt: str) -> str:
     )
 
 
-def _family(prov: dict) -> Any:
+def _family(prov: DeltaProvenance) -> type[ModelFamily] | None:
     """The release's model family, or None where the delta names none that is known."""
     from ..models.registry import FAMILIES
 
-    return FAMILIES.get(prov.get("family", ""))
+    return FAMILIES.get(prov.family or "")
 
 
-def _refines_text(prov: dict) -> bool:
+def _refines_text(prov: DeltaProvenance) -> bool:
     """Whether the release's family has text refiner sites (Z-Image)."""
     family = _family(prov)
     return family is not None and family.refines_text
 
 
-def _site_kind(prov: dict) -> str:
+def _site_kind(prov: DeltaProvenance) -> str:
     """What the edited sites are called for the release's family."""
     family = _family(prov)
     if family is not None and family.joint_attention:
@@ -390,14 +392,14 @@ def _site_kind(prov: dict) -> str:
     return "cross-attention layers"
 
 
-def _text_path_notes(localization: dict | None, prov: dict) -> str:
+def _text_path_notes(localization: LocalizationResult | None, prov: DeltaProvenance) -> str:
     """What the card must say about text paths the edit leaves alone or changes besides the
     sites: the pooled vector of joint-attention transformers, FLUX single-stream sites."""
     notes = []
-    pooled = (localization or {}).get("pooled_only")
+    pooled = localization.pooled_only if localization else None
     if pooled is not None:  # the reference lines share their settings
-        base = localization["baseline"]["mean"]
-        alone, sites = pooled["mean"] - base, localization["all_sites"]["mean"] - base
+        base = localization.baseline.mean
+        alone, sites = pooled.mean - base, localization.all_sites.mean - base
         notes.append(
             "The pooled CLIP vector modulates every block and is not a site: LocoGen kept it at "
             "the original prompt, and the edit does not change it. Swapped alone it moved the "
@@ -419,8 +421,8 @@ def _text_path_notes(localization: dict | None, prov: dict) -> str:
     family = _family(prov)
     if family is not None and family.card_note:
         notes.append(family.card_note)
-    if prov.get("image_sites"):
-        listed = ", ".join(md.code(path) for path in prov["image_sites"])
+    if prov.image_sites:
+        listed = ", ".join(md.code(path) for path in prov.image_sites)
         notes.append(
             f"The edit includes single-stream sites ({listed}), whose key/value projections "
             "also map image tokens: there it changes the image tokens' keys and values too, "
@@ -437,7 +439,8 @@ def _recorded_allow_unmet(folder: Path) -> bool:
         entries = read_history(folder / HISTORY_FILE)
     except LocopackError:
         return False
-    return bool(entries and entries[-1].get("requirements", {}).get("allowed_unmet"))
+    requirements = entries[-1].requirements if entries else None
+    return requirements is not None and requirements.allowed_unmet
 
 
 def write_card(folder: Path, allowed_unmet: bool | None = None, signer: str | None = None) -> Path:

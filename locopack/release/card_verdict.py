@@ -8,7 +8,6 @@ the release was built with ``--allow-unmet``, a sentence saying it was published
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from ..errors import LocopackError
 from ..evidence.verdict import describe, judged_count
 from . import markdown_text as md
 from .layout import CARD_FILE, EVIDENCE_FILE, RECIPE_FILE
+from .records.evidence import EvidenceRecord
 
 HEADING = "## Requirements"
 ALLOWED_UNMET = (
@@ -86,16 +86,16 @@ def check_verdict(folder: Path) -> tuple[bool, str]:
     if not (folder / EVIDENCE_FILE).is_file():
         return True, f"no {EVIDENCE_FILE}: nothing to judge"
     try:
-        evidence = json.loads((folder / EVIDENCE_FILE).read_text(encoding="utf-8"))
+        evidence = EvidenceRecord.read(folder / EVIDENCE_FILE)
         card = (folder / CARD_FILE).read_text(encoding="utf-8")
         recipe = load_recipe(folder / RECIPE_FILE)
     except (OSError, ValueError, LocopackError) as err:
         return False, f"cannot read the evidence, card or recipe ({err})"
-    stated = evidence.get("requirements")
+    stated = evidence.requirements
     if stated is None:
         return True, "not recorded (a release made before requirements)"
     try:
-        judged = judge(recipe, evidence)
+        judged = judge(recipe, evidence.to_json())
     except (KeyError, TypeError, IndexError, ValueError) as err:
         return False, f"{EVIDENCE_FILE} does not hold what locopack writes ({err})"
     if {k: stated.get(k) for k in judged} != judged:

@@ -25,7 +25,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import ExportError
 from ..filenames import (
@@ -51,6 +51,10 @@ from ..filenames import (
     SIGNATURE_FILE,
 )
 from ..hub_ref import is_hub_id
+
+if TYPE_CHECKING:
+    from ..delta_record import DeltaProvenance
+    from .records.history import HistoryEntry
 
 __all__ = [
     "ADAPTER_FILE",
@@ -188,7 +192,7 @@ def relative_location(ref: str, folder: Path) -> str | None:
     return Path(os.path.relpath(target, here)).as_posix()
 
 
-def locate(folder: Path, *refs: Any) -> str | None:
+def locate(folder: Path, *refs: str | None) -> str | None:
     """The first of ``refs`` (recorded locations relative to the release ``folder``, or
     references as a recipe wrote them) that names a folder here, else the first that is a Hub
     id; None when none does (e.g. a release copied away from its base)."""
@@ -199,8 +203,8 @@ def locate(folder: Path, *refs: Any) -> str | None:
     return next((ref for ref in texts if is_hub_id(ref)), None)
 
 
-def recorded_base(record: dict[str, Any], folder: Path) -> str | None:
+def recorded_base(record: DeltaProvenance | HistoryEntry, folder: Path) -> str | None:
     """The base a delta or history entry records, as a folder or Hub id usable here (see
     :func:`locate`)."""
-    legacy = record.get("base_path")  # releases of locopack 0.1
-    return locate(folder, record.get("base_location") or legacy, record.get("base_model"))
+    legacy = record.base_path  # releases of locopack 0.1
+    return locate(folder, record.base_location or legacy, record.base_model)
