@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, JsonValue, ValidationError
+from pydantic import Field
 
 from .errors import ExportError
-from .record import JsonObject, Record, RecordPart, describe_error, format_version
+from .record import JsonObject, Record, RecordPart, format_version
 
 __all__ = ["DeltaProvenance", "DeltaRecord", "ExtraRow"]
 
@@ -73,18 +73,6 @@ class DeltaProvenance(RecordPart):
     def header(self) -> str:
         """The compact JSON written into safetensors headers (sorted keys)."""
         return json.dumps(self.to_json(), sort_keys=True)
-
-    @classmethod
-    def parse(cls, data: JsonValue, where: str) -> Self:
-        """Validate provenance read from ``where``.
-
-        Raises:
-            ExportError: naming ``where`` and the first field that is wrong.
-        """
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ExportError(f"{where}: {describe_error(err)}") from None
 
 
 class DeltaRecord(Record):

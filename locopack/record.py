@@ -52,11 +52,23 @@ JsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_plain)]
 class RecordPart(BaseModel):
     """A nested part of a record: unknown keys are refused like the record's own."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
     def to_json(self) -> JsonObject:
         """The part as JSON data: every key it was given, none it was not."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    @classmethod
+    def parse(cls, data: object, where: str) -> Self:
+        """Validate JSON ``data`` read from ``where`` (a file, or a file and line).
+
+        Raises:
+            ExportError: naming ``where`` and the first field that is wrong.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ExportError(f"{where}: {describe_error(err)}") from None
 
 
 def format_version(value: str, name: str) -> int | None:
@@ -74,7 +86,10 @@ def describe_error(err: ValidationError) -> str:
             f"field {where!r}: not a field this locopack knows (written by a newer locopack, "
             "or edited by hand): upgrade locopack, or re-run the build to rewrite the file"
         )
-    return f"field {where!r}: {first['msg']}"
+    return (
+        f"field {where!r}: {first['msg']}; the file does not hold what locopack writes (edited "
+        "by hand?): re-run the stage that writes it"
+    )
 
 
 class Record(RecordPart):
@@ -112,18 +127,6 @@ class Record(RecordPart):
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def parse(cls, data: object, where: str) -> Self:
-        """Validate JSON ``data`` read from ``where`` (a file, or a file and line).
-
-        Raises:
-            ExportError: naming ``where`` and the first field that is wrong.
-        """
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise ExportError(f"{where}: {describe_error(err)}") from None
-
-    @classmethod
     def read(cls, path: str | os.PathLike) -> Self:
         """Read the record in ``path``.
 
@@ -132,9 +135,13 @@ class Record(RecordPart):
         """
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise ExportError(f"{path}: not a readable JSON file ({err})") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ExportError(f"{path}: cannot be read ({err})") from None
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ExportError(f"{path}: not valid JSON ({err})") from None
         return cls.parse(data, str(path))
 
     def write(self, path: str | os.PathLike) -> Path:

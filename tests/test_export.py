@@ -107,7 +107,7 @@ def test_pixart_adapter_through_peft_equals_the_merged_checkpoint(releases, twin
 def test_manifest_records_exact_low_rank_factors(name, releases):
     folder, delta = releases[name]
     manifest = json.loads((folder / "lora_manifest.json").read_text())
-    columns = delta.provenance["columns"]
+    columns = delta.provenance.columns
     tensors = load_file(folder / "pytorch_lora_weights.safetensors")
     for path, entry in manifest["modules"].items():
         assert entry["relative_error"] <= 1e-4

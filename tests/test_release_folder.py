@@ -147,8 +147,8 @@ def test_audit_fails_on_a_link_even_where_the_history_records_it(replaced, tmp_p
     (release / "notes.txt").symlink_to("../outside/secret.txt")
     # as a build that followed the link would have recorded it
     entries = read_history(release / "history.jsonl")
-    entries[-1]["files"]["notes.txt"] = hashlib.sha256(b"not for the Hub").hexdigest()
-    entries[-1]["hash"] = entry_hash(entries[-1])
+    entries[-1].files["notes.txt"] = hashlib.sha256(b"not for the Hub").hexdigest()
+    entries[-1].hash = entry_hash(entries[-1])
     write_history(release, entries)
     report = audit_folder(release)
     failed = [c for c in report.checks if not c.ok]
@@ -214,7 +214,7 @@ def test_replace_removes_exactly_the_recorded_files_and_the_build_audits(replace
     assert "kept cache" in output
     assert (out / "cache" / "window.json").read_text() == "{}"  # never released: kept
     assert not (out / "merged").exists()  # emptied by the removal; this recipe merges nothing
-    assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == [
+    assert [e.recipe_name for e in read_history(out / "history.jsonl")] == [
         "twin-sd1-erase-van-gogh"
     ]
     assert "delta.safetensors" in release_files(out) and audit_folder(out).ok

@@ -112,7 +112,7 @@ def test_editable_widens_to_both_planted_windows_where_score_keeps_one(twin_dirs
     # the trail goes to localization.json, the card's table and back
     data = json.loads(json.dumps(chosen.to_dict()))
     assert data["chosen_layers"] == chosen.layers and data["check"]["seeds"] == [0, 1, 2, 3]
-    table = trail_table(data)
+    table = trail_table(LocalizationResult.parse(data, "localization.json"))
     assert (
         f"{len(chosen.layers)} of 16 sites were edited" in table
         and table.count("\n| ") == len(chosen.trail) + 1

@@ -27,6 +27,7 @@ from ..delta_record import DeltaProvenance
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype, model_fingerprint
 from ..prompt_samples import neighbours
+from ..record import JsonObject
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
 from .refiner import refiner_deltas, refiner_errors
@@ -166,7 +167,7 @@ def _modules(site: Any, matrices: str) -> list[str]:
     return [(site.key, site.value)[which] for which in _MATRICES[matrices]]
 
 
-def _provenance(pipe, family, recipe, layers, fingerprint) -> dict[str, Any]:
+def _provenance(pipe, family, recipe, layers, fingerprint) -> JsonObject:
     base = recipe.base
     fingerprint = fingerprint or model_fingerprint(pipe, family)
     return {

@@ -48,6 +48,7 @@ from ..errors import LocopackError
 from ..fingerprint import tensors_sha256
 from ..localize.cache import CandidateCache
 from ..prompt_samples import sampled_unrelated
+from ..record import JsonObject
 from ..release.layout import ADAPTER_FILE, CACHE_DIR, EVIDENCE_DIR, EVIDENCE_FILE
 from ..release.records.evidence import EvidenceRecord
 from ..storage import atomic_write_bytes, load_tensors
@@ -60,6 +61,7 @@ from .verdict import judge
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from ..delta import WeightDelta
     from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
 
@@ -94,7 +96,9 @@ def prompt_sets(recipe: Recipe) -> list[dict[str, Any]]:
     return out
 
 
-def evidence_inputs(recipe: Recipe, fingerprint: str, delta: Any, release: Path) -> dict[str, Any]:
+def evidence_inputs(
+    recipe: Recipe, fingerprint: str, delta: WeightDelta, release: Path
+) -> JsonObject:
     """Everything the evidence of the release in ``release`` depends on: the recipe (prompts,
     seeds, settings, scorer name), the base (``fingerprint``), the delta and the adapter that
     is applied (its tensors: the file's header order may vary between writes)."""
@@ -108,7 +112,7 @@ def evidence_inputs(recipe: Recipe, fingerprint: str, delta: Any, release: Path)
     }
 
 
-def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+def reusable_evidence(release: Path, inputs: JsonObject) -> JsonObject | None:
     """The evidence already in ``release`` when it was drawn from ``inputs`` and every image
     it names is there; else None (it is then drawn again)."""
     try:
@@ -148,7 +152,7 @@ def check_detectors(recipe: Recipe) -> None:
         load_detector(spec.name, spec.options)
 
 
-def _grids(item: dict[str, Any]) -> list[str]:
+def _grids(item: JsonObject) -> list[str]:
     """The image files a set's evidence names."""
     return [item["grid"]] + ([item["flagged_grid"]] if item.get("flagged_grid") else [])
 
@@ -217,8 +221,8 @@ def collect_evidence(
     seed: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
-    inputs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    inputs: JsonObject | None = None,
+) -> JsonObject:
     """Generate, score and save the before/after evidence of the release in ``release``.
 
     ``pipe`` must be the unedited base; the adapter is applied and removed again here.

@@ -166,7 +166,7 @@ class LocalizationResult(Record):
         try:
             return cls.read(path)
         except LocopackError as err:
-            raise RecipeError(f"not a readable localization result: {err}") from None
+            raise RecipeError(f"{err} (not a readable localization result)") from None
 
     def plot(self) -> bytes:
         """PNG bytes: every window's mean and spread, the reference lines, the chosen window

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..delta import WeightDelta
 from ..distributed import gather
 from ..errors import ExportError, LocopackError, ModelLayoutError
+from ..record import JsonObject
 from ..release.layout import (
     DELTA_FILE,
     HISTORY_FILE,
@@ -75,12 +76,12 @@ class BuildSummary:
     out: Path
     layers: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: JsonObject = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     @property
-    def requirements(self) -> dict[str, Any]:
+    def requirements(self) -> JsonObject:
         """The verdict on the recipe's requirements (``evidence.json``'s section)."""
         return self.evidence.get("requirements") or {"met": True, "unmet": [], "items": []}
 
@@ -191,10 +192,7 @@ def _reusable_delta(path: Path, recipe: Recipe, base: LoadedBase) -> WeightDelta
     except LocopackError:  # damaged or not finite: redone
         return None
     prov = delta.provenance
-    same = (
-        prov.get("recipe_sha256") == recipe.sha256
-        and prov.get("base_fingerprint") == base.fingerprint
-    )
+    same = prov.recipe_sha256 == recipe.sha256 and prov.base_fingerprint == base.fingerprint
     return delta if same and delta.sites else None
 
 

@@ -9,10 +9,10 @@ the release was built with ``--allow-unmet``, a sentence saying it was published
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..errors import LocopackError
 from ..evidence.verdict import describe, judged_count
+from ..record import JsonObject
 from . import markdown_text as md
 from .layout import CARD_FILE, EVIDENCE_FILE, RECIPE_FILE
 from .records.evidence import EvidenceRecord
@@ -24,9 +24,9 @@ ALLOWED_UNMET = (
 )
 
 
-def requirements_section(evidence: dict[str, Any], allowed_unmet: bool) -> str:
+def requirements_section(evidence: EvidenceRecord, allowed_unmet: bool) -> str:
     """The card's requirements section ("" for a release made before requirements)."""
-    section = evidence.get("requirements")
+    section = evidence.requirements
     if not section:
         return ""
     rows = [
@@ -53,7 +53,7 @@ def requirements_section(evidence: dict[str, Any], allowed_unmet: bool) -> str:
     return "\n".join(lines)
 
 
-def verdict_line(section: dict[str, Any]) -> str:
+def verdict_line(section: JsonObject) -> str:
     """The card's first line about the requirements (recipe text in it escaped)."""
     if section["met"]:
         judged = judged_count(section)
@@ -63,7 +63,7 @@ def verdict_line(section: dict[str, Any]) -> str:
     return f"**Does not meet its requirements**: {unmet}."
 
 
-def _state(item: dict[str, Any]) -> str:
+def _state(item: JsonObject) -> str:
     return {True: "met", False: "**missed**", None: "**not judged**"}[item["met"]]
 
 

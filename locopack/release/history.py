@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from ..recipe.schema import Recipe
 
 
-
 class BuiltBase(Protocol):
     """What a history entry records of the base a build loaded
     (:class:`~locopack.pipeline.base.LoadedBase`; the release side does not import it)."""
@@ -52,6 +51,7 @@ class BuiltBase(Protocol):
 
     def location(self, folder: Path) -> str | None:
         """Where the base is, relative to the release ``folder``, or its Hub id."""
+
 
 def entry_hash(entry: HistoryEntry) -> str:
     """SHA-256 of an entry's canonical JSON, without its own ``hash`` field."""
