@@ -32,6 +32,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from .errors import ExportError
 from .storage import atomic_write_text
@@ -81,6 +82,8 @@ def describe_error(err: ValidationError) -> str:
     """The first problem pydantic found, as ``field 'a.b': what``."""
     first = err.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(the whole file)"
+    if first["type"] == "record_format":
+        return first["msg"]
     if first["type"] == "extra_forbidden":
         return (
             f"field {where!r}: not a field this locopack knows (written by a newer locopack, "
@@ -109,14 +112,20 @@ class Record(RecordPart):
         if not isinstance(data, dict):
             return data
         name, _, current = cls.FORMAT.rpartition("/")
-        found = data.get("format", f"{name}/1")
+        found = data.get("format") or f"{name}/1"
         version = format_version(found, name) if isinstance(found, str) else None
         if version is None:
-            raise ValueError(f"format is {found!r}, expected {cls.FORMAT!r}")
+            raise PydanticCustomError(
+                "record_format",
+                "its format is '{found}', expected '{expected}': not this kind of file",
+                {"found": found, "expected": cls.FORMAT},
+            )
         if version > int(current):
-            raise ValueError(
-                f"format {found!r} was written by a newer locopack (this one reads up to "
-                f"{cls.FORMAT!r}): upgrade locopack to read it"
+            raise PydanticCustomError(
+                "record_format",
+                "its format '{found}' was written by a newer locopack (this one reads up to "
+                "'{expected}'): upgrade locopack to read it",
+                {"found": found, "expected": cls.FORMAT},
             )
         return data
 
