@@ -19,7 +19,7 @@ from pydantic import Field
 from .errors import ExportError
 from .record import JsonObject, Record, RecordPart, format_version
 
-__all__ = ["DeltaProvenance", "DeltaRecord", "ExtraRow"]
+__all__ = ["DeltaProvenance", "DeltaRecord", "ExtraRow", "RecordedBase"]
 
 
 class ExtraRow(RecordPart):
@@ -29,27 +29,39 @@ class ExtraRow(RecordPart):
     target: str
 
 
-class DeltaProvenance(RecordPart):
+class RecordedBase(RecordPart):
+    """The base model as a delta and a history entry record it: as the recipe names it
+    (``base_model``, ``base_revision``), where it is relative to the release or the Hub commit
+    that was loaded (``base_location``, ``base_commit``; ``base_path`` in releases of
+    locopack 0.1), its fingerprint, family and the library versions."""
+
+    base_model: str | None = None
+    base_revision: str | None = None
+    base_location: str | None = None
+    base_commit: str | None = None
+    base_path: str | None = None
+    base_fingerprint: str | None = None
+    family: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class DeltaProvenance(RecordedBase):
     """Where a delta came from: recipe, base, family, sites, settings and versions.
 
     ``columns`` / ``preserve_columns`` count the edit's and the preserve prompts' columns;
     ``token_rows`` say which positions of which encoder each edit prompt's columns read;
     ``collection`` and ``image_sites`` (joint-attention families) how the inputs were
     collected and which sites also map image tokens; ``extra_rows`` and ``robust`` the rows
-    and rounds of a robust erase; ``base_location`` / ``base_commit`` the base as a release
-    records it (a relative path or a Hub commit, never a local absolute path).
+    and rounds of a robust erase; the base as :class:`RecordedBase` says (never a local
+    absolute path).
     """
 
     recipe_name: str | None = None
     recipe_sha256: str | None = None
-    base_model: str | None = None
-    base_revision: str | None = None
     base_dtype: str | None = None
     base_variant: str | None = None
-    base_fingerprint: str | None = None
     #: the base's fingerprint in each dtype it may be loaded in
     base_fingerprints: dict[str, str] | None = None
-    family: str | None = None
     denoiser: str = "unet"
     sites: list[str] | None = None
     lam: float | None = Field(default=None, alias="lambda")
@@ -57,17 +69,12 @@ class DeltaProvenance(RecordPart):
     tokens: str | None = None
     preserve_weight: float | None = None
     neighbours: list[str] = Field(default_factory=list)
-    versions: dict[str, str] = Field(default_factory=dict)
     columns: int | None = None
     preserve_columns: int | None = None
     collection: JsonObject | None = None
     image_sites: list[str] | None = None
     token_rows: list[JsonObject] = Field(default_factory=list)
     extra_rows: list[ExtraRow] = Field(default_factory=list)
-    base_location: str | None = None
-    base_commit: str | None = None
-    #: where the base was, in releases of locopack 0.1 (now ``base_location``)
-    base_path: str | None = None
     robust: JsonObject | None = None
 
     def header(self) -> str:

@@ -53,8 +53,7 @@ from ..filenames import (
 from ..hub_ref import is_hub_id
 
 if TYPE_CHECKING:
-    from ..delta_record import DeltaProvenance
-    from .records.history import HistoryEntry
+    from ..delta_record import RecordedBase
 
 __all__ = [
     "ADAPTER_FILE",
@@ -203,7 +202,7 @@ def locate(folder: Path, *refs: str | None) -> str | None:
     return next((ref for ref in texts if is_hub_id(ref)), None)
 
 
-def recorded_base(record: DeltaProvenance | HistoryEntry, folder: Path) -> str | None:
+def recorded_base(record: RecordedBase, folder: Path) -> str | None:
     """The base a delta or history entry records, as a folder or Hub id usable here (see
     :func:`locate`)."""
     legacy = record.base_path  # releases of locopack 0.1

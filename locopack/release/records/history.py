@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from ...delta_record import RecordedBase
 from ...errors import ExportError
 from ...record import JsonObject, Record, RecordPart
 from ...storage import atomic_write_text
@@ -39,7 +40,7 @@ class HistoryRequirements(RecordPart):
     allowed_unmet: bool = False
 
 
-class HistoryEntry(Record):
+class HistoryEntry(Record, RecordedBase):
     """One recipe applied to a model: the recipe (text and hash), the base (as the recipe
     names it, where it is relative to the release or the Hub commit loaded, its fingerprint),
     versions, the hashes of the localization, the delta and every file, the time and seconds
@@ -53,16 +54,7 @@ class HistoryEntry(Record):
     recipe_sha256: str
     recipe_text: str
     edits: list[HistoryEdit] = Field(default_factory=list)
-    base_model: str | None = None
-    base_revision: str | None = None
-    base_location: str | None = None
-    base_commit: str | None = None
-    #: where the base was, in releases of locopack 0.1 (now ``base_location``)
-    base_path: str | None = None
     scorer_location: str | None = None
-    base_fingerprint: str | None = None
-    family: str | None = None
-    versions: dict[str, str] = Field(default_factory=dict)
     device: str | None = None
     localization_sha256: str | None = None
     delta_sha256: str | None = None
