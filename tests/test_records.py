@@ -17,7 +17,6 @@ from locopack.cli import cli
 from locopack.errors import ExportError, RecipeError
 from locopack.release.history import read_history
 from locopack.release.records import (
-    RECORDS,
     DeltaRecord,
     EditRecord,
     EvidenceRecord,
@@ -25,7 +24,7 @@ from locopack.release.records import (
     LocalizationResult,
     LoraManifest,
 )
-from locopack.release.records.schemas import record_schemas, schema_text
+from locopack.release.records.schemas import RECORDS, record_schemas, schema_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "docs" / "schemas"

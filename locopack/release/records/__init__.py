@@ -15,37 +15,30 @@ file                           model               lives in
 
 The core writes the first four, so their models live there (the core never imports the
 release side); this package gathers all of them.  ``scripts/write_schemas.py`` writes their
-JSON Schemas into ``docs/schemas/``.
+JSON Schemas into ``docs/schemas/`` (:data:`.schemas.RECORDS` names each schema).
 """
 
 from __future__ import annotations
 
-from ...delta_record import DeltaProvenance, DeltaRecord
-from ...export.records import LoraManifest, MergeRecord
-from ...localize.result import LocalizationResult
-from .edit import EditRecord
-from .evidence import EvidenceRecord
-from .history import HistoryEntry
+import importlib
 
-#: every record, by the name of its schema in docs/schemas/
-RECORDS = {
-    "delta": DeltaRecord,
-    "localization": LocalizationResult,
-    "lora_manifest": LoraManifest,
-    "merge": MergeRecord,
-    "edit": EditRecord,
-    "evidence": EvidenceRecord,
-    "history": HistoryEntry,
+#: where each record is defined; imported when first asked for (the localization result's
+#: module pulls in the sweep, and with it diffusers)
+_HOMES = {
+    "DeltaProvenance": "locopack.delta_record",
+    "DeltaRecord": "locopack.delta_record",
+    "LoraManifest": "locopack.export.records",
+    "MergeRecord": "locopack.export.records",
+    "LocalizationResult": "locopack.localize.result",
+    "EditRecord": "locopack.release.records.edit",
+    "EvidenceRecord": "locopack.release.records.evidence",
+    "HistoryEntry": "locopack.release.records.history",
 }
 
-__all__ = [
-    "RECORDS",
-    "DeltaProvenance",
-    "DeltaRecord",
-    "EditRecord",
-    "EvidenceRecord",
-    "HistoryEntry",
-    "LocalizationResult",
-    "LoraManifest",
-    "MergeRecord",
-]
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> type:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -11,16 +11,32 @@ from __future__ import annotations
 
 import json
 
-from ...record import JsonObject
-from . import RECORDS
+from ...delta_record import DeltaRecord
+from ...export.records import LoraManifest, MergeRecord
+from ...localize.result import LocalizationResult
+from ...record import JsonObject, Record
+from .edit import EditRecord
+from .evidence import EvidenceRecord
+from .history import HistoryEntry
 
-__all__ = ["SCHEMA_DIALECT", "record_schemas", "schema_text"]
+__all__ = ["RECORDS", "SCHEMA_DIALECT", "record_schemas", "schema_text"]
+
+#: every record, by the name of its schema in docs/schemas/ (and of its golden file)
+RECORDS: dict[str, type[Record]] = {
+    "delta": DeltaRecord,
+    "localization": LocalizationResult,
+    "lora_manifest": LoraManifest,
+    "merge": MergeRecord,
+    "edit": EditRecord,
+    "evidence": EvidenceRecord,
+    "history": HistoryEntry,
+}
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def record_schemas() -> dict[str, JsonObject]:
-    """{name: JSON Schema} of every record (see :data:`~locopack.release.records.RECORDS`)."""
+    """{name: JSON Schema} of every record (see :data:`RECORDS`)."""
     schemas = {}
     for name, model in RECORDS.items():
         schema = model.model_json_schema(mode="serialization")
