@@ -524,7 +524,7 @@ def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypat
     def answer(status):
         return httpx.Response(status, request=httpx.Request("GET", "https://hub/x"))
 
-    entry = {"index": 0, "recipe_name": "first"}
+    entry = {"index": 0, "recipe_name": "first", "recipe_sha256": "0" * 64, "recipe_text": ""}
     (tmp_path / "history.jsonl").write_text(json.dumps(entry) + "\n")
     outcomes = {
         "org/edited": tmp_path / "history.jsonl",
@@ -540,7 +540,7 @@ def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypat
         return str(outcome)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    assert prior_history("org/edited") == [entry]
+    assert [e.to_json() for e in prior_history("org/edited")] == [entry]
     assert prior_history("org/plain") == []
     with pytest.warns(UserWarning, match="could not check whether org/offline"):
         assert prior_history("org/offline") == []
