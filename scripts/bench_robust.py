@@ -114,7 +114,7 @@ def bench(path: Path, args, work: Path) -> None:
             f"{specificity(others, unrelated, len(seeds), tw):.0%} | {seconds:.0f} |",
             flush=True,
         )
-    rounds = robust.provenance["robust"]
+    rounds = robust.provenance.robust
     print(f"\nrobust rounds (met: {rounds['met']}):")
     for item in rounds["rounds"]:
         for e in item["edits"]:
