@@ -10,20 +10,17 @@ build's time is in the history entry).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from .errors import EditError, ExportError
+from .delta_record import DeltaProvenance, DeltaRecord
+from .errors import EditError
 from .fingerprint import tensors_sha256
-from .storage import header_json, load_tensors, save_tensors
-
-FORMAT = "locopack.weight_delta/1"
+from .storage import load_tensors, save_tensors
 
 
 def library_versions() -> dict[str, str]:
@@ -45,15 +42,16 @@ def library_versions() -> dict[str, str]:
 class WeightDelta:
     """ΔW per edited projection (float32, shape out x in) and where it came from.
 
-    ``provenance`` holds at least: ``recipe_name``, ``recipe_sha256``, ``base_model``,
-    ``base_revision``, ``base_fingerprint``, ``family``, ``denoiser``, ``sites``, ``lambda``,
-    ``matrices``, ``tokens``, ``preserve_weight``, ``versions``.
+    ``provenance`` (a :class:`~locopack.delta_record.DeltaProvenance`; a dict is validated
+    into one) names the recipe, base, family, sites, settings and versions.
     """
 
     deltas: dict[str, torch.Tensor]
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: DeltaProvenance = field(default_factory=DeltaProvenance)
 
     def __post_init__(self) -> None:
+        if isinstance(self.provenance, dict):
+            self.provenance = DeltaProvenance.parse(self.provenance, "the delta's provenance")
         for path, delta in self.deltas.items():
             if delta.ndim != 2:
                 raise EditError(f"delta of {path} must be a matrix, got shape {tuple(delta.shape)}")
@@ -66,15 +64,12 @@ class WeightDelta:
     @property
     def sites(self) -> list[str] | None:
         """The edited sites the provenance names; None when it names none (a damaged header)."""
-        sites = self.provenance.get("sites")
-        if isinstance(sites, list) and sites and all(isinstance(p, str) for p in sites):
-            return sites
-        return None
+        return self.provenance.sites or None
 
     @property
     def denoiser(self) -> str:
         """Attribute of the pipeline the module paths live in (``unet`` or ``transformer``)."""
-        return str(self.provenance.get("denoiser", "unet"))
+        return self.provenance.denoiser
 
     def sha256(self) -> str:
         """Hash of the tensors alone (independent of file metadata)."""
@@ -82,7 +77,7 @@ class WeightDelta:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically as safetensors (float32) with provenance in the header."""
-        metadata = {"format": FORMAT, "locopack": json.dumps(self.provenance, sort_keys=True)}
+        metadata = DeltaRecord(locopack=self.provenance).metadata()
         tensors = {k: v.detach().to(torch.float32).cpu() for k, v in self.deltas.items()}
         return save_tensors(tensors, path, metadata)
 
@@ -94,12 +89,7 @@ class WeightDelta:
             ExportError: not a readable safetensors file, or not a locopack delta.
         """
         tensors, metadata = load_tensors(path)
-        if metadata.get("format") != FORMAT:
-            raise ExportError(
-                f"{path}: not a locopack weight delta (header format is "
-                f"{metadata.get('format')!r}, expected {FORMAT!r})"
-            )
-        return cls(tensors, header_json(path, metadata, "locopack"))
+        return cls(tensors, DeltaRecord.from_metadata(metadata, str(path)).locopack)
 
     @contextlib.contextmanager
     def applied(self, denoiser: torch.nn.Module, scale: float = 1.0) -> Iterator[None]:

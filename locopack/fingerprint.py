@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -80,7 +81,11 @@ def model_fingerprint(
 
 
 def check_base_model(
-    pipe: DiffusionPipeline, family: type[ModelFamily], provenance: dict, source: Any, force: bool
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    provenance: Mapping[str, object],
+    source: object,
+    force: bool,
 ) -> None:
     """Refuse an edit (described by ``provenance``) made for another base model than ``pipe``.
 

@@ -63,7 +63,7 @@ def models_of(recipe, base, args, work: Path, scorer) -> tuple[dict, list[str], 
     )
     clock = time.perf_counter()
     robust = robust_erase(base, defended, layers, plain, scorer, CandidateCache(work / "rounds"))
-    record = robust.provenance["robust"] | {"seconds": time.perf_counter() - clock}
+    record = robust.provenance.robust | {"seconds": time.perf_counter() - clock}
     every = compute_delta(base, recipe, base.site_paths)
     deltas = dict(zip(MODELS, (WeightDelta({}), plain, robust, every), strict=True))
     return deltas, layers, record

@@ -119,8 +119,8 @@ def main() -> None:
 
     print(
         f"adapter: {adapter_bytes / 2**20:.2f} MiB in {adapter_s:.1f} s, ranks "
-        f"{sorted({m['rank'] for m in manifest['modules'].values()})}, max relative error "
-        f"{manifest['max_relative_error']:.1e}"
+        f"{sorted({m.rank for m in manifest.modules.values()})}, max relative error "
+        f"{manifest.max_relative_error:.1e}"
     )
     print(f"merged denoiser file: {unet_bytes / 2**20:.0f} MiB, written in {merged_s:.1f} s")
     print(

@@ -130,7 +130,7 @@ def bench(path: Path, args, work: Path) -> None:
             f"{figures['preserve SSIM']:.3f} | {figures['unlisted kept']:.0%} | {seconds:.0f} |",
             flush=True,
         )
-    rounds = robust.provenance["robust"]
+    rounds = robust.provenance.robust
     print(f"\nrobust rounds (met: {rounds['met']}):")
     for item in rounds["rounds"]:
         for e in item["edits"]:

@@ -43,7 +43,7 @@ def test_readme_twin_example(tmp_path, monkeypatch):
     report = json.loads((out / "edit.json").read_text())
     assert report["layers"] == localization["chosen_layers"] and len(report["layers"]) == 2
     delta = WeightDelta.load(out / "delta.safetensors")
-    assert set(delta.provenance["sites"]) == set(report["layers"])
+    assert set(delta.provenance.sites) == set(report["layers"])
     assert (out / "recipe.yaml").read_text() == recipe.read_text()
     assert "largest relative edit error" in result.output
 

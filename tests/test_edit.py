@@ -89,7 +89,7 @@ def test_every_family_and_rule_lands_edits_on_their_targets(name, tokens, twin_p
         # so the bound is relative to the mismatch before the edit
         bound = 0.02 if tokens != "all" else 0.5 * report["error_before"]
         assert report["edit_error"] < bound, (module, report)
-    assert delta.provenance["tokens"] == tokens and delta.provenance["sites"] == sites
+    assert delta.provenance.tokens == tokens and delta.provenance.sites == sites
 
 
 def test_matrices_setting_selects_key_value_or_both(twin_pipes):
@@ -152,9 +152,9 @@ def test_delta_round_trip_and_refusals(tmp_path, twin_pipes):
     path = delta.save(tmp_path / "delta.safetensors")
     loaded = WeightDelta.load(path)
     assert loaded.sha256() == delta.sha256()
-    assert loaded.provenance == json.loads(json.dumps(delta.provenance))
-    assert loaded.provenance["base_fingerprint"].startswith("sha256:")
-    assert loaded.provenance["recipe_sha256"] == _recipe("./x").sha256
+    assert loaded.provenance.to_json() == delta.provenance.to_json()
+    assert loaded.provenance.base_fingerprint.startswith("sha256:")
+    assert loaded.provenance.recipe_sha256 == _recipe("./x").sha256
 
     bad = {k: v.clone() for k, v in delta.deltas.items()}
     next(iter(bad.values()))[0, 0] = float("nan")

@@ -112,10 +112,10 @@ def test_per_site_residuals_are_small_and_the_collection_is_recorded(name, edite
         assert report["error_before"] > (0.1 if name == "flux2" else 0.3), (module, report)
         assert report["preserve_drift"] < 0.02, (module, report)
     provenance = delta.provenance
-    assert provenance["collection"]["steps"] == [0, 2] == denoising_steps(3, [0, 1])
+    assert provenance.collection["steps"] == [0, 2] == denoising_steps(3, [0, 1])
     # 3 edit prompts (two edits) x 1 token x 1 seed x 2 timesteps; 2 preserve prompts
-    assert provenance["columns"] == 6 and provenance["preserve_columns"] == 4
-    assert provenance["image_sites"] == []
+    assert provenance.columns == 6 and provenance.preserve_columns == 4
+    assert provenance.image_sites == []
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux", "flux2", "qwen-image"])
@@ -233,7 +233,7 @@ def test_flux_single_block_sites_need_the_opt_in(edited):
         compute_delta(LoadedBase(pipe, family), _recipe("flux"), single)
     recipe = _recipe("flux", ", allow_image_sites: true")
     delta = compute_delta(LoadedBase(pipe, family), recipe, single)
-    assert delta.provenance["image_sites"] == single
+    assert delta.provenance.image_sites == single
     for report in edit_errors(LoadedBase(pipe, family), recipe, delta).values():
         assert report["edit_error"] < 0.03 and report["error_before"] > 0.3
 

@@ -116,7 +116,7 @@ def test_cover_is_the_default_and_the_delta_records_each_encoders_rows(twin_pipe
     pipe, family = twin_pipes["sd1"]
     site = family.sites(pipe.unet)[0].path
     provenance = compute_delta(LoadedBase(pipe, family), recipe, [site]).provenance
-    rows = provenance["token_rows"]
+    rows = provenance.token_rows
     assert [r["prompt"] for r in rows] == recipe.edits[0].originals()
     [part] = family.text_parts(pipe)
     for row in rows:
@@ -124,7 +124,7 @@ def test_cover_is_the_default_and_the_delta_records_each_encoders_rows(twin_pipe
         concept = part.concept_positions(row["prompt"], "van gogh")
         last = part.last_token(row["prompt"])
         assert entry == {"encoder": "CLIP", "positions": sorted({*concept, last}), "last": last}
-    assert provenance["columns"] == sum(len(r["parts"][0]["positions"]) for r in rows)
+    assert provenance.columns == sum(len(r["parts"][0]["positions"]) for r in rows)
 
 
 def test_card_words_name_each_encoders_positions():

@@ -109,7 +109,7 @@ def test_pixart_adapter_through_peft_equals_the_merged_checkpoint(releases, twin
 def test_manifest_records_exact_low_rank_factors(name, releases):
     folder, delta = releases[name]
     manifest = json.loads((folder / "lora_manifest.json").read_text())
-    columns = delta.provenance["columns"]
+    columns = delta.provenance.columns
     tensors = load_file(folder / "pytorch_lora_weights.safetensors")
     for path, entry in manifest["modules"].items():
         assert entry["relative_error"] <= 1e-4
@@ -316,8 +316,8 @@ def test_modules_of_different_ranks_load_through_diffusers_and_max_rank_truncate
     deltas = {**delta.deltas, first: (s[0] * torch.outer(u[:, 0], vh[0])).float()}
     mixed = WeightDelta(deltas, delta.provenance)
     manifest = write_adapter(mixed, tmp_path / "mixed", max_rank=64, energy=0.99999999)
-    assert manifest["modules"][first]["rank"] == 1
-    assert len({m["rank"] for m in manifest["modules"].values()}) > 1  # a rank_pattern
+    assert manifest.modules[first].rank == 1
+    assert len({m.rank for m in manifest.modules.values()}) > 1  # a rank_pattern
     with_adapter = DiffusionPipeline.from_pretrained(str(twin_dirs["sd1"]))
     with_adapter.load_lora_weights(str(tmp_path / "mixed"))
     base = DiffusionPipeline.from_pretrained(str(twin_dirs["sd1"]))
@@ -326,11 +326,11 @@ def test_modules_of_different_ranks_load_through_diffusers_and_max_rank_truncate
     assert (_denoise(with_adapter, family) - expected).abs().max() <= 1e-5
 
     truncated = write_adapter(delta, tmp_path / "rank1", max_rank=1, energy=0.99999999)
-    for path, entry in truncated["modules"].items():
+    for path, entry in truncated.modules.items():
         values = torch.linalg.svdvals(delta.deltas[path].double())
-        assert entry["rank"] == 1
+        assert entry.rank == 1
         tail = float(values[1:].norm() / values.norm())
-        assert entry["relative_error"] == pytest.approx(tail, rel=1e-4, abs=1e-7)
+        assert entry.relative_error == pytest.approx(tail, rel=1e-4, abs=1e-7)
 
 
 @pytest.mark.parametrize("name", ["sd1", "pixart"])

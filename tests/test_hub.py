@@ -122,22 +122,25 @@ def seal(folder: Path, recipe: str, delta) -> Path:
     """Write ``recipe``, ``delta`` and its adapter into ``folder``, then a history entry
     (what the audit reads of one) recording every file there."""
     from locopack.export import write_adapter
-    from locopack.release.history import entry_hash, write_history
+    from locopack.release.history import write_history
     from locopack.release.layout import hashed_files
+    from locopack.release.records import HistoryEntry
 
     (folder / "recipe.yaml").write_text(recipe)
     delta.save(folder / "delta.safetensors")
     manifest = write_adapter(delta, folder, max_rank=64, energy=0.99999999)
-    entry = {
-        "index": 0,
-        "prev": None,
-        "recipe_name": __import__("yaml").safe_load(recipe)["name"],
-        "recipe_text": recipe,
-        "delta_sha256": delta.sha256(),
-        "adapter_tolerance": manifest["max_relative_error"],
-        "files": hashed_files(folder),
-    }
-    write_history(folder, [{**entry, "hash": entry_hash(entry)}])
+    entry = HistoryEntry(
+        index=0,
+        prev=None,
+        recipe_name=__import__("yaml").safe_load(recipe)["name"],
+        recipe_sha256=hashlib.sha256(recipe.encode()).hexdigest(),
+        recipe_text=recipe,
+        delta_sha256=delta.sha256(),
+        adapter_tolerance=manifest.max_relative_error,
+        files=hashed_files(folder),
+    )
+    entry.hash = entry.content_hash()
+    write_history(folder, [entry])
     return folder
 
 
@@ -508,7 +511,7 @@ def test_stacked_releases_pulled_from_the_hub_audit_as_one_chain(standin, env, t
     # the history names the commit that was loaded, not the tag, which could move
     tagged = inspect(env, "org/first", "v1")["tags"]["v1"]
     third_entry = read_history(tmp_path / "third" / "history.jsonl")[-1]
-    assert third_entry["base_revision"] == "v1" and third_entry["base_commit"] == tagged
+    assert third_entry.base_revision == "v1" and third_entry.base_commit == tagged
 
 
 def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypatch, tmp_path):
@@ -526,7 +529,7 @@ def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypat
     def answer(status):
         return httpx.Response(status, request=httpx.Request("GET", "https://hub/x"))
 
-    entry = {"index": 0, "recipe_name": "first"}
+    entry = {"index": 0, "recipe_name": "first", "recipe_sha256": "0" * 64, "recipe_text": ""}
     (tmp_path / "history.jsonl").write_text(json.dumps(entry) + "\n")
     outcomes = {
         "org/edited": tmp_path / "history.jsonl",
@@ -542,7 +545,7 @@ def test_a_hub_base_history_is_read_or_its_absence_known_never_guessed(monkeypat
         return str(outcome)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
-    assert prior_history("org/edited") == [entry]
+    assert [e.to_json() for e in prior_history("org/edited")] == [entry]
     assert prior_history("org/plain") == []
     with pytest.warns(UserWarning, match="could not check whether org/offline"):
         assert prior_history("org/offline") == []
@@ -673,8 +676,8 @@ def test_a_release_missing_its_requirements_is_built_but_not_published(standin, 
     assert "## Requirements\n\n**Does not meet its requirements**: preserve SSIM" in card
     assert "--allow-unmet`: its publisher" not in card
     entry = read_history(out / "history.jsonl")[-1]
-    assert entry["requirements"]["met"] is False
-    assert entry["requirements"]["allowed_unmet"] is False
+    assert entry.requirements.met is False
+    assert entry.requirements.allowed_unmet is False
     audited = cli(env, "audit", str(out))  # an honest "not met" audits
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert "requirements: NOT met (the card says so)" in audited.stdout
@@ -689,7 +692,7 @@ def test_a_release_missing_its_requirements_is_built_but_not_published(standin, 
     assert allowed.exit_code == 0, allowed.output
     assert "evidence: reused" in allowed.output
     assert "built with `--allow-unmet`: its publisher" in (out / "README.md").read_text()
-    assert read_history(out / "history.jsonl")[-1]["requirements"]["allowed_unmet"] is True
+    assert read_history(out / "history.jsonl")[-1].requirements.allowed_unmet is True
     pushed = cli(env, "push", str(out), "--repo", "org/strict", "--allow-unmet")
     assert pushed.returncode == 0, pushed.stderr
     messages = python(env, COMMIT_MESSAGES.format(repo="org/strict"))

@@ -218,7 +218,7 @@ def test_the_edit_solves_sites_in_order_on_inputs_after_the_edits_upstream(name,
     targets = family.encode_texts(pipe, prompts.targets_expanded())
     preserve = family.encode_texts(pipe, ["a photo of a cat"])
     concept = [family.concept_positions(pipe, p, "van gogh") for p in prompts.originals()]
-    assert delta.provenance["columns"] >= sum(len(c) for c in concept)
+    assert delta.provenance.columns >= sum(len(c) for c in concept)
     first = {sites[0].key: delta.deltas[sites[0].key], sites[0].value: delta.deltas[sites[0].value]}
     with locopack.delta.WeightDelta(first).applied(pipe.transformer):
         x = prefix_io(family, pipe.transformer, originals, [sites[1].key])[sites[1].key]

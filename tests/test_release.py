@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
 import json
 import random
 import re
@@ -156,7 +157,9 @@ def _take_every_branch(out: Path) -> None:
     attacks["skipped"] = [{"name": "word search", "label": "van gogh", "why": "no <rate> judge"}]
     attacks["rows"][0]["chance"] = None
     localization = records["localization.json"]
-    localization["pooled_only"] = {"mean": localization["baseline"]["mean"] + 5.0}
+    localization["pooled_only"] = localization["baseline"] | {
+        "mean": localization["baseline"]["mean"] + 5.0
+    }
     localization["all_sites"]["mean"] = localization["baseline"]["mean"] + 1.0
     paths = localization["site_paths"]
     check = {"set": "held_out", "requirement": "concept_left", "rule": "at most", "threshold": 0.1}
@@ -288,8 +291,8 @@ def test_two_stacked_recipes_audit_as_one_chain(workspace):
     result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
     entries = read_history(out / "history.jsonl")
-    assert [e["recipe_name"] for e in entries] == ["first", "second"]
-    assert entries[1]["prev"] == entries[0]["hash"]
+    assert [e.recipe_name for e in entries] == ["first", "second"]
+    assert entries[1].prev == entries[0].hash
     result = CliRunner().invoke(cli, ["audit", str(out)])
     assert result.exit_code == 0, result.output
     assert "#0  first" in result.output and "#1  second" in result.output
@@ -403,7 +406,6 @@ def test_generate_takes_a_pipeline_a_release_or_a_base_with_the_adapter(workspac
 
 
 def test_audit_reports_foreign_adapter_shapes_and_an_odd_but_hashed_history(workspace, tmp_path):
-    from locopack.release.history import entry_hash
     from locopack.storage import load_tensors, save_tensors
 
     out = _copy(workspace, tmp_path)
@@ -415,15 +417,18 @@ def test_audit_reports_foreign_adapter_shapes_and_an_odd_but_hashed_history(work
     report = audit_folder(out)
     assert any(c.name == "adapter" and "other shapes" in c.detail for c in report.checks)
 
-    # a chain rewritten with recomputed hashes and an odd field: the timeline still prints
-    entries = read_history(out / "history.jsonl")
+    # a chain rewritten with recomputed hashes and an odd field: the entry does not read, and
+    # the audit names its line and field
+    entries = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     entries[0]["edits"] = "not a list"
-    entries[0]["hash"] = entry_hash(entries[0])
+    body = {k: v for k, v in entries[0].items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    entries[0]["hash"] = hashlib.sha256(canonical.encode()).hexdigest()
     for name in ("history.jsonl", "merged/history.jsonl"):
         (out / name).write_text("".join(json.dumps(e) + "\n" for e in entries))
     result = CliRunner().invoke(cli, ["audit", str(out)])
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
-    assert "#0  first" in result.output and "FAIL  adapter" in result.output
+    assert "FAIL  history" in result.output and "history.jsonl:1: field 'edits'" in result.output
 
 
 def test_a_build_of_another_recipe_replaces_the_old_outputs(workspace, tmp_path):
@@ -434,7 +439,7 @@ def test_a_build_of_another_recipe_replaces_the_old_outputs(workspace, tmp_path)
     assert result.exit_code == 0, result.output
     assert "of the release of recipe 'first' (--replace)" in result.output
     assert not (out / "merged").exists()
-    assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == ["replaced"]
+    assert [e.recipe_name for e in read_history(out / "history.jsonl")] == ["replaced"]
     assert audit_folder(out).ok
 
 
@@ -448,10 +453,11 @@ def test_reproduce_catches_a_delta_whose_history_was_rewritten_to_match(workspac
     )
     entries = read_history(out / "history.jsonl")
     scaled = WeightDelta.load(out / "delta.safetensors")
-    entries[-1].update(delta_sha256=scaled.sha256(), files=hashed_files(out))
-    entries[-1]["hash"] = entry_hash(entries[-1])
+    update = {"delta_sha256": scaled.sha256(), "files": hashed_files(out)}
+    entries[-1] = entries[-1].model_copy(update=update)
+    entries[-1].hash = entry_hash(entries[-1])
     for name in ("history.jsonl", "merged/history.jsonl"):
-        (out / name).write_text("".join(json.dumps(e) + "\n" for e in entries))
+        (out / name).write_text("".join(e.line() for e in entries))
     checks = {c.name: c.ok for c in audit_folder(out, reproduce=Reproduce.QUICK).checks}
     assert checks["history chain"] and checks["files"] and checks["delta"]
     assert checks["reproduce"] is False
@@ -462,7 +468,7 @@ def test_a_release_folder_as_base_means_its_merged_checkpoint(workspace, tmp_pat
     out = tmp_path / "on-release"
     result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == [
+    assert [e.recipe_name for e in read_history(out / "history.jsonl")] == [
         "first",
         "on-release",
     ]

@@ -44,11 +44,11 @@ def built(tmp_path_factory):
 def test_the_release_records_its_base_and_scorer_relative_to_itself(built):
     release = built / "out" / "rel"
     entry = read_history(release / "history.jsonl")[-1]
-    assert entry["base_model"] == "./twin"  # as the recipe wrote it
-    assert entry["base_location"] == "../../twin"
-    assert entry["scorer_location"] == "../../twin/scorer"
+    assert entry.base_model == "./twin"  # as the recipe wrote it
+    assert entry.base_location == "../../twin"
+    assert entry.scorer_location == "../../twin/scorer"
     provenance = WeightDelta.load(release / "delta.safetensors").provenance
-    assert provenance["base_location"] == "../../twin" and "base_path" not in provenance
+    assert provenance.base_location == "../../twin" and "base_path" not in provenance.to_json()
     for name in release_files(release):
         assert str(built).encode() not in (release / name).read_bytes(), name
 
@@ -82,7 +82,7 @@ def test_atomic_writes_take_the_umask_not_mkstemps_mode(tmp_path):
 )
 def test_kohya_files_tell_loaders_which_base_they_are_for(built, tmp_path, family, header):
     delta = WeightDelta.load(built / "out" / "rel" / "delta.safetensors")
-    relabelled = WeightDelta(delta.deltas, {**delta.provenance, "family": family})
+    relabelled = WeightDelta(delta.deltas, delta.provenance.model_copy(update={"family": family}))
     path = write_kohya(relabelled, tmp_path, max_rank=8, energy=0.99999999)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()

@@ -5,7 +5,6 @@ writer at a time for every command that writes into it."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from locopack.pipeline.lock import build_lock
 from locopack.release.audit import audit_folder
 from locopack.release.history import entry_hash, read_history, write_history
 from locopack.release.layout import hashed_files, links, release_files
+from locopack.release.records import HistoryEntry
 from locopack.storage import atomic_dir, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +71,15 @@ def _other_release(folder: Path, name: str = "someone-else") -> Path:
     }.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_text(data)
-    entry = {"recipe_name": name, "files": hashed_files(folder)}
-    for history in ("history.jsonl", "merged/history.jsonl"):
-        (folder / history).write_text(json.dumps(entry) + "\n")
+    text = (folder / "recipe.yaml").read_text()
+    entry = HistoryEntry(
+        index=0,
+        recipe_name=name,
+        recipe_sha256=hashlib.sha256(text.encode()).hexdigest(),
+        recipe_text=text,
+        files=hashed_files(folder),
+    )
+    write_history(folder, [entry])  # and merged/'s copy
     return folder
 
 
@@ -147,8 +153,8 @@ def test_audit_fails_on_a_link_even_where_the_history_records_it(replaced, tmp_p
     (release / "notes.txt").symlink_to("../outside/secret.txt")
     # as a build that followed the link would have recorded it
     entries = read_history(release / "history.jsonl")
-    entries[-1]["files"]["notes.txt"] = hashlib.sha256(b"not for the Hub").hexdigest()
-    entries[-1]["hash"] = entry_hash(entries[-1])
+    entries[-1].files["notes.txt"] = hashlib.sha256(b"not for the Hub").hexdigest()
+    entries[-1].hash = entry_hash(entries[-1])
     write_history(release, entries)
     report = audit_folder(release)
     failed = [c for c in report.checks if not c.ok]
@@ -214,7 +220,7 @@ def test_replace_removes_exactly_the_recorded_files_and_the_build_audits(replace
     assert "kept cache" in output
     assert (out / "cache" / "window.json").read_text() == "{}"  # never released: kept
     assert not (out / "merged").exists()  # emptied by the removal; this recipe merges nothing
-    assert [e["recipe_name"] for e in read_history(out / "history.jsonl")] == [
+    assert [e.recipe_name for e in read_history(out / "history.jsonl")] == [
         "twin-sd1-erase-van-gogh"
     ]
     assert "delta.safetensors" in release_files(out) and audit_folder(out).ok

@@ -68,8 +68,8 @@ def _same(one: Path, other: Path) -> bool:
 
 def _entry_but_times(folder: Path) -> dict:
     (entry,) = read_history(folder / HISTORY_FILE)
-    assert set(entry["seconds"]) == {"localize", "edit", "export", "evidence", "card"}
-    return {key: value for key, value in entry.items() if key not in TIME_FIELDS}
+    assert set(entry.seconds) == {"localize", "edit", "export", "evidence", "card"}
+    return {key: value for key, value in entry.to_json().items() if key not in TIME_FIELDS}
 
 
 @pytest.mark.slow

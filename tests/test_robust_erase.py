@@ -86,7 +86,7 @@ def test_extra_rows_are_more_columns_of_the_same_solve(twin_pipes):
     for module, d in delta.deltas.items():
         expected = system.delta(unet.get_submodule(module).weight).to(torch.float32)
         torch.testing.assert_close(d, expected, rtol=1e-5, atol=1e-7)
-    assert delta.provenance["columns"] == x.shape[1]
+    assert delta.provenance.columns == x.shape[1]
     # on the columns with the extra rows, the edit that solved for them errs less than the plain
     plain = compute_delta(LoadedBase(pipe, family), recipe, layers)
     report = edit_errors(LoadedBase(pipe, family), recipe, delta)
@@ -264,7 +264,7 @@ def _stripes(base, delta, prompt: str, seeds: list[int]) -> float:
 
 def test_robust_erase_brings_down_an_attack_the_plain_edit_fails(toy_robust):
     base, recipe, plain, made, (_, _, _, replayed) = toy_robust
-    record = made.provenance["robust"]
+    record = made.provenance.robust
     first, last = record["rounds"]
     assert first["rows_added"] == 1 and first["edits"][0]["success_before"] > 0.1
     assert first["edits"][0]["success_after"] < first["edits"][0]["success_before"]
@@ -287,17 +287,17 @@ def test_a_rerun_of_robust_erase_draws_nothing_it_judged(toy_robust, monkeypatch
     monkeypatch.setitem(robust_attacks.ATTACKS, "replay", lambda t, n: [Found("replay", 0, FOUND)])
     again = robust.robust_erase(base, recipe, layers, plain, scorer, cache)
     assert not drawn and again.sha256() == made.sha256()
-    assert again.provenance["robust"] == made.provenance["robust"]
+    assert again.provenance.robust == made.provenance.robust
 
 
 def test_the_card_shows_each_round(toy_robust):
     _, _, _, made, _ = toy_robust
-    rows = robust_rounds({"robust": made.provenance["robust"]})["rows"]
+    rows = robust_rounds({"robust": made.provenance.robust})["rows"]
     assert [row["round"] for row in rows] == ["1", "2"]
     assert rows[0]["best"] == "`a red circle on a an re ackground background`"
-    assert made.provenance["robust"]["deterministic"]
-    assert not robust_rounds({"robust": made.provenance["robust"]})["guarded"]
-    guarded = made.provenance["robust"] | {"deterministic": False}
+    assert made.provenance.robust["deterministic"]
+    assert not robust_rounds({"robust": made.provenance.robust})["guarded"]
+    guarded = made.provenance.robust | {"deterministic": False}
     assert robust_rounds({"robust": guarded})["guarded"]
     assert robust_rounds({}) is None  # a plain edit: no section
 

@@ -205,17 +205,17 @@ def test_the_provenance_names_what_the_history_records(signed):
     assert subjects == expected
     build = statement["predicate"]["buildDefinition"]
     materials = {m["name"]: m for m in build["resolvedDependencies"]}
-    assert materials["recipe"]["digest"]["sha256"] == entry["recipe_sha256"]
-    assert materials["base_model"]["uri"] == entry["base_model"] == "./toy-world"
-    assert materials["base_model"]["annotations"]["fingerprint"] == entry["base_fingerprint"]
+    assert materials["recipe"]["digest"]["sha256"] == entry.recipe_sha256
+    assert materials["base_model"]["uri"] == entry.base_model == "./toy-world"
+    assert materials["base_model"]["annotations"]["fingerprint"] == entry.base_fingerprint
     builder = statement["predicate"]["runDetails"]["builder"]
-    assert builder["version"] == entry["versions"] and set(builder["version"]) >= {
+    assert builder["version"] == entry.versions and set(builder["version"]) >= {
         "locopack",
         "torch",
         "diffusers",
         "transformers",
     }
-    assert build["internalParameters"]["device"] == "cpu" == entry["device"]
+    assert build["internalParameters"]["device"] == "cpu" == entry.device
 
 
 def test_the_card_names_the_signer_and_the_command_and_no_key_path(signed, keys):
@@ -267,12 +267,13 @@ def _stack(first: Path, second: Path) -> None:
     # first's stand-in merged/ holds no checkpoint: record no base folder to check it against
     # (the toy release's relative base_location reaches the toy model or not depending on
     # where the checkout and the temporary folders lie)
-    entry = {**entry, "files": hashed_files(first), "base_location": None}
-    entry["hash"] = entry_hash(entry)
+    entry = entry.model_copy(update={"files": hashed_files(first), "base_location": None})
+    entry.hash = entry_hash(entry)
     write_history(first, [entry])
     (own,) = read_history(second / HISTORY_FILE)
-    own = {**own, "index": 1, "prev": entry["hash"], "base_location": "../first/merged"}
-    own["hash"] = entry_hash(own)
+    update = {"index": 1, "prev": entry.hash, "base_location": "../first/merged"}
+    own = own.model_copy(update=update)
+    own.hash = entry_hash(own)
     write_history(second, [entry, own])
 
 

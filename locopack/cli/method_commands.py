@@ -158,9 +158,9 @@ def edit(
             localization=localization,
             options=run_options(),
         )
-    worst = max(m["edit_error"] for m in report["modules"].values())
+    worst = max(m.edit_error for m in report.modules.values())
     click.echo(
-        f"edited {len(delta.deltas)} matrices at {len(report['layers'])} site(s); "
+        f"edited {len(delta.deltas)} matrices at {len(report.layers)} site(s); "
         f"largest relative edit error {worst:.2e}"
     )
     click.echo(f"wrote {out}/delta.safetensors ({delta.sha256()[:19]}) and {out}/edit.json")

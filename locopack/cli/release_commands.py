@@ -73,12 +73,12 @@ def export_cmd(
         force=force,
         allow_pickle=global_options().allow_pickle,
     )
-    manifest = written.pop("manifest", None)
-    if isinstance(manifest, dict):
-        ranks = sorted({m["rank"] for m in manifest["modules"].values()})
+    if "manifest" in written:
+        manifest = written.pop("manifest")
+        ranks = sorted({m.rank for m in manifest.modules.values()})
         click.echo(
-            f"adapter: {len(manifest['modules'])} modules, ranks {ranks}, "
-            f"max relative error {manifest['max_relative_error']:.1e}"
+            f"adapter: {len(manifest.modules)} modules, ranks {ranks}, "
+            f"max relative error {manifest.max_relative_error:.1e}"
         )
     for what, path in written.items():
         click.echo(f"wrote {what}: {path}")

@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..delta import WeightDelta, library_versions
+from ..delta_record import DeltaProvenance
 from ..errors import EditError
 from ..fingerprint import fingerprints_by_dtype
 from ..models.base import Site
 from ..models.text_sites import CrossAttention, JointAttention, TextRefiner, TextSites
 from ..prompt_samples import neighbours
+from ..record import JsonObject
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
 from .refiner import refiner_deltas, refiner_errors
@@ -87,9 +89,9 @@ def collect_states(
     )
 
 
-def extra_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
+def extra_rows(provenance: DeltaProvenance) -> list[tuple[str, str]]:
     """The extra ``(prompt, target)`` rows a delta was solved with (none for a plain edit)."""
-    return [(row["prompt"], row["target"]) for row in provenance.get("extra_rows", [])]
+    return [(row.prompt, row.target) for row in provenance.extra_rows]
 
 
 @torch.no_grad()
@@ -134,7 +136,7 @@ def compute_delta(
     provenance["token_rows"] = prompts.rows
     if extra:
         provenance["extra_rows"] = [{"prompt": p, "target": t} for p, t in extra]
-    return WeightDelta(deltas, provenance)
+    return WeightDelta(deltas, DeltaProvenance.parse(provenance, "the edit's provenance"))
 
 
 #: ``solve(site, system)``: the ΔW of the site's edited projections from its system
@@ -195,7 +197,7 @@ def _modules(site: Site, matrices: str) -> list[str]:
     return [(site.key, site.value)[which] for which in _MATRICES[matrices]]
 
 
-def _provenance(base: LoadedBase, recipe: Recipe, layers: list[str]) -> dict[str, Any]:
+def _provenance(base: LoadedBase, recipe: Recipe, layers: list[str]) -> JsonObject:
     settings, fingerprint = recipe.base, base.fingerprint
     return {
         "recipe_name": recipe.name,

@@ -35,7 +35,6 @@ instead of drawing it again, as the sweep's cache does for its windows.
 from __future__ import annotations
 
 import io
-import json
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,11 +44,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import LocopackError
 from ..fingerprint import tensors_sha256
 from ..localize.cache import CandidateCache
 from ..prompt_samples import sampled_unrelated
+from ..record import JsonObject
 from ..release.layout import ADAPTER_FILE, CACHE_DIR, EVIDENCE_DIR, EVIDENCE_FILE
-from ..storage import atomic_write_bytes, atomic_write_text, load_tensors
+from ..release.records.evidence import EvidenceRecord
+from ..storage import atomic_write_bytes, load_tensors
 from .attacks import AttackContext, run_all
 from .charts import SUMMARY_CHART, summary_png
 from .detectors import load_detector, rates
@@ -59,6 +61,7 @@ from .verdict import judge
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from ..delta import WeightDelta
     from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
@@ -93,7 +96,9 @@ def prompt_sets(recipe: Recipe) -> list[dict[str, Any]]:
     return out
 
 
-def evidence_inputs(recipe: Recipe, fingerprint: str, delta: Any, release: Path) -> dict[str, Any]:
+def evidence_inputs(
+    recipe: Recipe, fingerprint: str, delta: WeightDelta, release: Path
+) -> JsonObject:
     """Everything the evidence of the release in ``release`` depends on: the recipe (prompts,
     seeds, settings, scorer name), the base (``fingerprint``), the delta and the adapter that
     is applied (its tensors: the file's header order may vary between writes)."""
@@ -107,20 +112,21 @@ def evidence_inputs(recipe: Recipe, fingerprint: str, delta: Any, release: Path)
     }
 
 
-def reusable_evidence(release: Path, inputs: dict[str, Any]) -> dict[str, Any] | None:
+def reusable_evidence(release: Path, inputs: JsonObject) -> JsonObject | None:
     """The evidence already in ``release`` when it was drawn from ``inputs`` and every image
     it names is there; else None (it is then drawn again)."""
     try:
-        found = json.loads((release / EVIDENCE_FILE).read_text(encoding="utf-8"))
-        images = [g for e in found["edits"] for s in e["sets"].values() for g in _grids(s)]
-        images += [g["image"] for g in found["gallery"]] + [found["summary_chart"]]
-        images += [a["grid"] for a in (found["attack"] or {"edits": []})["edits"]]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        found = EvidenceRecord.read(release / EVIDENCE_FILE)
+        images = [g for e in found.edits for s in e.sets.values() for g in _grids(s)]
+        images += [g.image for g in found.gallery] + [found.summary_chart]
+        images += [a["grid"] for a in (found.attack or {"edits": []})["edits"]]
+    except (LocopackError, TypeError, KeyError):
         return None
     complete = all(isinstance(i, str) and (release / i).is_file() for i in images)
     # evidence older than the requirements or the attack table: redrawn
-    complete = complete and "requirements" in found and "attacks" in found
-    return found if complete and found.get("inputs") == inputs else None
+    complete = complete and found.requirements is not None and found.attacks is not None
+    same = found.inputs is not None and found.inputs.to_json() == inputs
+    return found.to_json() if complete and same else None
 
 
 @contextmanager
@@ -146,7 +152,7 @@ def check_detectors(recipe: Recipe) -> None:
         load_detector(spec.name, spec.options)
 
 
-def _grids(item: dict[str, Any]) -> list[str]:
+def _grids(item: JsonObject) -> list[str]:
     """The image files a set's evidence names."""
     return [item["grid"]] + ([item["flagged_grid"]] if item.get("flagged_grid") else [])
 
@@ -222,8 +228,8 @@ def collect_evidence(
     seed: int | None = None,
     steps: int | None = None,
     guidance: float | None = None,
-    inputs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    inputs: JsonObject | None = None,
+) -> JsonObject:
     """Generate, score and save the before/after evidence of the release in ``release``.
 
     ``base`` must be unedited; the adapter is applied to it and removed again here.
@@ -297,7 +303,7 @@ def collect_evidence(
     result["requirements"] = judge(recipe, result)
     atomic_write_bytes(out / SUMMARY_CHART, summary_png(result))
     result["summary_chart"] = SUMMARY_CHART
-    atomic_write_text(out / EVIDENCE_FILE, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    EvidenceRecord.parse(result, "the evidence").write(out / EVIDENCE_FILE)
     return result
 
 

@@ -67,7 +67,7 @@ def _write_onnx(job: ExportJob) -> Written:
 
     base, prov = job.base_model(), job.delta.provenance
     keys = ("recipe_name", "recipe_sha256", "base_fingerprint", "sites")
-    record = {"delta_sha256": job.delta.sha256(), **{k: prov.get(k) for k in keys}}
+    record = {"delta_sha256": job.delta.sha256(), **{k: getattr(prov, k) for k in keys}}
     with job.delta.applied(base.denoiser):
         return {"onnx": export_denoiser_onnx(base, job.out / ONNX_DIR, metadata=record)}
 

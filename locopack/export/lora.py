@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..delta import WeightDelta
+from ..delta_record import DeltaProvenance
 from ..errors import ExportError
 from ..filenames import ADAPTER_FILE, KOHYA_FILE, MANIFEST_FILE
-from ..storage import atomic_write_text, header_json, load_tensors, save_tensors
+from ..record import JsonObject
+from ..storage import header_json, load_tensors, save_tensors
+from .records import LoraManifest, ManifestModule
 
 _NOISE = 1e-7
 
@@ -62,7 +64,7 @@ def factorize_delta(delta: WeightDelta, max_rank: int, energy: float) -> dict[st
     return {path: factorize(d, max_rank, energy) for path, d in delta.deltas.items()}
 
 
-def peft_config(modules: dict[str, LoraModule]) -> dict[str, Any]:
+def peft_config(modules: dict[str, LoraModule]) -> JsonObject:
     """PEFT ``LoraConfig`` as a dict: the most common rank as ``r``, the others as patterns."""
     from collections import Counter
 
@@ -84,7 +86,7 @@ def peft_config(modules: dict[str, LoraModule]) -> dict[str, Any]:
     )
 
 
-def write_adapter(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> dict[str, Any]:
+def write_adapter(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> LoraManifest:
     """Write ``pytorch_lora_weights.safetensors`` (diffusers keys) and ``lora_manifest.json``.
 
     Returns:
@@ -101,29 +103,26 @@ def write_adapter(delta: WeightDelta, out: Path, max_rank: int, energy: float) -
     metadata = {
         "format": "pt",
         "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True),
-        "locopack": json.dumps(delta.provenance, sort_keys=True),
+        "locopack": delta.provenance.header(),
         "locopack_delta_sha256": delta.sha256(),
     }
     save_tensors(tensors, out / ADAPTER_FILE, metadata)
-    manifest = {
-        "format": "locopack.lora_manifest/1",
-        "adapter_file": ADAPTER_FILE,
-        "denoiser": prefix,
-        "max_rank": max_rank,
-        "energy": energy,
-        "delta_sha256": delta.sha256(),
-        "modules": {
-            path: {
-                "rank": m.rank,
-                "relative_error": m.relative_error,
-                "shape": list(delta.deltas[path].shape),
-            }
+    manifest = LoraManifest(
+        adapter_file=ADAPTER_FILE,
+        denoiser=prefix,
+        max_rank=max_rank,
+        energy=energy,
+        delta_sha256=delta.sha256(),
+        modules={
+            path: ManifestModule(
+                rank=m.rank, relative_error=m.relative_error, shape=list(delta.deltas[path].shape)
+            )
             for path, m in modules.items()
         },
-        "max_relative_error": max((m.relative_error for m in modules.values()), default=0.0),
-        "provenance": delta.provenance,
-    }
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        max_relative_error=max((m.relative_error for m in modules.values()), default=0.0),
+        provenance=delta.provenance,
+    )
+    manifest.write(out / MANIFEST_FILE)
     return manifest
 
 
@@ -136,11 +135,11 @@ def write_kohya(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> 
     """Write the kohya-format file ComfyUI and AUTOMATIC1111 load (UNet families only)."""
     from ..models import get_family
 
-    header = get_family(str(delta.provenance.get("family"))).kohya_metadata
+    header = get_family(str(delta.provenance.family)).kohya_metadata
     if header is None:
         raise ExportError(
             f"kohya LoRA files exist for Stable Diffusion UNets only; this edit is for the "
-            f"{delta.provenance.get('family')} family: use the diffusers/PEFT adapter instead"
+            f"{delta.provenance.family} family: use the diffusers/PEFT adapter instead"
         )
     tensors = {}
     for path, module in factorize_delta(delta, max_rank, energy).items():
@@ -148,11 +147,11 @@ def write_kohya(delta: WeightDelta, out: Path, max_rank: int, energy: float) -> 
         tensors[f"{key}.lora_down.weight"] = module.down
         tensors[f"{key}.lora_up.weight"] = module.up
         tensors[f"{key}.alpha"] = torch.tensor(float(module.rank))
-    metadata = {"format": "pt", **header, "locopack": json.dumps(delta.provenance, sort_keys=True)}
+    metadata = {"format": "pt", **header, "locopack": delta.provenance.header()}
     return save_tensors(tensors, out / KOHYA_FILE, metadata)
 
 
-def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], DeltaProvenance, JsonObject]:
     """The adapter's tensors, its locopack provenance and its packed PEFT config.
 
     Raises:
@@ -162,4 +161,5 @@ def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], d
     if "locopack" not in metadata:
         raise ExportError(f"{path}: a safetensors file without locopack provenance")
     packed = header_json(path, metadata, "lora_adapter_metadata")
-    return tensors, header_json(path, metadata, "locopack"), packed
+    provenance = DeltaProvenance.parse(header_json(path, metadata, "locopack"), str(path))
+    return tensors, provenance, packed

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..delta import WeightDelta
 from ..filenames import MERGE_FILE
 from ..storage import atomic_dir
+from .records import MergeRecord
 
 if TYPE_CHECKING:
     from ..models.loaded import LoadedBase
@@ -30,13 +31,11 @@ def write_merged(base: LoadedBase, delta: WeightDelta, out: Path) -> Path:
     family = base.family
     with delta.applied(base.denoiser), atomic_dir(out) as tmp:
         base.pipe.save_pretrained(str(tmp), safe_serialization=True)
-        record = {
-            "format": "locopack.merge/1",
-            "delta_sha256": delta.sha256(),
-            "edited_tensors": sorted(f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas),
-            "provenance": delta.provenance,
-        }
-        (tmp / MERGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        MergeRecord(
+            delta_sha256=delta.sha256(),
+            edited_tensors=sorted(f"{family.denoiser_attr}.{p}.weight" for p in delta.deltas),
+            provenance=delta.provenance,
+        ).write(tmp / MERGE_FILE)
         _forget_source_paths(tmp)
     return out
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..edit.neurons import NeuronEdit, apply_neurons
 from ..errors import ExportError, ModelLayoutError
@@ -25,6 +25,7 @@ from ..export.lora import read_adapter
 from ..fingerprint import check_base_model
 from ..hub_ref import is_hub_ref, parse_ref
 from ..models import detect_family
+from ..record import JsonObject
 from ..release.layout import (
     ADAPTER_FILE,
     CARD_FILE,
@@ -55,7 +56,7 @@ class AppliedEdit:
 
     kind: str
     source: Path
-    provenance: dict[str, Any]
+    provenance: JsonObject
     _undo: Callable[[], None] | None = None
 
     def remove(self) -> None:
@@ -159,9 +160,9 @@ def apply(
         hooks = apply_neurons(getattr(pipe, family.denoiser_attr), edit, scale)
         return AppliedEdit(kind, path, dict(edit.metadata), hooks.remove)
     tensors, provenance, packed = read_adapter(path)
-    check_base_model(pipe, family, provenance, path, force)
+    check_base_model(pipe, family, provenance.to_json(), path, force)
     undo = _load_adapter(pipe, family, path, tensors, packed, scale)
-    return AppliedEdit(kind, path, provenance, undo)
+    return AppliedEdit(kind, path, provenance.to_json(), undo)
 
 
 def pipeline_source(model: str, revision: str | None = None) -> tuple[str, str | None]:

@@ -26,7 +26,6 @@ never writes or prints it, and scrubs it from any error text it passes on.  Tran
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
@@ -34,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from ..errors import HubError
+from ..errors import HubError, LocopackError
 from ..hub_ref import parse_ref
 from ..release.layout import EVIDENCE_FILE, HISTORY_FILE, RECIPE_FILE, release_files
+from ..release.records.evidence import EvidenceRecord
 from ..secret_scan import check_folder
 from .calls import with_retries
 from .pull import resolve_release
@@ -171,15 +171,17 @@ def _requirements_note(folder: Path, allow_unmet: bool) -> str:
     from ..release.history import read_history
 
     try:
-        found = json.loads((folder / EVIDENCE_FILE).read_text(encoding="utf-8"))
-        section = found["requirements"]
-    except (OSError, ValueError, KeyError, TypeError):
+        section = EvidenceRecord.read(folder / EVIDENCE_FILE).requirements
+    except LocopackError:
+        section = None
+    if section is None:
         return "requirements: not recorded (a release made before requirements)\n"
     if section["met"]:
         return "requirements: met\n"
     misses = "; ".join(section["unmet"])
     entries = read_history(folder / HISTORY_FILE)
-    built_allowing = bool(entries) and entries[-1].get("requirements", {}).get("allowed_unmet")
+    requirements = entries[-1].requirements if entries else None
+    built_allowing = requirements is not None and requirements.allowed_unmet
     if not allow_unmet:
         raise HubError(
             f"{folder}: not pushed, the release does not meet its requirements ({misses}); "

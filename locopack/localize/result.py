@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..errors import RecipeError
+from pydantic import Field, computed_field, field_validator, model_validator
+
+from ..errors import LocopackError, RecipeError
 from ..filenames import LOCALIZATION_FILE, LOCALIZATION_PLOT
+from ..record import JsonObject, Record, RecordPart
 from ..storage import atomic_write_bytes, atomic_write_text
 from .editable import TrailStep
 
 FORMAT = "locopack.localization/1"
 
-#: facts of one run, kept on the objects but never written: a repeated or resumed sweep (its
-#: scores taken from the cache) writes the same bytes; the build's durations go to the history
-RUN_FACTS = frozenset({"seconds", "cached", "timings"})
 
+class Candidate(RecordPart):
+    """Scores of one window: raw scores per probe and seed, their mean/std, the objective.
 
-def _without_run_facts(items: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {key: value for key, value in items if key not in RUN_FACTS}
-
-
-@dataclass
-class Candidate:
-    """Scores of one window: raw scores per probe and seed, their mean/std, the objective."""
+    ``seconds`` and ``cached`` are facts of one run, kept on the object but never written: a
+    repeated or resumed sweep (its scores taken from the cache) writes the same bytes; older
+    files that carry them still load."""
 
     window: list[str]
     scores: list[float]
     mean: float
     std: float
     objective: float
-    seconds: float = 0.0
-    cached: bool = False
+    seconds: float = Field(default=0.0, exclude=True)
+    cached: bool = Field(default=False, exclude=True)
 
     @classmethod
     def from_scores(cls, window, scores, signs, seconds=0.0, cached=False) -> Candidate:
@@ -50,27 +46,20 @@ class Candidate:
         )
 
 
-@dataclass
-class Round:
+class Round(RecordPart):
     """One round of a race: its settings, the probes (indices into ``pairs``) and windows
     (indices into ``candidates``) it scored, and their scores."""
 
-    rung: dict
+    rung: JsonObject
     probes: list[int]
     windows: list[int]
     candidates: list[Candidate]
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Round:
-        """The inverse of ``dataclasses.asdict``."""
-        return cls(**{**data, "candidates": [Candidate(**c) for c in data["candidates"]]})
 
-
-@dataclass
-class LocalizationResult:
-    """Every window's scores, the chosen window, and the baseline/all-sites references
-    (plus, for joint-attention transformers, ``pooled_only``: the pooled text path swapped
-    alone, every site at the original prompt).
+class LocalizationResult(Record):
+    """``localization.json``: every window's scores, the chosen window, and the
+    baseline/all-sites references (plus, for joint-attention transformers, ``pooled_only``:
+    the pooled text path swapped alone, every site at the original prompt).
 
     ``candidates[i]`` holds window ``i``'s scores at full settings when it was a finalist
     (every window in full mode), else its scores in the last race round it reached;
@@ -81,30 +70,62 @@ class LocalizationResult:
     With ``select: editable`` (:mod:`.editable`), ``trail`` holds every set of sites tried
     and what its edit's check measured, ``check`` how the checks were drawn and judged, and
     ``selected`` the sites kept, which :attr:`layers` then returns.  Files written before
-    these fields existed load with ``select: score``.
+    these fields existed load with ``select: score``.  ``timings`` (the seconds of each part
+    of the run) is never written, like a candidate's ``seconds``.
     """
 
+    FORMAT = FORMAT
     candidates: list[Candidate]
     chosen: int
     baseline: Candidate
     all_sites: Candidate
     finalists: list[int]
-    rung: dict
+    rung: JsonObject
     mode: str
     window: int
     site_paths: list[str]
-    pairs: list[dict]
-    screening_rung: dict | None = None
+    pairs: list[JsonObject]
+    screening_rung: JsonObject | None = None
     screening: list[Candidate] | None = None
     rounds: list[Round] | None = None
-    reference_rung: dict | None = None
+    reference_rung: JsonObject | None = None
     pooled_only: Candidate | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict, exclude=True)
+    meta: JsonObject = Field(default_factory=dict)
     select: str = "score"
     trail: list[TrailStep] | None = None
-    check: dict[str, Any] | None = None
+    check: JsonObject | None = None
     selected: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: object) -> object:
+        """``chosen_layers`` is written for readers of the file; it is derived, not read."""
+        if isinstance(data, dict) and "chosen_layers" in data:
+            data = {k: v for k, v in data.items() if k != "chosen_layers"}
+        return data
+
+    @field_validator("chosen", mode="before")
+    @classmethod
+    def _an_index(cls, value: object) -> object:
+        if type(value) is not int:
+            raise ValueError(f"'chosen' must be a window index, found {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _chosen_in_range(self) -> LocalizationResult:
+        if not 0 <= self.chosen < len(self.candidates):
+            raise ValueError(
+                f"'chosen' must be a window index from 0 to {len(self.candidates) - 1}, "
+                f"found {self.chosen!r}"
+            )
+        return self
+
+    @computed_field
+    @property
+    def chosen_layers(self) -> list[str]:
+        """Module paths of the sites to edit (:attr:`layers`), written for readers."""
+        return self.layers
 
     @property
     def layers(self) -> list[str]:
@@ -119,20 +140,19 @@ class LocalizationResult:
         entries = [*rounds, *lines]
         return sum(c.cached for c in entries), len(entries)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (the content of ``localization.json``), without the run facts
-        (:data:`RUN_FACTS`); older files that carry them still load."""
-        data = asdict(self, dict_factory=_without_run_facts)
-        data["format"] = FORMAT
-        data["chosen_layers"] = self.layers
-        return data
+    def to_dict(self) -> JsonObject:
+        """JSON-ready view (the content of ``localization.json``), without the run facts."""
+        return {**self.model_dump(mode="json", by_alias=True), "format": FORMAT}
+
+    def text(self) -> str:
+        """The file's text: sorted keys, indented by two, one trailing newline."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def save(self, folder: str | Path) -> tuple[Path, Path]:
         """Write ``localization.json`` and ``localization.png`` atomically into ``folder``."""
         folder = Path(folder)
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         return (
-            atomic_write_text(folder / LOCALIZATION_FILE, text + "\n"),
+            atomic_write_text(folder / LOCALIZATION_FILE, self.text()),
             atomic_write_bytes(folder / LOCALIZATION_PLOT, self.plot()),
         )
 
@@ -143,32 +163,10 @@ class LocalizationResult:
         Raises:
             RecipeError: the file is missing, not JSON, or not a localization result.
         """
-        path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.pop("format", None) != FORMAT:
-                raise ValueError(f"expected format {FORMAT!r}")
-            data.pop("chosen_layers", None)
-            for key in ("baseline", "all_sites"):
-                data[key] = Candidate(**data[key])
-            if data.get("pooled_only") is not None:
-                data["pooled_only"] = Candidate(**data["pooled_only"])
-            data["candidates"] = [Candidate(**c) for c in data["candidates"]]
-            if data.get("screening") is not None:
-                data["screening"] = [Candidate(**c) for c in data["screening"]]
-            if data.get("rounds") is not None:
-                data["rounds"] = [Round.from_dict(r) for r in data["rounds"]]
-            if data.get("trail") is not None:
-                data["trail"] = [TrailStep.from_dict(t) for t in data["trail"]]
-            chosen = data.get("chosen")
-            if type(chosen) is not int or not 0 <= chosen < len(data["candidates"]):
-                raise ValueError(
-                    f"'chosen' must be a window index from 0 to {len(data['candidates']) - 1}, "
-                    f"found {chosen!r}"
-                )
-            return cls(**data)
-        except (OSError, ValueError, TypeError, KeyError) as err:
-            raise RecipeError(f"{path}: not a readable localization result ({err})") from None
+            return cls.read(path)
+        except LocopackError as err:
+            raise RecipeError(f"{err} (not a readable localization result)") from None
 
     def plot(self) -> bytes:
         """PNG bytes: every window's mean and spread, the reference lines, the chosen window

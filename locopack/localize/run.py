@@ -99,7 +99,14 @@ def run_sweep(
         t0 = time.perf_counter()
         scored = sweep.score([windows[i] for i in alive], settings, label, budget.probes)
         timings["candidates" if last else f"round {r + 1}"] = time.perf_counter() - t0
-        rounds.append(Round(asdict(settings), list(budget.probes), list(alive), scored))
+        rounds.append(
+            Round(
+                rung=asdict(settings),
+                probes=list(budget.probes),
+                windows=list(alive),
+                candidates=scored,
+            )
+        )
         if not last:
             kept = survivors(_signed(sweep, budget, scored), caps[r + 1])
             alive = [alive[j] for j in kept]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..hub.apply import pipeline_source
 from ..hub_ref import is_hub_id
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from ..models.base import ModelFamily
     from ..recipe.schema import Recipe
+    from ..release.records.history import HistoryEntry
 
 
 def load_base(recipe: Recipe, *, allow_pickle: bool = False) -> LoadedBase:
@@ -106,12 +107,12 @@ def recipe_family(family: type[ModelFamily], recipe: Recipe) -> type[ModelFamily
     return family if length is None else family.with_t5_length(length)
 
 
-def changed_file(folder: Path, entry: dict[str, Any]) -> str | None:
+def changed_file(folder: Path, entry: HistoryEntry) -> str | None:
     """What differs between the pipeline ``folder`` and the merged checkpoint that the history
     ``entry`` of its release recorded (the first file missing or with another sha256); None
     when nothing does or the entry records no merged checkpoint."""
     prefix = f"{MERGED_DIR}/"
-    recorded = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+    recorded = entry.files
     for name, digest in sorted(recorded.items()):
         path = Path(folder) / name.removeprefix(prefix)
         if not name.startswith(prefix):

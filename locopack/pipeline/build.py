@@ -35,6 +35,7 @@ from ..delta import WeightDelta
 from ..distributed import gather
 from ..errors import ExportError, LocopackError, ModelLayoutError
 from ..models.loaded import LoadedBase
+from ..record import JsonObject
 from ..release.layout import (
     DELTA_FILE,
     HISTORY_FILE,
@@ -63,6 +64,7 @@ from .stages import (
 
 if TYPE_CHECKING:
     from ..recipe.schema import Recipe
+    from ..release.records.history import HistoryEntry
 
 STAGES = ("localize", "edit", "export", "evidence", "card", "history")
 
@@ -75,12 +77,12 @@ class BuildSummary:
     out: Path
     layers: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: JsonObject = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     @property
-    def requirements(self) -> dict[str, Any]:
+    def requirements(self) -> JsonObject:
         """The verdict on the recipe's requirements (``evidence.json``'s section)."""
         return self.evidence.get("requirements") or {"met": True, "unmet": [], "items": []}
 
@@ -147,14 +149,14 @@ def _clear_another_build(
     copy = out / RECIPE_FILE
     if not present or (copy.is_file() and copy.read_text(encoding="utf-8") == recipe.source_text):
         return  # a new folder, or this recipe's own build to resume
-    last = (read_history(out / HISTORY_FILE) or [{}])[-1]
-    recorded = last.get("files")
-    if not isinstance(recorded, dict) or not recorded:
+    entries = read_history(out / HISTORY_FILE)
+    recorded = entries[-1].files if entries else {}
+    if not recorded:
         raise ExportError(
             f"{out}: holds files that no {HISTORY_FILE} records ({_names(present)}); nothing "
             "was removed: move them out of the folder, or build into another --out"
         )
-    earlier = f"the release of recipe {last.get('recipe_name')!r}"
+    earlier = f"the release of recipe {entries[-1].recipe_name!r}"
     foreign = [
         name
         for name in present
@@ -191,14 +193,11 @@ def _reusable_delta(path: Path, recipe: Recipe, base: LoadedBase) -> WeightDelta
     except LocopackError:  # damaged or not finite: redone
         return None
     prov = delta.provenance
-    same = (
-        prov.get("recipe_sha256") == recipe.sha256
-        and prov.get("base_fingerprint") == base.fingerprint
-    )
+    same = prov.recipe_sha256 == recipe.sha256 and prov.base_fingerprint == base.fingerprint
     return delta if same and delta.sites else None
 
 
-def _check_recorded_base(base: LoadedBase, previous: list[dict[str, Any]]) -> None:
+def _check_recorded_base(base: LoadedBase, previous: list[HistoryEntry]) -> None:
     """Refuse a base that is a release's merged checkpoint no longer holding what its history
     recorded (damaged or altered weights the fingerprint does not cover)."""
     folder = Path(base.source)  # also a Hub release's downloaded merged/
@@ -315,12 +314,12 @@ def _build(
         out,
         previous,
         base=base,
-        adapter_tolerance=manifest["max_relative_error"],
+        adapter_tolerance=manifest.max_relative_error,
         seconds=summary.seconds,
         requirements=summary.requirements,
         allowed_unmet=allow_unmet,
     )
     write_history(out, [*previous, entry])
     log.done("history")
-    summary.files = sorted(entry["files"]) + [HISTORY_FILE]
+    summary.files = sorted(entry.files) + [HISTORY_FILE]
     return summary

@@ -91,15 +91,15 @@ def run_export(
         source = model or recorded_base(prov, delta_path.parent)
         if not source:
             raise ExportError(f"{delta_path}: its provenance names no base model; pass --model")
-        revision = None if model else prov.get("base_commit") or prov.get("base_revision")
+        revision = None if model else prov.base_commit or prov.base_revision
         base = load_base_model(
             source,
             revision,
-            prov.get("base_dtype", "float32"),
-            None if model else prov.get("base_variant"),
+            prov.base_dtype or "float32",
+            None if model else prov.base_variant,
             allow_pickle=allow_pickle,
         )
-        check_base_model(base.pipe, base.family, prov, delta_path, force)
+        check_base_model(base.pipe, base.family, prov.to_json(), delta_path, force)
     with build_lock(out, command="export"):
         return export_delta(delta, out, choice, base)
 
@@ -108,4 +108,4 @@ def _delta_family(delta: WeightDelta) -> type[ModelFamily]:
     """The family the delta's provenance names."""
     from ..models import get_family
 
-    return get_family(str(delta.provenance.get("family")))
+    return get_family(str(delta.provenance.family))

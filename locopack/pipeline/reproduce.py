@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..release.layout import HISTORY_FILE, LOCALIZATION_FILE, locate
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..delta import WeightDelta
     from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
+    from ..release.records.history import HistoryEntry
 
 #: largest difference allowed between a recorded and a recomputed window score
 SCORE_TOLERANCE = 1e-4
@@ -41,7 +42,7 @@ class Reproduce(str, enum.Enum):
 
 
 def reproduce(
-    entry: dict[str, Any],
+    entry: HistoryEntry,
     delta: WeightDelta,
     folder: Path,
     base_source: str,
@@ -59,9 +60,9 @@ def reproduce(
     from ..models import load_base_model
     from ..recipe.schema import parse_recipe
 
-    recipe = parse_recipe(entry["recipe_text"], f"{HISTORY_FILE}:{entry['index'] + 1}")
+    recipe = parse_recipe(entry.recipe_text, f"{HISTORY_FILE}:{entry.index + 1}")
     source, _ = pipeline_source(base_source)
-    revision = entry.get("base_commit") or entry.get("base_revision")
+    revision = entry.base_commit or entry.base_revision
     if Path(source).is_dir():
         revision = None
     base = load_base_model(
@@ -76,7 +77,7 @@ def reproduce(
     layers = delta.sites
     if how is Reproduce.FULL:
         scorer_source = scorer_source or locate(
-            folder, entry.get("scorer_location"), recipe.localize.scorer
+            folder, entry.scorer_location, recipe.localize.scorer
         )
         check, layers = _relocalize(recipe, base, folder, scorer_source)
         checks.append(check)
@@ -140,7 +141,7 @@ def _redo_edit(recipe, base, layers, delta, entry, how: Reproduce) -> tuple[str,
 
     # a robust erase's rows are the recorded ones: its attacks are not repeated
     again = compute_delta(base, recipe, layers, extra=extra_rows(delta.provenance))
-    exact = library_versions() == entry.get("versions") and base.pipe.device.type == "cpu"
+    exact = library_versions() == entry.versions and base.pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()
         tolerance = "bit-exact (same versions, CPU)"

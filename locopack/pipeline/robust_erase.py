@@ -178,9 +178,9 @@ def robust_erase(
         delta = compute_delta(base, recipe, layers, extra=extra)
         for i, w in _worst(_rates(target(delta), found)).items():
             edits[i]["success_after"] = w
-        record.update(rows_added=len(new), columns=delta.provenance["columns"])
+        record.update(rows_added=len(new), columns=delta.provenance.columns)
     final = rounds[-1]["edits"]
-    delta.provenance["robust"] = {
+    delta.provenance.robust = {
         "attacks": list(settings.attacks),
         "prompts": settings.prompts,
         "rounds_allowed": settings.rounds,

@@ -9,7 +9,6 @@ single-stage commands call these functions and only these.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -28,10 +27,12 @@ from ..release.layout import (
     RECIPE_FILE,
     base_location,
 )
+from ..release.records.edit import EditRecord
 from ..storage import atomic_write_text
 from .base import load_base
 
 if TYPE_CHECKING:
+    from ..delta import WeightDelta
     from ..recipe.schema import Recipe
 
 
@@ -282,23 +283,23 @@ def compute_edit(recipe: Recipe, base: LoadedBase, layers: list[str], out: Path)
         scorer = scorer_for(recipe, base.pipe.device)
         cache = CandidateCache(out / CACHE_DIR)
         delta = robust_erase(base, recipe, layers, delta, scorer, cache)
-    delta.provenance["base_location"] = base_location(base, out)
-    delta.provenance["base_commit"] = base.commit
+    delta.provenance.base_location = base_location(base, out)
+    delta.provenance.base_commit = base.commit
     return delta
 
 
-def save_edit(recipe: Recipe, base: LoadedBase, delta: Any, out: Path) -> dict[str, Any]:
+def save_edit(recipe: Recipe, base: LoadedBase, delta: WeightDelta, out: Path) -> EditRecord:
     """Write ``edit.json`` (layers, delta hash, per-matrix edit errors) and
     ``delta.safetensors``; returns the report."""
     from ..edit import edit_errors
 
-    report = {
-        "layers": delta.provenance["sites"],
-        "delta_sha256": delta.sha256(),
-        "modules": edit_errors(base, recipe, delta),
-    }
-    if "robust" in delta.provenance:  # the rounds of edit.robust
-        report["robust"] = delta.provenance["robust"]
-    atomic_write_text(out / EDIT_FILE, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report = EditRecord(
+        layers=delta.provenance.sites,
+        delta_sha256=delta.sha256(),
+        modules=edit_errors(base, recipe, delta),
+    )
+    if delta.provenance.robust is not None:  # the rounds of edit.robust
+        report.robust = delta.provenance.robust
+    report.write(out / EDIT_FILE)
     delta.save(out / DELTA_FILE)
     return report

@@ -94,9 +94,9 @@ def _seal(folder: Path, signer: str, config: Any, recipe: Recipe | None) -> None
 
     write_card(folder, signer=signer, recipe=recipe)
     entries = read_history(folder / HISTORY_FILE)
-    last = {**entries[-1], "files": {**entries[-1]["files"]}}
-    last["files"][CARD_FILE] = sha256_file(folder / CARD_FILE)
-    last["hash"] = entry_hash(last)
+    files = {**entries[-1].files, CARD_FILE: sha256_file(folder / CARD_FILE)}
+    last = entries[-1].model_copy(update={"files": files})
+    last.hash = entry_hash(last)
     entries[-1] = last
     write_history(folder, entries)
     previous = previous_release(folder, last) if len(entries) > 1 else None

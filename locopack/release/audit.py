@@ -53,6 +53,7 @@ from .layout import (
     links,
     recorded_base,
 )
+from .records.history import HistoryEntry
 from .signing import TrustedKeys
 from .verify import check_signature
 
@@ -75,7 +76,7 @@ class AuditReport:
 
     folder: str
     checks: list[Check] = field(default_factory=list)
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[HistoryEntry] = field(default_factory=list)
     reproduce: str | None = None  # "full" or "quick" when the recipe was re-run
 
     @property
@@ -95,9 +96,9 @@ class AuditReport:
             "reproduce": self.reproduce,
             "checks": [c.__dict__ for c in self.checks],
             "timeline": [
-                {
-                    k: e.get(k)
-                    for k in (
+                e.model_dump(
+                    mode="json",
+                    include={
                         "index",
                         "time",
                         "recipe_name",
@@ -105,8 +106,8 @@ class AuditReport:
                         "base_model",
                         "edits",
                         "hash",
-                    )
-                }
+                    },
+                )
                 for e in self.entries
             ],
         }
@@ -121,17 +122,17 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
         return report.add("history", False, f"{folder / HISTORY_FILE}: missing or empty")
     previous = None
     for number, entry in enumerate(entries, 1):
-        where = f"{HISTORY_FILE} line {number} ({entry.get('recipe_name', '?')})"
-        if entry.get("hash") != entry_hash(entry):
+        where = f"{HISTORY_FILE} line {number} ({entry.recipe_name})"
+        if entry.hash != entry_hash(entry):
             return report.add("history chain", False, f"{where}: content does not match its hash")
-        if entry.get("prev") != previous or entry.get("index") != number - 1:
+        if entry.prev != previous or entry.index != number - 1:
             return report.add(
                 "history chain",
                 False,
                 f"{where}: does not follow the previous entry (reordered, "
                 "inserted or dropped line)",
             )
-        previous = entry["hash"]
+        previous = entry.hash
     copy = folder / MERGED_DIR / HISTORY_FILE
     if copy.exists() and copy.read_bytes() != (folder / HISTORY_FILE).read_bytes():
         return report.add(
@@ -140,7 +141,7 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
             f"merged/{HISTORY_FILE}: differs from the release's {HISTORY_FILE}",
         )
     recipe = folder / RECIPE_FILE
-    if recipe.is_file() and recipe.read_bytes() != str(entries[-1].get("recipe_text")).encode():
+    if recipe.is_file() and recipe.read_bytes() != entries[-1].recipe_text.encode():
         return report.add(
             "history chain",
             False,
@@ -152,7 +153,7 @@ def _check_chain(report: AuditReport, folder: Path) -> bool:
 
 
 def _check_files(
-    report: AuditReport, folder: Path, entry: dict[str, Any], snapshot: bool = False
+    report: AuditReport, folder: Path, entry: HistoryEntry, snapshot: bool = False
 ) -> bool:
     linked = {} if snapshot else links(folder)
     if linked:
@@ -163,7 +164,7 @@ def _check_files(
             f"{name}: a symbolic link (to {target}); a release holds regular files and folders "
             "only",
         )
-    recorded = entry.get("files", {})
+    recorded = entry.files
     actual = hashed_files(folder, snapshot=snapshot)
     for name, digest in sorted(recorded.items()):
         if name not in actual:
@@ -176,7 +177,7 @@ def _check_files(
     return report.add("files", True, f"{len(recorded)} files match")
 
 
-def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str, Any]):
+def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: HistoryEntry):
     from ..delta import WeightDelta
     from ..export.lora import read_adapter
 
@@ -187,9 +188,9 @@ def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str,
         return None
     if not report.add(
         "delta",
-        delta.sha256() == entry.get("delta_sha256"),
+        delta.sha256() == entry.delta_sha256,
         "delta.safetensors: tensors match the recorded hash"
-        if delta.sha256() == entry.get("delta_sha256")
+        if delta.sha256() == entry.delta_sha256
         else "delta.safetensors: tensors differ from the recorded hash",
     ):
         return None
@@ -199,7 +200,7 @@ def _check_delta_and_adapter(report: AuditReport, folder: Path, entry: dict[str,
         except LocopackError as err:
             report.add("adapter", False, str(err))
             return delta
-        tolerance = (entry.get("adapter_tolerance") or 0.0) + 1e-6
+        tolerance = (entry.adapter_tolerance or 0.0) + 1e-6
         worst = 0.0
         for path, d in delta.deltas.items():
             key = f"{delta.denoiser}.{path}"
@@ -236,7 +237,7 @@ def _denoiser_tensors(folder: Path, attr: str, names: set[str] | None = None):
 
 
 def _check_merged(
-    report: AuditReport, folder: Path, entry: dict[str, Any], delta, base: str | None
+    report: AuditReport, folder: Path, entry: HistoryEntry, delta, base: str | None
 ) -> None:
     from ..hub.apply import pipeline_source
 
@@ -247,7 +248,7 @@ def _check_merged(
         report.add(
             "merged",
             True,
-            f"skipped: the base {entry.get('base_model')!r} is not a folder here; pass --base "
+            f"skipped: the base {entry.base_model!r} is not a folder here; pass --base "
             "DIR to check merged/ against it",
         )
         return
@@ -342,8 +343,7 @@ def _check_reproduce(report, folder, entry, delta, base, scorer, how, allow_pick
         report.add(
             "reproduce",
             False,
-            f"the base {entry.get('base_model')!r} is not reachable here; pass --base DIR (or "
-            "a Hub id)",
+            f"the base {entry.base_model!r} is not reachable here; pass --base DIR (or a Hub id)",
         )
         return
     try:
@@ -359,16 +359,12 @@ def timeline(report: AuditReport) -> str:
     """A readable account of what was applied to the model, oldest first."""
     lines = []
     for entry in report.entries:
-        recorded = entry.get("edits")
         edits = "; ".join(
-            f"{e.get('kind')} {e.get('label')!r} -> "
-            f"{', '.join(repr(t) for t in e.get('targets') or [])}"
-            for e in (recorded if isinstance(recorded, list) else [])
-            if isinstance(e, dict)
+            f"{e.kind} {e.label!r} -> {', '.join(repr(t) for t in e.targets)}" for e in entry.edits
         )
         lines.append(
-            f"{entry.get('time')}  #{entry.get('index')}  {entry.get('recipe_name')} "
-            f"(recipe {str(entry.get('recipe_sha256'))[:12]}) on {entry.get('base_model')}"
+            f"{entry.time}  #{entry.index}  {entry.recipe_name} "
+            f"(recipe {entry.recipe_sha256[:12]}) on {entry.base_model}"
         )
         lines.append(f"    {edits}")
     return "\n".join(lines)

@@ -122,7 +122,7 @@ def _metadata(inputs: CardInputs, folder: Path) -> ModelCardData:
     """The card's YAML header."""
     from huggingface_hub import ModelCardData
 
-    recipe, provenance = inputs.recipe, inputs.manifest["provenance"]
+    recipe, provenance = inputs.recipe, inputs.provenance
     hub_base = _is_hub_id(recipe.base.model)
     kinds = sorted({e.card_tag for e in recipe.edits})
     return ModelCardData(
@@ -138,7 +138,7 @@ def _metadata(inputs: CardInputs, folder: Path) -> ModelCardData:
             "text-to-image",
             *(tag for fmt in inputs.formats for tag in fmt.card_tags),
             *kinds,
-            provenance.get("family", ""),
+            provenance.family or "",
         ],
         widget=[
             {"text": strip_controls(g["prompt"]), "output": {"url": g["image"]}}

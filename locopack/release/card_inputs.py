@@ -2,11 +2,13 @@
 
 :func:`read_inputs` is the one place the card reads a release's files (and
 :func:`recorded_allow_unmet` its history); the card's other modules take what it returns.
+Each record is read and checked through its typed model (:mod:`locopack.release.records`,
+:mod:`locopack.export.records`, :mod:`locopack.localize.result`), then handed to the card as
+its JSON data: the card shows values, and its sections read them by the names the files use.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
+    from ..delta_record import DeltaProvenance
     from ..export.registry import ExportFormat
     from ..recipe.schema import Recipe
 
@@ -40,6 +43,8 @@ class CardInputs:
     evidence: dict
     manifest: dict
     localization: dict | None
+    #: the delta's provenance as its record reads it (where the base is, …)
+    provenance: DeltaProvenance
     #: the export formats whose files the release holds
     formats: list[ExportFormat]
 
@@ -58,34 +63,37 @@ def read_inputs(folder: Path, known: Recipe | None = None) -> CardInputs:
     if not (folder / RECIPE_FILE).is_file():
         raise ExportError(f"{folder}: {RECIPE_FILE} is missing; is this a locopack output folder?")
     recipe = release_recipe(folder, known)
-    edit = _read_json(folder, EDIT_FILE, "the edited layers and edit quality")
-    evidence = _read_json(folder, EVIDENCE_FILE, "the before/after evidence")
-    manifest = _read_json(folder, MANIFEST_FILE, "the adapter's ranks")
+    from ..export.records import LoraManifest
+    from ..localize.result import LocalizationResult
+    from .records.edit import EditRecord
+    from .records.evidence import EvidenceRecord
+
+    edit = EditRecord.read(_required(folder, EDIT_FILE, "the edited layers and edit quality"))
+    evidence = EvidenceRecord.read(_required(folder, EVIDENCE_FILE, "the before/after evidence"))
+    manifest = LoraManifest.read(_required(folder, MANIFEST_FILE, "the adapter's ranks"))
     localization = None
     if (folder / LOCALIZATION_FILE).is_file():
-        localization = _read_json(folder, LOCALIZATION_FILE, "the localization scores")
-    referenced = card_images(evidence)
-    referenced += [g["image"] for g in evidence.get("gallery", [])]
+        localization = LocalizationResult.load(folder / LOCALIZATION_FILE).to_dict()
+    referenced = card_images(evidence.to_json())
+    referenced += [g.image for g in evidence.gallery]
     referenced += [DELTA_FILE, ADAPTER_FILE]
     referenced += [LOCALIZATION_PLOT] if localization else []
     for name in referenced:
         if not (folder / name).is_file():
             raise ExportError(f"{folder}: {name} is missing but the card refers to it")
     formats = [fmt for fmt in export_formats() if fmt.present_in(folder)]
-    return CardInputs(recipe, edit, evidence, manifest, localization, formats)
+    records = (edit.to_json(), evidence.to_json(), manifest.to_json())
+    return CardInputs(recipe, *records, localization, manifest.provenance, formats)
 
 
-def _read_json(folder: Path, name: str, needed_for: str) -> dict:
+def _required(folder: Path, name: str, needed_for: str) -> Path:
     path = folder / name
     if not path.is_file():
         raise ExportError(
             f"{folder}: {name} is missing ({needed_for}); re-run the stage "
             "that writes it before building the card"
         )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ExportError(f"{path}: not valid JSON ({err})") from None
+    return path
 
 
 def recorded_allow_unmet(folder: Path) -> bool:
@@ -96,4 +104,4 @@ def recorded_allow_unmet(folder: Path) -> bool:
         entries = read_history(folder / HISTORY_FILE)
     except LocopackError:
         return False
-    return bool(entries and entries[-1].get("requirements", {}).get("allowed_unmet"))
+    return bool(entries and entries[-1].requirements and entries[-1].requirements.allowed_unmet)

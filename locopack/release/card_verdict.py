@@ -9,14 +9,15 @@ the release was built with ``--allow-unmet``, a sentence saying it was published
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LocopackError
 from ..evidence.verdict import describe, judged_count
+from ..record import JsonObject
 from . import markdown_text as md
 from .layout import CARD_FILE, EVIDENCE_FILE, release_recipe
+from .records.evidence import EvidenceRecord
 
 if TYPE_CHECKING:
     from ..recipe.schema import Recipe
@@ -53,7 +54,7 @@ def requirements_section(evidence: dict, allowed_unmet: bool) -> dict[str, objec
     }
 
 
-def verdict_line(section: dict) -> str:
+def verdict_line(section: JsonObject) -> str:
     """The card's first line about the requirements (recipe text in it escaped)."""
     if section["met"]:
         judged = judged_count(section)
@@ -63,7 +64,7 @@ def verdict_line(section: dict) -> str:
     return f"**Does not meet its requirements**: {unmet}."
 
 
-def _state(item: dict) -> str:
+def _state(item: JsonObject) -> str:
     return {True: "met", False: "**missed**", None: "**not judged**"}[item["met"]]
 
 
@@ -86,16 +87,16 @@ def check_verdict(folder: Path, recipe: Recipe | None = None) -> tuple[bool, str
     if not (folder / EVIDENCE_FILE).is_file():
         return True, f"no {EVIDENCE_FILE}: nothing to judge"
     try:
-        evidence = json.loads((folder / EVIDENCE_FILE).read_text(encoding="utf-8"))
+        evidence = EvidenceRecord.read(folder / EVIDENCE_FILE)
         card = (folder / CARD_FILE).read_text(encoding="utf-8")
         recipe = release_recipe(folder, recipe)
     except (OSError, ValueError, LocopackError) as err:
         return False, f"cannot read the evidence, card or recipe ({err})"
-    stated = evidence.get("requirements")
+    stated = evidence.requirements
     if stated is None:
         return True, "not recorded (a release made before requirements)"
     try:
-        judged = judge(recipe, evidence)
+        judged = judge(recipe, evidence.to_json())
     except (KeyError, TypeError, IndexError, ValueError) as err:
         return False, f"{EVIDENCE_FILE} does not hold what locopack writes ({err})"
     if {k: stated.get(k) for k in judged} != judged:

@@ -14,15 +14,13 @@ merged checkpoint (which carries its own ``history.jsonl``) continues that chain
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..errors import ExportError, HubError
+from ..errors import HubError
 from ..evidence.detectors import is_plugin
-from ..storage import atomic_write_text
+from ..record import JsonObject
 from .layout import (
     HISTORY_FILE,
     LOCALIZATION_FILE,
@@ -32,47 +30,36 @@ from .layout import (
     relative_location,
     sha256_file,
 )
+from .records.history import (
+    HistoryEdit,
+    HistoryEntry,
+    HistoryRequirements,
+    read_entries,
+    write_entries,
+)
 
 if TYPE_CHECKING:
     from ..delta import WeightDelta
     from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
-FORMAT = "locopack.history/1"
 
-
-def entry_hash(entry: dict[str, Any]) -> str:
+def entry_hash(entry: HistoryEntry) -> str:
     """SHA-256 of an entry's canonical JSON, without its own ``hash`` field."""
-    body = {k: v for k, v in entry.items() if k != "hash"}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return entry.content_hash()
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
+def read_history(path: Path) -> list[HistoryEntry]:
     """Entries of a ``history.jsonl`` (an empty list when the file does not exist).
 
     Raises:
-        ExportError: a line is not a JSON object; the message names the line.
+        ExportError: a line is not a JSON object or not a history entry; the message names
+            the line and the field.
     """
-    if not path.is_file():
-        return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: not a readable UTF-8 text file ({err})") from None
-    entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        try:
-            entry = json.loads(line)
-        except ValueError as err:
-            raise ExportError(f"{path}:{number}: not a JSON object ({err})") from None
-        if not isinstance(entry, dict):
-            raise ExportError(f"{path}:{number}: not a JSON object")
-        entries.append(entry)
-    return entries
+    return read_entries(path)
 
 
-def prior_history(model: str, revision: str | None = None) -> list[dict[str, Any]]:
+def prior_history(model: str, revision: str | None = None) -> list[HistoryEntry]:
     """The chain a base model already carries: its ``history.jsonl`` if it has one.
 
     Raises:
@@ -108,14 +95,14 @@ def new_entry(
     recipe: Recipe,
     delta: WeightDelta,
     folder: Path,
-    previous: list[dict[str, Any]],
+    previous: list[HistoryEntry],
     *,
     base: LoadedBase,
     adapter_tolerance: float | None,
     seconds: dict[str, float],
-    requirements: dict[str, Any] | None = None,
+    requirements: JsonObject | None = None,
     allowed_unmet: bool = False,
-) -> dict[str, Any]:
+) -> HistoryEntry:
     """The entry recording ``recipe`` applied to ``base`` (a
     :class:`~locopack.models.LoadedBase`), for the files now in ``folder``, built in
     ``seconds`` per stage (those reused from an interrupted build took about none); with the
@@ -125,8 +112,9 @@ def new_entry(
     The base is recorded as the recipe names it, plus where it is relative to ``folder`` (a
     local base) or the Hub commit that was loaded: never an absolute local path."""
     localization = folder / LOCALIZATION_FILE
+    provenance = delta.provenance
     entry = {
-        "format": FORMAT,
+        "format": HistoryEntry.FORMAT,
         "index": len(previous),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": {stage: round(s, 1) for stage, s in seconds.items()},
@@ -134,7 +122,9 @@ def new_entry(
         "recipe_sha256": recipe.sha256,
         "recipe_text": recipe.source_text,
         "edits": [
-            {"kind": e.kind, "label": e.label, "targets": list(dict.fromkeys(e.targets_expanded()))}
+            HistoryEdit(
+                kind=e.kind, label=e.label, targets=list(dict.fromkeys(e.targets_expanded()))
+            )
             for e in recipe.edits
         ],
         "base_model": recipe.base.model,
@@ -142,32 +132,32 @@ def new_entry(
         "base_location": base_location(base, folder),
         "base_commit": base.commit,
         "scorer_location": relative_location(recipe.local_path(recipe.localize.scorer), folder),
-        "base_fingerprint": delta.provenance["base_fingerprint"],
-        "family": delta.provenance["family"],
-        "versions": delta.provenance["versions"],
+        "base_fingerprint": provenance.base_fingerprint,
+        "family": provenance.family,
+        "versions": provenance.versions,
         "device": getattr(getattr(base.pipe, "device", None), "type", None),
         "localization_sha256": sha256_file(localization) if localization.is_file() else None,
         "delta_sha256": delta.sha256(),
         "adapter_tolerance": adapter_tolerance,
         "files": hashed_files(folder),
-        "prev": previous[-1]["hash"] if previous else None,
+        "prev": previous[-1].hash if previous else None,
     }
     if requirements is not None:
-        entry["requirements"] = {
-            "met": requirements["met"],
-            "unmet": requirements["unmet"],
-            "allowed_unmet": bool(allowed_unmet and not requirements["met"]),
-        }
+        entry["requirements"] = HistoryRequirements(
+            met=requirements["met"],
+            unmet=requirements["unmet"],
+            allowed_unmet=bool(allowed_unmet and not requirements["met"]),
+        )
     plugins = [d.name for d in recipe.evidence.detectors if is_plugin(d.name)]
     if plugins:  # code the recipe ran, allowed by the user (--allow-code)
         entry["allowed_code"] = plugins
-    entry["hash"] = entry_hash(entry)
-    return entry
+    made = HistoryEntry(**entry)
+    made.hash = made.content_hash()
+    return made
 
 
-def write_history(folder: Path, entries: list[dict[str, Any]]) -> Path:
+def write_history(folder: Path, entries: list[HistoryEntry]) -> Path:
     """Write the chain to ``folder/history.jsonl`` (and into ``merged/`` when present)."""
-    text = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in entries)
     if (folder / MERGED_DIR).is_dir():
-        atomic_write_text(folder / MERGED_DIR / HISTORY_FILE, text)
-    return atomic_write_text(folder / HISTORY_FILE, text)
+        write_entries(folder / MERGED_DIR / HISTORY_FILE, entries)
+    return write_entries(folder / HISTORY_FILE, entries)

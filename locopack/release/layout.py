@@ -25,7 +25,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ExportError
 from ..filenames import (
@@ -53,6 +53,7 @@ from ..filenames import (
 from ..hub_ref import is_hub_id
 
 if TYPE_CHECKING:
+    from ..delta_record import RecordedBase
     from ..models.loaded import LoadedBase
     from ..recipe.schema import Recipe
 
@@ -200,7 +201,7 @@ def base_location(base: LoadedBase, folder: Path) -> str | None:
     return base.hub_id or relative_location(base.source, Path(folder))
 
 
-def locate(folder: Path, *refs: object) -> str | None:
+def locate(folder: Path, *refs: str | None) -> str | None:
     """The first of ``refs`` (recorded locations relative to the release ``folder``, or
     references as a recipe wrote them) that names a folder here, else the first that is a Hub
     id; None when none does (e.g. a release copied away from its base)."""
@@ -211,11 +212,11 @@ def locate(folder: Path, *refs: object) -> str | None:
     return next((ref for ref in texts if is_hub_id(ref)), None)
 
 
-def recorded_base(record: dict[str, Any], folder: Path) -> str | None:
+def recorded_base(record: RecordedBase, folder: Path) -> str | None:
     """The base a delta or history entry records, as a folder or Hub id usable here (see
     :func:`locate`)."""
-    legacy = record.get("base_path")  # releases of locopack 0.1
-    return locate(folder, record.get("base_location") or legacy, record.get("base_model"))
+    legacy = record.base_path  # releases of locopack 0.1
+    return locate(folder, record.base_location or legacy, record.base_model)
 
 
 def release_recipe(folder: Path, known: Recipe | None = None) -> Recipe:

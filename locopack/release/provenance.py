@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .layout import HISTORY_FILE, PROVENANCE_FILE, SIGNATURE_FILE, sha256_file
+from .records.history import HistoryEntry
 from .signing import NEEDS_EXTRA, SignatureError
 
 BUILD_TYPE = "urn:locopack:build:v1"
@@ -45,7 +46,7 @@ def _material(name: str, uri: Any = None, digest: dict | None = None, **notes: A
 
 
 def provenance_statement(
-    folder: Path, entries: list[dict[str, Any]], previous_signature: str | None
+    folder: Path, entries: list[HistoryEntry], previous_signature: str | None
 ) -> dict[str, Any]:
     """The statement for the release in ``folder`` whose history is ``entries``;
     ``previous_signature``: the sha256 of the previous release's ``release.sig``, if signed.
@@ -65,7 +66,7 @@ def provenance_statement(
         raise SignatureError(NEEDS_EXTRA) from None
 
     last = entries[-1]
-    files = {**last.get("files", {}), HISTORY_FILE: sha256_file(folder / HISTORY_FILE)}
+    files = {**last.files, HISTORY_FILE: sha256_file(folder / HISTORY_FILE)}
     subjects = [
         ResourceDescriptor(name=name, digest={"sha256": digest}).pb
         for name, digest in sorted(files.items())
@@ -73,26 +74,26 @@ def provenance_statement(
     materials = [
         _material(
             "base_model",
-            last.get("base_model"),
-            {"gitCommit": last.get("base_commit")},
-            revision=last.get("base_revision"),
-            fingerprint=last.get("base_fingerprint"),
+            last.base_model,
+            {"gitCommit": last.base_commit},
+            revision=last.base_revision,
+            fingerprint=last.base_fingerprint,
         ),
-        _material("scorer", last.get("scorer_location")),
-        _material("recipe", None, {"sha256": last.get("recipe_sha256")}),
+        _material("scorer", last.scorer_location),
+        _material("recipe", None, {"sha256": last.recipe_sha256}),
     ]
     for entry in entries[:-1]:
         just_before = entry is entries[-2]
         notes = {SIGNATURE_DIGEST: previous_signature} if just_before else {}
         materials.append(
             _material(
-                f"release {entry.get('index')}: {entry.get('recipe_name')}",
+                f"release {entry.index}: {entry.recipe_name}",
                 None,
-                {"sha256": entry.get("hash")},
+                {"sha256": entry.hash},
                 **notes,
             )
         )
-    versions = last.get("versions") or {}
+    versions = last.versions
     predicate = provenance_pb2.Provenance(
         build_definition=provenance_pb2.BuildDefinition(
             build_type=BUILD_TYPE,
@@ -103,18 +104,18 @@ def provenance_statement(
                 id=f"urn:locopack:{versions.get('locopack', 'unknown')}",
                 version={k: str(v) for k, v in versions.items()},
             ),
-            metadata=provenance_pb2.BuildMetadata(invocation_id=str(last.get("hash"))),
+            metadata=provenance_pb2.BuildMetadata(invocation_id=last.hash),
         ),
     )
     body = json_format.MessageToDict(predicate)
     build = body["buildDefinition"]
     build["externalParameters"] = {
-        "recipe": {"name": last.get("recipe_name"), "sha256": last.get("recipe_sha256")},
-        "edits": last.get("edits"),
+        "recipe": {"name": last.recipe_name, "sha256": last.recipe_sha256},
+        "edits": [edit.to_json() for edit in last.edits],
     }
     build["internalParameters"] = {
-        "adapter_tolerance": last.get("adapter_tolerance"),
-        "device": last.get("device"),
+        "adapter_tolerance": last.adapter_tolerance,
+        "device": last.device,
     }
     statement = Statement(subjects, PREDICATE_TYPE, body)
     statement.validate()

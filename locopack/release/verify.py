@@ -23,10 +23,11 @@ from .provenance import (
     read_statement,
     signature_digest,
 )
+from .records.history import HistoryEntry
 from .signing import SignatureError, TrustedKeys, UntrustedSigner, claimed_signer, verify_folder
 
 
-def previous_release(folder: Path, entry: dict[str, Any]) -> Path | None:
+def previous_release(folder: Path, entry: HistoryEntry) -> Path | None:
     """The folder of the release that ``entry``'s base came from (the base is its merged
     checkpoint, or the release itself), when it is reachable; None otherwise."""
     base = recorded_base(entry, folder)
@@ -37,7 +38,7 @@ def previous_release(folder: Path, entry: dict[str, Any]) -> Path | None:
         from ..errors import HubError
         from ..hub.pull import resolve_release
 
-        revision = entry.get("base_commit") or entry.get("base_revision")
+        revision = entry.base_commit or entry.base_revision
         try:
             path = resolve_release(f"{base}@{revision}" if revision else base)
         except HubError:
@@ -86,7 +87,7 @@ def _check_provenance(report: Any, folder: Path) -> None:
     report.add("provenance", problem is None, problem or f"{PROVENANCE_FILE} matches the history")
 
 
-def provenance_problem(folder: Path, entries: list[dict[str, Any]]) -> str | None:
+def provenance_problem(folder: Path, entries: list[HistoryEntry]) -> str | None:
     """What is wrong with the provenance of the signed release in ``folder`` whose history is
     ``entries`` (missing, unreadable, or not what the history gives); None when nothing."""
     try:
@@ -116,7 +117,7 @@ def _first_difference(found: Any, expected: Any, where: str = "") -> str:
     return where.lstrip(".") or "the statement"
 
 
-def _chain_signers(folder: Path, entries: list[dict[str, Any]], trusted: TrustedKeys):
+def _chain_signers(folder: Path, entries: list[HistoryEntry], trusted: TrustedKeys):
     """(ok, detail) naming the signer of each release of the chain, newest first, as far as
     the earlier releases are reachable."""
     names, ok, here = [], True, folder
@@ -128,10 +129,10 @@ def _chain_signers(folder: Path, entries: list[dict[str, Any]], trusted: Trusted
             status = f"signed, not verified: its key was not given ({claimed})"
         except SignatureError as err:
             status, ok = f"FAILED: {err}", False
-        names.append(f"#{entry.get('index')} {entry.get('recipe_name')}: {status}")
+        names.append(f"#{entry.index} {entry.recipe_name}: {status}")
         statement = read_statement(here) if (here / SIGNATURE_FILE).is_file() else None
         recorded = previous_signature_digest(statement) if statement else None
-        earlier = previous_release(here, _last_entry(here)) if entry.get("index") else None
+        earlier = previous_release(here, _last_entry(here)) if entry.index else None
         if earlier is None:
             break
         if recorded and signature_digest(earlier) != recorded:
@@ -144,7 +145,7 @@ def _chain_signers(folder: Path, entries: list[dict[str, Any]], trusted: Trusted
     return ok, "; ".join(names)
 
 
-def _last_entry(folder: Path) -> dict[str, Any]:
+def _last_entry(folder: Path) -> HistoryEntry:
     return read_history(folder / HISTORY_FILE)[-1]
 
 
