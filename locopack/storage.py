@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
@@ -216,7 +216,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return tensors, metadata
 
 
-def header_json(path: str | os.PathLike, metadata: dict[str, str], key: str) -> dict[str, Any]:
+def header_json(path: str | os.PathLike, metadata: dict[str, str], key: str) -> dict[str, object]:
     """The JSON object stored under ``key`` in a safetensors header (``{}`` when absent).
 
     Raises:

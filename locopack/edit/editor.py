@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import singledispatch
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -87,7 +87,7 @@ def collect_states(
     )
 
 
-def extra_rows(provenance: dict[str, Any]) -> list[tuple[str, str]]:
+def extra_rows(provenance: dict[str, object]) -> list[tuple[str, str]]:
     """The extra ``(prompt, target)`` rows a delta was solved with (none for a plain edit)."""
     return [(row["prompt"], row["target"]) for row in provenance.get("extra_rows", [])]
 
@@ -149,7 +149,7 @@ def _site_deltas(
     chosen: list[Site],
     prompts: EditPrompts,
     solve: Solve,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """``({projection: ΔW}, provenance entries)`` of the ``chosen`` sites, the entries with
     the edit's ``columns`` and ``preserve_columns`` counts; by the family's kind of site."""
     raise EditError(f"{base.family.pretty_name}: LocoEdit cannot solve {kind.name} sites")
@@ -195,7 +195,7 @@ def _modules(site: Site, matrices: str) -> list[str]:
     return [(site.key, site.value)[which] for which in _MATRICES[matrices]]
 
 
-def _provenance(base: LoadedBase, recipe: Recipe, layers: list[str]) -> dict[str, Any]:
+def _provenance(base: LoadedBase, recipe: Recipe, layers: list[str]) -> dict[str, object]:
     settings, fingerprint = recipe.base, base.fingerprint
     return {
         "recipe_name": recipe.name,

@@ -138,7 +138,7 @@ def joint_deltas(
     sites: list[Site],
     prompts: EditPrompts,
     solve: SiteSolver,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """LocoEdit of ``sites`` in execution order, each solved by ``solve`` on columns collected
     with the deltas of the sites before it applied.
 

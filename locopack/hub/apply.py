@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..edit.neurons import NeuronEdit, apply_neurons
 from ..errors import ExportError, ModelLayoutError
@@ -55,7 +55,7 @@ class AppliedEdit:
 
     kind: str
     source: Path
-    provenance: dict[str, Any]
+    provenance: dict[str, object]
     _undo: Callable[[], None] | None = None
 
     def remove(self) -> None:

@@ -87,13 +87,13 @@ class TrailStep:
 
     sites: list[str]
     added: int | None
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, object]] = field(default_factory=list)
     met: bool = False
     #: a pruning step: the sites it left out of the smallest set that met the requirement
     removed: list[str] | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrailStep:
+    def from_dict(cls, data: dict[str, object]) -> TrailStep:
         """The inverse of ``dataclasses.asdict``."""
         return cls(**data)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..hub.apply import pipeline_source
 from ..hub_ref import is_hub_id
@@ -106,7 +106,7 @@ def recipe_family(family: type[ModelFamily], recipe: Recipe) -> type[ModelFamily
     return family if length is None else family.with_t5_length(length)
 
 
-def changed_file(folder: Path, entry: dict[str, Any]) -> str | None:
+def changed_file(folder: Path, entry: dict[str, object]) -> str | None:
     """What differs between the pipeline ``folder`` and the merged checkpoint that the history
     ``entry`` of its release recorded (the first file missing or with another sha256); None
     when nothing does or the entry records no merged checkpoint."""

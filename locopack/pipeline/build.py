@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..delta import WeightDelta
 from ..distributed import gather
@@ -75,12 +75,12 @@ class BuildSummary:
     out: Path
     layers: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    evidence: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, object] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     @property
-    def requirements(self) -> dict[str, Any]:
+    def requirements(self) -> dict[str, object]:
         """The verdict on the recipe's requirements (``evidence.json``'s section)."""
         return self.evidence.get("requirements") or {"met": True, "unmet": [], "items": []}
 
@@ -108,7 +108,11 @@ class _StageLog:
 
 
 def _tidy(
-    out: Path, recipe: Recipe, killed: dict[str, Any], echo: Callable[[str], object], replace: bool
+    out: Path,
+    recipe: Recipe,
+    killed: dict[str, object],
+    echo: Callable[[str], object],
+    replace: bool,
 ) -> None:
     """Before the build: say that a killed build is resumed, remove what interrupted writes
     left, and check what else the folder holds (:func:`_clear_another_build`)."""
@@ -198,7 +202,7 @@ def _reusable_delta(path: Path, recipe: Recipe, base: LoadedBase) -> WeightDelta
     return delta if same and delta.sites else None
 
 
-def _check_recorded_base(base: LoadedBase, previous: list[dict[str, Any]]) -> None:
+def _check_recorded_base(base: LoadedBase, previous: list[dict[str, object]]) -> None:
     """Refuse a base that is a release's merged checkpoint no longer holding what its history
     recorded (damaged or altered weights the fingerprint does not cover)."""
     folder = Path(base.source)  # also a Hub release's downloaded merged/

@@ -28,7 +28,6 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -43,7 +42,7 @@ LOCK_FILE = f"{CACHE_DIR}/.build.lock"
 HOLDER_FILE = f"{CACHE_DIR}/.build-holder"
 
 
-def _holder(folder: Path) -> dict[str, Any]:
+def _holder(folder: Path) -> dict[str, object]:
     """What the holder wrote about itself ({} if unreadable or not yet written)."""
     try:
         found = json.loads((folder / HOLDER_FILE).read_text(encoding="utf-8"))
@@ -52,7 +51,7 @@ def _holder(folder: Path) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def _describe(holder: dict[str, object]) -> str:
     if not holder:
         return "a command that has not yet said which process it is"
     return (
@@ -92,7 +91,7 @@ def check_free(folder: Path) -> None:
 @contextlib.contextmanager
 def build_lock(
     folder: Path, group: ProcessGroup | None = None, *, command: str = "build"
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[dict[str, object]]:
     """Hold ``folder``'s build lock for the block, as the locopack ``command`` named.
 
     The main process of ``group`` takes the lock and records itself as the holder; every

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..release.layout import HISTORY_FILE, LOCALIZATION_FILE, locate
 
@@ -41,7 +41,7 @@ class Reproduce(str, enum.Enum):
 
 
 def reproduce(
-    entry: dict[str, Any],
+    entry: dict[str, object],
     delta: WeightDelta,
     folder: Path,
     base_source: str,

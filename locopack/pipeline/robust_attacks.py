@@ -52,7 +52,7 @@ class AttackTarget:
     detectors: list[Any]
     delta: WeightDelta
     cache: CandidateCache
-    identity: dict[str, Any]
+    identity: dict[str, object]
 
     def edited(self):
         """A context manager under which the pipeline carries this round's edit."""

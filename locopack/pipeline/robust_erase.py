@@ -135,7 +135,7 @@ def robust_erase(
         return AttackTarget(base, recipe, scorer, detectors, delta, cache, identity)
 
     extra: list[tuple[str, str]] = []
-    rounds: list[dict[str, Any]] = []
+    rounds: list[dict[str, object]] = []
     base.pipe.set_progress_bar_config(disable=True)
     for number in range(1, settings.rounds + 2):
         found = [

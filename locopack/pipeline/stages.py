@@ -287,7 +287,7 @@ def compute_edit(recipe: Recipe, base: LoadedBase, layers: list[str], out: Path)
     return delta
 
 
-def save_edit(recipe: Recipe, base: LoadedBase, delta: Any, out: Path) -> dict[str, Any]:
+def save_edit(recipe: Recipe, base: LoadedBase, delta: Any, out: Path) -> dict[str, object]:
     """Write ``edit.json`` (layers, delta hash, per-matrix edit errors) and
     ``delta.safetensors``; returns the report."""
     from ..edit import edit_errors

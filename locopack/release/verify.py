@@ -26,7 +26,7 @@ from .provenance import (
 from .signing import SignatureError, TrustedKeys, UntrustedSigner, claimed_signer, verify_folder
 
 
-def previous_release(folder: Path, entry: dict[str, Any]) -> Path | None:
+def previous_release(folder: Path, entry: dict[str, object]) -> Path | None:
     """The folder of the release that ``entry``'s base came from (the base is its merged
     checkpoint, or the release itself), when it is reachable; None otherwise."""
     base = recorded_base(entry, folder)
@@ -86,7 +86,7 @@ def _check_provenance(report: Any, folder: Path) -> None:
     report.add("provenance", problem is None, problem or f"{PROVENANCE_FILE} matches the history")
 
 
-def provenance_problem(folder: Path, entries: list[dict[str, Any]]) -> str | None:
+def provenance_problem(folder: Path, entries: list[dict[str, object]]) -> str | None:
     """What is wrong with the provenance of the signed release in ``folder`` whose history is
     ``entries`` (missing, unreadable, or not what the history gives); None when nothing."""
     try:
@@ -116,7 +116,7 @@ def _first_difference(found: Any, expected: Any, where: str = "") -> str:
     return where.lstrip(".") or "the statement"
 
 
-def _chain_signers(folder: Path, entries: list[dict[str, Any]], trusted: TrustedKeys):
+def _chain_signers(folder: Path, entries: list[dict[str, object]], trusted: TrustedKeys):
     """(ok, detail) naming the signer of each release of the chain, newest first, as far as
     the earlier releases are reachable."""
     names, ok, here = [], True, folder
@@ -144,7 +144,7 @@ def _chain_signers(folder: Path, entries: list[dict[str, Any]], trusted: Trusted
     return ok, "; ".join(names)
 
 
-def _last_entry(folder: Path) -> dict[str, Any]:
+def _last_entry(folder: Path) -> dict[str, object]:
     return read_history(folder / HISTORY_FILE)[-1]
 
 

@@ -63,7 +63,7 @@ def get_attack(name: str) -> type[Attack]:
         raise KeyError(f"no attack {name!r}; known: {', '.join(ATTACKS)}") from None
 
 
-def run_all(ctx: AttackContext) -> tuple[dict[str, Any], dict[str, AttackRun]]:
+def run_all(ctx: AttackContext) -> tuple[dict[str, object], dict[str, AttackRun]]:
     """Every attack the recipe turns on: ``(section, runs by name)``; the section is the
     evidence's ``attacks`` (``protocol``, ``rows``, ``skipped``, and each attack's budget)."""
     runs: dict[str, AttackRun] = {}
@@ -103,7 +103,7 @@ def find(ctx: AttackContext, name: str, settings: Any = None) -> list[Found]:
     return attack.run(ctx, chosen).found
 
 
-def worst(section: dict[str, Any] | None, edit: int) -> dict[str, Any] | None:
+def worst(section: dict[str, object] | None, edit: int) -> dict[str, object] | None:
     """The row of ``edit`` with the highest success on the edited model (the attack that
     judges ``attack_success``), or None where no attack ran on it."""
     rows = [r for r in (section or {}).get("rows", []) if r["edit"] == edit]

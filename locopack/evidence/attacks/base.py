@@ -25,10 +25,10 @@ class AttackRun:
             ``attack`` section), or None.
     """
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, object]] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    record: dict[str, Any] | None = None
+    skipped: list[dict[str, object]] = field(default_factory=list)
+    record: dict[str, object] | None = None
 
 
 class Attack(ABC):

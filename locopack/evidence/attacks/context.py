@@ -125,7 +125,7 @@ class AttackContext:
         prompt = without_concept(edit.prompts[0])
         return {m: self.prompt_success("chance", m, prompt, edit) for m in MODELS}
 
-    def protocol(self) -> dict[str, Any]:
+    def protocol(self) -> dict[str, object]:
         """The judging protocol, stated once on the card."""
         detector = self.detector
         options = dict(detector.options) if detector is not None else {}

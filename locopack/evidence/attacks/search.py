@@ -100,7 +100,7 @@ def search(
     words: list[str],
     settings: Any,
     ranked: list[str] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The coordinate search; ``objective(prompt)`` draws and judges one image.  With
     ``ranked`` (the words best first), each position tries them in that order; without it,
     ``candidates`` random words per step."""
