@@ -21,7 +21,7 @@ robust erase adds to its next solve.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .base import Attack, AttackRun
 from .concept_vector import ConceptVector
@@ -30,6 +30,9 @@ from .found import Found
 from .replay import Replay
 from .soft_prompt import SoftPrompt
 from .word_search import WordSearch
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "ATTACKS",
@@ -88,7 +91,7 @@ def run_all(ctx: AttackContext) -> tuple[dict[str, object], dict[str, AttackRun]
     return section, runs
 
 
-def find(ctx: AttackContext, name: str, settings: Any = None) -> list[Found]:
+def find(ctx: AttackContext, name: str, settings: BaseModel | None = None) -> list[Found]:
     """What attack ``name`` finds on the edited model of ``ctx`` (one :class:`Found` per erase
     edit it ran on), at ``settings`` or the recipe's budget: what robust erase adds as rows.
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from .context import AttackContext
 from .found import Found
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ...recipe.schema import Recipe
 
 
@@ -43,15 +45,15 @@ class Attack(ABC):
 
     @classmethod
     @abstractmethod
-    def settings(cls, recipe: Recipe) -> Any | None:
+    def settings(cls, recipe: Recipe) -> BaseModel | None:
         """Its budget in ``recipe``, or None where the recipe turns it off."""
 
     @classmethod
     @abstractmethod
-    def budget(cls, settings: Any) -> str:
+    def budget(cls, settings: BaseModel) -> str:
         """The budget in words, for the card."""
 
     @classmethod
     @abstractmethod
-    def run(cls, ctx: AttackContext, settings: Any) -> AttackRun:
+    def run(cls, ctx: AttackContext, settings: BaseModel) -> AttackRun:
         """Attack every erase edit of ``ctx.recipe``."""
