@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import EditError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from diffusers import DiffusionPipeline
 
     from .models.base import ModelFamily
@@ -80,7 +82,11 @@ def model_fingerprint(
 
 
 def check_base_model(
-    pipe: DiffusionPipeline, family: type[ModelFamily], provenance: dict, source: Any, force: bool
+    pipe: DiffusionPipeline,
+    family: type[ModelFamily],
+    provenance: dict,
+    source: str | Path,
+    force: bool,
 ) -> None:
     """Refuse an edit (described by ``provenance``) made for another base model than ``pipe``.
 

@@ -30,7 +30,7 @@ hash, so a killed build replays its rounds and draws only what it had not judged
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import RecipeError
 from ..evidence.attacks.found import Found
@@ -42,6 +42,7 @@ from .select_sites import check_seeds, judges
 
 if TYPE_CHECKING:
     from ..delta import WeightDelta
+    from ..localize.scorers import Scorer
     from ..models.loaded import LoadedBase
     from ..recipe.schema import EraseEdit, Recipe
 
@@ -117,7 +118,7 @@ def robust_erase(
     recipe: Recipe,
     layers: list[str],
     delta: WeightDelta,
-    scorer: Any,
+    scorer: Scorer | None,
     cache: CandidateCache,
 ) -> WeightDelta:
     """Robust erase of ``delta`` (LocoEdit of ``layers`` on ``base``); see the

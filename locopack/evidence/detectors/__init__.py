@@ -36,7 +36,7 @@ import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...errors import RecipeError
 from .registry import detector_entry
@@ -64,7 +64,7 @@ class Detector:
     """A named detector with its options; calling it checks what it returns."""
 
     name: str
-    function: Callable[..., Any]
+    function: Callable[..., object]
     options: dict[str, object] = field(default_factory=dict)
 
     @property
