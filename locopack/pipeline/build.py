@@ -49,7 +49,7 @@ from ..secret_scan import check_folder
 from ..storage import remove_leftovers
 from .base import changed_file, load_base
 from .exports import ExportChoice, export_delta
-from .lock import build_lock
+from .lock import BuildHolder, build_lock
 from .resources import resource_errors
 from .stages import (
     DEFAULT_OPTIONS,
@@ -110,7 +110,7 @@ class _StageLog:
 def _tidy(
     out: Path,
     recipe: Recipe,
-    killed: dict[str, object],
+    killed: BuildHolder,
     echo: Callable[[str], object],
     replace: bool,
 ) -> None:

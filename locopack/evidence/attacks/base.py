@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 from .context import AttackContext
 from .found import Found
@@ -15,6 +15,14 @@ if TYPE_CHECKING:
     from ...recipe.schema import Recipe
 
 
+class Skipped(TypedDict):
+    """An erase edit an attack could not attack, and why."""
+
+    edit: int
+    label: str
+    why: str
+
+
 @dataclass
 class AttackRun:
     """What one attack found on a recipe.
@@ -22,14 +30,14 @@ class AttackRun:
     Attributes:
         rows: lines of the card's table (:func:`~locopack.evidence.attacks.context.row`).
         found: one :class:`Found` per erase edit attacked (the edited model's finds).
-        skipped: ``{"edit", "label", "why"}`` of each erase edit it could not attack.
+        skipped: each erase edit it could not attack (:class:`Skipped`).
         record: the attack's own record for ``evidence.json`` (the word search keeps its
             ``attack`` section), or None.
     """
 
     rows: list[dict[str, object]] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
-    skipped: list[dict[str, object]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     record: dict[str, object] | None = None
 
 
