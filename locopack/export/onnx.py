@@ -60,7 +60,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -158,13 +158,21 @@ def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> di
     return record
 
 
-def _io_description(path: Path) -> dict[str, list[dict[str, object]]]:
+class TensorIO(TypedDict):
+    """One input or output of an exported graph: symbolic axes are strings."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str
+
+
+def _io_description(path: Path) -> dict[str, list[TensorIO]]:
     """Names, shapes (symbolic axes as strings) and element types read back from the file."""
     onnx = _require("onnx")
     graph = onnx.load(str(path), load_external_data=False).graph
 
-    def describe(values) -> list[dict[str, object]]:
-        rows = []
+    def describe(values) -> list[TensorIO]:
+        rows: list[TensorIO] = []
         for value in values:
             tensor = value.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
