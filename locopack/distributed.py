@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import LocopackError
 
@@ -82,7 +81,7 @@ def launch_command(processes: int) -> list[str]:
     ]
 
 
-def gather(group: ProcessGroup, value: Any) -> list[Any]:
+def gather(group: ProcessGroup, value: object) -> list[object]:
     """``[value of rank 0, value of rank 1, ...]`` on every process."""
     if group.size == 1:
         return [value]

@@ -18,6 +18,8 @@ import torch
 from .errors import EditError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from diffusers import DiffusionPipeline
 
     from .models.base import ModelFamily
@@ -84,7 +86,7 @@ def check_base_model(
     pipe: DiffusionPipeline,
     family: type[ModelFamily],
     provenance: Mapping[str, object],
-    source: object,
+    source: str | Path,
     force: bool,
 ) -> None:
     """Refuse an edit (described by ``provenance``) made for another base model than ``pipe``.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any
 
 from .errors import HubError, OfflineError
 
@@ -35,7 +34,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     return match["repo"], match["rev"]
 
 
-def is_hub_ref(ref: Any) -> bool:
+def is_hub_ref(ref: object) -> bool:
     """True when ``ref`` reads as ``ORG/NAME[@REVISION]`` (it may still not exist)."""
     try:
         parse_ref(ref)
@@ -44,7 +43,7 @@ def is_hub_ref(ref: Any) -> bool:
     return True
 
 
-def is_hub_id(ref: Any) -> bool:
+def is_hub_id(ref: object) -> bool:
     """True when ``ref`` reads as a plain repo id ``ORG/NAME`` (no revision)."""
     return is_hub_ref(ref) and "@" not in ref
 

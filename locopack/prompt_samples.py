@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import random
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import RecipeError
 from .recipe.files import prompt_file, read_regular
 
 if TYPE_CHECKING:
-    from .recipe.schema import Recipe
+    from .recipe.schema import PromptSample, Recipe
 
 TOY_SOURCE = "toy"
 #: the toy worlds' caption sources: name -> the detector module whose ``captions()`` they are
@@ -79,7 +79,7 @@ def names(prompt: str, concept: str) -> bool:
     return re.search(re.escape(concept.strip()), prompt, flags=re.IGNORECASE) is not None
 
 
-def draw(recipe: Recipe, spec: Any, exclude: list[str], field: str) -> list[str]:
+def draw(recipe: Recipe, spec: PromptSample, exclude: list[str], field: str) -> list[str]:
     """``spec.count`` prompts of ``spec.source``, none of ``exclude`` and none containing an
     edit's concept or fact.
 

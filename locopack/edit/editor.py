@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import singledispatch
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -151,7 +151,7 @@ def _site_deltas(
     chosen: list[Site],
     prompts: EditPrompts,
     solve: Solve,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """``({projection: ΔW}, provenance entries)`` of the ``chosen`` sites, the entries with
     the edit's ``columns`` and ``preserve_columns`` counts; by the family's kind of site."""
     raise EditError(f"{base.family.pretty_name}: LocoEdit cannot solve {kind.name} sites")

@@ -26,7 +26,7 @@ under ``image_sites`` for the card to say so.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -86,6 +86,15 @@ class JointColumns:
         return x, site_columns(self.transformer, sites, self.preserve, self.p_picks)
 
 
+class SiteColumns(Protocol):
+    """What collects a site's columns as the model is now (:class:`JointColumns`, the
+    refiner's)."""
+
+    def targets_at(self, sites: list[Site]) -> dict[str, torch.Tensor]: ...
+
+    def edited_at(self, sites: list[Site]) -> tuple[dict, dict | None]: ...
+
+
 def _checked(sites: list[Site], recipe: Recipe, family: type[ModelFamily]) -> list[Site]:
     image = [site.path for site in sites if not site.text_only]
     if image and not recipe.edit.allow_image_sites:
@@ -101,7 +110,7 @@ def _checked(sites: list[Site], recipe: Recipe, family: type[ModelFamily]) -> li
 @torch.no_grad()
 def solve_in_order(
     transformer: torch.nn.Module,
-    columns: Any,
+    columns: SiteColumns,
     sites: list[Site],
     settings: EditSettings,
     solve: SiteSolver,
@@ -138,7 +147,7 @@ def joint_deltas(
     sites: list[Site],
     prompts: EditPrompts,
     solve: SiteSolver,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """LocoEdit of ``sites`` in execution order, each solved by ``solve`` on columns collected
     with the deltas of the sites before it applied.
 
@@ -185,7 +194,7 @@ def joint_errors(
 
 @torch.no_grad()
 def ordered_errors(
-    transformer: torch.nn.Module, columns: Any, sites: list[Site], delta: WeightDelta
+    transformer: torch.nn.Module, columns: SiteColumns, sites: list[Site], delta: WeightDelta
 ) -> dict[str, dict]:
     """:func:`~locopack.edit.closed_form.edit_report` per edited matrix of ``sites`` (in
     execution order) on the columns :func:`solve_in_order` used, with the layer's bias (if

@@ -18,7 +18,7 @@ projections have no bias.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -77,7 +77,7 @@ def refiner_deltas(
     sites: list[Site],
     prompts: EditPrompts,
     solve: SiteSolver,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     """LocoEdit of refiner ``sites`` in execution order, each solved by ``solve`` on columns
     computed with the deltas of the sites before it applied.
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -56,9 +56,9 @@ class Group:
     are read at."""
 
     text: dict[str, torch.Tensor]
-    probes: list[dict[str, Any]]
+    probes: list[dict[str, object]]
 
-    def arguments(self, probe: dict[str, Any]) -> dict[str, Any]:
+    def arguments(self, probe: dict[str, object]) -> dict[str, object]:
         """The transformer's arguments at ``probe`` with this group's text; a text mask that
         the probe's call extended over the image tokens (Chroma's) gets those columns, all
         kept, as the pipeline appends them."""
@@ -76,7 +76,7 @@ def denoising_steps(steps: int, timesteps: Sequence[float]) -> list[int]:
     return sorted({round(f * (steps - 1)) for f in timesteps})
 
 
-def _conditional_rows(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
+def _conditional_rows(kwargs: dict[str, object], n: int) -> dict[str, object]:
     """The transformer arguments of the last ``n`` rows (the conditional half under CFG);
     the text arguments are a group's own (the text mask is kept for its image columns)."""
     probe = {}
@@ -92,7 +92,7 @@ def _conditional_rows(kwargs: dict[str, Any], n: int) -> dict[str, Any]:
 @torch.no_grad()
 def record_probes(
     pipe: DiffusionPipeline, family: type[ModelFamily], prompts: list[str], recipe: Recipe
-) -> list[dict[str, Any]]:
+) -> list[dict[str, object]]:
     """The transformer's arguments at ``recipe``'s seeds x timesteps while the pipeline
     generates ``prompts`` (n rows each; seed-major, then step order)."""
     settings = recipe.localize
@@ -105,7 +105,7 @@ def record_probes(
         **(size if settings.resolution else {}),
         **family.call_kwargs(),
     }
-    probes: list[dict[str, Any]] = []
+    probes: list[dict[str, object]] = []
     for seed in recipe.edit.seeds:
         generators = [torch.Generator().manual_seed(seed) for _ in prompts]
         probes += _record_run(pipe, prompts, wanted, {**call, "generator": generators})

@@ -42,7 +42,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 
 from ..models.base import TextPart
 from ..prompt_samples import neighbours
@@ -188,13 +188,29 @@ def _in_sequence(found: list[tuple[TextPart, list[tuple[int, int]]]]) -> list[tu
     return [(part.start + i, part.start + j) for part, pairs in found for i, j in pairs]
 
 
-def _rows(prompt: str, found: list[tuple[TextPart, list[tuple[int, int]]]]) -> dict[str, Any]:
+class PartPositions(TypedDict):
+    """One text part's positions in an edit prompt (counted within the part), and its last
+    token before end-of-text where that is among them."""
+
+    encoder: str
+    positions: list[int]
+    last: NotRequired[int]
+
+
+class PromptRows(TypedDict):
+    """The provenance of one edit prompt's columns."""
+
+    prompt: str
+    parts: list[PartPositions]
+
+
+def _rows(prompt: str, found: list[tuple[TextPart, list[tuple[int, int]]]]) -> PromptRows:
     """The provenance of one edit prompt's columns: per part, its positions (counted within
     the part) and which of them is the last token before end-of-text."""
-    parts = []
+    parts: list[PartPositions] = []
     for part, pairs in found:
         positions = [i for i, _ in pairs]
-        entry: dict[str, Any] = {"encoder": part.name, "positions": positions}
+        entry: PartPositions = {"encoder": part.name, "positions": positions}
         last = part.last_token(prompt)
         if last in positions:
             entry["last"] = last
@@ -230,7 +246,7 @@ class EditPrompts:
     preserve: list[str]
     preserve_at: list[tuple[int, int]]  # (prompt, position)
     #: per recipe prompt, the positions of each part it contributed (:func:`_rows`)
-    rows: list[dict[str, Any]]
+    rows: list[PromptRows]
 
 
 def edit_prompts(

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import io
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..release.layout import EVIDENCE_DIR
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: the chart's file in the release
 SUMMARY_CHART = f"{EVIDENCE_DIR}/summary.png"
@@ -176,7 +179,7 @@ def robustness_bars(evidence: dict) -> list[tuple[str, float, float, float | Non
     return out
 
 
-def _robustness(axes: Any, evidence: dict) -> None:
+def _robustness(axes: Axes, evidence: dict) -> None:
     axes.set_title("robustness (attack success: concept rate)", fontsize=9)
     bars = robustness_bars(evidence)
     if not bars:

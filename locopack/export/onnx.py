@@ -60,7 +60,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -113,14 +113,14 @@ def _error_summary(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(text.split())}"[:1000]
 
 
-def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> dict[str, Any]:
+def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> dict[str, object]:
     """Export with dynamo; fall back to TorchScript only if dynamo raises."""
     args = tuple(dummy_inputs(spec, 2, seed=0).values())
     names = list(spec.inputs)
     n_bytes = sum(t.numel() * t.element_size() for t in spec.adapter.state_dict().values())
     external = n_bytes > EXTERNAL_DATA_BYTES
     common = {"input_names": names, "output_names": [OUTPUT_NAME], "opset_version": opset}
-    record: dict[str, Any] = {"external_data": external, "parameter_bytes": n_bytes}
+    record: dict[str, object] = {"external_data": external, "parameter_bytes": n_bytes}
     with tracing(spec):
         try:
             torch.onnx.export(
@@ -158,13 +158,21 @@ def _run_exporter(spec: TraceSpec, path: Path, opset: int, optimize: bool) -> di
     return record
 
 
-def _io_description(path: Path) -> dict[str, list[dict[str, Any]]]:
+class TensorIO(TypedDict):
+    """One input or output of an exported graph: symbolic axes are strings."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str
+
+
+def _io_description(path: Path) -> dict[str, list[TensorIO]]:
     """Names, shapes (symbolic axes as strings) and element types read back from the file."""
     onnx = _require("onnx")
     graph = onnx.load(str(path), load_external_data=False).graph
 
-    def describe(values) -> list[dict[str, Any]]:
-        rows = []
+    def describe(values) -> list[TensorIO]:
+        rows: list[TensorIO] = []
         for value in values:
             tensor = value.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in tensor.shape.dim]
@@ -182,7 +190,7 @@ def export_denoiser_onnx(
     opset: int = 18,
     check: bool = True,
     optimize: bool = True,
-    metadata: dict[str, Any] | None = None,
+    metadata: dict[str, object] | None = None,
 ) -> Path:
     """Export ``base``'s denoiser, as it is now (edits included), to ONNX.
 

@@ -38,7 +38,7 @@ import contextlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -309,7 +309,7 @@ def tracing(spec: TraceSpec) -> Iterator[None]:
         yield
 
 
-def translations() -> dict[Any, Any]:
+def translations() -> dict[torch._ops.OpOverload, Callable[..., object]]:
     """Fixes to the dynamo exporter's aten-to-ONNX table (onnxscript 0.7).
 
     ``aten.squeeze.dim`` becomes ONNX ``Squeeze`` even where the axis is statically not 1; torch

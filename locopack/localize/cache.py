@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 from ..storage import atomic_write_text
 
@@ -21,7 +20,7 @@ class CandidateCache:
         self.folder = Path(folder) if folder is not None else None
 
     @staticmethod
-    def key(**parts: Any) -> str:
+    def key(**parts: object) -> str:
         """A stable key for the given JSON-serializable parts."""
         blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()

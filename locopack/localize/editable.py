@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .views import RankedWindows
 
 SELECT_MODES = ("score", "editable")
 
 
-def ranking(result: Any) -> list[int]:
+def ranking(result: RankedWindows) -> list[int]:
     """Window indices best first: in a race, the windows that reached a later round first,
     then by objective (lower is better), then by position."""
     reached = {i: 0 for i in range(len(result.candidates))}
@@ -38,7 +41,7 @@ def ranking(result: Any) -> list[int]:
     return [result.chosen, *order]
 
 
-def nested_sets(result: Any) -> list[tuple[list[int], int | None]]:
+def nested_sets(result: RankedWindows) -> list[tuple[list[int], int | None]]:
     """The site sets to try, smallest first: ``(site indices in network order, the window
     united last)``; the first is LocoGen's chosen window, each next one adds the sites of the
     next window in :func:`ranking` that it does not yet hold, the last is every site."""
@@ -87,13 +90,13 @@ class TrailStep:
 
     sites: list[str]
     added: int | None
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, object]] = field(default_factory=list)
     met: bool = False
     #: a pruning step: the sites it left out of the smallest set that met the requirement
     removed: list[str] | None = None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrailStep:
+    def from_dict(cls, data: dict[str, object]) -> TrailStep:
         """The inverse of ``dataclasses.asdict``."""
         return cls(**data)
 

@@ -14,10 +14,12 @@ no display needed.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+
+    from .views import PlottedResult
 
 #: long module-path words and the short names the axis uses
 _SHORT = {
@@ -62,7 +64,7 @@ def window_labels(windows: list[list[str]]) -> list[str]:
     return [names[w[0]] if len(w) == 1 else f"{names[w[0]]}–{names[w[-1]]}" for w in windows]
 
 
-def localization_png(result: Any, width: float = 8.0, height: float = 4.2) -> bytes:
+def localization_png(result: PlottedResult, width: float = 8.0, height: float = 4.2) -> bytes:
     """PNG bytes of a :class:`~locopack.localize.result.LocalizationResult`'s plot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -134,7 +136,7 @@ def localization_png(result: Any, width: float = 8.0, height: float = 4.2) -> by
     return buffer.getvalue()
 
 
-def _mark_selected(axes: Axes, result: Any) -> None:
+def _mark_selected(axes: Axes, result: PlottedResult) -> None:
     """Shade the windows that ``select: editable`` edits (every site of them selected), and
     say in the legend how many sets its trail tried."""
     if not result.selected:

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ class Site:
         rows``."""
         return "text-only" if self.text_only else "shared with image rows"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """JSON-ready view (with :attr:`kind`)."""
         return asdict(self) | {"kind": self.kind}
 
@@ -182,7 +182,7 @@ class ModelFamily(ABC):
 
     @classmethod
     @abstractmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         """Whether a pipeline of this class with this denoiser config belongs to the family."""
 
     # ---- sites -------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ class ModelFamily(ABC):
         return Path(directory)
 
     @classmethod
-    def call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, object]:
         """Extra arguments locopack passes to every pipeline call of this family."""
         return {}
 
@@ -377,7 +377,7 @@ class BlockOrderTransformer(ModelFamily):
     denoiser_attr: ClassVar[str] = "transformer"
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes
 
     @classmethod
@@ -394,5 +394,5 @@ class LowercasedPrompts:
         return prompt.lower().strip()
 
     @classmethod
-    def call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, object]:
         return {"clean_caption": False}

@@ -10,7 +10,7 @@ its own ``norm_cross`` (``site_states``).  A pooled text embedding
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
@@ -37,7 +37,7 @@ class DeepFloydIF(LowercasedPrompts, ModelFamily):
         return "https://huggingface.co/DeepFloyd/IF-I-XL-v1.0"
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes
 
     @classmethod

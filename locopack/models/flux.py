@@ -14,7 +14,7 @@ at most 256 T5 tokens (the default here); dev takes 512 (``Flux.with_t5_length(5
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -70,7 +70,7 @@ class Flux(JointAttentionFamily):
         return states, pooled
 
     @classmethod
-    def twin_blocks(cls, text_width: int) -> dict[str, Any]:
+    def twin_blocks(cls, text_width: int) -> dict[str, object]:
         """The tiny twin's transformer layout: ``twin_layers`` blocks of width 32 (2 heads),
         RoPE over 3 axes, reading text states ``text_width`` wide."""
         return {

@@ -21,7 +21,7 @@ both with the same ``to_k``/``to_v``.  So:
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -55,7 +55,7 @@ class JointAttentionFamily(ModelFamily):
     )
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes
 
     @classmethod
@@ -153,7 +153,7 @@ class JointAttentionFamily(ModelFamily):
         return found
 
     @classmethod
-    def call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, object]:
         return {"max_sequence_length": cls.t5_length}
 
     @classmethod

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -39,7 +39,7 @@ def hub_offline() -> bool:
     return flag or bool(constants.HF_HUB_OFFLINE)
 
 
-def _read_json(model: str, filename: str, revision: str | None) -> dict[str, Any]:
+def _read_json(model: str, filename: str, revision: str | None) -> dict[str, object]:
     folder = Path(model)
     if folder.is_dir():
         path = folder / filename
@@ -86,7 +86,7 @@ _COMPONENT_FILES = {
 }
 
 
-def _check_components(folder: Path, index: dict[str, Any]) -> None:
+def _check_components(folder: Path, index: dict[str, object]) -> None:
     """Refuse a pipeline folder that lacks a component its ``model_index.json`` lists, or the
     component's configuration: diffusers would quietly build a default one in its place (an
     empty tokenizer, a text encoder of another shape) that fails much later."""
@@ -171,7 +171,7 @@ def load_scheduler(model: str, revision: str | None = None) -> SchedulerMixin | 
     return cls.from_config(config) if cls is not None else None
 
 
-def _max_steps(config: dict[str, Any]) -> int:
+def _max_steps(config: dict[str, object]) -> int:
     """The most steps a scheduler of ``config`` takes: ``num_train_timesteps``, less where its
     spacing would step past the last trained timestep (``leading`` spacing with
     ``steps_offset: 1`` at 1000 of 1000 steps: an IndexError in the first step)."""

@@ -16,7 +16,7 @@ patch: image sizes are multiples of 16 (the twin's VAE has four levels to match)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
@@ -97,7 +97,7 @@ class Lumina2(TextRefinerFamily):
         return list(lengths)
 
     @classmethod
-    def call_texts(cls, args: tuple, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    def call_texts(cls, args: tuple, kwargs: dict[str, object]) -> list[torch.Tensor]:
         states, mask = kwargs["encoder_hidden_states"], kwargs["encoder_attention_mask"]
         return [row[keep.bool()] for row, keep in zip(states, mask, strict=True)]
 

@@ -6,7 +6,7 @@ block (28 sites).  Text enters nowhere else, so intervening on every site is exa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import DDIMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
@@ -61,7 +61,7 @@ class PixArt(LowercasedPrompts, BlockOrderTransformer):
         return pipe.transformer.caption_projection(states.to(pipe.transformer.dtype))
 
     @classmethod
-    def call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, object]:
         return {**super().call_kwargs(), "use_resolution_binning": False}
 
     @classmethod

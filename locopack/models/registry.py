@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ModelLayoutError
 from .base import ModelFamily
@@ -61,7 +61,7 @@ def get_family(name: str) -> type[ModelFamily]:
         ) from None
 
 
-def family_for(pipeline_class: str, denoiser_config: dict[str, Any]) -> type[ModelFamily]:
+def family_for(pipeline_class: str, denoiser_config: dict[str, object]) -> type[ModelFamily]:
     """The family of a pipeline class with the given denoiser config.
 
     Raises:

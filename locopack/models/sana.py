@@ -15,7 +15,7 @@ reads the concept in another context.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import (
@@ -77,7 +77,7 @@ class Sana(LowercasedPrompts, BlockOrderTransformer):
         return states, mask
 
     @classmethod
-    def call_kwargs(cls) -> dict[str, Any]:
+    def call_kwargs(cls) -> dict[str, object]:
         return {
             **super().call_kwargs(),
             "use_resolution_binning": False,

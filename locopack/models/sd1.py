@@ -6,7 +6,7 @@ transformer block: 16 sites (6 down, 1 mid, 9 up).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -33,7 +33,7 @@ class StableDiffusion1(ModelFamily):
         return "https://huggingface.co/CompVis/stable-diffusion-v1-4"
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes and not denoiser_config.get(
             "use_linear_projection", False
         )
@@ -44,7 +44,7 @@ class StableDiffusion1(ModelFamily):
         return states
 
     @classmethod
-    def unet_kwargs(cls) -> dict[str, Any]:
+    def unet_kwargs(cls) -> dict[str, object]:
         """The real SD-1.x block layout at tiny width."""
         return {
             "block_out_channels": (16, 16, 32, 32),

@@ -6,7 +6,7 @@ transformers use linear projections; that flag is how the family is told apart f
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .sd1 import StableDiffusion1
 
@@ -28,13 +28,13 @@ class StableDiffusion2(StableDiffusion1):
         return "https://huggingface.co/stabilityai/stable-diffusion-2-1"
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes and bool(
             denoiser_config.get("use_linear_projection", False)
         )
 
     @classmethod
-    def unet_kwargs(cls) -> dict[str, Any]:
+    def unet_kwargs(cls) -> dict[str, object]:
         return {
             **super().unet_kwargs(),
             "attention_head_dim": (2, 4, 8, 8),

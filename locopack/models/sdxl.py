@@ -10,7 +10,7 @@ concatenated per position), so the text sequence is one CLIP part.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
@@ -36,7 +36,7 @@ class StableDiffusionXL(ModelFamily):
         return "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0"
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes
 
     @classmethod

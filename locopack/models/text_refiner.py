@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -68,7 +68,7 @@ class TextRefinerFamily(ModelFamily):
     )
 
     @classmethod
-    def matches(cls, pipeline_class: str, denoiser_config: dict[str, Any]) -> bool:
+    def matches(cls, pipeline_class: str, denoiser_config: dict[str, object]) -> bool:
         return pipeline_class in cls.pipeline_classes
 
     @classmethod
@@ -138,7 +138,7 @@ class TextRefinerFamily(ModelFamily):
 
     @classmethod
     @abstractmethod
-    def call_texts(cls, args: tuple, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    def call_texts(cls, args: tuple, kwargs: dict[str, object]) -> list[torch.Tensor]:
         """Each sample's text rows, (L_i, D) without padding, in a transformer call with
         ``args``/``kwargs`` as the pipeline makes it."""
 

@@ -16,7 +16,7 @@ of most diffusers pipelines) and guides whenever ``guidance_scale`` > 0.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
@@ -95,7 +95,7 @@ class ZImage(TextRefinerFamily):
         return [n + (-n) % ROW_MULTIPLE for n in lengths]
 
     @classmethod
-    def call_texts(cls, args: tuple, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    def call_texts(cls, args: tuple, kwargs: dict[str, object]) -> list[torch.Tensor]:
         return list(args[2] if len(args) > 2 else kwargs["cap_feats"])
 
     @classmethod

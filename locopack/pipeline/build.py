@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..delta import WeightDelta
 from ..distributed import gather
@@ -50,7 +50,7 @@ from ..secret_scan import check_folder
 from ..storage import remove_leftovers
 from .base import changed_file, load_base
 from .exports import ExportChoice, export_delta
-from .lock import build_lock
+from .lock import BuildHolder, build_lock
 from .resources import resource_errors
 from .stages import (
     DEFAULT_OPTIONS,
@@ -110,7 +110,11 @@ class _StageLog:
 
 
 def _tidy(
-    out: Path, recipe: Recipe, killed: dict[str, Any], echo: Callable[[str], object], replace: bool
+    out: Path,
+    recipe: Recipe,
+    killed: BuildHolder,
+    echo: Callable[[str], object],
+    replace: bool,
 ) -> None:
     """Before the build: say that a killed build is resumed, remove what interrupted writes
     left, and check what else the folder holds (:func:`_clear_another_build`)."""

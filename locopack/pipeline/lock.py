@@ -28,7 +28,7 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from filelock import FileLock, Timeout
 
@@ -43,7 +43,16 @@ LOCK_FILE = f"{CACHE_DIR}/.build.lock"
 HOLDER_FILE = f"{CACHE_DIR}/.build-holder"
 
 
-def _holder(folder: Path) -> dict[str, Any]:
+class BuildHolder(TypedDict, total=False):
+    """What a command holding the lock writes about itself (empty when nothing was read)."""
+
+    command: str
+    pid: int
+    host: str
+    started: str
+
+
+def _holder(folder: Path) -> BuildHolder:
     """What the holder wrote about itself ({} if unreadable or not yet written)."""
     try:
         found = json.loads((folder / HOLDER_FILE).read_text(encoding="utf-8"))
@@ -52,7 +61,7 @@ def _holder(folder: Path) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-def _describe(holder: dict[str, Any]) -> str:
+def _describe(holder: BuildHolder) -> str:
     if not holder:
         return "a command that has not yet said which process it is"
     return (
@@ -92,7 +101,7 @@ def check_free(folder: Path) -> None:
 @contextlib.contextmanager
 def build_lock(
     folder: Path, group: ProcessGroup | None = None, *, command: str = "build"
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[BuildHolder]:
     """Hold ``folder``'s build lock for the block, as the locopack ``command`` named.
 
     The main process of ``group`` takes the lock and records itself as the holder; every
@@ -118,7 +127,7 @@ def build_lock(
     try:
         killed = _holder(folder) if lock is not None else {}
         if lock is not None:
-            me = {
+            me: BuildHolder = {
                 "command": command,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),

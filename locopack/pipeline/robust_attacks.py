@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..evidence import attacks
 from ..evidence.attacks.found import Found
@@ -37,8 +37,10 @@ from .select_sites import check_seeds
 
 if TYPE_CHECKING:
     from ..delta import WeightDelta
+    from ..evidence.detectors import Detector
+    from ..localize.scorers import Scorer
     from ..models.loaded import LoadedBase
-    from ..recipe.schema import Recipe
+    from ..recipe.schema import EraseEdit, Recipe
 
 
 @dataclass
@@ -48,11 +50,11 @@ class AttackTarget:
 
     base: LoadedBase
     recipe: Recipe
-    scorer: Any
-    detectors: list[Any]
+    scorer: Scorer | None
+    detectors: list[Detector | None]
     delta: WeightDelta
     cache: CandidateCache
-    identity: dict[str, Any]
+    identity: dict[str, object]
 
     def edited(self):
         """A context manager under which the pipeline carries this round's edit."""
@@ -70,7 +72,7 @@ class AttackTarget:
             settings.resolution,
         )
 
-    def erase_edits(self) -> list[tuple[int, Any]]:
+    def erase_edits(self) -> list[tuple[int, EraseEdit]]:
         return [(i, e) for i, e in enumerate(self.recipe.edits) if e.kind == "erase"]
 
 

@@ -30,7 +30,7 @@ hash, so a killed build replays its rounds and draws only what it had not judged
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import RecipeError
 from ..evidence.attacks.found import Found
@@ -42,6 +42,7 @@ from .select_sites import check_seeds, judges
 
 if TYPE_CHECKING:
     from ..delta import WeightDelta
+    from ..localize.scorers import Scorer
     from ..models.loaded import LoadedBase
     from ..recipe.schema import EraseEdit, Recipe
 
@@ -117,7 +118,7 @@ def robust_erase(
     recipe: Recipe,
     layers: list[str],
     delta: WeightDelta,
-    scorer: Any,
+    scorer: Scorer | None,
     cache: CandidateCache,
 ) -> WeightDelta:
     """Robust erase of ``delta`` (LocoEdit of ``layers`` on ``base``); see the
@@ -135,7 +136,7 @@ def robust_erase(
         return AttackTarget(base, recipe, scorer, detectors, delta, cache, identity)
 
     extra: list[tuple[str, str]] = []
-    rounds: list[dict[str, Any]] = []
+    rounds: list[dict[str, object]] = []
     base.pipe.set_progress_bar_config(disable=True)
     for number in range(1, settings.rounds + 2):
         found = [

@@ -26,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -119,7 +119,7 @@ class EfficacyCheck:
             self.cache.put(key, {"scores": values, "seconds": seconds, "checks": checks})
         return TrailStep(sites, added, checks, all(c["met"] for c in checks))
 
-    def _measure(self, sites: list[str]) -> list[dict[str, Any]]:
+    def _measure(self, sites: list[str]) -> list[dict[str, object]]:
         from ..edit import compute_delta
 
         wanted = [self._prompts(index) for index in range(len(self.recipe.edits))]
@@ -148,7 +148,7 @@ class EfficacyCheck:
             sets["held_out"] = (held, [shared or p for p in held])
         return sets
 
-    def _judge(self, index, where, prompts, targets, after) -> list[dict[str, Any]]:
+    def _judge(self, index, where, prompts, targets, after) -> list[dict[str, object]]:
         edit = self.recipe.edits[index]
         thresholds = edit.requirements.thresholds(edit.kind)
         name, detector = self.judges[index]

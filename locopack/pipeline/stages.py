@@ -14,7 +14,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..distributed import ProcessGroup
 from ..errors import RecipeError
@@ -32,7 +32,10 @@ from ..storage import atomic_write_text
 from .base import load_base
 
 if TYPE_CHECKING:
+    import torch
+
     from ..delta import WeightDelta
+    from ..localize.scorers import ClipScorer, Scorer
     from ..recipe.schema import Recipe
 
 
@@ -87,7 +90,7 @@ def warn_about_local_paths(recipe: Recipe) -> None:
             )
 
 
-def scorer_for(recipe: Recipe, device: Any) -> Any:
+def scorer_for(recipe: Recipe, device: str | torch.device) -> ClipScorer:
     """The recipe's CLIP scorer, named as the recipe names it (never by a local path)."""
     from ..localize import ClipScorer
 
@@ -101,7 +104,7 @@ def run_localize(
     *,
     base: LoadedBase | None = None,
     options: RunOptions = DEFAULT_OPTIONS,
-    scorer: Any = None,
+    scorer: Scorer | None = None,
 ):
     """LocoGen for ``recipe``; writes ``localization.json``/``.png`` (and ``cache/``) to ``out``.
 

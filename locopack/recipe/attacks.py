@@ -28,7 +28,7 @@ attack                budget (default)                            cost
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -90,12 +90,12 @@ class AttacksSettings(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _false_is_off(cls, value: Any) -> Any:
+    def _false_is_off(cls, value: object) -> object:
         if isinstance(value, dict):
             return {k: (None if v is False else v) for k, v in value.items()}
         return value
 
     @field_validator("replay", mode="before")
     @classmethod
-    def _bare_file(cls, value: Any) -> Any:
+    def _bare_file(cls, value: object) -> object:
         return {"prompts": value} if isinstance(value, str) else value

@@ -18,7 +18,6 @@ import datetime
 import difflib
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -180,7 +179,7 @@ def field_path(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def show(value: Any, limit: int = 60) -> str:
+def show(value: object, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters; only about ``limit`` characters of it are
     ever produced, however large or shared ``value`` is."""
     text = ""
@@ -191,7 +190,7 @@ def show(value: Any, limit: int = 60) -> str:
     return text
 
 
-def _repr_pieces(value: Any, limit: int) -> Iterator[str]:
+def _repr_pieces(value: object, limit: int) -> Iterator[str]:
     """The text of ``repr(value)`` in pieces, lazily (each container item on demand)."""
     if isinstance(value, dict):
         yield "{"

@@ -11,7 +11,7 @@ detector registered later is a valid name at once.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.fields import FieldInfo
@@ -99,7 +99,7 @@ class DetectorSpec(_Strict):
     alone."""
 
     name: Annotated[str, AfterValidator(_detector_name)]
-    options: dict[str, Any] = {}
+    options: dict[str, object] = {}
 
     @model_validator(mode="before")
     @classmethod

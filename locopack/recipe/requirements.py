@@ -29,7 +29,7 @@ only, and the card says which requirements could not be judged.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, PlainValidator
 from pydantic_core import PydanticCustomError
@@ -38,7 +38,7 @@ from pydantic_core import PydanticCustomError
 def _threshold(high: float):
     """A threshold from 0 to ``high``, or ``false`` (off); ints are taken as numbers."""
 
-    def check(value: Any) -> float | bool | None:
+    def check(value: object) -> float | bool | None:
         if value is None or value is False:
             return value
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= high:

@@ -28,7 +28,7 @@ import hashlib
 import os
 import re
 import string
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -262,7 +262,7 @@ class LocalizeSettings(_Strict):
     mode: Literal["fast", "full"] = "fast"
     select: Literal["score", "editable"] = "score"
     resolution: int | None = Field(None, ge=8, multiple_of=8)
-    layers: list[Annotated[Any, AfterValidator(_layer_ref)]] | None = Field(None, min_length=1)
+    layers: list[Annotated[object, AfterValidator(_layer_ref)]] | None = Field(None, min_length=1)
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
 
 import yaml
 
@@ -56,11 +55,11 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(text)
         self.source, self.path = source, []
 
-    def refuse(self, mark: Any, problem: str) -> RecipeError:
+    def refuse(self, mark: yaml.Mark, problem: str) -> RecipeError:
         parts = [p for p in self.path if p is not None]
         return RecipeError(f"{self.source}:{mark.line + 1}: {field_path(tuple(parts))}: {problem}")
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: yaml.Node | int | None) -> yaml.Node:
         if self.check_event(yaml.AliasEvent):
             return super().compose_node(parent, index)
         event = self.peek_event()
@@ -78,7 +77,7 @@ class _BoundedLoader(yaml.SafeLoader):
         finally:
             self.path.pop()
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
         try:
             return super().construct_object(node, deep)
         except (yaml.YAMLError, RecipeError, _Located):
@@ -116,7 +115,7 @@ def read_text(source: str) -> tuple[str, str]:
     return text, hashlib.sha256(data).hexdigest()
 
 
-def load_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+def load_yaml(text: str, source: str) -> tuple[yaml.Node | None, object]:
     """Compose, measure and construct one YAML document within the limits above.
 
     Returns:
@@ -199,7 +198,7 @@ def _no_duplicates(node: yaml.Node, source: str, loc: tuple, seen: set[int]) -> 
     seen.add(id(node))
     children = enumerate(node.value) if isinstance(node, yaml.SequenceNode) else []
     if isinstance(node, yaml.MappingNode):
-        keys: set[tuple[str, Any]] = set()
+        keys: set[tuple[str, str]] = set()
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE:
                 if (key.tag, key.value) in keys:

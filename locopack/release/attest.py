@@ -18,7 +18,7 @@ before using one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import LocopackError
 from ..storage import atomic_write_bytes, atomic_write_text
@@ -36,6 +36,8 @@ from .signing import SignatureError, SigningKey, sign_folder, signing_config
 from .verify import previous_release
 
 if TYPE_CHECKING:
+    from model_signing import signing
+
     from ..recipe.schema import Recipe
 
 
@@ -86,7 +88,7 @@ def _readable_recipe(folder: Path) -> Recipe | None:
         return None
 
 
-def _seal(folder: Path, signer: str, config: Any, recipe: Recipe | None) -> None:
+def _seal(folder: Path, signer: str, config: signing.Config, recipe: Recipe | None) -> None:
     """Card, amended history, provenance, secret scan, signature (see the module docstring)."""
     from ..secret_scan import check_folder
     from .card import write_card

@@ -36,11 +36,14 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import LocopackError
 from ..storage import atomic_write_bytes
 from .layout import CACHE_DIR, SIGNATURE_FILE, is_local_only
+
+if TYPE_CHECKING:
+    from model_signing import hashing, signing
 
 #: the environment variable that holds an OIDC token for keyless signing
 TOKEN_VARIABLE = "SIGSTORE_ID_TOKEN"
@@ -140,7 +143,7 @@ def _public_pem(key: SigningKey) -> bytes:
         ) from None
 
 
-def _hashing(folder: Path, snapshot: bool) -> Any:
+def _hashing(folder: Path, snapshot: bool) -> hashing.Config:
     """The library's hashing of a release folder: sha256 per file, ignoring the signature,
     ``cache/`` and hidden paths (see the module docstring)."""
     from model_signing import hashing
@@ -159,7 +162,7 @@ def _hashing(folder: Path, snapshot: bool) -> Any:
     )
 
 
-def signing_config(key: SigningKey) -> Any:
+def signing_config(key: SigningKey) -> signing.Config:
     """The library's signing configuration for ``key``, ready before anything is written (a
     key that cannot be read, or Sigstore out of reach, fails here).
 
@@ -198,7 +201,7 @@ def signing_config(key: SigningKey) -> Any:
     return config
 
 
-def sign_folder(folder: Path, config: Any) -> Path:
+def sign_folder(folder: Path, config: signing.Config) -> Path:
     """Sign every file of the release in ``folder`` into ``folder/release.sig`` (atomically)
     with ``config`` (:func:`signing_config`).
 
@@ -212,7 +215,7 @@ def sign_folder(folder: Path, config: Any) -> Path:
         return atomic_write_bytes(folder / SIGNATURE_FILE, written.read_bytes())
 
 
-def _keyless(step: Callable[[], Any]) -> None:
+def _keyless(step: Callable[[], object]) -> None:
     """Run a step that may reach Sigstore's services; their failures as one line."""
     from sigstore.errors import Error as SigstoreFailure
 

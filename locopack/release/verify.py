@@ -11,7 +11,7 @@ that was not given is reported the same way; one that fails against a key that w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from ..errors import LocopackError
 from ..hub_ref import is_hub_ref
@@ -62,7 +62,15 @@ def signature_status(folder: Path, trusted: TrustedKeys, snapshot: bool = False)
     return f"signed, not verified: no key given ({SIGNATURE_FILE} claims {claimed})"
 
 
-def check_signature(report: Any, folder: Path, trusted: TrustedKeys, snapshot: bool) -> None:
+class _Report(Protocol):
+    """What the signature checks add their lines to (an audit's report)."""
+
+    entries: list[dict[str, object]]
+
+    def add(self, name: str, ok: bool, detail: str = "") -> bool: ...
+
+
+def check_signature(report: _Report, folder: Path, trusted: TrustedKeys, snapshot: bool) -> None:
     """Add the audit's checks of the signature, the provenance and the chain's signers."""
     try:
         report.add("signature", True, signature_status(folder, trusted, snapshot))
@@ -82,7 +90,7 @@ def check_signature(report: Any, folder: Path, trusted: TrustedKeys, snapshot: b
         report.add("signers", *_chain_signers(folder, report.entries, trusted))
 
 
-def _check_provenance(report: Any, folder: Path) -> None:
+def _check_provenance(report: _Report, folder: Path) -> None:
     problem = provenance_problem(folder, report.entries)
     report.add("provenance", problem is None, problem or f"{PROVENANCE_FILE} matches the history")
 
@@ -105,7 +113,7 @@ def provenance_problem(folder: Path, entries: list[HistoryEntry]) -> str | None:
     return None
 
 
-def _first_difference(found: Any, expected: Any, where: str = "") -> str:
+def _first_difference(found: object, expected: object, where: str = "") -> str:
     if isinstance(found, dict) and isinstance(expected, dict):
         for key in sorted(set(found) | set(expected)):
             if found.get(key) != expected.get(key):

@@ -21,7 +21,7 @@ robust erase adds to its next solve.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .base import Attack, AttackRun
 from .concept_vector import ConceptVector
@@ -30,6 +30,9 @@ from .found import Found
 from .replay import Replay
 from .soft_prompt import SoftPrompt
 from .word_search import WordSearch
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "ATTACKS",
@@ -63,7 +66,7 @@ def get_attack(name: str) -> type[Attack]:
         raise KeyError(f"no attack {name!r}; known: {', '.join(ATTACKS)}") from None
 
 
-def run_all(ctx: AttackContext) -> tuple[dict[str, Any], dict[str, AttackRun]]:
+def run_all(ctx: AttackContext) -> tuple[dict[str, object], dict[str, AttackRun]]:
     """Every attack the recipe turns on: ``(section, runs by name)``; the section is the
     evidence's ``attacks`` (``protocol``, ``rows``, ``skipped``, and each attack's budget)."""
     runs: dict[str, AttackRun] = {}
@@ -88,7 +91,7 @@ def run_all(ctx: AttackContext) -> tuple[dict[str, Any], dict[str, AttackRun]]:
     return section, runs
 
 
-def find(ctx: AttackContext, name: str, settings: Any = None) -> list[Found]:
+def find(ctx: AttackContext, name: str, settings: BaseModel | None = None) -> list[Found]:
     """What attack ``name`` finds on the edited model of ``ctx`` (one :class:`Found` per erase
     edit it ran on), at ``settings`` or the recipe's budget: what robust erase adds as rows.
 
@@ -103,7 +106,7 @@ def find(ctx: AttackContext, name: str, settings: Any = None) -> list[Found]:
     return attack.run(ctx, chosen).found
 
 
-def worst(section: dict[str, Any] | None, edit: int) -> dict[str, Any] | None:
+def worst(section: dict[str, object] | None, edit: int) -> dict[str, object] | None:
     """The row of ``edit`` with the highest success on the edited model (the attack that
     judges ``attack_success``), or None where no attack ran on it."""
     rows = [r for r in (section or {}).get("rows", []) if r["edit"] == edit]

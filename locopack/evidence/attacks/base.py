@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypedDict
 
 from .context import AttackContext
 from .found import Found
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from ...recipe.schema import Recipe
+
+
+class Skipped(TypedDict):
+    """An erase edit an attack could not attack, and why."""
+
+    edit: int
+    label: str
+    why: str
 
 
 @dataclass
@@ -20,15 +30,15 @@ class AttackRun:
     Attributes:
         rows: lines of the card's table (:func:`~locopack.evidence.attacks.context.row`).
         found: one :class:`Found` per erase edit attacked (the edited model's finds).
-        skipped: ``{"edit", "label", "why"}`` of each erase edit it could not attack.
+        skipped: each erase edit it could not attack (:class:`Skipped`).
         record: the attack's own record for ``evidence.json`` (the word search keeps its
             ``attack`` section), or None.
     """
 
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, object]] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    record: dict[str, Any] | None = None
+    skipped: list[Skipped] = field(default_factory=list)
+    record: dict[str, object] | None = None
 
 
 class Attack(ABC):
@@ -43,15 +53,15 @@ class Attack(ABC):
 
     @classmethod
     @abstractmethod
-    def settings(cls, recipe: Recipe) -> Any | None:
+    def settings(cls, recipe: Recipe) -> BaseModel | None:
         """Its budget in ``recipe``, or None where the recipe turns it off."""
 
     @classmethod
     @abstractmethod
-    def budget(cls, settings: Any) -> str:
+    def budget(cls, settings: BaseModel) -> str:
         """The budget in words, for the card."""
 
     @classmethod
     @abstractmethod
-    def run(cls, ctx: AttackContext, settings: Any) -> AttackRun:
+    def run(cls, ctx: AttackContext, settings: BaseModel) -> AttackRun:
         """Attack every erase edit of ``ctx.recipe``."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import statistics
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -41,13 +41,15 @@ from .context import MODELS, AttackContext, erase_edits, row, without_concept
 from .found import Found
 
 if TYPE_CHECKING:
-    from ...recipe.schema import Recipe
+    from ...recipe.schema import EraseEdit, Recipe
 
 #: words tried per position and step of the token search (in random order)
 CANDIDATES = 8
 
 
-def concept_direction(ctx: AttackContext, edit: Any, count: int) -> tuple[torch.Tensor, list[str]]:
+def concept_direction(
+    ctx: AttackContext, edit: EraseEdit, count: int
+) -> tuple[torch.Tensor, list[str]]:
     """``(v, concept-free prompts)`` of the edit's first ``count`` prompts (module docstring)."""
     with_concept = edit.originals()[:count]
     free = [without_concept(t) for t in edit.prompts[:count]]
@@ -87,7 +89,9 @@ class ConceptVector(Attack):
         return out
 
 
-def _attack_edit(ctx: AttackContext, index: int, edit: Any, settings, out: AttackRun) -> None:
+def _attack_edit(
+    ctx: AttackContext, index: int, edit: EraseEdit, settings: ConceptVectorSettings, out: AttackRun
+) -> None:
     """Attack one erase edit into ``out``."""
     from .search import attack_template, search, vocabulary
 
@@ -117,7 +121,7 @@ def _attack_edit(ctx: AttackContext, index: int, edit: Any, settings, out: Attac
     out.found.append(_found(ctx, index, prompts, free, states))
 
 
-def _success(ctx: AttackContext, model: str, prompt: str, edit: Any) -> float:
+def _success(ctx: AttackContext, model: str, prompt: str, edit: EraseEdit) -> float:
     return ctx.prompt_success(ConceptVector.name, model, prompt, edit)
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ class AttackContext:
     resolution: int | None
     write_grid: Callable[[str, list], str]
     cache: CandidateCache | None = None
-    inputs: Any = None
+    inputs: object = None
     base_inputs: object = None
 
     @property
@@ -82,7 +82,7 @@ class AttackContext:
         shared = model == "base" and self.base_inputs is not None
         return self.base_inputs if shared else self.inputs
 
-    def key(self, attack: str, model: str, **what: Any) -> str | None:
+    def key(self, attack: str, model: str, **what: object) -> str | None:
         """The cache key of one judgement, or None without a cache."""
         if self.cache is None:
             return None
@@ -125,7 +125,7 @@ class AttackContext:
         prompt = without_concept(edit.prompts[0])
         return {m: self.prompt_success("chance", m, prompt, edit) for m in MODELS}
 
-    def protocol(self) -> dict[str, Any]:
+    def protocol(self) -> dict[str, object]:
         """The judging protocol, stated once on the card."""
         detector = self.detector
         options = dict(detector.options) if detector is not None else {}
@@ -152,8 +152,15 @@ def erase_edits(recipe: Recipe) -> Iterator[tuple[int, EraseEdit]]:
             yield index, edit
 
 
+class _Named(Protocol):
+    """An attack as its table line names it."""
+
+    name: str
+    pretty_name: str
+
+
 def row(
-    attack: Any, variant: str | None, index: int, edit: EraseEdit, budget: str, **figures
+    attack: _Named, variant: str | None, index: int, edit: EraseEdit, budget: str, **figures
 ) -> dict:
     """One line of the card's attack table: ``base``, ``edited`` (the concept's rate when the
     attack runs against that model) and ``chance`` (``{"base", "edited"}``: where it started

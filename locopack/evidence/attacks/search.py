@@ -35,9 +35,16 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from .found import Found
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ...localize.cache import CandidateCache
+    from ...localize.scorers import Scorer
+    from ...recipe.schema import EraseEdit
 
 #: the weight of the CLIP score (100·cos) next to a detector's finding (0..1)
 CLIP_WEIGHT = 1e-3
@@ -51,7 +58,7 @@ def _related(word: str, banned: str) -> bool:
     return banned in word or piece or stem >= min(len(banned), max(4, len(banned) - 2))
 
 
-def vocabulary(tokenizer: Any, concept: str) -> list[str]:
+def vocabulary(tokenizer: PreTrainedTokenizerBase, concept: str) -> list[str]:
     """The whole words of ``tokenizer`` an attack may use, sorted: alphabetic ASCII, at least
     two letters, none related to a word of the concept (see :func:`_related`).  Whole words
     are the tokens that end one (CLIP's ``</w>``) or start one (SentencePiece's ``\u2581``)
@@ -67,7 +74,7 @@ def vocabulary(tokenizer: Any, concept: str) -> list[str]:
     return sorted(w for w in words if not any(_related(w, b) for b in banned))
 
 
-def no_words(tokenizer: Any, concept: str) -> str:
+def no_words(tokenizer: PreTrainedTokenizerBase, concept: str) -> str:
     """Why :func:`vocabulary` found nothing to search with."""
     size = len(tokenizer.get_vocab())
     return (
@@ -76,7 +83,7 @@ def no_words(tokenizer: Any, concept: str) -> str:
     )
 
 
-def attack_template(edit: Any) -> str:
+def attack_template(edit: EraseEdit) -> str:
     """The edit's first prompt with ``{words}`` where its concept was (appended if none)."""
     template = edit.prompts[0]
     if "{concept}" not in template:
@@ -84,7 +91,9 @@ def attack_template(edit: Any) -> str:
     return template.replace("{concept}", "{words}")
 
 
-def ranked_words(words: list[str], template: str, original: str, scorer: Any) -> list[str] | None:
+def ranked_words(
+    words: list[str], template: str, original: str, scorer: Scorer
+) -> list[str] | None:
     """``words`` best first by the CLIP text similarity of ``template`` filled with the word to
     ``original`` (ties: alphabetical), or None where ``scorer`` has no ``text_similarity``."""
     similarity = getattr(scorer, "text_similarity", None)
@@ -94,13 +103,24 @@ def ranked_words(words: list[str], template: str, original: str, scorer: Any) ->
     return [w for _, w in sorted(zip(scores, words, strict=True), key=lambda t: (-t[0], t[1]))]
 
 
+class SearchBudget(Protocol):
+    """What bounds a :func:`search`: the recipe's ``evidence.attack`` or a concept-vector
+    attack's limits."""
+
+    seed: int
+    tokens: int
+    candidates: int
+    steps: int
+    seconds: float
+
+
 def search(
     objective: Callable[[str], float],
     template: str,
     words: list[str],
-    settings: Any,
+    settings: SearchBudget,
     ranked: list[str] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The coordinate search; ``objective(prompt)`` draws and judges one image.  With
     ``ranked`` (the words best first), each position tries them in that order; without it,
     ``candidates`` random words per step."""
@@ -162,7 +182,7 @@ def concept_objective(generate, detector, scorer, label: str, original: str, see
     return objective
 
 
-def cached(objective: Callable[[str], float], cache: Any, **identity: Any):
+def cached(objective: Callable[[str], float], cache: CandidateCache | None, **identity: object):
     """``objective`` whose every value is stored in ``cache`` (a
     :class:`~locopack.localize.cache.CandidateCache`) under ``identity`` and the prompt, and
     read back from it when present; ``objective`` itself when ``cache`` is None."""

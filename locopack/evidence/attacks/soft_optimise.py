@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -21,8 +21,13 @@ from ...hooks.feed import feeding
 from .context import AttackContext
 from .feed import single_token, soft_tokens, text_encoders
 
+if TYPE_CHECKING:
+    from diffusers.utils import BaseOutput
 
-def _detached(value: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _detached(value: _T) -> _T:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, dict):
@@ -32,7 +37,7 @@ def _detached(value: Any) -> Any:
     return value
 
 
-def _prediction(output: Any) -> torch.Tensor:
+def _prediction(output: tuple[torch.Tensor, ...] | list[torch.Tensor] | BaseOutput) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else output.sample
 
 

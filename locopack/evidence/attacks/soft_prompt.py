@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,7 +52,7 @@ from .soft_project import project
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from ...recipe.schema import Recipe
+    from ...recipe.schema import EraseEdit, Recipe
 
 
 class SoftPrompt(Attack):
@@ -87,7 +87,9 @@ class SoftPrompt(Attack):
         return out
 
 
-def _attack_edit(ctx, index: int, edit: Any, settings, out: AttackRun) -> str | None:
+def _attack_edit(
+    ctx: AttackContext, index: int, edit: EraseEdit, settings: SoftPromptSettings, out: AttackRun
+) -> str | None:
     """Attack one erase edit into ``out``; why it could not, or None."""
     from .search import attack_template, vocabulary
 

@@ -8,13 +8,13 @@ drawn there; chance the random words it started from.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, row
 
 if TYPE_CHECKING:
-    from ...recipe.schema import Recipe
+    from ...recipe.schema import AttackSettings, Recipe
 
 
 class WordSearch(Attack):
@@ -25,19 +25,19 @@ class WordSearch(Attack):
     reference_url = "https://arxiv.org/abs/2310.11868"
 
     @classmethod
-    def settings(cls, recipe: Recipe) -> Any | None:
+    def settings(cls, recipe: Recipe) -> AttackSettings | None:
         settings = recipe.evidence.attack
         return settings if settings.steps > 0 else None
 
     @classmethod
-    def budget(cls, settings: Any) -> str:
+    def budget(cls, settings: AttackSettings) -> str:
         return (
             f"{settings.tokens} words, {settings.candidates} tried per position, "
             f"{settings.steps} images per model (seed {settings.seed})"
         )
 
     @classmethod
-    def run(cls, ctx: AttackContext, settings: Any) -> AttackRun:
+    def run(cls, ctx: AttackContext, settings: AttackSettings) -> AttackRun:
         from .search import as_found, run_attacks
 
         detectors = [ctx.detector] if ctx.detector is not None else []

@@ -36,7 +36,7 @@ import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...errors import RecipeError
 from .registry import detector_entry
@@ -64,8 +64,8 @@ class Detector:
     """A named detector with its options; calling it checks what it returns."""
 
     name: str
-    function: Callable[..., Any]
-    options: dict[str, Any] = field(default_factory=dict)
+    function: Callable[..., object]
+    options: dict[str, object] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -170,7 +170,7 @@ def _in_standard_library(origin: str) -> bool:
     return any(s in path.parents for s in stdlib) and not any(s in path.parents for s in site)
 
 
-def options_problem(name: str, options: dict[str, Any]) -> str | None:
+def options_problem(name: str, options: dict[str, object]) -> str | None:
     """Why the detector ``name`` cannot be called with ``options``, or None: an option its
     function has no keyword parameter for (and no ``**options``), or a required one missing.
     The parameters are read from the module's source, so nothing is imported or called; where
@@ -202,7 +202,7 @@ def options_problem(name: str, options: dict[str, Any]) -> str | None:
 
 
 def load_detector(
-    name: str, options: dict[str, Any] | None = None, scorer: Scorer | None = None
+    name: str, options: dict[str, object] | None = None, scorer: Scorer | None = None
 ) -> Detector:
     """The detector a recipe names: a registered name (:mod:`.registry`) or ``module:callable``.
 
