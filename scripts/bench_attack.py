@@ -154,9 +154,7 @@ def bench(path: Path, args, work: Path) -> None:
     print("|---|---|---|---|")
     base_keep = None
     for model in MODELS:
-        target = AttackTarget(
-            base.pipe, base.family, recipe, scorer, detectors, deltas[model], cache, {}
-        )
+        target = AttackTarget(base, recipe, scorer, detectors, deltas[model], cache, {})
         figures, kept = edit_specificity(target, keep, unrelated, seeds, base_keep)
         base_keep = base_keep or kept
         print(

@@ -158,7 +158,7 @@ def test_a_release_built_with_a_registered_format_holds_audits_and_lists_it(norm
     for path, matrix in delta.deltas.items():
         expected = math.sqrt(sum(float(v) ** 2 for v in matrix.flatten().tolist()))
         assert written[path] == pytest.approx(expected, rel=1e-5)
-    assert NORMS_FILE in read_history(out / "history.jsonl")[-1]["files"]
+    assert NORMS_FILE in read_history(out / "history.jsonl")[-1].files
     report = audit_folder(out)
     assert report.ok, [c for c in report.checks if not c.ok]
     card = (out / "README.md").read_text()
