@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_robust import edit_specificity  # noqa: E402
+from bench_robust import edit_specificity, print_rounds  # noqa: E402
 from bench_toy_world import unrelated_captions  # noqa: E402
 
 from locopack.delta import WeightDelta  # noqa: E402
@@ -165,14 +165,7 @@ def bench(path: Path, args, work: Path) -> None:
         f"\nrobust erase ({', '.join(rounds['attacks'])}; {rounds['seconds']:.0f} s, "
         f"met: {rounds['met']}, deterministic: {rounds['deterministic']}):"
     )
-    for item in rounds["rounds"]:
-        for e in item["edits"]:
-            after = e.get("success_after")
-            print(
-                f"- round {item['round']}: {e['label']} {e['success_before']:.0%}"
-                + (f" -> {after:.0%}" if after is not None else "")
-                + f", {item['rows_added']} rows added"
-            )
+    print_rounds(rounds)
 
 
 def main() -> None:

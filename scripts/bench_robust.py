@@ -132,6 +132,11 @@ def bench(path: Path, args, work: Path) -> None:
         )
     rounds = robust.provenance.robust
     print(f"\nrobust rounds (met: {rounds['met']}):")
+    print_rounds(rounds)
+
+
+def print_rounds(rounds: dict) -> None:
+    """One line per round and edit of a robust erase's record: success before -> after."""
     for item in rounds["rounds"]:
         for e in item["edits"]:
             after = e.get("success_after")
