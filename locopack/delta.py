@@ -1,7 +1,9 @@
 """WeightDelta: the edit as {module path: ΔW} plus its provenance.
 
 It is the single hand-off from editing to export, model card and history: saved as one
-safetensors file whose header carries the provenance as JSON under the key ``locopack``.
+safetensors file whose header carries the provenance as JSON under the key ``locopack``.  A
+delta solved with continuous rows (robust erase's, :mod:`locopack.state_rows`) stores them in
+the same file, so that the solve can be repeated from it alone.
 Module paths are relative to the denoiser (``unet`` or ``transformer``, named in provenance).
 The provenance holds no time: the same recipe, base and versions give the same bytes (the
 build's time is in the history entry).
@@ -20,6 +22,7 @@ import torch
 from .delta_record import DeltaProvenance, DeltaRecord
 from .errors import EditError
 from .fingerprint import tensors_sha256
+from .state_rows import StateRows
 from .storage import load_tensors, save_tensors
 
 
@@ -43,11 +46,14 @@ class WeightDelta:
     """ΔW per edited projection (float32, shape out x in) and where it came from.
 
     ``provenance`` (a :class:`~locopack.delta_record.DeltaProvenance`; a dict is validated
-    into one) names the recipe, base, family, sites, settings and versions.
+    into one) names the recipe, base, family, sites, settings and versions.  ``rows``: the
+    continuous rows it was solved with, if any (not part of :meth:`sha256`: they change no
+    weight by themselves).
     """
 
     deltas: dict[str, torch.Tensor]
     provenance: DeltaProvenance = field(default_factory=DeltaProvenance)
+    rows: StateRows | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.provenance, dict):
@@ -79,6 +85,8 @@ class WeightDelta:
         """Write atomically as safetensors (float32) with provenance in the header."""
         metadata = DeltaRecord(locopack=self.provenance).metadata()
         tensors = {k: v.detach().to(torch.float32).cpu() for k, v in self.deltas.items()}
+        if self.rows is not None:
+            tensors |= self.rows.tensors()
         return save_tensors(tensors, path, metadata)
 
     @classmethod
@@ -87,9 +95,12 @@ class WeightDelta:
 
         Raises:
             ExportError: not a readable safetensors file, or not a locopack delta.
+            EditError: its state rows are incomplete or malformed.
         """
         tensors, metadata = load_tensors(path)
-        return cls(tensors, DeltaRecord.from_metadata(metadata, str(path)).locopack)
+        record = DeltaRecord.from_metadata(metadata, str(path))
+        rows = StateRows.from_tensors(tensors, str(path))
+        return cls(tensors, record.locopack, rows)
 
     @contextlib.contextmanager
     def applied(self, denoiser: torch.nn.Module, scale: float = 1.0) -> Iterator[None]:

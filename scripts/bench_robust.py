@@ -143,7 +143,8 @@ def print_rounds(rounds: dict) -> None:
             print(
                 f"- round {item['round']}: {e['label']} {e['success_before']:.0%}"
                 + (f" -> {after:.0%}" if after is not None else "")
-                + f", {item['rows_added']} rows added"
+                + f", {item['rows_added']} rows and "
+                + f"{item.get('state_columns_added', 0)} state columns added"
             )
 
 

@@ -283,11 +283,21 @@ def test_each_attack_repeats_resumes_without_redrawing_and_can_fail(
     if name == "concept_vector":  # the states drawn: the concept-free prompt's plus v
         vector, free = concept_direction(_context(toy, []), toy[0].edits[0], 2)
         expected = toy[2].given_text(toy[1], free[:1])[0] + vector
-        assert torch.allclose(found.states, expected, atol=1e-6)
+        assert torch.allclose(found.rows.originals, expected, atol=1e-6)
+        # mapped to the concept-free prompt's own states, at its non-padding positions
+        free_states = toy[2].given_text(toy[1], free[:1])[0]
+        assert torch.allclose(found.rows.targets, free_states, atol=1e-6)
+        assert [k for k, _, _ in found.rows.pairs] == [0] * len(found.rows.pairs)
+        assert all(i == j for _, i, j in found.rows.pairs)
     if name == "soft_prompt":  # "<start> a red circle on a" precede the 3 soft tokens
-        (positions,) = found.positions
-        assert found.states.shape == (1, 77, 64) and positions[:3] == (6, 7, 8)
-        assert positions[-1] == 10  # "background", then end of text
+        rows = found.rows
+        assert rows.originals.shape == rows.targets.shape == (1, 77, 64)
+        # under the recipe's "all": every token, the 3 soft ones onto the target's "plain"
+        assert rows.pairs[:9] == tuple((0, i, i) for i in range(6)) + ((0, 6, 6),) * 1 + (
+            (0, 7, 6),
+            (0, 8, 6),
+        )
+        assert rows.pairs[-1][1:] == (10, 8)  # end of text onto the target's
 
 
 def test_the_word_search_returns_its_best_prompts_as_found():

@@ -136,5 +136,5 @@ def test_both_attacks_run_on_the_twin_deterministically(twin, attack):
         ["embeddings)", "words)"],
     )
     (found,) = first.found
-    assert found.states is None  # joint attention: no site reads one encoded text
+    assert found.rows is None  # joint attention: no site reads one encoded text
     assert found.prompts and "van gogh" not in found.prompts[0]

@@ -19,6 +19,7 @@ from locopack.pipeline import robust_attacks
 from locopack.pipeline import robust_erase as robust
 from locopack.recipe import RobustSettings, load_recipe, parse_recipe
 from locopack.release.robust_card import robust_rounds
+from locopack.state_rows import StateRows
 
 ROOT = Path(__file__).resolve().parents[1]
 STRIPES = ROOT / "recipes" / "toy" / "erase-stripes.yaml"
@@ -113,6 +114,93 @@ def test_a_delta_records_its_extra_rows_and_keeps_them_through_a_file(tmp_path, 
     )
     prompts = edit_prompts(pipe, family, recipe, extra)
     assert prompts.originals[-1] == "a house by qux" and len(prompts.rows) == 2
+
+
+def _state_rows(pipe, family, found: str, target: str) -> StateRows:
+    """Rows of ``found``'s states, moved off the text's, mapped to ``target``'s states."""
+    states = family.encode(pipe, [found]).float()
+    moved = states + 0.5 * torch.randn(states.shape, generator=torch.Generator().manual_seed(0))
+    pairs = found_pairs(family, pipe, found, target, "cover")
+    return StateRows(
+        moved, family.encode(pipe, [target]).float(), tuple((0, i, j) for i, j in pairs)
+    )
+
+
+def test_state_rows_are_more_columns_of_the_same_solve_and_travel_in_the_delta_file(
+    tmp_path, twin_pipes
+):
+    pipe, family = twin_pipes["sd1"]
+    recipe = parse_recipe(RECIPE, "r.yaml")
+    rows = _state_rows(pipe, family, "a house by qux", "a house")
+    base, layers = LoadedBase(pipe, family), _sites(pipe, family)[:2]
+    delta = compute_delta(base, recipe, layers, rows=rows)
+    # independently: the recipe's columns, then the rows' states at their pairs
+    x, y, p = collect_states(pipe, family, recipe).columns()
+    x = torch.cat([x, torch.stack([rows.originals[k, i] for k, i, _ in rows.pairs], 1)], 1)
+    y = torch.cat([y, torch.stack([rows.targets[k, j] for k, _, j in rows.pairs], 1)], 1)
+    system = EditSystem.build(
+        x.double(), y.double(), recipe.edit.lam, p, recipe.edit.preserve_weight
+    )
+    for module, d in delta.deltas.items():
+        expected = system.delta(pipe.unet.get_submodule(module).weight).to(torch.float32)
+        torch.testing.assert_close(d, expected, rtol=1e-5, atol=1e-7)
+    assert delta.provenance.columns == x.shape[1]
+    plain = compute_delta(base, recipe, layers)
+    assert delta.sha256() != plain.sha256()
+    # the file keeps the rows beside the weights; the hash is the weights' alone
+    delta.save(tmp_path / "d.safetensors")
+    again = WeightDelta.load(tmp_path / "d.safetensors")
+    assert again.deltas.keys() == delta.deltas.keys() and again.sha256() == delta.sha256()
+    assert again.rows.pairs == rows.pairs and torch.equal(again.rows.originals, rows.originals)
+    assert WeightDelta.load(_saved(plain, tmp_path / "p.safetensors")).rows is None
+    # the edit errors count them: the robust delta errs less on them than the plain one
+    errors = edit_errors(base, recipe, again)
+    plain_on_rows = edit_errors(base, recipe, WeightDelta(plain.deltas, delta.provenance, rows))
+    for module in delta.deltas:
+        assert errors[module]["edit_error"] < plain_on_rows[module]["edit_error"]
+
+
+def _saved(delta: WeightDelta, path: Path) -> Path:
+    delta.save(path)
+    return path
+
+
+def test_state_rows_that_do_not_fit_are_refused_in_one_line(tmp_path, twin_pipes):
+    from safetensors.torch import load_file, save_file
+
+    from locopack.errors import EditError
+    from locopack.state_rows import PREFIX
+
+    states = torch.zeros(1, 4, 3)
+    with pytest.raises(EditError, match=r"pair \(0, 4, 0\) lies outside the 1 x 4 states"):
+        StateRows(states, states, ((0, 4, 0),))
+    with pytest.raises(EditError, match="one \\(n, L, D\\) shape"):
+        StateRows(states, torch.zeros(1, 5, 3), ())
+    pipe, family = twin_pipes["sd1"]
+    delta = compute_delta(
+        LoadedBase(pipe, family), parse_recipe(RECIPE, "r.yaml"), _sites(pipe, family)[:1],
+        rows=_state_rows(pipe, family, "a house by qux", "a house"),
+    )  # fmt: skip
+    path = _saved(delta, tmp_path / "d.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    del tensors[PREFIX + "targets"]
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(EditError, match="d.safetensors: its state rows are incomplete"):
+        WeightDelta.load(path)
+    # sites that read a stream of their own cannot take states
+    pipe, family = twin_pipes["sd3"]
+    recipe = parse_recipe(RECIPE, "r.yaml")
+    with pytest.raises(EditError, match="continuous rows \\(states\\) need sites that read one"):
+        compute_delta(
+            LoadedBase(pipe, family),
+            recipe,
+            _sites(pipe, family)[:1],
+            rows=StateRows(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), ()),
+        )
 
 
 def test_a_found_prompt_maps_to_the_target_of_the_nearest_edit_prompt():
@@ -306,16 +394,22 @@ def test_the_card_shows_each_round(toy_robust):
 def test_a_robust_build_records_its_rounds_in_edit_json_and_on_the_card_and_audits(
     tmp_path, monkeypatch
 ):
-    """The toy stripes build with ``edit.robust`` (the replayed find, one round): the rows
-    reach ``edit.json``, the delta and the card, and ``audit --reproduce quick`` re-solves
-    the same delta from the recorded rows."""
+    """The toy stripes build with ``edit.robust`` (the replayed find as text and as states, one
+    round): the rows reach ``edit.json``, the delta and the card, and ``audit --reproduce
+    quick`` re-solves the same delta from the recorded rows and states."""
     import json
 
     from click.testing import CliRunner
 
     from locopack.cli import cli
 
-    monkeypatch.setitem(robust_attacks.ATTACKS, "replay", lambda t, n: [Found("replay", 0, FOUND)])
+    target = "a red circle on a plain background"
+
+    def replay(attacked, count):  # the find, as text and as states
+        pipe, family = attacked.base.pipe, attacked.base.family
+        return [Found("replay", 0, FOUND, _state_rows(pipe, family, FOUND[0], target))]
+
+    monkeypatch.setitem(robust_attacks.ATTACKS, "replay", replay)
     text = STRIPES.read_text().replace(
         "  tokens: all\n", "  tokens: all\n  robust: {rounds: 1, attacks: [replay]}\n"
     )
@@ -331,11 +425,13 @@ def test_a_robust_build_records_its_rounds_in_edit_json_and_on_the_card_and_audi
     report = json.loads((out / "edit.json").read_text())
     first = report["robust"]["rounds"][0]
     assert first["rows_added"] == 1 and first["found"][0]["prompts"] == list(FOUND)
-    assert extra_rows(WeightDelta.load(out / "delta.safetensors").provenance) == [
-        (FOUND[0], "a red circle on a plain background")
-    ]
+    saved = WeightDelta.load(out / "delta.safetensors")
+    assert extra_rows(saved.provenance) == [(FOUND[0], target)]
+    assert first["state_columns_added"] == saved.rows.columns > 0
+    assert first["found"][0]["state_columns"] == saved.rows.columns
     card = (out / "README.md").read_text()
     assert "### Robust erase" in card and "`a red circle on a an re ackground background`" in card
+    assert f"| 1 | {saved.rows.columns} |" in card  # rows and state columns added
     where = ["--base", str(recipe.parent / "toy-world")]
     audited = runner.invoke(cli, ["audit", str(out), "--reproduce", "quick", *where])
     assert audited.exit_code == 0, audited.output

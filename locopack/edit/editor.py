@@ -12,6 +12,10 @@ refiner stream, computed from the prompt and solved site by site (:mod:`locopack
 Extra rows (robust erase): ``extra`` ``(prompt, target)`` pairs join the columns like the
 recipe's prompts (:func:`~locopack.edit.tokens.edit_prompts`); the delta records them under
 ``extra_rows`` (:func:`extra_rows` reads them back), so that the solve can be repeated.
+Continuous rows (``rows``, :class:`~locopack.state_rows.StateRows`: states no prompt produces,
+each column mapped to a target state) join X and Y after them; the delta carries them in its
+file.  Only sites that all read one encoded text (cross-attention) can take them: a
+joint-attention or refiner site reads a stream the states do not determine.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..models.base import Site
 from ..models.text_sites import CrossAttention, JointAttention, TextRefiner, TextSites
 from ..prompt_samples import neighbours
 from ..record import JsonObject
+from ..state_rows import StateRows
 from .closed_form import EditSystem, edit_report
 from .joint import joint_deltas, joint_errors
 from .refiner import refiner_deltas, refiner_errors
@@ -55,14 +60,20 @@ class EditStates:
     pairs: list[tuple[int, int, int]]  # (prompt, position in original, position in target)
     preserve: torch.Tensor | None  # (P, L, D)
     preserve_at: list[tuple[int, int]]  # (prompt, position)
+    rows: StateRows | None = None  # continuous rows, after the prompts' columns
 
     def columns(
         self, transform=lambda s: s
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """X, Y (D x n) and P (D x p) in float64 after ``transform`` (a site's own states)."""
         orig, targ = transform(self.originals), transform(self.targets)
-        x = torch.stack([orig[k, i] for k, i, _ in self.pairs], dim=1)
-        y = torch.stack([targ[k, j] for k, _, j in self.pairs], dim=1)
+        x = [orig[k, i] for k, i, _ in self.pairs]
+        y = [targ[k, j] for k, _, j in self.pairs]
+        if self.rows is not None:
+            found, aimed = transform(self.rows.originals), transform(self.rows.targets)
+            x += [found[k, i] for k, i, _ in self.rows.pairs]
+            y += [aimed[k, j] for k, _, j in self.rows.pairs]
+        x, y = torch.stack(x, dim=1), torch.stack(y, dim=1)
         p = None
         if self.preserve is not None:
             pres = transform(self.preserve)
@@ -78,7 +89,7 @@ def collect_states(
     prompts: EditPrompts | None = None,
 ) -> EditStates:
     """Encode every edit's prompts and targets (``prompts``: as :func:`edit_prompts` picks
-    them, the token pairs of ``edit.tokens``)."""
+    them, the token pairs of ``edit.tokens``; its continuous rows after them)."""
     prompts = prompts or edit_prompts(pipe, family, recipe)
     return EditStates(
         originals=family.encode(pipe, prompts.originals),
@@ -86,6 +97,7 @@ def collect_states(
         pairs=prompts.pairs,
         preserve=family.encode(pipe, prompts.preserve) if prompts.preserve else None,
         preserve_at=prompts.preserve_at,
+        rows=prompts.states,
     )
 
 
@@ -101,16 +113,20 @@ def compute_delta(
     layers: list[str],
     *,
     extra: Sequence[tuple[str, str]] = (),
+    rows: StateRows | None = None,
 ) -> WeightDelta:
     """Solve LocoEdit on ``base`` for the key and/or value matrices of ``layers`` (site module
-    paths), with the ``extra`` ``(prompt, target)`` rows beside the recipe's.
+    paths), with the ``extra`` ``(prompt, target)`` rows and the continuous ``rows`` beside
+    the recipe's.
 
     Returns:
-        A :class:`WeightDelta` with one ΔW per edited projection and the edit's provenance
-        (``token_rows``: which positions of which encoder each edit prompt's columns read).
+        A :class:`WeightDelta` with one ΔW per edited projection, the edit's provenance
+        (``token_rows``: which positions of which encoder each edit prompt's columns read)
+        and ``rows``.
 
     Raises:
-        EditError: a layer is not a site of the model, or the solve is not finite.
+        EditError: a layer is not a site of the model, the solve is not finite, or continuous
+            rows meet sites that do not read one encoded text.
     """
     pipe, family, denoiser = base.pipe, base.family, base.denoiser
     sites = {site.path: site for site in base.sites}
@@ -130,13 +146,25 @@ def compute_delta(
 
     prompts = edit_prompts(pipe, family, recipe, extra)
     chosen = [sites[path] for path in layers]
+    prompts.states = _readable(family, rows)
     deltas, entries = _site_deltas(family.text_sites, base, recipe, chosen, prompts, solve)
     counts = {key: entries.pop(key) for key in ("columns", "preserve_columns")}
     provenance = _provenance(base, recipe, layers) | counts | entries
     provenance["token_rows"] = prompts.rows
     if extra:
         provenance["extra_rows"] = [{"prompt": p, "target": t} for p, t in extra]
-    return WeightDelta(deltas, DeltaProvenance.parse(provenance, "the edit's provenance"))
+    provenance = DeltaProvenance.parse(provenance, "the edit's provenance")
+    return WeightDelta(deltas, provenance, rows)
+
+
+def _readable(family: type[ModelFamily], rows: StateRows | None) -> StateRows | None:
+    """``rows``, refused where the family's sites do not all read one encoded text."""
+    if rows is not None and not family.text_sites.reads_encoded_text:
+        raise EditError(
+            f"{family.pretty_name}: continuous rows (states) need sites that read one encoded "
+            f"text; its {family.text_sites.name} sites read a stream of their own"
+        )
+    return rows
 
 
 #: ``solve(site, system)``: the ΔW of the site's edited projections from its system
@@ -179,7 +207,8 @@ def _(kind: CrossAttention, base, recipe, chosen, prompts, solve):
         else:
             system = shared
         deltas.update(solve(site, system))
-    return deltas, {"columns": len(states.pairs), "preserve_columns": len(states.preserve_at)}
+    columns = len(states.pairs) + (states.rows.columns if states.rows is not None else 0)
+    return deltas, {"columns": columns, "preserve_columns": len(states.preserve_at)}
 
 
 @_site_deltas.register
@@ -223,12 +252,14 @@ def _provenance(base: LoadedBase, recipe: Recipe, layers: list[str]) -> JsonObje
 @torch.no_grad()
 def edit_errors(base: LoadedBase, recipe: Recipe, delta: WeightDelta) -> dict[str, dict]:
     """Per edited matrix: the relative error of ``W'x`` vs ``W y`` on the edit's columns, its
-    extra rows included (``edit_error``; ``error_before`` is the same for the unedited ``W``)
-    and the relative drift of ``W'p`` on the preserve columns (Frobenius norms, float64)."""
+    extra and continuous rows included (``edit_error``; ``error_before`` is the same for the
+    unedited ``W``) and the relative drift of ``W'p`` on the preserve columns (Frobenius
+    norms, float64)."""
     pipe, family = base.pipe, base.family
     sites = base.sites
     by_path = {site.key: site for site in sites} | {site.value: site for site in sites}
     prompts = edit_prompts(pipe, family, recipe, extra_rows(delta.provenance))
+    prompts.states = _readable(family, delta.rows)
     edited = list({by_path[module].path: by_path[module] for module in delta.deltas}.values())
     edited.sort(key=lambda site: site.index)
     return _site_errors(family.text_sites, base, recipe, edited, prompts, delta)

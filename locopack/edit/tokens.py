@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 
 from ..models.base import TextPart
 from ..prompt_samples import neighbours
+from ..state_rows import StateRows
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -247,6 +248,8 @@ class EditPrompts:
     preserve_at: list[tuple[int, int]]  # (prompt, position)
     #: per recipe prompt, the positions of each part it contributed (:func:`_rows`)
     rows: list[PromptRows]
+    #: continuous rows solved after the prompts' columns (:mod:`locopack.state_rows`)
+    states: StateRows | None = None
 
 
 def edit_prompts(

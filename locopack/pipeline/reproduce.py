@@ -139,8 +139,8 @@ def _redo_edit(recipe, base, layers, delta, entry, how: Reproduce) -> tuple[str,
     from ..delta import library_versions
     from ..edit import compute_delta, extra_rows
 
-    # a robust erase's rows are the recorded ones: its attacks are not repeated
-    again = compute_delta(base, recipe, layers, extra=extra_rows(delta.provenance))
+    # a robust erase's rows (text and states) are the recorded ones: no attack is repeated
+    again = compute_delta(base, recipe, layers, extra=extra_rows(delta.provenance), rows=delta.rows)
     exact = library_versions() == entry.versions and base.pipe.device.type == "cpu"
     if exact:
         same = again.sha256() == delta.sha256()

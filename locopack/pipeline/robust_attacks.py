@@ -10,7 +10,8 @@ at ``evidence.attack``'s budget in evaluations (``steps``), its time limit repla
 machine's speed; ``concept_vector``, ``soft_prompt`` and ``replay`` are the attacks of
 :mod:`locopack.evidence.attacks` at ``evidence.attacks``' budgets (:func:`from_registry`;
 each counts optimiser steps or text encodings, never seconds), whose finds robust erase adds
-as text: the concept vector's and the soft prompt's words, the replayed prompts.
+as text (the concept vector's and the soft prompt's words, the replayed prompts) and, where
+they have them, as states (:class:`~locopack.state_rows.StateRows`).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def from_registry(name: str) -> Attack:
             cache=target.cache, inputs=target.identity,
         )  # fmt: skip
         found = attacks.find(ctx, name, settings)
-        return [Found(f.attack, f.edit, f.prompts[:count]) for f in found if f.prompts]
+        return [Found(f.attack, f.edit, f.prompts[:count], f.rows) for f in found if f.prompts]
 
     return run
 

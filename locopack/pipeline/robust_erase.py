@@ -10,6 +10,10 @@ rows (:func:`~locopack.edit.editor.compute_delta`'s ``extra``): the target is th
 target paired with the edit prompt nearest to the found prompt (word diff), since the search
 fills the concept's place of an edit prompt and the found words then map onto the target's
 words there, the tokens after them onto the target's (:func:`~locopack.edit.tokens.found_pairs`).
+A find's continuous rows (:class:`~locopack.state_rows.StateRows`, cross-attention families:
+the soft prompt's states mapped to the target's, the concept vector added to concept-free
+prompts mapped to those prompts' own states) join the solve too, as RECE adds its adversarial
+embeddings; the delta file stores them, so that ``audit --reproduce`` solves them again.
 The recipe's prompts, its preserve prompts and neighbours stay as they were, so the new solve
 is LocoEdit with more columns: no new math.  ``rounds`` bounds the solves; one more attack
 judges the last one, so the record ends with the success of a fresh attack on the final edit.
@@ -17,8 +21,7 @@ judges the last one, so the record ends with the success of a fresh attack on th
 Attack success of a round: over the found prompts of an edit, the largest concept rate of one
 prompt on the check seeds (:func:`~locopack.pipeline.select_sites.check_seeds`), judged by the
 edit's rate detector; ``after`` is the same prompts' rate once the round's rows are solved in.
-A find's ``states`` (continuous, e.g. a soft prompt's) are counted, not added: a release
-records its rows as text, so that ``audit --reproduce`` can solve them again.  Attacks are
+Attacks are
 looked up by name (:mod:`.robust_attacks`), each at a budget counted in evaluations (the
 word search's ``steps``, not its ``seconds``), so a recipe solves the same rows on every
 machine; ``edit.robust.seconds`` is an optional guard, and a round it cut short is recorded
@@ -37,6 +40,7 @@ from ..evidence.attacks.found import Found
 from ..evidence.attacks.search import success
 from ..evidence.detectors import load_detector
 from ..localize.cache import CandidateCache
+from ..state_rows import StateRows
 from .robust_attacks import ATTACKS, AttackTarget
 from .select_sites import check_seeds, judges
 
@@ -136,6 +140,7 @@ def robust_erase(
         return AttackTarget(base, recipe, scorer, detectors, delta, cache, identity)
 
     extra: list[tuple[str, str]] = []
+    states: StateRows | None = None
     rounds: list[dict[str, object]] = []
     base.pipe.set_progress_bar_config(disable=True)
     for number in range(1, settings.rounds + 2):
@@ -155,10 +160,9 @@ def robust_erase(
         above = {i for i, e in edits.items() if e["success_before"] > e["bar"]}
         record = {
             "round": number,
-            # continuous finds are not rows yet: the release could not re-solve them
-            "states_left_out": sum(0 if f.states is None else len(f.states) for f in found),
             "found": [
                 {"attack": f.attack, "edit": f.edit, "prompts": list(f.prompts)}
+                | ({"state_columns": f.rows.columns} if f.rows is not None else {})
                 | ({"guarded": True} if f.guarded else {})
                 for f in found
             ],
@@ -176,10 +180,17 @@ def robust_erase(
         ]
         new = [row for row in dict.fromkeys(new) if row not in extra]
         extra += new
-        delta = compute_delta(base, recipe, layers, extra=extra)
+        continuous = [f.rows for f in found if f.edit in above and f.rows is not None]
+        for rows in continuous:
+            states = rows if states is None else states + rows
+        delta = compute_delta(base, recipe, layers, extra=extra, rows=states)
         for i, w in _worst(_rates(target(delta), found)).items():
             edits[i]["success_after"] = w
-        record.update(rows_added=len(new), columns=delta.provenance.columns)
+        record.update(
+            rows_added=len(new),
+            state_columns_added=sum(rows.columns for rows in continuous),
+            columns=delta.provenance.columns,
+        )
     final = rounds[-1]["edits"]
     delta.provenance.robust = {
         "attacks": list(settings.attacks),

@@ -26,6 +26,7 @@ def robust_rounds(edit_report: dict) -> dict[str, object] | None:
                     "best": md.code(found[0], cell=True) if found else "–",
                     "success": _rate(entry["success_before"]),
                     "rows_added": str(item["rows_added"]),
+                    "state_columns": str(item.get("state_columns_added", 0)),
                     "after": _rate(entry.get("success_after")),
                     "bar": _rate(entry["bar"]),
                 }

@@ -36,6 +36,7 @@ import torch
 from ...errors import ModelLayoutError
 from ...hooks.feed import feeding
 from ...recipe.attacks import ConceptVectorSettings
+from ...state_rows import StateRows
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row, without_concept
 from .found import Found
@@ -118,7 +119,7 @@ def _attack_edit(
                 found={m: found["prompt"] for m in MODELS},
             )
         )  # fmt: skip
-    out.found.append(_found(ctx, index, prompts, free, states))
+    out.found.append(_found(ctx, index, prompts, free, states, free_states))
 
 
 def _success(ctx: AttackContext, model: str, prompt: str, edit: EraseEdit) -> float:
@@ -153,9 +154,14 @@ def _nearness(ctx: AttackContext, target: torch.Tensor):
     return objective
 
 
-def _found(ctx, index, prompts, free, states) -> Found:
-    """The finds; states only where the sites all read one encoded text (cross-attention)."""
+def _found(ctx, index, prompts, free, states, free_states) -> Found:
+    """The finds; where the sites all read one encoded text (cross-attention), the drawn states
+    as rows mapped to the concept-free prompts' own states, at their content positions (the
+    concept's direction must not move what the sites read)."""
     if not ctx.family.text_sites.reads_encoded_text:
         return Found(ConceptVector.name, index, prompts)
-    positions = tuple(tuple(ctx.family.content_positions(ctx.pipe, p)) for p in free)
-    return Found(ConceptVector.name, index, prompts, states.detach().clone(), positions)
+    pairs = tuple(
+        (k, i, i) for k, p in enumerate(free) for i in ctx.family.content_positions(ctx.pipe, p)
+    )
+    rows = StateRows(states.detach().clone(), free_states.detach().float().clone(), pairs)
+    return Found(ConceptVector.name, index, prompts, rows)

@@ -25,7 +25,7 @@ Two variants, each judged on base and edited, where the attack ran against that 
 
 Chance is the edit's first prompt without the concept.  Its finds (:class:`Found`) are the
 edited model's projected prompt and, for cross-attention families, the soft prompt's encoded
-states (the positions from its first soft token to the end of text).  The optimised
+states as rows mapped to the edit's first target's states.  The optimised
 embeddings and the projected words are cached, so an interrupted build neither optimises,
 projects nor draws again what it finished.  An erase edit is
 skipped, with why, where no placeholder word exists or the pipeline encodes prompts without
@@ -40,8 +40,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...edit.tokens import found_pairs
 from ...errors import ModelLayoutError
 from ...recipe.attacks import SoftPromptSettings
+from ...state_rows import StateRows
 from .base import Attack, AttackRun
 from .context import MODELS, AttackContext, erase_edits, row
 from .feed import single_token, soft_tokens, text_encoders
@@ -158,16 +160,19 @@ def _cached_optimise(ctx, key, model, prompt, trajectory, settings):
 
 def _found(ctx, index: int, prompt: str, word: str, carrier: str, vectors) -> Found:
     """The projected prompt and, where the sites all read one encoded text (cross-attention),
-    the soft prompt's encoded states, its concept carried from the first soft token on."""
+    the soft prompt's encoded states as rows mapped to the edit's first target's states,
+    paired as a found prompt's text rows are (:func:`~locopack.edit.tokens.found_pairs`)."""
     if not ctx.family.text_sites.reads_encoded_text:
         return Found(SoftPrompt.name, index, (prompt,))
-    with torch.no_grad(), soft_tokens(ctx.pipe, word, vectors):
-        states = ctx.family.encode(ctx.pipe, [carrier])
-    part = ctx.family.text_parts(ctx.pipe)[0]
-    ids = part.token_ids(carrier)
-    first = ids.index(single_token(part.tokenizer, word))
-    positions = (tuple(range(part.start + first, part.start + len(ids))),)
-    return Found(SoftPrompt.name, index, (prompt,), states, positions)
+    target = ctx.recipe.edits[index].targets_expanded()[0]
+    with torch.no_grad():
+        with soft_tokens(ctx.pipe, word, vectors):
+            states = ctx.family.encode(ctx.pipe, [carrier])
+        aimed = ctx.family.encode(ctx.pipe, [target])
+    rule = ctx.recipe.edit.tokens
+    pairs = found_pairs(ctx.family, ctx.pipe, carrier, target, rule)
+    rows = StateRows(states.float(), aimed.float(), tuple((0, i, j) for i, j in pairs))
+    return Found(SoftPrompt.name, index, (prompt,), rows)
 
 
 def _cached_project(ctx, key, model, what, candidates: int) -> list[str]:
