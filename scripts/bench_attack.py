@@ -5,15 +5,16 @@ time each attack took.
 For each recipe: the sites the build chooses (LocoGen's window, or the editable choice where the
 recipe selects it), LocoEdit there (plain), robust erase of that edit (``edit.robust`` with
 ``--rounds``, ``--prompts`` and ``--robust-attacks``, defending at the budgets below) and
-LocoEdit at every site.  Each attack of the registry then runs at the recipe's budgets (the word
-search at ``--steps``/``--tokens``/``--candidates``, larger than a build's; the others at their
-defaults, :mod:`locopack.recipe.attacks`, or ``--soft-steps``/``--vector-steps``) against each
-model, judged by the recipe's rate detector over ``--seeds`` seeds from ``--first-seed`` (2000:
-seeds no robust round drew; the rounds judge on the evidence's seeds 1000-1003).  The base
-model's runs are shared through the cache, so the seconds of the plain edit's column include the
-base's.  Specificity against the base, same seeds: the preserve prompts' mean SSIM, the share of
-``--unrelated`` captions no part of the recipe lists that still show everything they ask
-(unlisted kept), and the concept left on the edit's own prompts.  The full setting is both toy
+LocoEdit at every site. Each attack of the registry then runs at the recipe's budgets (the word
+search at ``--steps``/``--tokens``/``--candidates``/``--confirm``, larger than a build's; the
+others at their defaults, :mod:`locopack.recipe.attacks`, or
+``--soft-steps``/``--vector-steps``) against each model, judged by the recipe's rate detector
+over ``--seeds`` seeds from ``--first-seed`` (2000: seeds no robust round drew; the rounds judge
+on the evidence's seeds 1000-1003). The base model's runs are shared through the cache, so the
+seconds of the plain edit's column include the base's. Specificity against the base, same seeds:
+the preserve prompts' mean SSIM, the share of ``--unrelated`` captions no part of the recipe
+lists that still show everything they ask (unlisted kept), and the concept left on the edit's
+own prompts.  The full setting is both toy
 worlds, their erase recipes and 8 seeds:
 
     python scripts/bench_attack.py --recipes recipes/toy/erase-*.yaml \\
@@ -115,7 +116,12 @@ def _rate(value) -> str:
 def bench(path: Path, args, work: Path) -> None:
     recipe = load_recipe(path)
     recipe.evidence.attack = AttackSettings(
-        tokens=args.tokens, candidates=args.candidates, steps=args.steps, seconds=1e9, seed=0
+        tokens=args.tokens,
+        candidates=args.candidates,
+        steps=args.steps,
+        seconds=1e9,
+        seed=0,
+        confirm=args.confirm,
     )
     if args.replay:
         recipe.evidence.attacks.replay = ReplaySettings(prompts=str(args.replay.resolve()))
@@ -180,6 +186,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48, help="word search: prompts judged")
     parser.add_argument("--tokens", type=int, default=3, help="word search: words")
     parser.add_argument("--candidates", type=int, default=8, help="word search: tries/position")
+    parser.add_argument(
+        "--confirm", type=int, default=8, help="word search: best prompts drawn with every seed"
+    )
     parser.add_argument("--soft-steps", type=int, help="soft prompt: optimiser steps")
     parser.add_argument("--vector-steps", type=int, help="concept vector: text encodings")
     parser.add_argument("--seeds", type=int, default=8, help="images per attack prompt")

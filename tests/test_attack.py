@@ -88,6 +88,32 @@ def test_the_search_keeps_improvements_within_its_budget_and_repeats_under_a_see
     assert stopped["stopped"] == "seconds" and stopped["evaluations"] == 1
 
 
+def test_the_search_confirms_its_best_prompts_on_every_seed_and_keeps_the_best_rate():
+    from locopack.evidence.attacks.search import _confirmed
+
+    words = [f"w{i}" for i in range(20)]
+    # one image: every prompt with an even word ties; over the seeds only w8 draws it always
+    objective = lambda prompt: float(int(prompt.split()[1][1:]) % 2 == 0)  # noqa: E731
+    drawn = []
+
+    def draw(prompts, seeds):
+        drawn.append((list(prompts), list(seeds)))
+        return {p: [int(p.split()[1][1:]) == 8 or s == 0 for s in seeds] for p in prompts}
+
+    judge = (None, lambda images, texts: [float(i) for i in images], "c", "x c")
+    settings = AttackSettings(tokens=1, candidates=20, steps=20, seed=0, confirm=10)
+    found = _confirmed(objective, "x {words}", words, settings, None, draw, [0, 1, 2, 3], judge)
+    assert found["prompt"] == "x w8" and found["words"] == "w8"
+    assert found["confirmed"]["x w8"] == 1.0 and found["confirmed"]["x w0"] == 0.25
+    assert sorted(found["confirmed"]) == sorted(f"x w{i}" for i in range(0, 20, 2))  # the ties
+    assert drawn[0][1] == [0, 1, 2, 3]
+    # confirm 1: the search's own find, nothing more drawn
+    plain = search(objective, "x {words}", words, settings)
+    one = _confirmed(objective, "x {words}", words, settings.model_copy(update={"confirm": 1}),
+                     None, draw, [0, 1, 2, 3], judge)  # fmt: skip
+    assert one["prompt"] == plain["prompt"] and "confirmed" not in one and len(drawn) == 1
+
+
 def test_a_guided_search_tries_the_ranked_words_first_at_each_position():
     words = [f"w{i}" for i in range(50)]
 

@@ -331,13 +331,15 @@ class AttackSettings(_Strict):
     """The evidence's search attack on each erase edit (:mod:`locopack.evidence.attacks.search`):
     ``tokens`` words searched in place of the concept, ``candidates`` tried per position, at
     most ``steps`` images (0: no search) and ``seconds`` per model, deterministic under
-    ``seed``."""
+    ``seed``; its ``confirm`` best prompts are drawn with every evidence seed and the one with
+    the highest rate is its find (``confirm - 1`` more prompts drawn per seed and model)."""
 
     tokens: int = Field(2, ge=1, le=16)
     candidates: int = Field(4, ge=1)
     steps: int = Field(8, ge=0)
     seconds: float = Field(60.0, gt=0)
     seed: Seed = 0
+    confirm: int = Field(8, ge=1, le=64)
 
 
 class EvidenceSettings(_Strict):

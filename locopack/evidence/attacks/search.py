@@ -13,14 +13,18 @@ prompt with that word to the edit's original prompt, a text-only computation; P4
 text embeddings the same way), each position walking down that list; a scorer without a
 text tower leaves them in random order.
 
-The search runs on the base model (the reference: what the words can do without the edit)
-and on the edited model, each for at most ``steps`` generated images and ``seconds``.  The
-best prompt of each is then drawn on both models with every evidence seed; its concept rate
-there is the attack's success.  The random words the search started from give the chance
-level.  Deterministic under ``seed`` as long as the ``seconds`` limit is not what stopped it
-(``stopped`` records which limit did).  Update edits are not attacked, and neither is an erase
-edit whose tokenizer holds no word the search may use (a vocabulary of sub-word pieces only):
-it is recorded under ``skipped`` with the reason, for the card to say why no attack was run.
+The search runs on the base model (the reference: what the words can do without the edit) and on
+the edited model, each for at most ``steps`` generated images and ``seconds``. Its objective
+sees one image, and many prompts tie on it (the detector finds the concept in that image), so
+its ``confirm`` best prompts are drawn on the model it searched with every evidence seed, and
+the one with the highest rate is its find (as an attacker who knows the seeds would choose; the
+first by the objective on ties). That prompt is then drawn on both models with every evidence
+seed; its concept rate there is the attack's success. The random words the search started from
+give the chance level. Deterministic under ``seed`` as long as the ``seconds`` limit is not what
+stopped it (``stopped`` records which limit did). Update edits are not attacked, and neither is
+an erase edit whose tokenizer holds no word the search may use (a vocabulary of sub-word pieces
+only): it is recorded under ``skipped`` with the reason, for the card to say why no attack was
+run.
 
 Resumable like the sweep: with a cache (the release's ``cache/``), every judged prompt is
 stored as it is judged, under a key of the model (base or edited), the evidence's inputs
@@ -169,6 +173,32 @@ def search(
     }
 
 
+def _confirmed(objective, template, words, settings, ranked, draw, seeds, judge) -> dict:
+    """:func:`search`'s record, its ``prompt`` the best by concept rate over ``seeds`` of its
+    ``settings.confirm`` best by the objective (the rates under ``confirmed``)."""
+    values: dict[str, float] = {}
+
+    def recorded(prompt: str) -> float:
+        values[prompt] = objective(prompt)
+        return values[prompt]
+
+    found = search(recorded, template, words, settings, ranked)
+    leaders = sorted(values, key=lambda p: (-values[p], p))[: settings.confirm]
+    if len(seeds) > 1 and len(leaders) > 1:
+        images = draw(leaders, seeds)
+        rates = {p: success(images[p], p, *judge) for p in leaders}
+        found["prompt"] = max(leaders, key=lambda p: rates[p])  # the first on ties
+        found["words"] = _words_of(found["prompt"], template)
+        found["confirmed"] = rates
+    return found
+
+
+def _words_of(prompt: str, template: str) -> str:
+    """The searched words of ``prompt``, made from ``template``."""
+    head, tail = template.split("{words}")
+    return prompt[len(head) : len(prompt) - len(tail)]
+
+
 def concept_objective(generate, detector, scorer, label: str, original: str, seed: int):
     """``prompt -> value`` of one image drawn with ``seed`` (see the module docstring)."""
 
@@ -243,9 +273,15 @@ def run_attacks(
             for model in ("base", "edited")
         }
         ranked = ranked_words(words, template, original, scorer)
-        found = {"base": search(judged["base"], template, words, settings, ranked)}
+        found = {
+            "base": _confirmed(
+                judged["base"], template, words, settings, ranked, draw, seeds, judge
+            )
+        }
         with edited():
-            found["edited"] = search(judged["edited"], template, words, settings, ranked)
+            found["edited"] = _confirmed(
+                judged["edited"], template, words, settings, ranked, draw, seeds, judge
+            )
             prompts = list(
                 dict.fromkeys([found["base"]["start"]] + [f["prompt"] for f in found.values()])
             )

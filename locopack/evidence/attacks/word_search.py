@@ -33,7 +33,8 @@ class WordSearch(Attack):
     def budget(cls, settings: AttackSettings) -> str:
         return (
             f"{settings.tokens} words, {settings.candidates} tried per position, "
-            f"{settings.steps} images per model (seed {settings.seed})"
+            f"{settings.steps} images per model, its {settings.confirm} best drawn with every "
+            f"seed (seed {settings.seed})"
         )
 
     @classmethod
