@@ -30,6 +30,7 @@ from ..evidence.attacks.search import (
     concept_objective,
     ranked_words,
     search,
+    success,
     vocabulary,
 )
 from ..evidence.before_after import generate_images
@@ -76,6 +77,20 @@ class AttackTarget:
     def erase_edits(self) -> list[tuple[int, EraseEdit]]:
         return [(i, e) for i, e in enumerate(self.recipe.edits) if e.kind == "erase"]
 
+    def rate(self, index: int, prompt: str) -> float:
+        """Erase edit ``index``'s concept rate on ``prompt`` over the check seeds
+        (:func:`~.select_sites.check_seeds`) on this round's model, judged by its detector;
+        cached under the model's identity."""
+        seeds = check_seeds(self.recipe)
+        key = self.cache.key(kind="robust success", prompt=prompt, seeds=seeds, **self.identity)
+        if (hit := self.cache.get(key)) is None:
+            with self.edited():
+                images = self.draw([prompt], seeds)[prompt]
+            judge = (self.detectors[index], self.scorer, self.recipe.edits[index].label, prompt)
+            hit = {"scores": [success(images, prompt, *judge)], "seconds": 0.0}
+            self.cache.put(key, hit)
+        return float(hit["scores"][0])
+
 
 #: an attack: (the model to attack, how many prompts per edit) -> what it found per erase edit
 Attack = Callable[[AttackTarget, int], list[Found]]
@@ -84,7 +99,9 @@ Attack = Callable[[AttackTarget, int], list[Found]]
 def search_attack(target: AttackTarget, count: int) -> list[Found]:
     """The evidence's word search (:mod:`.attack`, ``evidence.attack.steps`` evaluations,
     stopped earlier only by the guard ``edit.robust.seconds``) on the edited model; per erase
-    edit its ``count`` best judged prompts, best first."""
+    edit, of its ``evidence.attack.confirm`` (at least ``count``) best prompts by the search's
+    objective, the ``count`` with the highest rates on the check seeds, best first (as the
+    evidence's search confirms its find)."""
     robust = target.recipe.edit.robust
     guard = robust.seconds if robust is not None and robust.seconds else math.inf
     settings = SimpleNamespace(**target.recipe.evidence.attack.model_dump() | {"seconds": guard})
@@ -109,7 +126,9 @@ def search_attack(target: AttackTarget, count: int) -> list[Found]:
         ranked = ranked_words(words, template, original, target.scorer)
         with target.edited():
             stopped = search(recorded, template, words, settings, ranked)["stopped"]
-        best = sorted(values, key=lambda p: (-values[p], p))[:count]
+        leaders = sorted(values, key=lambda p: (-values[p], p))[: max(count, settings.confirm)]
+        rates = {p: target.rate(index, p) for p in leaders}
+        best = sorted(leaders, key=lambda p: -rates[p])[:count]  # stable: the objective's order
         out.append(Found("search", index, tuple(best), guarded=stopped == "seconds"))
     return out
 

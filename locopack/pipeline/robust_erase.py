@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING
 
 from ..errors import RecipeError
 from ..evidence.attacks.found import Found
-from ..evidence.attacks.search import success
 from ..evidence.detectors import load_detector
 from ..localize.cache import CandidateCache
 from ..state_rows import StateRows
@@ -98,22 +97,11 @@ def nearest_target(edit: EraseEdit, prompt: str) -> str:
 
 def _rates(target: AttackTarget, found: list[Found]) -> dict[int, dict[str, float]]:
     """Per erase edit, each found prompt's concept rate on the check seeds (cached)."""
-    seeds = check_seeds(target.recipe)
     out: dict[int, dict[str, float]] = {}
     for item in found:
-        edit = target.recipe.edits[item.edit]
         rates = out.setdefault(item.edit, {})
         for prompt in item.prompts:
-            key = target.cache.key(
-                kind="robust success", prompt=prompt, seeds=seeds, **target.identity
-            )
-            if (hit := target.cache.get(key)) is None:
-                with target.edited():
-                    images = target.draw([prompt], seeds)[prompt]
-                judge = (target.detectors[item.edit], target.scorer, edit.label, prompt)
-                hit = {"scores": [success(images, prompt, *judge)], "seconds": 0.0}
-                target.cache.put(key, hit)
-            rates[prompt] = float(hit["scores"][0])
+            rates[prompt] = target.rate(item.edit, prompt)
     return out
 
 
