@@ -99,9 +99,9 @@ Attack = Callable[[AttackTarget, int], list[Found]]
 def search_attack(target: AttackTarget, count: int) -> list[Found]:
     """The evidence's word search (:mod:`.attack`, ``evidence.attack.steps`` evaluations,
     stopped earlier only by the guard ``edit.robust.seconds``) on the edited model; per erase
-    edit, of its ``evidence.attack.confirm`` (at least ``count``) best prompts by the search's
-    objective, the ``count`` with the highest rates on the check seeds, best first (as the
-    evidence's search confirms its find)."""
+    edit its ``count`` best judged prompts, best first.  (Choosing them instead by their rates
+    on the check seeds, as the evidence's search confirms its find, was measured to do worse:
+    rows fitted to those seeds, the README's robust erase section.)"""
     robust = target.recipe.edit.robust
     guard = robust.seconds if robust is not None and robust.seconds else math.inf
     settings = SimpleNamespace(**target.recipe.evidence.attack.model_dump() | {"seconds": guard})
@@ -126,9 +126,7 @@ def search_attack(target: AttackTarget, count: int) -> list[Found]:
         ranked = ranked_words(words, template, original, target.scorer)
         with target.edited():
             stopped = search(recorded, template, words, settings, ranked)["stopped"]
-        leaders = sorted(values, key=lambda p: (-values[p], p))[: max(count, settings.confirm)]
-        rates = {p: target.rate(index, p) for p in leaders}
-        best = sorted(leaders, key=lambda p: -rates[p])[:count]  # stable: the objective's order
+        best = sorted(values, key=lambda p: (-values[p], p))[:count]
         out.append(Found("search", index, tuple(best), guarded=stopped == "seconds"))
     return out
 
