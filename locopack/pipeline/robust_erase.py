@@ -21,13 +21,12 @@ judges the last one, so the record ends with the success of a fresh attack on th
 Attack success of a round: over the found prompts of an edit, the largest concept rate of one
 prompt on the check seeds (:func:`~locopack.pipeline.select_sites.check_seeds`), judged by the
 edit's rate detector; ``after`` is the same prompts' rate once the round's rows are solved in.
-Attacks are
-looked up by name (:mod:`.robust_attacks`), each at a budget counted in evaluations (the
-word search's ``steps``, not its ``seconds``), so a recipe solves the same rows on every
+Attacks are looked up by name (:mod:`.robust_attacks`), each at a budget counted in evaluations
+(the word search's ``steps``, not its ``seconds``), so a recipe solves the same rows on every
 machine; ``edit.robust.seconds`` is an optional guard, and a round it cut short is recorded
-(``guarded``; the record's ``deterministic`` is then false).  Every
-image an attack or a measurement judges is cached in the release's ``cache/`` under the delta's
-hash, so a killed build replays its rounds and draws only what it had not judged.
+(``guarded``; the record's ``deterministic`` is then false). Every image an attack or a
+measurement judges is cached in the release's ``cache/`` under the delta's hash, so a killed
+build replays its rounds and draws only what it had not judged.
 """
 
 from __future__ import annotations
