@@ -28,8 +28,8 @@ from ..evidence.attacks.search import (
     attack_template,
     cached,
     concept_objective,
+    ranked_search,
     ranked_words,
-    search,
     success,
     vocabulary,
 )
@@ -117,17 +117,11 @@ def search_attack(target: AttackTarget, count: int) -> list[Found]:
             target.draw, detector, target.scorer, edit.label, original, seed
         )
         judged = cached(objective, target.cache, seed=seed, **target.identity)
-        values: dict[str, float] = {}
-
-        def recorded(prompt: str, judged=judged, values=values) -> float:
-            values[prompt] = judged(prompt)
-            return values[prompt]
-
         ranked = ranked_words(words, template, original, target.scorer)
         with target.edited():
-            stopped = search(recorded, template, words, settings, ranked)["stopped"]
-        best = sorted(values, key=lambda p: (-values[p], p))[:count]
-        out.append(Found("search", index, tuple(best), guarded=stopped == "seconds"))
+            record, best = ranked_search(judged, template, words, settings, ranked)
+        guarded = record["stopped"] == "seconds"
+        out.append(Found("search", index, tuple(best[:count]), guarded=guarded))
     return out
 
 

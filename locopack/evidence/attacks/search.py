@@ -173,9 +173,15 @@ def search(
     }
 
 
-def _confirmed(objective, template, words, settings, ranked, draw, seeds, judge) -> dict:
-    """:func:`search`'s record, its ``prompt`` the best by concept rate over ``seeds`` of its
-    ``settings.confirm`` best by the objective (the rates under ``confirmed``)."""
+def ranked_search(
+    objective: Callable[[str], float],
+    template: str,
+    words: list[str],
+    settings: SearchBudget,
+    ranked: list[str] | None = None,
+) -> tuple[dict[str, object], list[str]]:
+    """:func:`search`'s record and every prompt it judged, best first by the objective (the
+    first in text order on ties)."""
     values: dict[str, float] = {}
 
     def recorded(prompt: str) -> float:
@@ -183,7 +189,14 @@ def _confirmed(objective, template, words, settings, ranked, draw, seeds, judge)
         return values[prompt]
 
     found = search(recorded, template, words, settings, ranked)
-    leaders = sorted(values, key=lambda p: (-values[p], p))[: settings.confirm]
+    return found, sorted(values, key=lambda p: (-values[p], p))
+
+
+def _confirmed(objective, template, words, settings, ranked, draw, seeds, judge) -> dict:
+    """:func:`search`'s record, its ``prompt`` the best by concept rate over ``seeds`` of its
+    ``settings.confirm`` best by the objective (the rates under ``confirmed``)."""
+    found, judged = ranked_search(objective, template, words, settings, ranked)
+    leaders = judged[: settings.confirm]
     if len(seeds) > 1 and len(leaders) > 1:
         images = draw(leaders, seeds)
         rates = {p: success(images[p], p, *judge) for p in leaders}
